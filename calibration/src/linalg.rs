@@ -1,0 +1,123 @@
+//! Dense kernels: blocked f32 matrix products through `matrixmultiply` (the GEMM that
+//! nalgebra itself uses), and the f64 helpers that make final scores exact.
+
+/// Rows processed together; large enough for GEMM efficiency, small enough for cache.
+pub(crate) const BLOCK_ROWS: usize = 256;
+
+/// `out[i * k + j] = a_i · b_j` for `m` rows `a` and `k` rows `b`, all of length `d`.
+pub(crate) fn dots(a: &[f32], m: usize, b: &[f32], k: usize, d: usize, out: &mut [f32]) {
+    debug_assert!(a.len() >= m * d && b.len() >= k * d && out.len() >= m * k);
+    if m == 0 || k == 0 {
+        return;
+    }
+    if d == 0 {
+        out[..m * k].fill(0.0);
+        return;
+    }
+    // SAFETY: the slices hold at least m*d, k*d and m*k elements (checked above in debug,
+    // guaranteed by every caller), and the strides describe exactly those row-major layouts.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            d,
+            k,
+            1.0,
+            a.as_ptr(),
+            d as isize,
+            1,
+            b.as_ptr(),
+            1,
+            d as isize,
+            0.0,
+            out.as_mut_ptr(),
+            k as isize,
+            1,
+        );
+    }
+}
+
+/// `out = a · t` for `m` rows `a` of length `d` and a row-major `d x e` matrix `t`.
+pub(crate) fn matmul(a: &[f32], m: usize, t: &[f32], d: usize, e: usize, out: &mut [f32]) {
+    debug_assert!(a.len() >= m * d && t.len() >= d * e && out.len() >= m * e);
+    if m == 0 || e == 0 {
+        return;
+    }
+    // SAFETY: as in `dots`; `t` is d x e row-major.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            d,
+            e,
+            1.0,
+            a.as_ptr(),
+            d as isize,
+            1,
+            t.as_ptr(),
+            e as isize,
+            1,
+            0.0,
+            out.as_mut_ptr(),
+            e as isize,
+            1,
+        );
+    }
+}
+
+/// Squared L2 norm in f64.
+#[inline]
+pub(crate) fn norm2(x: &[f32]) -> f64 {
+    x.iter().map(|&v| v as f64 * v as f64).sum()
+}
+
+/// Exact squared Euclidean distance in f64.
+#[inline]
+pub(crate) fn dist2(x: &[f32], c: &[f32]) -> f64 {
+    x.iter()
+        .zip(c)
+        .map(|(&a, &b)| {
+            let t = a as f64 - b as f64;
+            t * t
+        })
+        .sum()
+}
+
+/// Exact dot product in f64.
+#[inline]
+pub(crate) fn dot64(x: &[f32], c: &[f32]) -> f64 {
+    x.iter().zip(c).map(|(&a, &b)| a as f64 * b as f64).sum()
+}
+
+/// Relative error bound of an f32 dot product of length `d`, used to decide which
+/// approximate candidates must be recomputed exactly.
+#[inline]
+pub(crate) fn dot_error_bound(d: usize) -> f64 {
+    2.0 * (d.max(1) as f64) * f32::EPSILON as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dots_and_matmul_match_naive() {
+        let a: Vec<f32> = (0..12).map(|v| v as f32 * 0.5 - 2.0).collect(); // 3 x 4
+        let b: Vec<f32> = (0..8).map(|v| 1.0 - v as f32 * 0.25).collect(); // 2 x 4
+        let mut out = vec![0.0; 6];
+        dots(&a, 3, &b, 2, 4, &mut out);
+        for i in 0..3 {
+            for j in 0..2 {
+                let want = dot64(&a[i * 4..i * 4 + 4], &b[j * 4..j * 4 + 4]);
+                assert!((out[i * 2 + j] as f64 - want).abs() < 1e-5);
+            }
+        }
+        let t: Vec<f32> = (0..8).map(|v| v as f32).collect(); // 4 x 2
+        let mut z = vec![0.0; 6];
+        matmul(&a, 3, &t, 4, 2, &mut z);
+        for i in 0..3 {
+            for j in 0..2 {
+                let want: f32 = (0..4).map(|p| a[i * 4 + p] * t[p * 2 + j]).sum();
+                assert!((z[i * 2 + j] - want).abs() < 1e-4);
+            }
+        }
+    }
+}

@@ -1,0 +1,568 @@
+//! The fitted clustering model and its scorer: the one implementation of "how far is this
+//! embedding from the in-distribution clusters" that calibration and the edge both run.
+//!
+//! Score convention: higher means more out-of-distribution. Each score comes with the
+//! nearest cluster. Definitions (x is the embedding, after optional L2 normalisation):
+//! - Euclidean: `min_j ||x - c_j||`
+//! - cosine: `min_j 1 - cos(x, c_j)` (a zero vector has cosine 0 to everything)
+//! - Mahalanobis: `min_j sqrt((x - c_j)^T P (x - c_j))`, with `P` the tied or per-cluster precision
+//! - k-NN (Sun et al. 2022): the Euclidean distance from `x/||x||` to its k-th nearest
+//!   neighbour among the L2-normalised training embeddings; the nearest cluster is the
+//!   cluster of the first neighbour.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::embeddings::{normalize_in_place, Embeddings};
+use crate::error::{Error, Result};
+use crate::linalg::{dist2, dot64, dot_error_bound, dots, matmul, norm2, BLOCK_ROWS};
+use crate::matrix::{MatrixF32, MatrixF64};
+
+/// Which covariance Mahalanobis uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Covariance {
+    /// One covariance shared by all clusters (Lee et al. 2018).
+    Tied,
+    /// Each cluster its own covariance.
+    PerCluster,
+}
+
+/// How the covariance is shrunk toward a scaled identity before inversion.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shrinkage {
+    /// Ledoit-Wolf's estimate of the optimal shrinkage (as `sklearn.covariance.LedoitWolf`).
+    LedoitWolf,
+    /// A fixed shrinkage in `[0, 1]`.
+    Fixed(f64),
+}
+
+/// The distance from an embedding to the in-distribution clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Metric {
+    Euclidean,
+    Cosine,
+    Mahalanobis {
+        covariance: Covariance,
+        shrinkage: Shrinkage,
+    },
+    Knn {
+        k: usize,
+    },
+}
+
+impl Metric {
+    /// Parses `euclidean`, `cosine`, `mahalanobis`, `mahalanobis-per-cluster` or `knn:K`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = || {
+            Error::param(
+                "metric",
+                format!("{text:?} (expected euclidean, cosine, mahalanobis, mahalanobis-per-cluster or knn:K)"),
+            )
+        };
+        Ok(match text {
+            "euclidean" => Metric::Euclidean,
+            "cosine" => Metric::Cosine,
+            "mahalanobis" | "mahalanobis-tied" => Metric::Mahalanobis {
+                covariance: Covariance::Tied,
+                shrinkage: Shrinkage::LedoitWolf,
+            },
+            "mahalanobis-per-cluster" => Metric::Mahalanobis {
+                covariance: Covariance::PerCluster,
+                shrinkage: Shrinkage::LedoitWolf,
+            },
+            _ => {
+                let k = text
+                    .strip_prefix("knn:")
+                    .and_then(|k| k.parse::<usize>().ok())
+                    .filter(|&k| k > 0)
+                    .ok_or_else(bad)?;
+                Metric::Knn { k }
+            }
+        })
+    }
+
+    /// The short name used in tables and file names.
+    pub fn name(&self) -> String {
+        match self {
+            Metric::Euclidean => "euclidean".into(),
+            Metric::Cosine => "cosine".into(),
+            Metric::Mahalanobis {
+                covariance: Covariance::Tied,
+                ..
+            } => "mahalanobis".into(),
+            Metric::Mahalanobis {
+                covariance: Covariance::PerCluster,
+                ..
+            } => "mahalanobis-per-cluster".into(),
+            Metric::Knn { k } => format!("knn:{k}"),
+        }
+    }
+}
+
+/// The stored neighbours of the k-NN score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KnnBank {
+    /// L2-normalised training embeddings.
+    pub vectors: MatrixF32,
+    /// The cluster each bank row belongs to.
+    pub cluster: Vec<usize>,
+}
+
+/// A fitted model: clusters plus everything the metric needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    pub dim: usize,
+    /// Inputs are L2-normalised before anything else.
+    pub normalize: bool,
+    pub metric: Metric,
+    /// `k x d` centroids.
+    pub centroids: MatrixF32,
+    /// The class each cluster summarises, when labels were given.
+    pub cluster_class: Vec<Option<usize>>,
+    /// Mahalanobis precision matrices: one when tied, one per cluster otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub precision: Vec<MatrixF64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn_bank: Option<KnnBank>,
+}
+
+impl Model {
+    pub fn clusters(&self) -> usize {
+        self.centroids.rows
+    }
+}
+
+/// One embedding's score and the cluster it is nearest to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    pub score: f64,
+    pub nearest: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    /// Nearest centre by squared Euclidean distance in a (possibly transformed) space.
+    Nearest { cosine: bool },
+    /// Per-cluster Mahalanobis: `transforms` holds `k` lower Cholesky factors.
+    PerCluster,
+    Knn {
+        k: usize,
+        bank: Vec<f32>,
+        bank_norm2: Vec<f64>,
+        bank_cluster: Vec<usize>,
+    },
+}
+
+/// A model prepared for fast scoring (transformed centres, Cholesky factors).
+#[derive(Debug, Clone)]
+pub struct Scorer {
+    dim: usize,
+    normalize: bool,
+    kind: Kind,
+    /// Centres in the scoring space, `k x e` (`e = d`).
+    centers: Vec<f32>,
+    center_norm2: Vec<f64>,
+    center_norm_max: f64,
+    k: usize,
+    /// Row-major `d x d` factors `L` with `P = L L^T`, so that `(x-c)^T P (x-c) = ||(x-c)^T L||^2`.
+    transforms: Vec<f32>,
+}
+
+/// Preallocated buffers for scoring, so that the per-frame path never allocates.
+#[derive(Debug, Clone)]
+pub struct Scratch {
+    rows: usize,
+    x: Vec<f32>,
+    z: Vec<f32>,
+    w: Vec<f32>,
+    dots: Vec<f32>,
+    candidates: Vec<(usize, f64)>,
+}
+
+/// Lower Cholesky factor of a symmetric positive definite matrix, or `None`.
+pub(crate) fn cholesky_lower(p: &MatrixF64) -> Option<Vec<f64>> {
+    let n = p.rows;
+    let m = nalgebra::DMatrix::from_row_slice(n, n, &p.data);
+    let chol = nalgebra::linalg::Cholesky::new(m)?;
+    let l = chol.l();
+    let mut out = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            out[i * n + j] = l[(i, j)];
+        }
+    }
+    out.iter().all(|v| v.is_finite()).then_some(out)
+}
+
+impl Scorer {
+    /// Validates the model and precomputes what scoring needs.
+    pub fn new(model: &Model) -> Result<Self> {
+        let d = model.dim;
+        let k = model.centroids.rows;
+        if d == 0 {
+            return Err(Error::InvalidArtifact("embedding dimension is 0".into()));
+        }
+        if k == 0 {
+            return Err(Error::InvalidArtifact("no clusters".into()));
+        }
+        if model.centroids.cols != d {
+            return Err(Error::DimensionMismatch {
+                what: "centroids".into(),
+                expected: d,
+                found: model.centroids.cols,
+            });
+        }
+        if !model.centroids.all_finite() {
+            return Err(Error::InvalidArtifact(
+                "centroids hold NaN or infinite values".into(),
+            ));
+        }
+        if model.cluster_class.len() != k {
+            return Err(Error::InvalidArtifact(format!(
+                "{} cluster classes for {k} clusters",
+                model.cluster_class.len()
+            )));
+        }
+        let mut centers = model.centroids.data.clone();
+        if model.normalize {
+            centers
+                .chunks_exact_mut(d)
+                .for_each(normalize_in_place);
+        }
+        let mut transforms = Vec::new();
+        let kind = match model.metric {
+            Metric::Euclidean => Kind::Nearest { cosine: false },
+            Metric::Cosine => {
+                centers.chunks_exact_mut(d).for_each(normalize_in_place);
+                Kind::Nearest { cosine: true }
+            }
+            Metric::Mahalanobis { covariance, .. } => {
+                let want = match covariance {
+                    Covariance::Tied => 1,
+                    Covariance::PerCluster => k,
+                };
+                if model.precision.len() != want {
+                    return Err(Error::InvalidArtifact(format!(
+                        "{} precision matrices, expected {want}",
+                        model.precision.len()
+                    )));
+                }
+                for (i, p) in model.precision.iter().enumerate() {
+                    if p.rows != d || p.cols != d {
+                        return Err(Error::DimensionMismatch {
+                            what: format!("precision matrix {i}"),
+                            expected: d,
+                            found: if p.rows != d { p.rows } else { p.cols },
+                        });
+                    }
+                    if !p.all_finite() {
+                        return Err(Error::InvalidArtifact(format!(
+                            "precision matrix {i} holds NaN or infinite values"
+                        )));
+                    }
+                    let sym = (0..d).all(|r| {
+                        (0..r).all(|c| {
+                            let (a, b) = (p.data[r * d + c], p.data[c * d + r]);
+                            (a - b).abs() <= 1e-9 * (a.abs() + b.abs()).max(1e-300)
+                        })
+                    });
+                    let l = cholesky_lower(p).filter(|_| sym).ok_or_else(|| {
+                        Error::NotPositiveDefinite {
+                            what: format!("precision matrix {i}"),
+                        }
+                    })?;
+                    transforms.extend(l.iter().map(|&v| v as f32));
+                }
+                match covariance {
+                    Covariance::Tied => {
+                        let mut z = vec![0f32; k * d];
+                        matmul(&centers, k, &transforms, d, d, &mut z);
+                        centers = z;
+                        Kind::Nearest { cosine: false }
+                    }
+                    Covariance::PerCluster => Kind::PerCluster,
+                }
+            }
+            Metric::Knn { k: kk } => {
+                let bank = model.knn_bank.as_ref().ok_or_else(|| {
+                    Error::InvalidArtifact("k-NN metric without a neighbour bank".into())
+                })?;
+                if bank.vectors.cols != d {
+                    return Err(Error::DimensionMismatch {
+                        what: "k-NN bank".into(),
+                        expected: d,
+                        found: bank.vectors.cols,
+                    });
+                }
+                if bank.vectors.rows < kk || kk == 0 {
+                    return Err(Error::InvalidArtifact(format!(
+                        "k-NN with k={kk} needs at least k bank rows, has {}",
+                        bank.vectors.rows
+                    )));
+                }
+                if bank.cluster.len() != bank.vectors.rows || bank.cluster.iter().any(|&c| c >= k)
+                {
+                    return Err(Error::InvalidArtifact(
+                        "k-NN bank cluster ids do not match the bank or the clusters".into(),
+                    ));
+                }
+                if !bank.vectors.all_finite() {
+                    return Err(Error::InvalidArtifact(
+                        "k-NN bank holds NaN or infinite values".into(),
+                    ));
+                }
+                let mut vectors = bank.vectors.data.clone();
+                vectors.chunks_exact_mut(d).for_each(normalize_in_place);
+                Kind::Knn {
+                    k: kk,
+                    bank_norm2: vectors.chunks_exact(d).map(norm2).collect(),
+                    bank: vectors,
+                    bank_cluster: bank.cluster.clone(),
+                }
+            }
+        };
+        let center_norm2: Vec<f64> = centers.chunks_exact(d).map(norm2).collect();
+        let center_norm_max = center_norm2.iter().cloned().fold(0.0, f64::max).sqrt();
+        Ok(Self {
+            dim: d,
+            normalize: model.normalize,
+            kind,
+            centers,
+            center_norm2,
+            center_norm_max,
+            k,
+            transforms,
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn clusters(&self) -> usize {
+        self.k
+    }
+
+    /// Buffers for scoring up to `rows` embeddings at once.
+    pub fn scratch(&self, rows: usize) -> Scratch {
+        let d = self.dim;
+        let width = match &self.kind {
+            Kind::Knn { bank_cluster, .. } => bank_cluster.len(),
+            _ => self.k,
+        };
+        Scratch {
+            rows,
+            x: vec![0.0; rows * d],
+            z: vec![0.0; rows * d],
+            w: if matches!(self.kind, Kind::PerCluster) {
+                vec![0.0; rows * d]
+            } else {
+                Vec::new()
+            },
+            dots: vec![0.0; rows * width],
+            candidates: Vec::with_capacity(width),
+        }
+    }
+
+    /// Scores one embedding without allocating (given a scratch from [`Scorer::scratch`]).
+    pub fn score_one(&self, x: &[f32], scratch: &mut Scratch) -> Result<Score> {
+        if x.len() != self.dim {
+            return Err(Error::DimensionMismatch {
+                what: "embedding".into(),
+                expected: self.dim,
+                found: x.len(),
+            });
+        }
+        if x.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "embedding".into(),
+                row: 0,
+            });
+        }
+        assert!(scratch.rows >= 1, "scratch made for zero rows");
+        let mut out = [Score {
+            score: 0.0,
+            nearest: 0,
+        }];
+        self.score_block(x, 1, scratch, &mut out);
+        Ok(out[0])
+    }
+
+    /// Scores many embeddings in parallel; identical to calling [`Scorer::score_one`] on each.
+    pub fn score_batch(&self, data: &Embeddings) -> Result<Vec<Score>> {
+        if data.dim() != self.dim {
+            return Err(Error::DimensionMismatch {
+                what: "embeddings".into(),
+                expected: self.dim,
+                found: data.dim(),
+            });
+        }
+        let d = self.dim;
+        let mut out = vec![
+            Score {
+                score: 0.0,
+                nearest: 0
+            };
+            data.rows()
+        ];
+        out.par_chunks_mut(BLOCK_ROWS)
+            .zip(data.as_slice().par_chunks(BLOCK_ROWS * d))
+            .for_each_init(
+                || self.scratch(BLOCK_ROWS),
+                |scratch, (o, rows)| self.score_block(rows, o.len(), scratch, o),
+            );
+        Ok(out)
+    }
+
+    fn score_block(&self, rows: &[f32], m: usize, s: &mut Scratch, out: &mut [Score]) {
+        let d = self.dim;
+        let x = &mut s.x[..m * d];
+        x.copy_from_slice(&rows[..m * d]);
+        let unit = match &self.kind {
+            Kind::Nearest { cosine } => *cosine,
+            Kind::Knn { .. } => true,
+            Kind::PerCluster => false,
+        };
+        if self.normalize || unit {
+            x.chunks_exact_mut(d).for_each(normalize_in_place);
+        }
+        match &self.kind {
+            Kind::Nearest { cosine } => {
+                let target: &[f32] = if self.transforms.is_empty() {
+                    &s.x[..m * d]
+                } else {
+                    matmul(&s.x[..m * d], m, &self.transforms, d, d, &mut s.z[..m * d]);
+                    &s.z[..m * d]
+                };
+                self.nearest_centres(target, m, *cosine, &mut s.dots, &mut s.candidates, out);
+            }
+            Kind::PerCluster => {
+                for o in out[..m].iter_mut() {
+                    *o = Score {
+                        score: f64::INFINITY,
+                        nearest: 0,
+                    };
+                }
+                for j in 0..self.k {
+                    let c = &self.centers[j * d..(j + 1) * d];
+                    for (zi, xi) in s.z[..m * d].chunks_exact_mut(d).zip(s.x.chunks_exact(d)) {
+                        for ((zv, &xv), &cv) in zi.iter_mut().zip(xi).zip(c) {
+                            *zv = xv - cv;
+                        }
+                    }
+                    let t = &self.transforms[j * d * d..(j + 1) * d * d];
+                    matmul(&s.z[..m * d], m, t, d, d, &mut s.w[..m * d]);
+                    for (o, w) in out[..m].iter_mut().zip(s.w.chunks_exact(d)) {
+                        let v = norm2(w);
+                        if v < o.score {
+                            o.score = v;
+                            o.nearest = j;
+                        }
+                    }
+                }
+                for o in out[..m].iter_mut() {
+                    o.score = o.score.max(0.0).sqrt();
+                }
+            }
+            Kind::Knn {
+                k,
+                bank,
+                bank_norm2,
+                bank_cluster,
+            } => {
+                let b = bank_cluster.len();
+                let sims = &mut s.dots[..m * b];
+                dots(&s.x[..m * d], m, bank, b, d, sims);
+                let bound = dot_error_bound(d);
+                for i in 0..m {
+                    let xi = &s.x[i * d..(i + 1) * d];
+                    let qn = norm2(xi);
+                    let row = &sims[i * b..(i + 1) * b];
+                    // approximate squared distances; the k-th smallest, with a safety margin
+                    s.candidates.clear();
+                    s.candidates.extend(
+                        row.iter()
+                            .enumerate()
+                            .map(|(j, &dot)| (j, qn + bank_norm2[j] - 2.0 * dot as f64)),
+                    );
+                    let kth = {
+                        let (_, v, _) = s
+                            .candidates
+                            .select_nth_unstable_by(k - 1, |a, b| a.1.total_cmp(&b.1));
+                        v.1
+                    };
+                    let margin = 4.0 * bound * qn.sqrt() + 1e-12;
+                    s.candidates.clear();
+                    for (j, &dot) in row.iter().enumerate() {
+                        let approx = qn + bank_norm2[j] - 2.0 * dot as f64;
+                        if approx <= kth + margin {
+                            s.candidates.push((j, dist2(xi, &bank[j * d..(j + 1) * d])));
+                        }
+                    }
+                    s.candidates
+                        .sort_unstable_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+                    out[i] = Score {
+                        score: s.candidates[k - 1].1.max(0.0).sqrt(),
+                        nearest: bank_cluster[s.candidates[0].0],
+                    };
+                }
+            }
+        }
+    }
+
+    /// Nearest centre by GEMM, then an exact f64 recomputation of every centre that could
+    /// be the nearest within the GEMM's rounding, so results do not depend on batch size.
+    fn nearest_centres(
+        &self,
+        target: &[f32],
+        m: usize,
+        cosine: bool,
+        dots_buf: &mut [f32],
+        candidates: &mut Vec<(usize, f64)>,
+        out: &mut [Score],
+    ) {
+        let (d, k) = (self.dim, self.k);
+        let buf = &mut dots_buf[..m * k];
+        dots(target, m, &self.centers, k, d, buf);
+        let bound = dot_error_bound(d);
+        for i in 0..m {
+            let t = &target[i * d..(i + 1) * d];
+            let qn = norm2(t);
+            let row = &buf[i * k..(i + 1) * k];
+            let approx = |j: usize| qn + self.center_norm2[j] - 2.0 * row[j] as f64;
+            let best = (0..k).map(approx).fold(f64::INFINITY, f64::min);
+            let margin = 4.0 * bound * qn.sqrt() * self.center_norm_max + 1e-12 * (qn + 1.0);
+            candidates.clear();
+            for j in 0..k {
+                if approx(j) <= best + margin {
+                    let c = &self.centers[j * d..(j + 1) * d];
+                    let exact = if cosine {
+                        let denom = (qn * self.center_norm2[j]).sqrt();
+                        let cos = if denom > 0.0 { dot64(t, c) / denom } else { 0.0 };
+                        1.0 - cos
+                    } else {
+                        dist2(t, c)
+                    };
+                    candidates.push((j, exact));
+                }
+            }
+            let (j, v) = candidates
+                .iter()
+                .copied()
+                .fold((usize::MAX, f64::INFINITY), |acc, c| {
+                    if c.1 < acc.1 {
+                        c
+                    } else {
+                        acc
+                    }
+                });
+            out[i] = Score {
+                score: if cosine { v } else { v.max(0.0).sqrt() },
+                nearest: j,
+            };
+        }
+    }
+}
