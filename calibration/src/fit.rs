@@ -118,8 +118,30 @@ pub struct Fitted {
     pub assignment: Vec<usize>,
 }
 
+/// Fitted clusters of (possibly normalised) training data, before any metric.
+#[derive(Debug, Clone)]
+pub struct Clusters {
+    /// The training data as clustered (L2-normalised when the config says so).
+    pub data: Embeddings,
+    pub normalize: bool,
+    /// `k x d`, row-major.
+    pub centroids: Vec<f32>,
+    pub assignment: Vec<usize>,
+    pub cluster_class: Vec<Option<usize>>,
+}
+
 /// Fits clusters and the metric's statistics on training embeddings.
 pub fn fit_model(train: &Embeddings, labels: Option<&[i64]>, cfg: &FitConfig) -> Result<Fitted> {
+    let clusters = fit_clusters(train, labels, cfg)?;
+    let model = fit_metric(&clusters, cfg)?;
+    Ok(Fitted {
+        model,
+        assignment: clusters.assignment,
+    })
+}
+
+/// The clustering step of [`fit_model`]; `cfg.metric` is ignored.
+pub fn fit_clusters(train: &Embeddings, labels: Option<&[i64]>, cfg: &FitConfig) -> Result<Clusters> {
     if train.is_empty() {
         return Err(Error::Empty {
             what: "training embeddings".into(),
@@ -195,12 +217,31 @@ pub fn fit_model(train: &Embeddings, labels: Option<&[i64]>, cfg: &FitConfig) ->
             (centroids, assignment, cluster_class)
         }
     };
+    Ok(Clusters {
+        data,
+        normalize: cfg.normalize,
+        centroids,
+        assignment,
+        cluster_class,
+    })
+}
+
+/// The metric step of [`fit_model`]: covariance or k-NN bank on fitted clusters.
+pub fn fit_metric(clusters: &Clusters, cfg: &FitConfig) -> Result<Model> {
+    let Clusters {
+        data,
+        centroids,
+        assignment,
+        cluster_class,
+        ..
+    } = clusters;
+    let d = data.dim();
     let k = centroids.len() / d.max(1);
     let precision = match cfg.metric {
         Metric::Mahalanobis {
             covariance,
             shrinkage,
-        } => fit_precision(&data, &centroids, &assignment, k, covariance, shrinkage)?,
+        } => fit_precision(data, centroids, assignment, k, covariance, shrinkage)?,
         _ => Vec::new(),
     };
     let knn_bank = match cfg.metric {
@@ -229,17 +270,14 @@ pub fn fit_model(train: &Embeddings, labels: Option<&[i64]>, cfg: &FitConfig) ->
         }
         _ => None,
     };
-    Ok(Fitted {
-        model: Model {
-            dim: d,
-            normalize: cfg.normalize,
-            metric: cfg.metric,
-            centroids: MatrixF32::new(k, d, centroids),
-            cluster_class,
-            precision,
-            knn_bank,
-        },
-        assignment,
+    Ok(Model {
+        dim: d,
+        normalize: clusters.normalize,
+        metric: cfg.metric,
+        centroids: MatrixF32::new(k, d, centroids.clone()),
+        cluster_class: cluster_class.clone(),
+        precision,
+        knn_bank,
     })
 }
 

@@ -1,1 +1,583 @@
-fn main(){}
+//! `oodmon-calibrate`: fit, apply and evaluate clustering-based OOD calibration on
+//! embeddings from any model.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use oodmon_calibration::artifact::InputChecksum;
+use oodmon_calibration::grid::{run_grid, to_csv, to_markdown, GridConfig, GridData};
+use oodmon_calibration::io::{sha256_file, write_atomic};
+use oodmon_calibration::report::{write_report, ReportSet};
+use oodmon_calibration::{
+    calibrate, npy, ood_metrics, CalibrationArtifact, ClusterSpec, Embeddings, FitConfig,
+    KMeansConfig, Metric, PreprocessSpec, Provenance, ThresholdMode,
+};
+
+#[derive(Parser)]
+#[command(name = "oodmon-calibrate", version, about = "Clustering-based OOD calibration on embeddings (.npy)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fit clusters on ID training embeddings and calibrate thresholds on an ID calibration split.
+    Fit(FitArgs),
+    /// Score embeddings with a calibration: one score per row.
+    Score(ScoreArgs),
+    /// Evaluate a calibration on ID test and OOD embeddings.
+    Eval(EvalArgs),
+    /// Run every combination of clustering, metric and threshold (the paper's study).
+    Grid(GridArgs),
+}
+
+#[derive(Args)]
+struct KmeansArgs {
+    /// k-means restarts (k-means++ each); the lowest inertia wins.
+    #[arg(long, default_value_t = 3)]
+    kmeans_restarts: usize,
+    #[arg(long, default_value_t = 300)]
+    kmeans_max_iter: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    kmeans_tol: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Largest k-NN bank; larger training sets are subsampled (seeded).
+    #[arg(long)]
+    knn_bank: Option<usize>,
+}
+
+impl KmeansArgs {
+    fn config(&self) -> KMeansConfig {
+        KMeansConfig {
+            k: 1,
+            n_init: self.kmeans_restarts,
+            max_iter: self.kmeans_max_iter,
+            tol: self.kmeans_tol,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(Args)]
+struct FitArgs {
+    /// ID training embeddings, float [n, d].
+    #[arg(long)]
+    train: PathBuf,
+    /// Integer class labels of the training embeddings [n].
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// ID calibration embeddings (a split not used for training).
+    #[arg(long)]
+    calib: PathBuf,
+    /// Labels of the calibration split, to report nearest-cluster accuracy.
+    #[arg(long)]
+    calib_labels: Option<PathBuf>,
+    /// class | kmeans:K | kmeans-per-class:K
+    #[arg(long, default_value = "class")]
+    clusters: String,
+    /// euclidean | cosine | mahalanobis | mahalanobis-per-cluster | knn:K
+    #[arg(long, default_value = "cosine")]
+    metric: String,
+    /// L2-normalise embeddings before fitting and scoring.
+    #[arg(long)]
+    normalize: bool,
+    /// Fraction of ID calibration samples to accept (global or per-cluster thresholds).
+    #[arg(long, conflicts_with = "alpha")]
+    target_tpr: Option<f64>,
+    /// Conformal mode: bound the ID false-alarm rate by alpha.
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// One threshold per cluster instead of one global threshold.
+    #[arg(long, conflicts_with = "alpha")]
+    per_cluster: bool,
+    /// Text file with one class name per line, in label order.
+    #[arg(long)]
+    class_names: Option<PathBuf>,
+    /// The encoder (ONNX) file these embeddings came from; its SHA-256 is recorded.
+    #[arg(long)]
+    encoder: Option<PathBuf>,
+    /// JSON preprocessing spec of that encoder, recorded in the artifact.
+    #[arg(long)]
+    preprocessing: Option<PathBuf>,
+    #[command(flatten)]
+    kmeans: KmeansArgs,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    #[arg(long)]
+    calib: PathBuf,
+    #[arg(long)]
+    embeddings: PathBuf,
+    /// `.npy` (scores, float64) or `.csv` (score, nearest cluster, p-value, decision).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[arg(long)]
+    calib: PathBuf,
+    /// Held-out ID test embeddings.
+    #[arg(long)]
+    id: PathBuf,
+    /// OOD embeddings, `FILE` or `NAME=FILE`; repeat for several sets.
+    #[arg(long, required = true)]
+    ood: Vec<String>,
+    /// Write a Markdown report with ROC curves and score histograms here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GridArgs {
+    #[arg(long)]
+    train: PathBuf,
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    #[arg(long)]
+    calib: PathBuf,
+    /// Held-out ID test embeddings.
+    #[arg(long)]
+    test: PathBuf,
+    /// OOD embeddings, `FILE` or `NAME=FILE`; repeat for several sets.
+    #[arg(long, required = true)]
+    ood: Vec<String>,
+    /// Comma-separated clusterings.
+    #[arg(long, default_value = "class,kmeans:10,kmeans-per-class:3")]
+    clusters: String,
+    /// Comma-separated metrics.
+    #[arg(long, default_value = "euclidean,cosine,mahalanobis,knn:50")]
+    metrics: String,
+    /// Comma-separated threshold rules: global, per-cluster, conformal.
+    #[arg(long, default_value = "global,per-cluster,conformal")]
+    thresholds: String,
+    /// Normalisation settings to try: off, on or both.
+    #[arg(long, default_value = "both")]
+    normalize: String,
+    #[arg(long, default_value_t = 0.95)]
+    target_tpr: f64,
+    #[arg(long, default_value_t = 0.05)]
+    alpha: f64,
+    #[command(flatten)]
+    kmeans: KmeansArgs,
+    /// Output directory for grid.md and grid.csv.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if let Some(e) = err.downcast_ref::<std::io::Error>() {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            eprintln!("oodmon-calibrate: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Fit(a) => fit(a),
+        Command::Score(a) => score(a),
+        Command::Eval(a) => eval(a),
+        Command::Grid(a) => grid(a),
+    }
+}
+
+fn load_embeddings(path: &Path) -> Result<Embeddings> {
+    Ok(npy::read_embeddings(path)?)
+}
+
+fn load_labels(path: &Path, rows: usize, of: &Path) -> Result<Vec<i64>> {
+    let labels = npy::read_labels(path)?;
+    if labels.len() != rows {
+        bail!(
+            "{}: {} labels but {} has {rows} embeddings",
+            path.display(),
+            labels.len(),
+            of.display()
+        );
+    }
+    Ok(labels)
+}
+
+fn same_dim(path: &Path, e: &Embeddings, dim: usize, of: &str) -> Result<()> {
+    if e.dim() != dim {
+        bail!(
+            "{}: embeddings have dimension {}, but {of} has {dim}",
+            path.display(),
+            e.dim()
+        );
+    }
+    Ok(())
+}
+
+fn named_sets(specs: &[String], dim: usize, of: &str) -> Result<Vec<(String, PathBuf, Embeddings)>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (name, path) = match spec.split_once('=') {
+                Some((n, p)) if !n.is_empty() => (n.to_string(), PathBuf::from(p)),
+                _ => {
+                    let p = PathBuf::from(spec);
+                    let stem = p
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| spec.clone());
+                    (stem, p)
+                }
+            };
+            let e = load_embeddings(&path)?;
+            same_dim(&path, &e, dim, of)?;
+            if e.is_empty() {
+                bail!("{}: no embeddings", path.display());
+            }
+            Ok((name, path, e))
+        })
+        .collect()
+}
+
+fn fit(a: FitArgs) -> Result<()> {
+    let clusters = ClusterSpec::parse(&a.clusters)?;
+    let metric = Metric::parse(&a.metric)?;
+    let mode = match (a.alpha, a.target_tpr, a.per_cluster) {
+        (Some(alpha), _, _) => ThresholdMode::Conformal { alpha },
+        (None, tpr, true) => ThresholdMode::PerCluster {
+            target_tpr: tpr.unwrap_or(0.95),
+        },
+        (None, tpr, false) => ThresholdMode::Global {
+            target_tpr: tpr.unwrap_or(0.95),
+        },
+    };
+    let train = load_embeddings(&a.train)?;
+    let labels = match &a.labels {
+        Some(p) => Some(load_labels(p, train.rows(), &a.train)?),
+        None if clusters.needs_labels() => {
+            bail!("--clusters {} needs --labels", clusters.name())
+        }
+        None => None,
+    };
+    let calib = load_embeddings(&a.calib)?;
+    same_dim(&a.calib, &calib, train.dim(), &a.train.display().to_string())?;
+    let calib_labels = match &a.calib_labels {
+        Some(p) => Some(load_labels(p, calib.rows(), &a.calib)?),
+        None => None,
+    };
+    let class_names = match &a.class_names {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| p.display().to_string())?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+        None => Vec::new(),
+    };
+    let preprocessing: Option<PreprocessSpec> = match &a.preprocessing {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
+            let spec: PreprocessSpec = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a preprocessing spec", p.display()))?;
+            spec.validate()
+                .with_context(|| p.display().to_string())?;
+            Some(spec)
+        }
+        None => None,
+    };
+    let encoder_sha256 = a.encoder.as_deref().map(sha256_file).transpose()?;
+
+    let mut config = FitConfig::new(clusters, metric);
+    config.normalize = a.normalize;
+    config.kmeans = a.kmeans.config();
+    config.knn_bank = a.kmeans.knn_bank;
+    let (model, thresholds) = calibrate(&train, labels.as_deref(), &calib, &config, mode)
+        .with_context(|| format!("calibrating {} on {}", a.train.display(), a.calib.display()))?;
+
+    if let Some(cl) = &calib_labels {
+        let detector_model = oodmon_calibration::Scorer::new(&model)?;
+        let scores = detector_model.score_batch(&calib)?;
+        let known = scores
+            .iter()
+            .zip(cl)
+            .filter(|(s, _)| model.cluster_class[s.nearest].is_some())
+            .count();
+        let correct = scores
+            .iter()
+            .zip(cl)
+            .filter(|(s, &l)| model.cluster_class[s.nearest] == Some(l as usize))
+            .count();
+        if known > 0 {
+            println!(
+                "nearest-cluster class accuracy on the calibration split: {:.2}%",
+                100.0 * correct as f64 / known as f64
+            );
+        }
+    }
+
+    let mut inputs = vec![
+        checksum("train", &a.train)?,
+        checksum("calib", &a.calib)?,
+    ];
+    if let Some(p) = &a.labels {
+        inputs.push(checksum("labels", p)?);
+    }
+    if let Some(p) = &a.calib_labels {
+        inputs.push(checksum("calib_labels", p)?);
+    }
+    let provenance = Provenance::now("oodmon-calibrate", inputs, std::env::args().collect());
+    let flagged = thresholds
+        .calibration_scores
+        .iter()
+        .filter(|&&s| {
+            thresholds.is_ood(&oodmon_calibration::Score {
+                score: s,
+                nearest: usize::MAX,
+            })
+        })
+        .count();
+    let artifact = CalibrationArtifact::new(
+        config,
+        model,
+        thresholds,
+        class_names,
+        encoder_sha256,
+        preprocessing,
+        provenance,
+    )?;
+    artifact.save(&a.out)?;
+    let t = &artifact.thresholds;
+    println!(
+        "wrote {}: {} clusters, metric {}, {} rule, global threshold {:.6}",
+        a.out.display(),
+        artifact.model.clusters(),
+        artifact.model.metric.name(),
+        t.mode.name(),
+        t.global
+    );
+    if !matches!(t.mode, ThresholdMode::PerCluster { .. }) {
+        println!(
+            "calibration samples flagged at this rule: {:.2}% of {}",
+            100.0 * flagged as f64 / t.calibration_scores.len() as f64,
+            t.calibration_scores.len()
+        );
+    }
+    if !t.fallback_clusters.is_empty() {
+        println!(
+            "clusters with too few calibration samples, using the global threshold: {:?}",
+            t.fallback_clusters
+        );
+    }
+    Ok(())
+}
+
+fn checksum(role: &str, path: &Path) -> Result<InputChecksum> {
+    Ok(InputChecksum {
+        role: role.into(),
+        path: path.display().to_string(),
+        sha256: sha256_file(path)?,
+    })
+}
+
+fn load_artifact(path: &Path) -> Result<CalibrationArtifact> {
+    CalibrationArtifact::load(path).with_context(|| path.display().to_string())
+}
+
+fn score(a: ScoreArgs) -> Result<()> {
+    let artifact = load_artifact(&a.calib)?;
+    let x = load_embeddings(&a.embeddings)?;
+    same_dim(&a.embeddings, &x, artifact.embedding_dim, &a.calib.display().to_string())?;
+    let detector = artifact.detector()?;
+    let scores = detector.scorer.score_batch(&x)?;
+    let ext = a.out.extension().and_then(|e| e.to_str()).unwrap_or("");
+    match ext {
+        "npy" => {
+            let v: Vec<f64> = scores.iter().map(|s| s.score).collect();
+            npy::write_f64_vector(&a.out, &v)?;
+        }
+        "csv" => {
+            let mut text = String::from("score,nearest_cluster,p_value,ood\n");
+            for s in &scores {
+                let d = detector.decide_score(*s);
+                text.push_str(&format!(
+                    "{},{},{},{}\n",
+                    d.score, d.nearest, d.p_value, d.ood as u8
+                ));
+            }
+            write_atomic(&a.out, |w| w.write_all(text.as_bytes()))?;
+        }
+        _ => bail!("{}: output must end in .npy or .csv", a.out.display()),
+    }
+    let flagged = scores.iter().filter(|s| detector.thresholds.is_ood(s)).count();
+    println!(
+        "scored {} embeddings into {} ({} flagged OOD)",
+        scores.len(),
+        a.out.display(),
+        flagged
+    );
+    Ok(())
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let artifact = load_artifact(&a.calib)?;
+    let detector = artifact.detector()?;
+    let id = load_embeddings(&a.id)?;
+    same_dim(&a.id, &id, artifact.embedding_dim, &a.calib.display().to_string())?;
+    if id.is_empty() {
+        bail!("{}: no embeddings", a.id.display());
+    }
+    let sets = named_sets(&a.ood, artifact.embedding_dim, &a.calib.display().to_string())?;
+    let per_cluster = matches!(artifact.thresholds.mode, ThresholdMode::PerCluster { .. });
+    let t = &detector.thresholds;
+    let rank = |s: &oodmon_calibration::Score| if per_cluster { t.margin(s) } else { s.score };
+    let id_scores = detector.scorer.score_batch(&id)?;
+    let id_rank: Vec<f64> = id_scores.iter().map(rank).collect();
+    let id_false_alarm =
+        id_scores.iter().filter(|s| t.is_ood(s)).count() as f64 / id_scores.len() as f64;
+    let mut results = Vec::new();
+    for (name, _, e) in &sets {
+        let scores = detector.scorer.score_batch(e)?;
+        let ranked: Vec<f64> = scores.iter().map(rank).collect();
+        let detected = scores.iter().filter(|s| t.is_ood(s)).count() as f64 / scores.len() as f64;
+        results.push((name.clone(), ranked, detected));
+    }
+    println!(
+        "ID false-alarm rate at the calibrated {} rule: {:.2}% ({} samples)",
+        t.mode.name(),
+        100.0 * id_false_alarm,
+        id_scores.len()
+    );
+    println!(
+        "{:<16} {:>8} {:>8} {:>8} {:>10} {:>9} {:>9}",
+        "ood set", "AUROC", "AUPR-In", "AUPR-Out", "FPR@95TPR", "det.err", "detected"
+    );
+    let mut report_sets = Vec::new();
+    for (name, ranked, detected) in &results {
+        let m = ood_metrics(&id_rank, ranked);
+        println!(
+            "{:<16} {:>8.2} {:>8.2} {:>8.2} {:>10.2} {:>9.2} {:>9.2}",
+            name,
+            100.0 * m.auroc,
+            100.0 * m.aupr_in,
+            100.0 * m.aupr_out,
+            100.0 * m.fpr_at_95_tpr,
+            100.0 * m.detection_error,
+            100.0 * detected
+        );
+        report_sets.push((name, ranked, m, *detected));
+    }
+    if let Some(dir) = &a.report {
+        let sets: Vec<ReportSet<'_>> = report_sets
+            .iter()
+            .map(|(n, r, m, d)| ReportSet {
+                name: n,
+                scores: r,
+                metrics: *m,
+                detection_rate: *d,
+            })
+            .collect();
+        let (rule, line) = if per_cluster {
+            ("per-cluster thresholds (scores shown as margins)".to_string(), 0.0)
+        } else {
+            (format!("{} threshold {:.6}", t.mode.name(), t.global), t.global)
+        };
+        write_report(
+            dir,
+            &format!("OOD evaluation of {}", a.calib.display()),
+            &id_rank,
+            id_false_alarm,
+            &rule,
+            line,
+            &sets,
+        )?;
+        println!("report written to {}", dir.join("report.md").display());
+    }
+    Ok(())
+}
+
+fn parse_list<T>(text: &str, parse: impl Fn(&str) -> oodmon_calibration::Result<T>) -> Result<Vec<T>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| Ok(parse(s)?))
+        .collect()
+}
+
+fn grid(a: GridArgs) -> Result<()> {
+    let clusters = parse_list(&a.clusters, ClusterSpec::parse)?;
+    let metrics = parse_list(&a.metrics, Metric::parse)?;
+    let thresholds = parse_list(&a.thresholds, |s| match s {
+        "global" => Ok(ThresholdMode::Global {
+            target_tpr: a.target_tpr,
+        }),
+        "per-cluster" => Ok(ThresholdMode::PerCluster {
+            target_tpr: a.target_tpr,
+        }),
+        "conformal" => Ok(ThresholdMode::Conformal { alpha: a.alpha }),
+        other => Err(oodmon_calibration::Error::InvalidParameter {
+            what: "threshold",
+            reason: format!("{other:?} (expected global, per-cluster or conformal)"),
+        }),
+    })?;
+    let normalize = match a.normalize.as_str() {
+        "off" => vec![false],
+        "on" => vec![true],
+        "both" => vec![false, true],
+        other => bail!("--normalize {other:?}: expected off, on or both"),
+    };
+    let train = load_embeddings(&a.train)?;
+    let of = a.train.display().to_string();
+    let labels = match &a.labels {
+        Some(p) => Some(load_labels(p, train.rows(), &a.train)?),
+        None => None,
+    };
+    if labels.is_none() && clusters.iter().any(|c| c.needs_labels()) {
+        bail!("--labels is needed for class and kmeans-per-class clusterings");
+    }
+    let calib = load_embeddings(&a.calib)?;
+    same_dim(&a.calib, &calib, train.dim(), &of)?;
+    let test = load_embeddings(&a.test)?;
+    same_dim(&a.test, &test, train.dim(), &of)?;
+    let sets = named_sets(&a.ood, train.dim(), &of)?;
+    let ood: Vec<(String, Embeddings)> = sets.into_iter().map(|(n, _, e)| (n, e)).collect();
+    let cfg = GridConfig {
+        clusters,
+        metrics,
+        normalize,
+        thresholds,
+        kmeans: a.kmeans.config(),
+        knn_bank: a.kmeans.knn_bank,
+    };
+    let data = GridData {
+        train: &train,
+        labels: labels.as_deref(),
+        calib: &calib,
+        test: &test,
+        ood: &ood,
+    };
+    let rows = run_grid(&data, &cfg, |msg| eprintln!("grid: {msg}"))?;
+    std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
+    let md = format!("# OOD grid\n\n{}", to_markdown(&rows));
+    write_atomic(&a.out.join("grid.md"), |w| w.write_all(md.as_bytes()))?;
+    let csv = to_csv(&rows);
+    write_atomic(&a.out.join("grid.csv"), |w| w.write_all(csv.as_bytes()))?;
+    println!(
+        "{} rows written to {} and {}",
+        rows.len(),
+        a.out.join("grid.md").display(),
+        a.out.join("grid.csv").display()
+    );
+    Ok(())
+}
