@@ -1,0 +1,229 @@
+//! Properties of the core that must hold for every input, not just chosen examples.
+
+use oodmon_calibration::metrics::{auroc, average_precision, fpr_at_tpr};
+use oodmon_calibration::{
+    calibrate, npy, CalibrationArtifact, ClusterSpec, FitConfig, Metric, Provenance, Scorer,
+    ThresholdMode, Thresholds,
+};
+use proptest::prelude::*;
+
+use crate::util::{blobs, noise};
+
+fn scores() -> impl Strategy<Value = Vec<f64>> {
+    // small integers make ties common, which is where AUROC implementations go wrong
+    prop::collection::vec((0i32..12).prop_map(|v| v as f64 * 0.5), 1..40)
+}
+
+proptest! {
+    #[test]
+    fn auroc_is_invariant_to_monotone_transforms(id in scores(), ood in scores()) {
+        let a = auroc(&id, &ood);
+        let f = |v: &Vec<f64>| v.iter().map(|x| (x * 0.7).exp() * 3.0 - 1.0).collect::<Vec<_>>();
+        prop_assert!((auroc(&f(&id), &f(&ood)) - a).abs() < 1e-12);
+        let cube = |v: &Vec<f64>| v.iter().map(|x| (x - 2.0).powi(3)).collect::<Vec<_>>();
+        prop_assert!((auroc(&cube(&id), &cube(&ood)) - a).abs() < 1e-12);
+    }
+
+    #[test]
+    fn swapping_id_and_ood_gives_one_minus_auroc(id in scores(), ood in scores()) {
+        prop_assert!((auroc(&ood, &id) - (1.0 - auroc(&id, &ood))).abs() < 1e-12);
+    }
+
+    #[test]
+    fn auroc_equals_the_pair_count(id in scores(), ood in scores()) {
+        let mut wins = 0.0;
+        for &o in &ood {
+            for &i in &id {
+                wins += if o > i { 1.0 } else if o == i { 0.5 } else { 0.0 };
+            }
+        }
+        let want = wins / (id.len() * ood.len()) as f64;
+        prop_assert!((auroc(&id, &ood) - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn average_precision_and_fpr_are_in_range(id in scores(), ood in scores()) {
+        let ap = average_precision(&ood, &id);
+        prop_assert!(ap > 0.0 && ap <= 1.0 + 1e-12);
+        let fpr = fpr_at_tpr(&id, &ood, 0.95);
+        prop_assert!((0.0..=1.0).contains(&fpr));
+        // at the FPR@95 threshold at least 95% of ID is accepted: so FPR is monotone in TPR
+        prop_assert!(fpr_at_tpr(&id, &ood, 0.5) <= fpr);
+    }
+
+    #[test]
+    fn global_threshold_accepts_at_least_the_target(cal in prop::collection::vec(-50.0f64..50.0, 1..200), tpr in 0.5f64..1.0) {
+        let s: Vec<_> = cal.iter().map(|&score| oodmon_calibration::Score { score, nearest: 0 }).collect();
+        let t = Thresholds::fit(ThresholdMode::Global { target_tpr: tpr }, &s, 1).unwrap();
+        let accepted = s.iter().filter(|x| !t.is_ood(x)).count() as f64 / s.len() as f64;
+        prop_assert!(accepted >= tpr - 1e-9);
+        // and it is the smallest such threshold: one step lower accepts too few
+        let lower = cal.iter().filter(|&&v| v < t.global).count() as f64 / s.len() as f64;
+        prop_assert!(lower < tpr + 1e-9);
+    }
+
+    #[test]
+    fn npy_reader_never_panics(flips in prop::collection::vec((0usize..400, any::<u8>()), 0..6), cut in 0usize..400) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.npy");
+        let (e, _) = blobs(5, 6, 2, 9);
+        npy::write_embeddings(&p, &e).unwrap();
+        let mut bytes = std::fs::read(&p).unwrap();
+        for (at, v) in flips {
+            let n = bytes.len();
+            bytes[at % n] = v;
+        }
+        bytes.truncate(cut.max(1).min(bytes.len()));
+        std::fs::write(&p, &bytes).unwrap();
+        let _ = npy::read_embeddings(&p);
+        let _ = npy::read_labels(&p);
+    }
+
+    #[test]
+    fn artifact_loader_never_panics_on_corruption(at in 0usize..100_000, byte in any::<u8>(), cut in 0usize..100_000) {
+        let text = small_artifact().to_json();
+        let mut bytes = text.into_bytes();
+        let n = bytes.len();
+        bytes[at % n] = byte;
+        bytes.truncate(cut % (n + 1));
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = CalibrationArtifact::from_json(&text);
+    }
+}
+
+fn small_artifact() -> CalibrationArtifact {
+    let (train, labels) = blobs(60, 4, 2, 5);
+    let (cal, _) = blobs(40, 4, 2, 6);
+    let cfg = FitConfig::new(ClusterSpec::Class, Metric::parse("mahalanobis").unwrap());
+    let (model, thresholds) = calibrate(
+        &train,
+        Some(&labels),
+        &cal,
+        &cfg,
+        ThresholdMode::Global { target_tpr: 0.95 },
+    )
+    .unwrap();
+    CalibrationArtifact::new(
+        cfg,
+        model,
+        thresholds,
+        vec!["a".into(), "b".into()],
+        Some("ab".repeat(32)),
+        None,
+        Provenance::now("test", vec![], vec![]),
+    )
+    .unwrap()
+}
+
+#[test]
+fn artifact_round_trips_and_rejects_tampering() {
+    let a = small_artifact();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("calib.json");
+    a.save(&p).unwrap();
+    assert_eq!(CalibrationArtifact::load(&p).unwrap(), a);
+    assert!(a.check_encoder_hash(&"ab".repeat(32)).is_ok());
+    assert!(matches!(
+        a.check_encoder_hash(&"cd".repeat(32)),
+        Err(oodmon_calibration::Error::EncoderHashMismatch { .. })
+    ));
+    // a precision matrix that is not positive definite
+    let mut bad = a.clone();
+    let d = bad.model.dim;
+    bad.model.precision[0].data.iter_mut().for_each(|v| *v = 0.0);
+    bad.model.precision[0].data[0] = -1.0;
+    for i in 1..d {
+        bad.model.precision[0].data[i * d + i] = 1.0;
+    }
+    assert!(matches!(
+        CalibrationArtifact::from_json(&bad.to_json()),
+        Err(oodmon_calibration::Error::NotPositiveDefinite { .. })
+    ));
+    // non-finite values
+    let mut bad = a.clone();
+    bad.thresholds.global = f64::NAN;
+    let json = bad.to_json().replace("\"global\": null", "\"global\": 1e999");
+    assert!(CalibrationArtifact::from_json(&json).is_err());
+    let mut bad = a.clone();
+    bad.model.centroids.data[0] = f32::INFINITY;
+    assert!(matches!(
+        CalibrationArtifact::from_json(&bad.to_json()),
+        Err(oodmon_calibration::Error::InvalidArtifact(_))
+    ));
+    // dimension mismatch between header and model
+    let mut bad = a.clone();
+    bad.embedding_dim = 5;
+    assert!(matches!(
+        CalibrationArtifact::from_json(&bad.to_json()),
+        Err(oodmon_calibration::Error::DimensionMismatch { .. })
+    ));
+    // unknown fields are refused, not ignored
+    let json = a.to_json().replacen('{', "{\"surprise\": 1,", 1);
+    assert!(CalibrationArtifact::from_json(&json).is_err());
+}
+
+#[test]
+fn batch_scoring_equals_one_at_a_time() {
+    let (train, labels) = blobs(400, 24, 4, 11);
+    let mut queries = blobs(300, 24, 4, 12).0.as_slice().to_vec();
+    queries.extend_from_slice(noise(300, 24, 10.0, 13).as_slice());
+    let queries = oodmon_calibration::Embeddings::new(600, 24, queries).unwrap();
+    for metric in ["euclidean", "cosine", "mahalanobis", "mahalanobis-per-cluster", "knn:7"] {
+        for normalize in [false, true] {
+            let mut cfg = FitConfig::new(ClusterSpec::KmeansPerClass { k: 2 }, Metric::parse(metric).unwrap());
+            cfg.normalize = normalize;
+            let model = oodmon_calibration::fit_model(&train, Some(&labels), &cfg).unwrap().model;
+            let scorer = Scorer::new(&model).unwrap();
+            let batch = scorer.score_batch(&queries).unwrap();
+            let mut scratch = scorer.scratch(1);
+            for (i, b) in batch.iter().enumerate() {
+                let one = scorer.score_one(queries.row(i), &mut scratch).unwrap();
+                let exact = !metric.starts_with("mahalanobis");
+                if exact {
+                    assert_eq!(one, *b, "{metric} row {i}");
+                } else {
+                    assert!((one.score - b.score).abs() <= 1e-5 * b.score.abs().max(1e-3), "{metric} row {i}: {one:?} vs {b:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn scoring_refuses_nan_and_wrong_dimensions() {
+    let (train, labels) = blobs(100, 8, 2, 1);
+    let model = oodmon_calibration::fit_model(&train, Some(&labels), &FitConfig::new(ClusterSpec::Class, Metric::Cosine))
+        .unwrap()
+        .model;
+    let scorer = Scorer::new(&model).unwrap();
+    let mut s = scorer.scratch(1);
+    let mut x = vec![0.1f32; 8];
+    x[3] = f32::NAN;
+    assert!(matches!(scorer.score_one(&x, &mut s), Err(oodmon_calibration::Error::NonFinite { .. })));
+    assert!(matches!(
+        scorer.score_one(&[0.0; 7], &mut s),
+        Err(oodmon_calibration::Error::DimensionMismatch { .. })
+    ));
+}
+
+/// Split-conformal guarantee: over many calibration draws, the ID false-alarm rate at
+/// alpha stays at alpha (it is exactly floor(alpha (n+1)) / (n+1) in expectation).
+#[test]
+fn conformal_false_alarm_rate_stays_at_or_below_alpha() {
+    let (train, labels) = blobs(300, 6, 3, 21);
+    let cfg = FitConfig::new(ClusterSpec::Class, Metric::Euclidean);
+    let model = oodmon_calibration::fit_model(&train, Some(&labels), &cfg).unwrap().model;
+    let scorer = Scorer::new(&model).unwrap();
+    let (alpha, n_cal, n_test, draws) = (0.05, 99, 200, 300);
+    let mut flagged = 0usize;
+    for draw in 0..draws {
+        let cal = scorer.score_batch(&blobs(n_cal, 6, 3, 10_000 + draw).0).unwrap();
+        let t = Thresholds::fit(ThresholdMode::Conformal { alpha }, &cal, 3).unwrap();
+        let test = scorer.score_batch(&blobs(n_test, 6, 3, 50_000 + draw).0).unwrap();
+        flagged += test.iter().filter(|s| t.is_ood(s)).count();
+    }
+    let rate = flagged as f64 / (draws * n_test as u64) as f64;
+    // standard error ~0.0015 here (calibration draws dominate): allow 4 of them
+    assert!(rate <= alpha + 0.006, "false-alarm rate {rate} above alpha {alpha}");
+    assert!(rate >= alpha - 0.006, "false-alarm rate {rate} far below alpha {alpha}: too conservative");
+}
