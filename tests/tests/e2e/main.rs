@@ -1,0 +1,5 @@
+//! End-to-end tests across oodmon's crates and against reference implementations
+//! (NumPy, scikit-learn) in the Python environment the test command sets up.
+
+mod reference;
+mod util;
