@@ -291,8 +291,6 @@ impl CalibrationArtifact {
     }
 }
 
-
-
 /// Scorer plus thresholds: embedding in, decision out.
 #[derive(Debug, Clone)]
 pub struct Detector {

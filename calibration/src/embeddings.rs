@@ -81,14 +81,11 @@ impl Embeddings {
 
 /// Scales a vector to unit L2 norm in place (norm computed in f64); a zero vector stays zero.
 pub fn normalize_in_place(row: &mut [f32]) {
-    let norm = row
-        .iter()
-        .map(|&v| v as f64 * v as f64)
-        .sum::<f64>()
-        .sqrt();
+    let norm = crate::linalg::norm2(row).sqrt();
     if norm > 0.0 {
+        let inv = (1.0 / norm) as f32;
         for v in row {
-            *v = (*v as f64 / norm) as f32;
+            *v *= inv;
         }
     }
 }

@@ -27,12 +27,15 @@ impl ClusterSpec {
     /// Parses `class`, `kmeans:K` or `kmeans-per-class:K`.
     pub fn parse(text: &str) -> Result<Self> {
         let k = |rest: &str| {
-            rest.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(|| {
-                Error::param(
-                    "clusters",
-                    format!("{text:?}: K must be a positive integer"),
-                )
-            })
+            rest.parse::<usize>()
+                .ok()
+                .filter(|&k| k > 0)
+                .ok_or_else(|| {
+                    Error::param(
+                        "clusters",
+                        format!("{text:?}: K must be a positive integer"),
+                    )
+                })
         };
         if text == "class" {
             Ok(ClusterSpec::Class)
@@ -141,7 +144,11 @@ pub fn fit_model(train: &Embeddings, labels: Option<&[i64]>, cfg: &FitConfig) ->
 }
 
 /// The clustering step of [`fit_model`]; `cfg.metric` is ignored.
-pub fn fit_clusters(train: &Embeddings, labels: Option<&[i64]>, cfg: &FitConfig) -> Result<Clusters> {
+pub fn fit_clusters(
+    train: &Embeddings,
+    labels: Option<&[i64]>,
+    cfg: &FitConfig,
+) -> Result<Clusters> {
     if train.is_empty() {
         return Err(Error::Empty {
             what: "training embeddings".into(),
@@ -166,7 +173,11 @@ pub fn fit_clusters(train: &Embeddings, labels: Option<&[i64]>, cfg: &FitConfig)
     let (centroids, assignment, cluster_class) = match cfg.clusters {
         ClusterSpec::Class => {
             let classes = classes.expect("labels checked");
-            let assignment: Vec<usize> = labels.expect("labels").iter().map(|&l| l as usize).collect();
+            let assignment: Vec<usize> = labels
+                .expect("labels")
+                .iter()
+                .map(|&l| l as usize)
+                .collect();
             let (sums, counts) = cluster_sums(&data, &assignment, classes);
             let centroids: Vec<f32> = (0..classes * d)
                 .map(|i| (sums[i] / counts[i / d] as f64) as f32)
@@ -264,7 +275,11 @@ pub fn fit_metric(clusters: &Clusters, cfg: &FitConfig) -> Result<Model> {
                 });
             }
             Some(KnnBank {
-                vectors: MatrixF32::new(keep.len(), d, data.select(&keep).l2_normalized().as_slice().to_vec()),
+                vectors: MatrixF32::new(
+                    keep.len(),
+                    d,
+                    data.select(&keep).l2_normalized().as_slice().to_vec(),
+                ),
                 cluster: keep.iter().map(|&i| assignment[i]).collect(),
             })
         }
@@ -297,7 +312,12 @@ fn majority_class(assignment: &[usize], labels: &[i64], k: usize) -> Vec<Option<
 }
 
 /// Scatter `sum (x - mu)(x - mu)^T / n` of the given rows around their centroids, in f64.
-fn scatter(data: &Embeddings, rows: &[usize], centroids: &[f32], assignment: &[usize]) -> (Vec<f64>, f64, f64) {
+fn scatter(
+    data: &Embeddings,
+    rows: &[usize],
+    centroids: &[f32],
+    assignment: &[usize],
+) -> (Vec<f64>, f64, f64) {
     let d = data.dim();
     let n = rows.len();
     let mut cov = vec![0f64; d * d];
@@ -342,7 +362,14 @@ fn scatter(data: &Embeddings, rows: &[usize], centroids: &[f32], assignment: &[u
 }
 
 /// Shrinks `cov` toward `mu I` (Ledoit-Wolf or fixed) and inverts it into a precision matrix.
-fn shrunk_precision(cov: &[f64], fourth: f64, n: f64, d: usize, shrinkage: Shrinkage, what: &str) -> Result<MatrixF64> {
+fn shrunk_precision(
+    cov: &[f64],
+    fourth: f64,
+    n: f64,
+    d: usize,
+    shrinkage: Shrinkage,
+    what: &str,
+) -> Result<MatrixF64> {
     let trace: f64 = (0..d).map(|i| cov[i * d + i]).sum();
     let mu = trace / d as f64;
     let s = match shrinkage {
@@ -356,7 +383,11 @@ fn shrunk_precision(cov: &[f64], fourth: f64, n: f64, d: usize, shrinkage: Shrin
             let beta = (fourth / n - frob) / (d as f64 * n);
             let delta = (frob - 2.0 * mu * trace + d as f64 * mu * mu) / d as f64;
             let beta = beta.min(delta);
-            if delta > 0.0 { (beta / delta).clamp(0.0, 1.0) } else { 1.0 }
+            if delta > 0.0 {
+                (beta / delta).clamp(0.0, 1.0)
+            } else {
+                1.0
+            }
         }
     };
     // A tiny ridge keeps a degenerate (e.g. constant) cluster invertible.
@@ -396,7 +427,14 @@ fn fit_precision(
     let all: Vec<usize> = (0..data.rows()).collect();
     let (cov, fourth, n) = scatter(data, &all, centroids, assignment);
     match covariance {
-        Covariance::Tied => Ok(vec![shrunk_precision(&cov, fourth, n, d, shrinkage, "the tied covariance")?]),
+        Covariance::Tied => Ok(vec![shrunk_precision(
+            &cov,
+            fourth,
+            n,
+            d,
+            shrinkage,
+            "the tied covariance",
+        )?]),
         Covariance::PerCluster => {
             let mut members = vec![Vec::new(); k];
             for (i, &a) in assignment.iter().enumerate() {
@@ -426,7 +464,10 @@ mod tests {
     #[test]
     fn parses_specs() {
         assert_eq!(ClusterSpec::parse("class").unwrap(), ClusterSpec::Class);
-        assert_eq!(ClusterSpec::parse("kmeans:4").unwrap(), ClusterSpec::Kmeans { k: 4 });
+        assert_eq!(
+            ClusterSpec::parse("kmeans:4").unwrap(),
+            ClusterSpec::Kmeans { k: 4 }
+        );
         assert_eq!(
             ClusterSpec::parse("kmeans-per-class:2").unwrap(),
             ClusterSpec::KmeansPerClass { k: 2 }
@@ -439,11 +480,20 @@ mod tests {
 
     #[test]
     fn label_problems_are_typed() {
-        assert!(matches!(validate_labels(3, &[0, 1]), Err(Error::LengthMismatch { .. })));
-        assert!(matches!(validate_labels(2, &[0, -1]), Err(Error::BadLabel { row: 1, .. })));
+        assert!(matches!(
+            validate_labels(3, &[0, 1]),
+            Err(Error::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            validate_labels(2, &[0, -1]),
+            Err(Error::BadLabel { row: 1, .. })
+        ));
         assert!(matches!(
             validate_labels(3, &[0, 2, 2]),
-            Err(Error::EmptyClass { class: 1, classes: 3 })
+            Err(Error::EmptyClass {
+                class: 1,
+                classes: 3
+            })
         ));
         assert_eq!(validate_labels(3, &[1, 0, 1]).unwrap(), 2);
     }
@@ -455,7 +505,10 @@ mod tests {
         let cfg = FitConfig::new(ClusterSpec::Class, Metric::parse("mahalanobis").unwrap());
         let fitted = fit_model(&e, Some(&[0, 0, 0]), &cfg).unwrap();
         assert_eq!(fitted.model.precision.len(), 1);
-        let per = FitConfig::new(ClusterSpec::Class, Metric::parse("mahalanobis-per-cluster").unwrap());
+        let per = FitConfig::new(
+            ClusterSpec::Class,
+            Metric::parse("mahalanobis-per-cluster").unwrap(),
+        );
         let fitted = fit_model(&e, Some(&[0, 1, 1]), &per).unwrap();
         assert_eq!(fitted.model.precision.len(), 2);
     }

@@ -75,7 +75,10 @@ pub fn run_grid(
             fc.normalize = normalize;
             fc.kmeans = cfg.kmeans;
             fc.knn_bank = cfg.knn_bank;
-            progress(&format!("clusters {} (normalize={normalize})", clusters.name()));
+            progress(&format!(
+                "clusters {} (normalize={normalize})",
+                clusters.name()
+            ));
             let fitted_clusters = fit_clusters(data.train, data.labels, &fc)?;
             log::info!(
                 "fitted {} in {:.1}s",
@@ -106,8 +109,8 @@ pub fn run_grid(
                         _ => s.score,
                     };
                     let id_scores: Vec<f64> = test.iter().map(rank).collect();
-                    let id_false_alarm =
-                        test.iter().filter(|s| t.is_ood(s)).count() as f64 / test.len().max(1) as f64;
+                    let id_false_alarm = test.iter().filter(|s| t.is_ood(s)).count() as f64
+                        / test.len().max(1) as f64;
                     for (name, scores) in &oods {
                         let o: Vec<f64> = scores.iter().map(rank).collect();
                         rows.push(GridRow {

@@ -58,7 +58,7 @@ pub fn kmeans(data: &Embeddings, cfg: &KMeansConfig) -> Result<KMeansFit> {
             have: n,
         });
     }
-    if cfg.n_init == 0 || cfg.max_iter == 0 || !(cfg.tol >= 0.0) {
+    if cfg.n_init == 0 || cfg.max_iter == 0 || cfg.tol.is_nan() || cfg.tol < 0.0 {
         return Err(Error::param(
             "k-means",
             "n_init and max_iter must be positive and tol non-negative",
@@ -92,7 +92,10 @@ fn mean_variance(data: &Embeddings) -> f64 {
             sq[j] += v as f64 * v as f64;
         }
     }
-    (0..d).map(|j| sq[j] / n - (sum[j] / n).powi(2)).sum::<f64>() / d as f64
+    (0..d)
+        .map(|j| sq[j] / n - (sum[j] / n).powi(2))
+        .sum::<f64>()
+        / d as f64
 }
 
 /// Squared distances (approximate, via GEMM, clamped at zero) from every sample to each of
@@ -287,7 +290,11 @@ fn lloyd(
 }
 
 /// Per-cluster sums (f64) and counts, reduced over parallel chunks.
-pub(crate) fn cluster_sums(data: &Embeddings, labels: &[usize], k: usize) -> (Vec<f64>, Vec<usize>) {
+pub(crate) fn cluster_sums(
+    data: &Embeddings,
+    labels: &[usize],
+    k: usize,
+) -> (Vec<f64>, Vec<usize>) {
     let d = data.dim();
     let chunk = (data.rows() / (4 * rayon::current_num_threads()).max(1)).max(1024);
     labels

@@ -63,28 +63,43 @@ pub(crate) fn matmul(a: &[f32], m: usize, t: &[f32], d: usize, e: usize, out: &m
     }
 }
 
+/// Sums `f(a_i, b_i)` in f64 with eight independent accumulators, so that the loop
+/// vectorises (a single f64 accumulator serialises on the add latency).
+#[inline]
+fn sum8(a: &[f32], b: &[f32], f: impl Fn(f64, f64) -> f64) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f64; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            acc[l] += f(x[l] as f64, y[l] as f64);
+        }
+    }
+    let mut tail = 0f64;
+    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += f(x as f64, y as f64);
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
 /// Squared L2 norm in f64.
 #[inline]
 pub(crate) fn norm2(x: &[f32]) -> f64 {
-    x.iter().map(|&v| v as f64 * v as f64).sum()
+    sum8(x, x, |a, _| a * a)
 }
 
 /// Exact squared Euclidean distance in f64.
 #[inline]
 pub(crate) fn dist2(x: &[f32], c: &[f32]) -> f64 {
-    x.iter()
-        .zip(c)
-        .map(|(&a, &b)| {
-            let t = a as f64 - b as f64;
-            t * t
-        })
-        .sum()
+    sum8(x, c, |a, b| (a - b) * (a - b))
 }
 
-/// Exact dot product in f64.
+/// Dot product in f64.
 #[inline]
 pub(crate) fn dot64(x: &[f32], c: &[f32]) -> f64 {
-    x.iter().zip(c).map(|(&a, &b)| a as f64 * b as f64).sum()
+    sum8(x, c, |a, b| a * b)
 }
 
 /// Relative error bound of an f32 dot product of length `d`, used to decide which

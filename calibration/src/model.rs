@@ -228,9 +228,7 @@ impl Scorer {
         }
         let mut centers = model.centroids.data.clone();
         if model.normalize {
-            centers
-                .chunks_exact_mut(d)
-                .for_each(normalize_in_place);
+            centers.chunks_exact_mut(d).for_each(normalize_in_place);
         }
         let mut transforms = Vec::new();
         let kind = match model.metric {
@@ -303,8 +301,7 @@ impl Scorer {
                         bank.vectors.rows
                     )));
                 }
-                if bank.cluster.len() != bank.vectors.rows || bank.cluster.iter().any(|&c| c >= k)
-                {
+                if bank.cluster.len() != bank.vectors.rows || bank.cluster.iter().any(|&c| c >= k) {
                     return Err(Error::InvalidArtifact(
                         "k-NN bank cluster ids do not match the bank or the clusters".into(),
                     ));
@@ -419,22 +416,26 @@ impl Scorer {
 
     fn score_block(&self, rows: &[f32], m: usize, s: &mut Scratch, out: &mut [Score]) {
         let d = self.dim;
-        let x = &mut s.x[..m * d];
-        x.copy_from_slice(&rows[..m * d]);
         let unit = match &self.kind {
             Kind::Nearest { cosine } => *cosine,
             Kind::Knn { .. } => true,
             Kind::PerCluster => false,
         };
-        if self.normalize || unit {
+        // Inputs are used in place unless they must be normalised first.
+        let x: &[f32] = if self.normalize || unit {
+            let x = &mut s.x[..m * d];
+            x.copy_from_slice(&rows[..m * d]);
             x.chunks_exact_mut(d).for_each(normalize_in_place);
-        }
+            &s.x[..m * d]
+        } else {
+            &rows[..m * d]
+        };
         match &self.kind {
             Kind::Nearest { cosine } => {
                 let target: &[f32] = if self.transforms.is_empty() {
-                    &s.x[..m * d]
+                    x
                 } else {
-                    matmul(&s.x[..m * d], m, &self.transforms, d, d, &mut s.z[..m * d]);
+                    matmul(x, m, &self.transforms, d, d, &mut s.z[..m * d]);
                     &s.z[..m * d]
                 };
                 self.nearest_centres(target, m, *cosine, &mut s.dots, &mut s.candidates, out);
@@ -448,7 +449,7 @@ impl Scorer {
                 }
                 for j in 0..self.k {
                     let c = &self.centers[j * d..(j + 1) * d];
-                    for (zi, xi) in s.z[..m * d].chunks_exact_mut(d).zip(s.x.chunks_exact(d)) {
+                    for (zi, xi) in s.z[..m * d].chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                         for ((zv, &xv), &cv) in zi.iter_mut().zip(xi).zip(c) {
                             *zv = xv - cv;
                         }
@@ -475,10 +476,10 @@ impl Scorer {
             } => {
                 let b = bank_cluster.len();
                 let sims = &mut s.dots[..m * b];
-                dots(&s.x[..m * d], m, bank, b, d, sims);
+                dots(x, m, bank, b, d, sims);
                 let bound = dot_error_bound(d);
                 for i in 0..m {
-                    let xi = &s.x[i * d..(i + 1) * d];
+                    let xi = &x[i * d..(i + 1) * d];
                     let qn = norm2(xi);
                     let row = &sims[i * b..(i + 1) * b];
                     // approximate squared distances; the k-th smallest, with a safety margin
@@ -541,7 +542,11 @@ impl Scorer {
                     let c = &self.centers[j * d..(j + 1) * d];
                     let exact = if cosine {
                         let denom = (qn * self.center_norm2[j]).sqrt();
-                        let cos = if denom > 0.0 { dot64(t, c) / denom } else { 0.0 };
+                        let cos = if denom > 0.0 {
+                            dot64(t, c) / denom
+                        } else {
+                            0.0
+                        };
                         1.0 - cos
                     } else {
                         dist2(t, c)

@@ -451,7 +451,7 @@ mod tests {
         write_labels(&p, &[1, 2]).unwrap();
         assert!(matches!(read_embeddings(&p), Err(Error::WrongDtype { .. })));
 
-        let mut nan = vec![0.0f32; 6];
+        let mut nan = [0.0f32; 6];
         nan[4] = f32::NAN;
         let body: Vec<u8> = nan.iter().flat_map(|v| v.to_le_bytes()).collect();
         write_array(&p, "<f4", &[3, 2], &body).unwrap();

@@ -48,12 +48,18 @@ pub fn roc_svg(id: &[f64], sets: &[ReportSet<'_>]) -> std::io::Result<String> {
             .draw()
             .map_err(plot_err)?;
         chart
-            .draw_series(LineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], &BLACK.mix(0.3)))
+            .draw_series(LineSeries::new(
+                vec![(0.0, 0.0), (1.0, 1.0)],
+                &BLACK.mix(0.3),
+            ))
             .map_err(plot_err)?;
         for (i, s) in sets.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             chart
-                .draw_series(LineSeries::new(roc_points(id, s.scores), color.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    roc_points(id, s.scores),
+                    color.stroke_width(2),
+                ))
                 .map_err(plot_err)?
                 .label(format!("{} (AUROC {:.3})", s.name, s.metrics.auroc))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
@@ -73,8 +79,14 @@ pub fn roc_svg(id: &[f64], sets: &[ReportSet<'_>]) -> std::io::Result<String> {
 /// Draws overlaid, normalised score histograms of ID and one OOD set, with the threshold.
 pub fn histogram_svg(id: &[f64], set: &ReportSet<'_>, threshold: f64) -> std::io::Result<String> {
     let all = id.iter().chain(set.scores).copied();
-    let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
-    let (lo, hi) = if hi > lo { (lo, hi) } else { (lo - 0.5, lo + 0.5) };
+    let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    let (lo, hi) = if hi > lo {
+        (lo, hi)
+    } else {
+        (lo - 0.5, lo + 0.5)
+    };
     let bins = 50usize;
     let width = (hi - lo) / bins as f64;
     let density = |v: &[f64]| {
@@ -114,10 +126,15 @@ pub fn histogram_svg(id: &[f64], set: &ReportSet<'_>, threshold: f64) -> std::io
                 }))
                 .map_err(plot_err)?
                 .label(name.to_string())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+                });
         }
         chart
-            .draw_series(LineSeries::new(vec![(threshold, 0.0), (threshold, top)], BLACK.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                vec![(threshold, 0.0), (threshold, top)],
+                BLACK.stroke_width(2),
+            ))
             .map_err(plot_err)?
             .label("threshold")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
@@ -143,9 +160,8 @@ pub fn write_report(
     sets: &[ReportSet<'_>],
 ) -> crate::Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
-    let save = |name: &str, text: &str| {
-        write_atomic(&dir.join(name), |w| w.write_all(text.as_bytes()))
-    };
+    let save =
+        |name: &str, text: &str| write_atomic(&dir.join(name), |w| w.write_all(text.as_bytes()));
     let roc = roc_svg(id, sets).map_err(|e| crate::Error::io(dir.join("roc.svg"), e))?;
     save("roc.svg", &roc)?;
     let mut md = format!(
@@ -171,7 +187,8 @@ pub fn write_report(
     md.push_str("\nPercentages. AUPR-In takes ID as positive, AUPR-Out OOD; FPR@95TPR is the fraction of OOD accepted when 95% of ID is accepted.\n\n![ROC curves](roc.svg)\n\n");
     for s in sets {
         let file = format!("hist_{}.svg", sanitize(s.name));
-        let svg = histogram_svg(id, s, threshold).map_err(|e| crate::Error::io(dir.join(&file), e))?;
+        let svg =
+            histogram_svg(id, s, threshold).map_err(|e| crate::Error::io(dir.join(&file), e))?;
         save(&file, &svg)?;
         md.push_str(&format!("![score histogram, {}]({file})\n\n", s.name));
     }
@@ -180,6 +197,12 @@ pub fn write_report(
 
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }

@@ -97,7 +97,8 @@ impl Thresholds {
                 check_tpr(target_tpr)?;
                 out.global = upper_quantile(&sorted, target_tpr);
                 // A quantile at q needs about 1/(1-q) samples to be more than the maximum.
-                let min_samples = ((1.0 / (1.0 - target_tpr).max(1e-9)).ceil() as usize).clamp(1, 1000);
+                let min_samples =
+                    ((1.0 / (1.0 - target_tpr).max(1e-9)).ceil() as usize).clamp(1, 1000);
                 let mut per: Vec<Vec<f64>> = vec![Vec::new(); clusters];
                 for s in calibration {
                     if s.nearest < clusters {
@@ -142,9 +143,11 @@ impl Thresholds {
     /// The threshold that applies to a score nearest to `cluster`.
     pub fn threshold_for(&self, cluster: usize) -> f64 {
         match self.mode {
-            ThresholdMode::PerCluster { .. } => {
-                self.per_cluster.get(cluster).copied().unwrap_or(self.global)
-            }
+            ThresholdMode::PerCluster { .. } => self
+                .per_cluster
+                .get(cluster)
+                .copied()
+                .unwrap_or(self.global),
             _ => self.global,
         }
     }
@@ -192,19 +195,31 @@ mod tests {
         assert_eq!(t.p_value(4.5), 1.0 / 5.0);
         // alpha 0.4 with n=4: p <= 0.4 iff score > 3
         assert_eq!(t.global, 3.0);
-        assert!(t.is_ood(&Score { score: 3.5, nearest: 0 }));
-        assert!(!t.is_ood(&Score { score: 3.0, nearest: 0 }));
+        assert!(t.is_ood(&Score {
+            score: 3.5,
+            nearest: 0
+        }));
+        assert!(!t.is_ood(&Score {
+            score: 3.0,
+            nearest: 0
+        }));
         assert!(matches!(
             Thresholds::fit(ThresholdMode::Conformal { alpha: 0.1 }, &cal, 1),
             Err(Error::UnachievableAlpha { n: 4, .. })
         ));
-        assert!(t.is_ood(&Score { score: f64::NAN, nearest: 0 }));
+        assert!(t.is_ood(&Score {
+            score: f64::NAN,
+            nearest: 0
+        }));
     }
 
     #[test]
     fn per_cluster_falls_back_when_a_cluster_is_thin() {
         let mut cal = scores(&(0..40).map(|v| v as f64).collect::<Vec<_>>());
-        cal.push(Score { score: 100.0, nearest: 1 });
+        cal.push(Score {
+            score: 100.0,
+            nearest: 1,
+        });
         let t = Thresholds::fit(ThresholdMode::PerCluster { target_tpr: 0.95 }, &cal, 2).unwrap();
         assert_eq!(t.per_cluster[0], 37.0);
         assert_eq!(t.fallback_clusters, vec![1]);

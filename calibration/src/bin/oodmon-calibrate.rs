@@ -16,7 +16,11 @@ use oodmon_calibration::{
 };
 
 #[derive(Parser)]
-#[command(name = "oodmon-calibrate", version, about = "Clustering-based OOD calibration on embeddings (.npy)")]
+#[command(
+    name = "oodmon-calibrate",
+    version,
+    about = "Clustering-based OOD calibration on embeddings (.npy)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,6 +36,12 @@ enum Command {
     Eval(EvalArgs),
     /// Run every combination of clustering, metric and threshold (the paper's study).
     Grid(GridArgs),
+    /// Self-contained demonstration on generated embeddings: writes the inputs, fits,
+    /// evaluates and writes a report into DIR.
+    Demo {
+        #[arg(long, default_value = "oodmon-demo")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -194,6 +204,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Score(a) => score(a),
         Command::Eval(a) => eval(a),
         Command::Grid(a) => grid(a),
+        Command::Demo { out } => demo(out),
     }
 }
 
@@ -225,7 +236,11 @@ fn same_dim(path: &Path, e: &Embeddings, dim: usize, of: &str) -> Result<()> {
     Ok(())
 }
 
-fn named_sets(specs: &[String], dim: usize, of: &str) -> Result<Vec<(String, PathBuf, Embeddings)>> {
+fn named_sets(
+    specs: &[String],
+    dim: usize,
+    of: &str,
+) -> Result<Vec<(String, PathBuf, Embeddings)>> {
     specs
         .iter()
         .map(|spec| {
@@ -271,7 +286,12 @@ fn fit(a: FitArgs) -> Result<()> {
         None => None,
     };
     let calib = load_embeddings(&a.calib)?;
-    same_dim(&a.calib, &calib, train.dim(), &a.train.display().to_string())?;
+    same_dim(
+        &a.calib,
+        &calib,
+        train.dim(),
+        &a.train.display().to_string(),
+    )?;
     let calib_labels = match &a.calib_labels {
         Some(p) => Some(load_labels(p, calib.rows(), &a.calib)?),
         None => None,
@@ -291,8 +311,7 @@ fn fit(a: FitArgs) -> Result<()> {
             let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
             let spec: PreprocessSpec = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a preprocessing spec", p.display()))?;
-            spec.validate()
-                .with_context(|| p.display().to_string())?;
+            spec.validate().with_context(|| p.display().to_string())?;
             Some(spec)
         }
         None => None,
@@ -327,10 +346,7 @@ fn fit(a: FitArgs) -> Result<()> {
         }
     }
 
-    let mut inputs = vec![
-        checksum("train", &a.train)?,
-        checksum("calib", &a.calib)?,
-    ];
+    let mut inputs = vec![checksum("train", &a.train)?, checksum("calib", &a.calib)?];
     if let Some(p) = &a.labels {
         inputs.push(checksum("labels", p)?);
     }
@@ -398,7 +414,12 @@ fn load_artifact(path: &Path) -> Result<CalibrationArtifact> {
 fn score(a: ScoreArgs) -> Result<()> {
     let artifact = load_artifact(&a.calib)?;
     let x = load_embeddings(&a.embeddings)?;
-    same_dim(&a.embeddings, &x, artifact.embedding_dim, &a.calib.display().to_string())?;
+    same_dim(
+        &a.embeddings,
+        &x,
+        artifact.embedding_dim,
+        &a.calib.display().to_string(),
+    )?;
     let detector = artifact.detector()?;
     let scores = detector.scorer.score_batch(&x)?;
     let ext = a.out.extension().and_then(|e| e.to_str()).unwrap_or("");
@@ -420,7 +441,10 @@ fn score(a: ScoreArgs) -> Result<()> {
         }
         _ => bail!("{}: output must end in .npy or .csv", a.out.display()),
     }
-    let flagged = scores.iter().filter(|s| detector.thresholds.is_ood(s)).count();
+    let flagged = scores
+        .iter()
+        .filter(|s| detector.thresholds.is_ood(s))
+        .count();
     println!(
         "scored {} embeddings into {} ({} flagged OOD)",
         scores.len(),
@@ -434,11 +458,20 @@ fn eval(a: EvalArgs) -> Result<()> {
     let artifact = load_artifact(&a.calib)?;
     let detector = artifact.detector()?;
     let id = load_embeddings(&a.id)?;
-    same_dim(&a.id, &id, artifact.embedding_dim, &a.calib.display().to_string())?;
+    same_dim(
+        &a.id,
+        &id,
+        artifact.embedding_dim,
+        &a.calib.display().to_string(),
+    )?;
     if id.is_empty() {
         bail!("{}: no embeddings", a.id.display());
     }
-    let sets = named_sets(&a.ood, artifact.embedding_dim, &a.calib.display().to_string())?;
+    let sets = named_sets(
+        &a.ood,
+        artifact.embedding_dim,
+        &a.calib.display().to_string(),
+    )?;
     let per_cluster = matches!(artifact.thresholds.mode, ThresholdMode::PerCluster { .. });
     let t = &detector.thresholds;
     let rank = |s: &oodmon_calibration::Score| if per_cluster { t.margin(s) } else { s.score };
@@ -489,9 +522,15 @@ fn eval(a: EvalArgs) -> Result<()> {
             })
             .collect();
         let (rule, line) = if per_cluster {
-            ("per-cluster thresholds (scores shown as margins)".to_string(), 0.0)
+            (
+                "per-cluster thresholds (scores shown as margins)".to_string(),
+                0.0,
+            )
         } else {
-            (format!("{} threshold {:.6}", t.mode.name(), t.global), t.global)
+            (
+                format!("{} threshold {:.6}", t.mode.name(), t.global),
+                t.global,
+            )
         };
         write_report(
             dir,
@@ -507,7 +546,10 @@ fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn parse_list<T>(text: &str, parse: impl Fn(&str) -> oodmon_calibration::Result<T>) -> Result<Vec<T>> {
+fn parse_list<T>(
+    text: &str,
+    parse: impl Fn(&str) -> oodmon_calibration::Result<T>,
+) -> Result<Vec<T>> {
     text.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -580,4 +622,90 @@ fn grid(a: GridArgs) -> Result<()> {
         a.out.join("grid.csv").display()
     );
     Ok(())
+}
+
+/// Class-structured embeddings (ID) and three kinds of OOD: unseen classes near the ID
+/// ones, broad noise, and ID embeddings with a shifted subspace.
+fn demo_data(dir: &Path) -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2203_08549);
+    let (d, classes) = (64usize, 10usize);
+    let mut gauss = move || {
+        // Box-Muller: a standard normal sample
+        let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    };
+    let mut centres: Vec<f64> = (0..(classes + 5) * d).map(|_| 2.5 * gauss()).collect();
+    // unseen classes lie between known ones: 70% of the way to one, 30% to the next
+    for u in 0..5 {
+        for j in 0..d {
+            centres[(classes + u) * d + j] = 0.7 * centres[u * d + j] + 0.3 * centres[(u + 1) * d + j];
+        }
+    }
+    let mut sample = |n: usize, class_of: &dyn Fn(usize) -> usize, spread: f64| {
+        let mut data = Vec::with_capacity(n * d);
+        let mut labels = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = class_of(i);
+            for j in 0..d {
+                data.push((centres[c * d + j] + spread * gauss()) as f32);
+            }
+            labels.push(c as i64);
+        }
+        (Embeddings::new(n, d, data).expect("finite"), labels)
+    };
+    let id = |i: usize| i % classes;
+    let (train, labels) = sample(5000, &id, 1.0);
+    let (calib, calib_labels) = sample(1000, &id, 1.0);
+    let (test, _) = sample(2000, &id, 1.0);
+    let (near, _) = sample(1000, &|i| classes + i % 5, 1.0);
+    let (wide, _) = sample(1000, &id, 1.3);
+    let write = |name: &str, e: &Embeddings| npy::write_embeddings(dir.join(name), e);
+    write("train.npy", &train)?;
+    npy::write_labels(dir.join("train_labels.npy"), &labels)?;
+    write("calib.npy", &calib)?;
+    npy::write_labels(dir.join("calib_labels.npy"), &calib_labels)?;
+    write("test.npy", &test)?;
+    write("ood_unseen_classes.npy", &near)?;
+    write("ood_wide.npy", &wide)?;
+    Ok(())
+}
+
+fn demo(out: PathBuf) -> Result<()> {
+    std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
+    demo_data(&out)?;
+    let p = |name: &str| out.join(name);
+    println!("generated embeddings in {}", out.display());
+    fit(FitArgs {
+        train: p("train.npy"),
+        labels: Some(p("train_labels.npy")),
+        calib: p("calib.npy"),
+        calib_labels: Some(p("calib_labels.npy")),
+        clusters: "class".into(),
+        metric: "cosine".into(),
+        normalize: false,
+        target_tpr: Some(0.95),
+        alpha: None,
+        per_cluster: false,
+        class_names: None,
+        encoder: None,
+        preprocessing: None,
+        kmeans: KmeansArgs {
+            kmeans_restarts: 3,
+            kmeans_max_iter: 300,
+            kmeans_tol: 1e-4,
+            seed: 0,
+            knn_bank: None,
+        },
+        out: p("calib.json"),
+    })?;
+    eval(EvalArgs {
+        calib: p("calib.json"),
+        id: p("test.npy"),
+        ood: vec![
+            format!("unseen-classes={}", p("ood_unseen_classes.npy").display()),
+            format!("wide={}", p("ood_wide.npy").display()),
+        ],
+        report: Some(p("report")),
+    })
 }

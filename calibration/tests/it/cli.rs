@@ -26,62 +26,159 @@ fn fit_score_eval_grid_end_to_end() {
     write_inputs(dir.path());
     let out = calibrate(
         dir.path(),
-        &fit_args(&["--metric", "mahalanobis", "--calib-labels", "calib_labels.npy"]),
+        &fit_args(&[
+            "--metric",
+            "mahalanobis",
+            "--calib-labels",
+            "calib_labels.npy",
+        ]),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("accuracy on the calibration split: 100.00%"), "{stdout}");
+    assert!(
+        stdout.contains("accuracy on the calibration split: 100.00%"),
+        "{stdout}"
+    );
     let artifact = CalibrationArtifact::load(dir.path().join("calib.json")).unwrap();
     assert_eq!(artifact.embedding_dim, 12);
     assert_eq!(artifact.model.clusters(), 3);
     assert_eq!(artifact.provenance.inputs.len(), 4);
 
-    let out = calibrate(dir.path(), &["score", "--calib", "calib.json", "--embeddings", "ood.npy", "--out", "s.csv"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = calibrate(
+        dir.path(),
+        &[
+            "score",
+            "--calib",
+            "calib.json",
+            "--embeddings",
+            "ood.npy",
+            "--out",
+            "s.csv",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let csv = std::fs::read_to_string(dir.path().join("s.csv")).unwrap();
     assert_eq!(csv.lines().count(), 201);
-    assert!(csv.lines().skip(1).all(|l| l.ends_with(",1")), "noise must be flagged");
-    let out = calibrate(dir.path(), &["score", "--calib", "calib.json", "--embeddings", "test.npy", "--out", "s.npy"]);
+    assert!(
+        csv.lines().skip(1).all(|l| l.ends_with(",1")),
+        "noise must be flagged"
+    );
+    let out = calibrate(
+        dir.path(),
+        &[
+            "score",
+            "--calib",
+            "calib.json",
+            "--embeddings",
+            "test.npy",
+            "--out",
+            "s.npy",
+        ],
+    );
     assert!(out.status.success());
-    assert_eq!(npy::read_f64_vector(dir.path().join("s.npy")).unwrap().len(), 300);
+    assert_eq!(
+        npy::read_f64_vector(dir.path().join("s.npy"))
+            .unwrap()
+            .len(),
+        300
+    );
 
     let out = calibrate(
         dir.path(),
-        &["eval", "--calib", "calib.json", "--id", "test.npy", "--ood", "noise=ood.npy", "--report", "rep"],
+        &[
+            "eval",
+            "--calib",
+            "calib.json",
+            "--id",
+            "test.npy",
+            "--ood",
+            "noise=ood.npy",
+            "--report",
+            "rep",
+        ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("noise"), "{stdout}");
     let report = std::fs::read_to_string(dir.path().join("rep/report.md")).unwrap();
     assert!(report.contains("| noise | 200 | 100.00 |"), "{report}");
     for svg in ["rep/roc.svg", "rep/hist_noise.svg"] {
         let text = std::fs::read_to_string(dir.path().join(svg)).unwrap();
-        assert!(text.starts_with("<svg") && text.contains("<path") || text.contains("<polyline"), "{svg}");
+        assert!(
+            text.starts_with("<svg") && text.contains("<path") || text.contains("<polyline"),
+            "{svg}"
+        );
     }
 
     let out = calibrate(
         dir.path(),
         &[
-            "grid", "--train", "train.npy", "--labels", "labels.npy", "--calib", "calib.npy", "--test", "test.npy",
-            "--ood", "ood.npy", "--clusters", "class,kmeans:3,kmeans-per-class:2", "--metrics",
-            "euclidean,cosine,mahalanobis,mahalanobis-per-cluster,knn:5", "--out", "grid",
+            "grid",
+            "--train",
+            "train.npy",
+            "--labels",
+            "labels.npy",
+            "--calib",
+            "calib.npy",
+            "--test",
+            "test.npy",
+            "--ood",
+            "ood.npy",
+            "--clusters",
+            "class,kmeans:3,kmeans-per-class:2",
+            "--metrics",
+            "euclidean,cosine,mahalanobis,mahalanobis-per-cluster,knn:5",
+            "--out",
+            "grid",
         ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let csv = std::fs::read_to_string(dir.path().join("grid/grid.csv")).unwrap();
     // 3 clusterings x 2 normalisations x 5 metrics x 3 rules x 1 OOD set
     assert_eq!(csv.lines().count(), 1 + 90);
-    assert!(std::fs::read_to_string(dir.path().join("grid/grid.md")).unwrap().contains("| class | cosine |"));
+    assert!(std::fs::read_to_string(dir.path().join("grid/grid.md"))
+        .unwrap()
+        .contains("| class | cosine |"));
 }
 
 #[test]
 fn conformal_and_per_cluster_fits() {
     let dir = tempfile::tempdir().unwrap();
     write_inputs(dir.path());
-    let out = calibrate(dir.path(), &fit_args(&["--alpha", "0.05", "--metric", "knn:5"]));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = calibrate(dir.path(), &fit_args(&["--per-cluster", "--clusters", "kmeans-per-class:2"]));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = calibrate(
+        dir.path(),
+        &fit_args(&["--alpha", "0.05", "--metric", "knn:5"]),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = calibrate(
+        dir.path(),
+        &fit_args(&["--per-cluster", "--clusters", "kmeans-per-class:2"]),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let a = CalibrationArtifact::load(dir.path().join("calib.json")).unwrap();
     assert_eq!(a.thresholds.per_cluster.len(), 6);
 }
@@ -91,7 +188,11 @@ fn malformed_npy() {
     let dir = tempfile::tempdir().unwrap();
     write_inputs(dir.path());
     std::fs::write(dir.path().join("train.npy"), b"not numpy at all").unwrap();
-    assert_fails_cleanly(&calibrate(dir.path(), &fit_args(&[])), "train.npy", "not a valid .npy");
+    assert_fails_cleanly(
+        &calibrate(dir.path(), &fit_args(&[])),
+        "train.npy",
+        "not a valid .npy",
+    );
 }
 
 #[test]
@@ -101,7 +202,11 @@ fn truncated_npy() {
     let p = dir.path().join("calib.npy");
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-    assert_fails_cleanly(&calibrate(dir.path(), &fit_args(&[])), "calib.npy", "truncated");
+    assert_fails_cleanly(
+        &calibrate(dir.path(), &fit_args(&[])),
+        "calib.npy",
+        "truncated",
+    );
 }
 
 #[test]
@@ -109,7 +214,11 @@ fn wrong_dtype() {
     let dir = tempfile::tempdir().unwrap();
     write_inputs(dir.path());
     npy::write_labels(dir.path().join("train.npy"), &[1, 2, 3]).unwrap();
-    assert_fails_cleanly(&calibrate(dir.path(), &fit_args(&[])), "train.npy", "expected float32");
+    assert_fails_cleanly(
+        &calibrate(dir.path(), &fit_args(&[])),
+        "train.npy",
+        "expected float32",
+    );
 }
 
 #[test]
@@ -118,16 +227,24 @@ fn mismatched_dimensions() {
     write_inputs(dir.path());
     let e = Embeddings::new(10, 5, vec![0.5; 50]).unwrap();
     npy::write_embeddings(dir.path().join("calib.npy"), &e).unwrap();
-    assert_fails_cleanly(&calibrate(dir.path(), &fit_args(&[])), "calib.npy", "dimension 5");
+    assert_fails_cleanly(
+        &calibrate(dir.path(), &fit_args(&[])),
+        "calib.npy",
+        "dimension 5",
+    );
 }
 
 #[test]
 fn nan_rows() {
     let dir = tempfile::tempdir().unwrap();
     write_inputs(dir.path());
-    let mut v = vec![0.5f32; 12 * 4];
+    let mut v = [0.5f32; 12 * 4];
     v[2 * 12 + 3] = f32::NAN;
-    npy::write_embeddings(dir.path().join("calib.npy"), &Embeddings::new(4, 12, vec![0.5; 48]).unwrap()).unwrap();
+    npy::write_embeddings(
+        dir.path().join("calib.npy"),
+        &Embeddings::new(4, 12, vec![0.5; 48]).unwrap(),
+    )
+    .unwrap();
     // write the NaN directly into the file's data section (Embeddings refuses NaN)
     let p = dir.path().join("calib.npy");
     let mut bytes = std::fs::read(&p).unwrap();
@@ -136,7 +253,11 @@ fn nan_rows() {
         bytes[offset + i * 4..offset + i * 4 + 4].copy_from_slice(&x.to_le_bytes());
     }
     std::fs::write(&p, bytes).unwrap();
-    assert_fails_cleanly(&calibrate(dir.path(), &fit_args(&[])), "calib.npy", "row 2 holds a NaN");
+    assert_fails_cleanly(
+        &calibrate(dir.path(), &fit_args(&[])),
+        "calib.npy",
+        "row 2 holds a NaN",
+    );
 }
 
 #[test]
@@ -145,7 +266,11 @@ fn empty_class() {
     write_inputs(dir.path());
     let labels: Vec<i64> = (0..600).map(|i| if i % 2 == 0 { 0 } else { 2 }).collect();
     npy::write_labels(dir.path().join("labels.npy"), &labels).unwrap();
-    assert_fails_cleanly(&calibrate(dir.path(), &fit_args(&[])), "train.npy", "class 1 has no training samples");
+    assert_fails_cleanly(
+        &calibrate(dir.path(), &fit_args(&[])),
+        "train.npy",
+        "class 1 has no training samples",
+    );
 }
 
 #[test]
@@ -153,7 +278,11 @@ fn labels_of_another_length() {
     let dir = tempfile::tempdir().unwrap();
     write_inputs(dir.path());
     npy::write_labels(dir.path().join("labels.npy"), &[0, 1, 2]).unwrap();
-    assert_fails_cleanly(&calibrate(dir.path(), &fit_args(&[])), "labels.npy", "3 labels but");
+    assert_fails_cleanly(
+        &calibrate(dir.path(), &fit_args(&[])),
+        "labels.npy",
+        "3 labels but",
+    );
 }
 
 #[test]
@@ -173,7 +302,11 @@ fn missing_file() {
     let dir = tempfile::tempdir().unwrap();
     write_inputs(dir.path());
     std::fs::remove_file(dir.path().join("labels.npy")).unwrap();
-    assert_fails_cleanly(&calibrate(dir.path(), &fit_args(&[])), "labels.npy", "no such file");
+    assert_fails_cleanly(
+        &calibrate(dir.path(), &fit_args(&[])),
+        "labels.npy",
+        "no such file",
+    );
 }
 
 #[test]
@@ -183,13 +316,33 @@ fn artifact_problems_on_score() {
     assert!(calibrate(dir.path(), &fit_args(&[])).status.success());
     let p = dir.path().join("calib.json");
     let good = std::fs::read_to_string(&p).unwrap();
-    let score = ["score", "--calib", "calib.json", "--embeddings", "test.npy", "--out", "s.npy"];
+    let score = [
+        "score",
+        "--calib",
+        "calib.json",
+        "--embeddings",
+        "test.npy",
+        "--out",
+        "s.npy",
+    ];
 
-    std::fs::write(&p, good.replace("\"schema_version\": 1", "\"schema_version\": 7")).unwrap();
-    assert_fails_cleanly(&calibrate(dir.path(), &score), "calib.json", "unknown calibration schema version 7");
+    std::fs::write(
+        &p,
+        good.replace("\"schema_version\": 1", "\"schema_version\": 7"),
+    )
+    .unwrap();
+    assert_fails_cleanly(
+        &calibrate(dir.path(), &score),
+        "calib.json",
+        "unknown calibration schema version 7",
+    );
 
     std::fs::write(&p, &good[..good.len() / 2]).unwrap();
-    assert_fails_cleanly(&calibrate(dir.path(), &score), "calib.json", "not valid JSON");
+    assert_fails_cleanly(
+        &calibrate(dir.path(), &score),
+        "calib.json",
+        "not valid JSON",
+    );
 
     let e = Embeddings::new(3, 4, vec![1.0; 12]).unwrap();
     std::fs::write(&p, &good).unwrap();

@@ -130,7 +130,10 @@ fn artifact_round_trips_and_rejects_tampering() {
     // a precision matrix that is not positive definite
     let mut bad = a.clone();
     let d = bad.model.dim;
-    bad.model.precision[0].data.iter_mut().for_each(|v| *v = 0.0);
+    bad.model.precision[0]
+        .data
+        .iter_mut()
+        .for_each(|v| *v = 0.0);
     bad.model.precision[0].data[0] = -1.0;
     for i in 1..d {
         bad.model.precision[0].data[i * d + i] = 1.0;
@@ -142,7 +145,9 @@ fn artifact_round_trips_and_rejects_tampering() {
     // non-finite values
     let mut bad = a.clone();
     bad.thresholds.global = f64::NAN;
-    let json = bad.to_json().replace("\"global\": null", "\"global\": 1e999");
+    let json = bad
+        .to_json()
+        .replace("\"global\": null", "\"global\": 1e999");
     assert!(CalibrationArtifact::from_json(&json).is_err());
     let mut bad = a.clone();
     bad.model.centroids.data[0] = f32::INFINITY;
@@ -168,11 +173,22 @@ fn batch_scoring_equals_one_at_a_time() {
     let mut queries = blobs(300, 24, 4, 12).0.as_slice().to_vec();
     queries.extend_from_slice(noise(300, 24, 10.0, 13).as_slice());
     let queries = oodmon_calibration::Embeddings::new(600, 24, queries).unwrap();
-    for metric in ["euclidean", "cosine", "mahalanobis", "mahalanobis-per-cluster", "knn:7"] {
+    for metric in [
+        "euclidean",
+        "cosine",
+        "mahalanobis",
+        "mahalanobis-per-cluster",
+        "knn:7",
+    ] {
         for normalize in [false, true] {
-            let mut cfg = FitConfig::new(ClusterSpec::KmeansPerClass { k: 2 }, Metric::parse(metric).unwrap());
+            let mut cfg = FitConfig::new(
+                ClusterSpec::KmeansPerClass { k: 2 },
+                Metric::parse(metric).unwrap(),
+            );
             cfg.normalize = normalize;
-            let model = oodmon_calibration::fit_model(&train, Some(&labels), &cfg).unwrap().model;
+            let model = oodmon_calibration::fit_model(&train, Some(&labels), &cfg)
+                .unwrap()
+                .model;
             let scorer = Scorer::new(&model).unwrap();
             let batch = scorer.score_batch(&queries).unwrap();
             let mut scratch = scorer.scratch(1);
@@ -182,7 +198,10 @@ fn batch_scoring_equals_one_at_a_time() {
                 if exact {
                     assert_eq!(one, *b, "{metric} row {i}");
                 } else {
-                    assert!((one.score - b.score).abs() <= 1e-5 * b.score.abs().max(1e-3), "{metric} row {i}: {one:?} vs {b:?}");
+                    assert!(
+                        (one.score - b.score).abs() <= 1e-5 * b.score.abs().max(1e-3),
+                        "{metric} row {i}: {one:?} vs {b:?}"
+                    );
                 }
             }
         }
@@ -192,14 +211,21 @@ fn batch_scoring_equals_one_at_a_time() {
 #[test]
 fn scoring_refuses_nan_and_wrong_dimensions() {
     let (train, labels) = blobs(100, 8, 2, 1);
-    let model = oodmon_calibration::fit_model(&train, Some(&labels), &FitConfig::new(ClusterSpec::Class, Metric::Cosine))
-        .unwrap()
-        .model;
+    let model = oodmon_calibration::fit_model(
+        &train,
+        Some(&labels),
+        &FitConfig::new(ClusterSpec::Class, Metric::Cosine),
+    )
+    .unwrap()
+    .model;
     let scorer = Scorer::new(&model).unwrap();
     let mut s = scorer.scratch(1);
     let mut x = vec![0.1f32; 8];
     x[3] = f32::NAN;
-    assert!(matches!(scorer.score_one(&x, &mut s), Err(oodmon_calibration::Error::NonFinite { .. })));
+    assert!(matches!(
+        scorer.score_one(&x, &mut s),
+        Err(oodmon_calibration::Error::NonFinite { .. })
+    ));
     assert!(matches!(
         scorer.score_one(&[0.0; 7], &mut s),
         Err(oodmon_calibration::Error::DimensionMismatch { .. })
@@ -212,18 +238,30 @@ fn scoring_refuses_nan_and_wrong_dimensions() {
 fn conformal_false_alarm_rate_stays_at_or_below_alpha() {
     let (train, labels) = blobs(300, 6, 3, 21);
     let cfg = FitConfig::new(ClusterSpec::Class, Metric::Euclidean);
-    let model = oodmon_calibration::fit_model(&train, Some(&labels), &cfg).unwrap().model;
+    let model = oodmon_calibration::fit_model(&train, Some(&labels), &cfg)
+        .unwrap()
+        .model;
     let scorer = Scorer::new(&model).unwrap();
     let (alpha, n_cal, n_test, draws) = (0.05, 99, 200, 300);
     let mut flagged = 0usize;
     for draw in 0..draws {
-        let cal = scorer.score_batch(&blobs(n_cal, 6, 3, 10_000 + draw).0).unwrap();
+        let cal = scorer
+            .score_batch(&blobs(n_cal, 6, 3, 10_000 + draw).0)
+            .unwrap();
         let t = Thresholds::fit(ThresholdMode::Conformal { alpha }, &cal, 3).unwrap();
-        let test = scorer.score_batch(&blobs(n_test, 6, 3, 50_000 + draw).0).unwrap();
+        let test = scorer
+            .score_batch(&blobs(n_test, 6, 3, 50_000 + draw).0)
+            .unwrap();
         flagged += test.iter().filter(|s| t.is_ood(s)).count();
     }
     let rate = flagged as f64 / (draws * n_test as u64) as f64;
     // standard error ~0.0015 here (calibration draws dominate): allow 4 of them
-    assert!(rate <= alpha + 0.006, "false-alarm rate {rate} above alpha {alpha}");
-    assert!(rate >= alpha - 0.006, "false-alarm rate {rate} far below alpha {alpha}: too conservative");
+    assert!(
+        rate <= alpha + 0.006,
+        "false-alarm rate {rate} above alpha {alpha}"
+    );
+    assert!(
+        rate >= alpha - 0.006,
+        "false-alarm rate {rate} far below alpha {alpha}: too conservative"
+    );
 }

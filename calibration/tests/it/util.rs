@@ -66,13 +66,20 @@ pub fn calibrate(dir: &Path, args: &[&str]) -> Output {
         }
         None => Command::new(bin),
     };
-    cmd.current_dir(dir).args(args).output().expect("run oodmon-calibrate")
+    cmd.current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run oodmon-calibrate")
 }
 
 /// Asserts a clean failure: exit code 1 (not a panic), one line naming `file` and `problem`.
 pub fn assert_fails_cleanly(out: &Output, file: &str, problem: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "expected exit 1, stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit 1, stderr: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");

@@ -36,8 +36,12 @@ fn case() -> &'static Case {
         q = Embeddings::new(300, 16, data).unwrap();
         let (kmeans_data, _) = gaussian_classes(3000, 16, 6, 4);
         // scores with many ties and with continuous values, ID and OOD overlapping
-        let id_scores: Vec<f64> = (0..700).map(|i| ((i * 37 % 101) as f64 / 10.0).round() + (i % 3) as f64 * 0.25).collect();
-        let ood_scores: Vec<f64> = (0..400).map(|i| ((i * 53 % 97) as f64 / 8.0).round() + 2.0 + (i % 5) as f64 * 0.125).collect();
+        let id_scores: Vec<f64> = (0..700)
+            .map(|i| ((i * 37 % 101) as f64 / 10.0).round() + (i % 3) as f64 * 0.25)
+            .collect();
+        let ood_scores: Vec<f64> = (0..400)
+            .map(|i| ((i * 53 % 97) as f64 / 8.0).round() + 2.0 + (i % 5) as f64 * 0.125)
+            .collect();
         npy::write_embeddings(p("train.npy"), &train).unwrap();
         npy::write_labels(p("labels.npy"), &labels).unwrap();
         npy::write_embeddings(p("queries.npy"), &q).unwrap();
@@ -47,7 +51,8 @@ fn case() -> &'static Case {
         let spec = serde_json::json!({"knn_k": KNN_K, "kmeans_k": KMEANS_K});
         std::fs::write(p("spec.json"), spec.to_string()).unwrap();
         run_python("reference.py", &[dir.path()]);
-        let reference: Value = serde_json::from_str(&std::fs::read_to_string(p("reference.json")).unwrap()).unwrap();
+        let reference: Value =
+            serde_json::from_str(&std::fs::read_to_string(p("reference.json")).unwrap()).unwrap();
         Case {
             _dir: dir,
             train,
@@ -89,9 +94,15 @@ fn assert_close(metric: &str, ours: &[f64], reference: &[f64], rel: f64) {
     for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
         let err = (a - b).abs() / b.abs().max(1e-12);
         worst = worst.max(err);
-        assert!(err <= rel, "{metric} row {i}: ours {a}, reference {b} (relative error {err:.2e})");
+        assert!(
+            err <= rel,
+            "{metric} row {i}: ours {a}, reference {b} (relative error {err:.2e})"
+        );
     }
-    eprintln!("{metric}: worst relative error {worst:.2e} over {} rows", ours.len());
+    eprintln!(
+        "{metric}: worst relative error {worst:.2e} over {} rows",
+        ours.len()
+    );
 }
 
 #[test]
@@ -106,29 +117,62 @@ fn metrics_match_sklearn() {
         ("fpr_at_95_tpr", m.fpr_at_95_tpr),
     ] {
         let want = r[name].as_f64().unwrap();
-        assert!((ours - want).abs() <= 1e-9, "{name}: ours {ours}, sklearn {want}");
+        assert!(
+            (ours - want).abs() <= 1e-9,
+            "{name}: ours {ours}, sklearn {want}"
+        );
     }
 }
 
 #[test]
 fn euclidean_scores_match_numpy() {
-    assert_close("euclidean", &our_scores("euclidean"), &reference_vector("euclidean"), 1e-5);
+    assert_close(
+        "euclidean",
+        &our_scores("euclidean"),
+        &reference_vector("euclidean"),
+        1e-5,
+    );
     // the nearest cluster agrees too
     let c = case();
-    let model = fit_model(&c.train, Some(&c.labels), &FitConfig::new(ClusterSpec::Class, Metric::Euclidean)).unwrap().model;
-    let nearest: Vec<usize> = Scorer::new(&model).unwrap().score_batch(&c.queries).unwrap().iter().map(|s| s.nearest).collect();
-    let want: Vec<usize> = reference_vector("euclidean_nearest").iter().map(|&v| v as usize).collect();
+    let model = fit_model(
+        &c.train,
+        Some(&c.labels),
+        &FitConfig::new(ClusterSpec::Class, Metric::Euclidean),
+    )
+    .unwrap()
+    .model;
+    let nearest: Vec<usize> = Scorer::new(&model)
+        .unwrap()
+        .score_batch(&c.queries)
+        .unwrap()
+        .iter()
+        .map(|s| s.nearest)
+        .collect();
+    let want: Vec<usize> = reference_vector("euclidean_nearest")
+        .iter()
+        .map(|&v| v as usize)
+        .collect();
     assert_eq!(nearest, want);
 }
 
 #[test]
 fn cosine_scores_match_numpy() {
-    assert_close("cosine", &our_scores("cosine"), &reference_vector("cosine"), 1e-5);
+    assert_close(
+        "cosine",
+        &our_scores("cosine"),
+        &reference_vector("cosine"),
+        1e-5,
+    );
 }
 
 #[test]
 fn mahalanobis_tied_matches_numpy_with_sklearn_ledoit_wolf() {
-    assert_close("mahalanobis", &our_scores("mahalanobis"), &reference_vector("mahalanobis"), 1e-5);
+    assert_close(
+        "mahalanobis",
+        &our_scores("mahalanobis"),
+        &reference_vector("mahalanobis"),
+        1e-5,
+    );
 }
 
 #[test]
@@ -143,16 +187,31 @@ fn mahalanobis_per_cluster_matches_numpy_with_sklearn_ledoit_wolf() {
 
 #[test]
 fn knn_scores_match_numpy() {
-    assert_close("knn", &our_scores(&format!("knn:{KNN_K}")), &reference_vector("knn"), 1e-5);
+    assert_close(
+        "knn",
+        &our_scores(&format!("knn:{KNN_K}")),
+        &reference_vector("knn"),
+        1e-5,
+    );
 }
 
 #[test]
 fn kmeans_inertia_is_within_one_percent_of_sklearn() {
     let c = case();
     for k in KMEANS_K {
-        let ours = kmeans(&c.kmeans_data, &KMeansConfig::new(k)).unwrap().inertia;
-        let want = c.reference["kmeans_inertia"][k.to_string()].as_f64().unwrap();
-        eprintln!("k-means k={k}: ours {ours:.3}, sklearn {want:.3} ({:+.3}%)", 100.0 * (ours / want - 1.0));
-        assert!(ours <= want * 1.01, "k={k}: inertia {ours} is more than 1% above sklearn's {want}");
+        let ours = kmeans(&c.kmeans_data, &KMeansConfig::new(k))
+            .unwrap()
+            .inertia;
+        let want = c.reference["kmeans_inertia"][k.to_string()]
+            .as_f64()
+            .unwrap();
+        eprintln!(
+            "k-means k={k}: ours {ours:.3}, sklearn {want:.3} ({:+.3}%)",
+            100.0 * (ours / want - 1.0)
+        );
+        assert!(
+            ours <= want * 1.01,
+            "k={k}: inertia {ours} is more than 1% above sklearn's {want}"
+        );
     }
 }

@@ -25,7 +25,9 @@ pub fn python() -> PathBuf {
 
 /// Runs a script from `tests/py` with arguments and returns its stdout; panics with its stderr.
 pub fn run_python(script: &str, args: &[&Path]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(script);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("py")
+        .join(script);
     let out = Command::new(python())
         .arg(path)
         .args(args)
@@ -43,7 +45,9 @@ pub fn run_python(script: &str, args: &[&Path]) -> String {
 pub fn gaussian_classes(n: usize, dim: usize, classes: usize, seed: u64) -> (Embeddings, Vec<i64>) {
     let normal = Normal::new(0.0f64, 1.0).unwrap();
     let mut centres = ChaCha8Rng::seed_from_u64(77);
-    let mu: Vec<f64> = (0..classes * dim).map(|_| 3.0 * normal.sample(&mut centres)).collect();
+    let mu: Vec<f64> = (0..classes * dim)
+        .map(|_| 3.0 * normal.sample(&mut centres))
+        .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut data = Vec::with_capacity(n * dim);
     let mut labels = Vec::with_capacity(n);
@@ -51,7 +55,8 @@ pub fn gaussian_classes(n: usize, dim: usize, classes: usize, seed: u64) -> (Emb
         let c = i % classes;
         let z: Vec<f64> = (0..dim).map(|_| normal.sample(&mut rng)).collect();
         for j in 0..dim {
-            let mixed = z[j] * (0.5 + j as f64 / dim as f64) + 0.6 * z[(j + 1) % dim] * (c as f64 + 1.0) / classes as f64;
+            let mixed = z[j] * (0.5 + j as f64 / dim as f64)
+                + 0.6 * z[(j + 1) % dim] * (c as f64 + 1.0) / classes as f64;
             data.push((mu[c * dim + j] + mixed) as f32);
         }
         labels.push(c as i64);
