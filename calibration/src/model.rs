@@ -379,7 +379,22 @@ impl Scorer {
                 row: 0,
             });
         }
-        assert!(scratch.rows >= 1, "scratch made for zero rows");
+        let width = match &self.kind {
+            Kind::Knn { bank_cluster, .. } => bank_cluster.len(),
+            _ => self.k,
+        };
+        let per_cluster = matches!(self.kind, Kind::PerCluster);
+        if scratch.rows == 0
+            || scratch.x.len() < self.dim
+            || scratch.z.len() < self.dim
+            || scratch.dots.len() < width
+            || (per_cluster && scratch.w.len() < self.dim)
+        {
+            return Err(Error::param(
+                "scratch",
+                "made for another scorer or for zero rows; use Scorer::scratch",
+            ));
+        }
         let mut out = [Score {
             score: 0.0,
             nearest: 0,

@@ -639,7 +639,8 @@ fn demo_data(dir: &Path) -> Result<()> {
     // unseen classes lie between known ones: 70% of the way to one, 30% to the next
     for u in 0..5 {
         for j in 0..d {
-            centres[(classes + u) * d + j] = 0.7 * centres[u * d + j] + 0.3 * centres[(u + 1) * d + j];
+            centres[(classes + u) * d + j] =
+                0.7 * centres[u * d + j] + 0.3 * centres[(u + 1) * d + j];
         }
     }
     let mut sample = |n: usize, class_of: &dyn Fn(usize) -> usize, spread: f64| {
