@@ -69,7 +69,7 @@ fn scoring(c: &mut Criterion) {
     group.sample_size(10);
     for k in [10usize, 100] {
         // training data to fit the clusters and statistics from
-        let (train, labels) = clustered(20 * k.max(100), DIM, k, 2 + k as u64);
+        let (train, labels) = clustered(KNN_BANK, DIM, k, 2 + k as u64);
         save(&format!("train_k{k}.npy"), &train);
         if let Some(dir) = data_dir() {
             npy::write_labels(dir.join(format!("labels_k{k}.npy")), &labels).unwrap();

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::embeddings::Embeddings;
 use crate::error::{Error, Result};
-use crate::linalg::{dist2, dots, norm2, BLOCK_ROWS};
+use crate::linalg::{dist2, dots, norm2, to_distances_argmin, BLOCK_ROWS};
 
 /// k-means settings; the defaults follow scikit-learn except for several restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -186,7 +186,11 @@ fn assign(
     dist: &mut [f64],
 ) {
     let d = data.dim();
-    let cn: Vec<f64> = centers.chunks_exact(d.max(1)).take(k).map(norm2).collect();
+    let cn: Vec<f32> = centers
+        .chunks_exact(d.max(1))
+        .take(k)
+        .map(|c| norm2(c) as f32)
+        .collect();
     labels
         .par_chunks_mut(BLOCK_ROWS)
         .zip(dist.par_chunks_mut(BLOCK_ROWS))
@@ -205,17 +209,9 @@ fn assign(
                     buf,
                 );
                 for i in 0..m {
-                    let row = &buf[i * k..(i + 1) * k];
-                    let (mut bj, mut bv) = (0, f64::INFINITY);
-                    for (j, &dot) in row.iter().enumerate() {
-                        let v = cn[j] - 2.0 * dot as f64;
-                        if v < bv {
-                            bv = v;
-                            bj = j;
-                        }
-                    }
+                    let (bj, bv) = to_distances_argmin(&mut buf[i * k..(i + 1) * k], &cn);
                     lab[i] = bj;
-                    dst[i] = (bv + norms[start + i]).max(0.0);
+                    dst[i] = (bv as f64 + norms[start + i]).max(0.0);
                 }
             },
         );

@@ -102,6 +102,19 @@ pub(crate) fn dot64(x: &[f32], c: &[f32]) -> f64 {
     sum8(x, c, |a, b| a * b)
 }
 
+/// `row[j] = offset[j] - 2 row[j]` (turning dot products into squared distances up to a
+/// per-row constant), returning the minimum and its first index. Written as two plain
+/// passes so that both vectorise.
+#[inline]
+pub(crate) fn to_distances_argmin(row: &mut [f32], offset: &[f32]) -> (usize, f32) {
+    for (v, &o) in row.iter_mut().zip(offset) {
+        *v = o - 2.0 * *v;
+    }
+    let min = row.iter().copied().fold(f32::INFINITY, f32::min);
+    let index = row.iter().position(|&v| v == min).unwrap_or(0);
+    (index, min)
+}
+
 /// Relative error bound of an f32 dot product of length `d`, used to decide which
 /// approximate candidates must be recomputed exactly.
 #[inline]

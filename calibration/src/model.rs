@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::embeddings::{normalize_in_place, Embeddings};
 use crate::error::{Error, Result};
-use crate::linalg::{dist2, dot64, dot_error_bound, dots, matmul, norm2, BLOCK_ROWS};
+use crate::linalg::{
+    dist2, dot64, dot_error_bound, dots, matmul, norm2, to_distances_argmin, BLOCK_ROWS,
+};
 use crate::matrix::{MatrixF32, MatrixF64};
 
 /// Which covariance Mahalanobis uses.
@@ -165,6 +167,7 @@ pub struct Scorer {
     /// Centres in the scoring space, `k x e` (`e = d`).
     centers: Vec<f32>,
     center_norm2: Vec<f64>,
+    center_norm2_f32: Vec<f32>,
     center_norm_max: f64,
     k: usize,
     /// Row-major `d x d` factors `L` with `P = L L^T`, so that `(x-c)^T P (x-c) = ||(x-c)^T L||^2`.
@@ -328,6 +331,7 @@ impl Scorer {
             normalize: model.normalize,
             kind,
             centers,
+            center_norm2_f32: center_norm2.iter().map(|&v| v as f32).collect(),
             center_norm2,
             center_norm_max,
             k,
@@ -547,13 +551,16 @@ impl Scorer {
         for i in 0..m {
             let t = &target[i * d..(i + 1) * d];
             let qn = norm2(t);
-            let row = &buf[i * k..(i + 1) * k];
-            let approx = |j: usize| qn + self.center_norm2[j] - 2.0 * row[j] as f64;
-            let best = (0..k).map(approx).fold(f64::INFINITY, f64::min);
-            let margin = 4.0 * bound * qn.sqrt() * self.center_norm_max + 1e-12 * (qn + 1.0);
+            let row = &mut buf[i * k..(i + 1) * k];
+            // approximate squared distances minus |t|^2, in f32
+            let (_, best) = to_distances_argmin(row, &self.center_norm2_f32);
+            let margin = 4.0 * bound * qn.sqrt() * self.center_norm_max
+                + 8.0 * f32::EPSILON as f64 * (qn + self.center_norm_max * self.center_norm_max)
+                + 1e-12;
+            let limit = best as f64 + margin;
             candidates.clear();
-            for j in 0..k {
-                if approx(j) <= best + margin {
+            for (j, &approx) in row.iter().enumerate() {
+                if approx as f64 <= limit {
                     let c = &self.centers[j * d..(j + 1) * d];
                     let exact = if cosine {
                         let denom = (qn * self.center_norm2[j]).sqrt();
