@@ -1,5 +1,6 @@
 //! End-to-end tests across oodmon's crates and against reference implementations
 //! (NumPy, scikit-learn) in the Python environment the test command sets up.
 
+mod preprocess;
 mod reference;
 mod util;
