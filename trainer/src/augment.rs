@@ -16,7 +16,10 @@ pub fn normalise_into(img: &[f32], w: usize, h: usize, spec: &PreprocessSpec, ou
     };
     for c in 0..3 {
         let src = order[c];
-        let (scale, shift) = (1.0 / (255.0 * spec.std[src]), spec.mean[src] / spec.std[src]);
+        let (scale, shift) = (
+            1.0 / (255.0 * spec.std[src]),
+            spec.mean[src] / spec.std[src],
+        );
         for p in 0..plane {
             let v = img[p * 3 + src] * scale - shift;
             match spec.layout {

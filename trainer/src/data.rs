@@ -143,7 +143,9 @@ impl Dataset {
         let mut keep = Vec::new();
         let mut hold = Vec::new();
         for class in 0..self.classes() as i64 {
-            let mut rows: Vec<usize> = (0..self.len()).filter(|&i| self.labels[i] == class).collect();
+            let mut rows: Vec<usize> = (0..self.len())
+                .filter(|&i| self.labels[i] == class)
+                .collect();
             rows.shuffle(&mut rng);
             let n_hold = (rows.len() as f64 * fraction).round() as usize;
             hold.extend_from_slice(&rows[..n_hold]);
@@ -186,14 +188,24 @@ impl Builder {
         }
     }
 
-    fn push(&mut self, img: &[u8], w: usize, h: usize, format: PixelFormat, label: i64) -> Result<()> {
+    fn push(
+        &mut self,
+        img: &[u8],
+        w: usize,
+        h: usize,
+        format: PixelFormat,
+        label: i64,
+    ) -> Result<()> {
         if w == self.width && h == self.height && format == PixelFormat::Rgb8 {
             self.pixels.extend_from_slice(img);
         } else {
             let mut p = Preprocessor::new(&self.spec, w, h, format)?;
             p.run(img, None, &mut self.scratch)?;
-            self.pixels
-                .extend(self.scratch.iter().map(|&v| v.round().clamp(0.0, 255.0) as u8));
+            self.pixels.extend(
+                self.scratch
+                    .iter()
+                    .map(|&v| v.round().clamp(0.0, 255.0) as u8),
+            );
         }
         self.labels.push(label);
         Ok(())
@@ -236,13 +248,19 @@ fn load_cifar(dir: &Path, split: Split, spec: &PreprocessSpec, hundred: bool) ->
     // A single file (e.g. an OOD set in CIFAR layout) serves every split.
     let files: Vec<PathBuf> = match (hundred, split) {
         _ if dir.is_file() => vec![dir.to_path_buf()],
-        (false, Split::Train) => (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).collect(),
+        (false, Split::Train) => (1..=5)
+            .map(|i| dir.join(format!("data_batch_{i}.bin")))
+            .collect(),
         (false, Split::Test) => vec![dir.join("test_batch.bin")],
         (true, Split::Train) => vec![dir.join("train.bin")],
         (true, Split::Test) => vec![dir.join("test.bin")],
     };
     let classes = if hundred { 100 } else { 10 };
-    let meta = if dir.is_file() { dir.parent().unwrap_or(dir) } else { dir };
+    let meta = if dir.is_file() {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
     let names = if hundred {
         read_names(&meta.join("fine_label_names.txt"))
     } else {
@@ -258,7 +276,10 @@ fn load_cifar(dir: &Path, split: Split, spec: &PreprocessSpec, hundred: bool) ->
         if bytes.is_empty() || bytes.len() % record != 0 {
             return Err(malformed(
                 file,
-                format!("{} bytes is not a whole number of {record}-byte CIFAR records (truncated?)", bytes.len()),
+                format!(
+                    "{} bytes is not a whole number of {record}-byte CIFAR records (truncated?)",
+                    bytes.len()
+                ),
             ));
         }
         for rec in bytes.chunks_exact(record) {
@@ -307,25 +328,48 @@ fn find_idx(dir: &Path, split: Split, kind: &str) -> Result<PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            prefixes.iter().any(|pre| name.starts_with(pre)) && name.contains(&format!("-{kind}-idx"))
+            prefixes.iter().any(|pre| name.starts_with(pre))
+                && name.contains(&format!("-{kind}-idx"))
         })
         .collect();
     found.sort();
     found.into_iter().next().ok_or_else(|| {
-        malformed(dir, format!("no {split:?} {kind} IDX file (e.g. {}-{kind}-idx?-ubyte[.gz])", prefixes[0]))
+        malformed(
+            dir,
+            format!(
+                "no {split:?} {kind} IDX file (e.g. {}-{kind}-idx?-ubyte[.gz])",
+                prefixes[0]
+            ),
+        )
     })
 }
 
 fn idx_header(path: &Path, bytes: &[u8], dims: usize) -> Result<Vec<usize>> {
-    if bytes.len() < 4 + 4 * dims || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 || bytes[3] as usize != dims {
-        return Err(malformed(path, format!("not an unsigned-byte IDX file with {dims} dimensions")));
+    if bytes.len() < 4 + 4 * dims
+        || bytes[0] != 0
+        || bytes[1] != 0
+        || bytes[2] != 0x08
+        || bytes[3] as usize != dims
+    {
+        return Err(malformed(
+            path,
+            format!("not an unsigned-byte IDX file with {dims} dimensions"),
+        ));
     }
     let shape: Vec<usize> = (0..dims)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
+        .map(|i| {
+            u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize
+        })
         .collect();
     let need = 4 + 4 * dims + shape.iter().product::<usize>();
     if bytes.len() != need {
-        return Err(malformed(path, format!("holds {} bytes, its header promises {need} (truncated?)", bytes.len())));
+        return Err(malformed(
+            path,
+            format!(
+                "holds {} bytes, its header promises {need} (truncated?)",
+                bytes.len()
+            ),
+        ));
     }
     Ok(shape)
 }
@@ -338,10 +382,23 @@ fn load_idx(dir: &Path, split: Split, spec: &PreprocessSpec) -> Result<Dataset> 
     let shape = idx_header(&img_path, &images, 3)?;
     let lshape = idx_header(&lab_path, &labels, 1)?;
     if shape[0] != lshape[0] {
-        return Err(malformed(&lab_path, format!("{} labels for {} images in {}", lshape[0], shape[0], img_path.display())));
+        return Err(malformed(
+            &lab_path,
+            format!(
+                "{} labels for {} images in {}",
+                lshape[0],
+                shape[0],
+                img_path.display()
+            ),
+        ));
     }
     let (n, h, w) = (shape[0], shape[1], shape[2]);
-    let classes = labels[8..].iter().map(|&l| l as usize + 1).max().unwrap_or(0).max(10);
+    let classes = labels[8..]
+        .iter()
+        .map(|&l| l as usize + 1)
+        .max()
+        .unwrap_or(0)
+        .max(10);
     let mut b = Builder::new(spec);
     for i in 0..n {
         let img = &images[16 + i * h * w..16 + (i + 1) * h * w];
@@ -362,7 +419,10 @@ fn load_folder(dir: &Path, split: Split, spec: &PreprocessSpec) -> Result<Datase
     } else if split == Split::Train {
         dir.to_path_buf()
     } else {
-        return Err(malformed(dir, "has no train/ and test/ subfolders, so there is no test split"));
+        return Err(malformed(
+            dir,
+            "has no train/ and test/ subfolders, so there is no test split",
+        ));
     };
     let mut classes: Vec<PathBuf> = std::fs::read_dir(&root)
         .map_err(io_err(&root))?
@@ -380,7 +440,10 @@ fn load_folder(dir: &Path, split: Split, spec: &PreprocessSpec) -> Result<Datase
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 matches!(
-                    p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+                    p.extension()
+                        .and_then(|e| e.to_str())
+                        .map(str::to_ascii_lowercase)
+                        .as_deref(),
                     Some("jpg" | "jpeg" | "png")
                 )
             })
@@ -394,12 +457,22 @@ fn load_folder(dir: &Path, split: Split, spec: &PreprocessSpec) -> Result<Datase
                 })?
                 .into_rgb8();
             let (w, h) = img.dimensions();
-            b.push(img.as_raw(), w as usize, h as usize, PixelFormat::Rgb8, label as i64)?;
+            b.push(
+                img.as_raw(),
+                w as usize,
+                h as usize,
+                PixelFormat::Rgb8,
+                label as i64,
+            )?;
         }
     }
     let names = classes
         .iter()
-        .map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        .map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
         .collect();
     let ds = b.finish(names);
     if ds.is_empty() {
@@ -443,9 +516,16 @@ mod tests {
         let test = load(&spec_, Split::Test, &spec()).unwrap();
         assert_eq!(test.labels, vec![3]);
         // a truncated batch and a label out of range are errors naming the file
-        std::fs::write(dir.path().join("test_batch.bin"), &cifar_record(3, 7)[..100]).unwrap();
+        std::fs::write(
+            dir.path().join("test_batch.bin"),
+            &cifar_record(3, 7)[..100],
+        )
+        .unwrap();
         let err = load(&spec_, Split::Test, &spec()).unwrap_err().to_string();
-        assert!(err.contains("test_batch.bin") && err.contains("truncated"), "{err}");
+        assert!(
+            err.contains("test_batch.bin") && err.contains("truncated"),
+            "{err}"
+        );
         std::fs::write(dir.path().join("test_batch.bin"), cifar_record(12, 7)).unwrap();
         let err = load(&spec_, Split::Test, &spec()).unwrap_err().to_string();
         assert!(err.contains("label 12 is out of range"), "{err}");
@@ -474,10 +554,14 @@ mod tests {
         assert_eq!((ds.width, ds.height), (32, 32));
         assert!(ds.image(0).iter().all(|&v| v == 100));
         assert_eq!(ds.labels, vec![4, 7]);
-        let err = load(&DataSpec::Idx(dir.path().into()), Split::Train, &spec()).unwrap_err().to_string();
+        let err = load(&DataSpec::Idx(dir.path().into()), Split::Train, &spec())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no Train images IDX file"), "{err}");
         gz("t10k-images-idx3-ubyte.gz", &images[..500]);
-        let err = load(&DataSpec::Idx(dir.path().into()), Split::Test, &spec()).unwrap_err().to_string();
+        let err = load(&DataSpec::Idx(dir.path().into()), Split::Test, &spec())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("truncated"), "{err}");
     }
 
@@ -497,9 +581,17 @@ mod tests {
         let (train, val) = ds.split(0.5, 1);
         assert_eq!(train.len() + val.len(), 2);
         std::fs::write(dir.path().join("dog/broken.jpg"), b"not a jpeg").unwrap();
-        let err = load(&DataSpec::Folder(dir.path().into()), Split::Train, &spec()).unwrap_err().to_string();
-        assert!(err.contains("broken.jpg") && err.contains("cannot decode"), "{err}");
+        let err = load(&DataSpec::Folder(dir.path().into()), Split::Train, &spec())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("broken.jpg") && err.contains("cannot decode"),
+            "{err}"
+        );
         assert!("bogus:x".parse::<DataSpec>().is_err());
-        assert_eq!("cifar10:/d".parse::<DataSpec>().unwrap(), DataSpec::Cifar10("/d".into()));
+        assert_eq!(
+            "cifar10:/d".parse::<DataSpec>().unwrap(),
+            DataSpec::Cifar10("/d".into())
+        );
     }
 }

@@ -1,7 +1,11 @@
 //! # oodmon-trainer
 //!
-//! Learns the encoder whose embedding space oodmon clusters: data readers and augmentation
-//! here, models, losses and the training loop on tch (libtorch).
+//! Learns the encoder whose embedding space oodmon clusters (arXiv 2203.08549 compares the
+//! losses; the training loss decides how well clusters separate). Data, augmentation,
+//! models, losses and the training loop live in separate modules; the binary is thin.
 
 pub mod augment;
 pub mod data;
+pub mod loss;
+pub mod model;
+pub mod train;

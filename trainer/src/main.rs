@@ -1,0 +1,265 @@
+//! `oodmon-trainer`: train an encoder, embed data for calibration, fit a calibration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use oodmon_calibration::{npy, Embeddings, PreprocessSpec};
+use oodmon_trainer::data::{self, DataSpec, Split};
+use oodmon_trainer::loss::LossKind;
+use oodmon_trainer::model::{Arch, Head, ModelConfig};
+use oodmon_trainer::train::{self, EpochLog, Progress, RunDir, TrainConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "oodmon-trainer",
+    version,
+    about = "Train oodmon encoders with libtorch and embed data for calibration"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train an encoder with cross-entropy, SupCon or SimCLR.
+    Train {
+        /// cifar10:DIR | cifar100:DIR | idx:DIR | folder:DIR
+        #[arg(long)]
+        data: String,
+        #[arg(long, default_value = "edge")]
+        arch: Arch,
+        #[arg(long, default_value = "ce")]
+        loss: LossKind,
+        #[arg(long, default_value_t = 30)]
+        epochs: usize,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 0.1)]
+        lr: f64,
+        #[arg(long, default_value_t = 5e-4)]
+        wd: f64,
+        #[arg(long, default_value_t = 0.1)]
+        temperature: f64,
+        #[arg(long, default_value_t = 1)]
+        warmup_epochs: usize,
+        /// Edge encoder channel multiplier.
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
+        /// Edge encoder embedding size.
+        #[arg(long, default_value_t = 128)]
+        embed_dim: usize,
+        /// Input size (square); images are brought to it by the preprocessing spec.
+        #[arg(long, default_value_t = 32)]
+        input_size: u32,
+        /// Fraction of each class held out for validation and calibration.
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f64,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Stop each epoch after this many steps (smoke runs).
+        #[arg(long)]
+        max_steps: Option<usize>,
+        /// Continue the run in --out from its last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Embed a data set with a trained encoder: embeddings as .npy for oodmon-calibrate.
+    Embed {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        data: String,
+        /// train | test | val (the run's held-out split of the training set)
+        #[arg(long, default_value = "test")]
+        split: String,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        labels: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("oodmon-trainer: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Bar {
+    bar: Option<ProgressBar>,
+    epochs: usize,
+}
+
+impl Progress for Bar {
+    fn epoch_start(&mut self, epoch: usize, steps: usize) {
+        let bar = ProgressBar::new(steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+                .expect("template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
+        self.bar = Some(bar);
+    }
+    fn step(&mut self, loss: f64, accuracy: Option<f64>, ips: f64) {
+        if let Some(b) = &self.bar {
+            let acc = accuracy
+                .map(|a| format!(" acc {:.1}%", 100.0 * a))
+                .unwrap_or_default();
+            b.set_message(format!("loss {loss:.4}{acc} {ips:.0} img/s"));
+            b.inc(1);
+        }
+    }
+    fn epoch_end(&mut self, log: &EpochLog) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        let val = log
+            .val_accuracy
+            .map(|a| format!(", validation {:.2}%", 100.0 * a))
+            .unwrap_or_default();
+        println!(
+            "epoch {}: loss {:.4}{}{val}, {:.0} img/s, {:.0}s",
+            log.epoch + 1,
+            log.loss,
+            log.accuracy
+                .map(|a| format!(", train acc {:.2}%", 100.0 * a))
+                .unwrap_or_default(),
+            log.images_per_second,
+            log.seconds
+        );
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train {
+            data,
+            arch,
+            loss,
+            epochs,
+            batch,
+            lr,
+            wd,
+            temperature,
+            warmup_epochs,
+            width,
+            embed_dim,
+            input_size,
+            val_fraction,
+            device,
+            seed,
+            max_steps,
+            resume,
+            out,
+        } => {
+            data.parse::<DataSpec>()?;
+            let head = match loss {
+                LossKind::Ce => Head::Classifier { classes: 0 },
+                _ => Head::Projection { dim: 128 },
+            };
+            let cfg = TrainConfig {
+                data,
+                model: ModelConfig {
+                    arch,
+                    width,
+                    embed_dim,
+                    head,
+                },
+                loss,
+                epochs,
+                batch,
+                lr,
+                weight_decay: wd,
+                momentum: 0.9,
+                warmup_epochs,
+                temperature,
+                val_fraction,
+                seed,
+                preprocessing: PreprocessSpec::cifar(input_size),
+                max_steps_per_epoch: max_steps,
+            };
+            let device = train::parse_device(&device)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            ctrlc::set_handler(move || {
+                eprintln!("\ninterrupted: saving a checkpoint after this step");
+                flag.store(true, Ordering::SeqCst);
+            })
+            .context("installing the Ctrl-C handler")?;
+            println!("training on {device:?}");
+            let mut bar = Bar { bar: None, epochs };
+            train::train(&cfg, &out, device, resume, stop.clone(), &mut bar)?;
+            if stop.load(Ordering::SeqCst) {
+                println!(
+                    "checkpoint saved in {}; continue with --resume",
+                    out.display()
+                );
+            } else {
+                println!("run saved in {}", out.display());
+            }
+            Ok(())
+        }
+        Command::Embed {
+            run,
+            data,
+            split,
+            device,
+            out,
+            labels,
+        } => {
+            let rd = RunDir(run.clone());
+            let cfg = rd.load_config()?;
+            let device = train::parse_device(&device)?;
+            let (mut vs, net) = train::build(&cfg.model, device);
+            vs.load(rd.weights())
+                .with_context(|| rd.weights().display().to_string())?;
+            let ds = match split.as_str() {
+                "train" | "val" if data == cfg.data => {
+                    let (tr, va) = train::splits(&cfg)?;
+                    if split == "train" {
+                        tr
+                    } else {
+                        va
+                    }
+                }
+                "val" => bail!(
+                    "--split val needs --data {} (the run's training data)",
+                    cfg.data
+                ),
+                "train" => data::load(&data.parse()?, Split::Train, &cfg.preprocessing)?,
+                "test" => data::load(&data.parse()?, Split::Test, &cfg.preprocessing)?,
+                other => bail!("--split {other:?}: expected train, val or test"),
+            };
+            let e = train::embed_dataset(&net, &ds, &cfg.preprocessing, device, 256)?;
+            let dim = net.encoder.dim;
+            npy::write_embeddings(&out, &Embeddings::new(ds.len(), dim, e)?)?;
+            if let Some(l) = labels {
+                npy::write_labels(&l, &ds.labels)?;
+            }
+            println!(
+                "wrote {} embeddings of dimension {dim} to {}",
+                ds.len(),
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}

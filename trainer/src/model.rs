@@ -1,0 +1,240 @@
+//! Encoders: ResNet-18 in its CIFAR form (3x3 stem, no max-pool, 512-d embedding), as in
+//! the paper, and a compact edge encoder built only from operations that export cleanly to
+//! ONNX and run fast in tract (convolution, batch norm, ReLU, addition, average pooling,
+//! flatten, linear). The embedding is the penultimate layer; heads sit on top of it.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    Resnet18,
+    Edge,
+}
+
+impl std::str::FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "resnet18" => Ok(Arch::Resnet18),
+            "edge" => Ok(Arch::Edge),
+            _ => Err(format!("unknown architecture {s:?} (resnet18 or edge)")),
+        }
+    }
+}
+
+/// What sits on the embedding during training (never exported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Head {
+    /// A linear classifier (cross-entropy).
+    Classifier { classes: usize },
+    /// Linear-ReLU-linear projection to a normalised space (SupCon, SimCLR).
+    Projection { dim: usize },
+}
+
+/// Everything needed to rebuild the network; saved beside its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    /// Channel multiplier of the edge encoder (1.0: widths 16-32-64-128).
+    pub width: f64,
+    /// Embedding size of the edge encoder (ResNet-18's is 512).
+    pub embed_dim: usize,
+    pub head: Head,
+}
+
+impl ModelConfig {
+    pub fn embedding_dim(&self) -> usize {
+        match self.arch {
+            Arch::Resnet18 => 512,
+            Arch::Edge => self.embed_dim,
+        }
+    }
+}
+
+/// Convolution (no bias) followed by batch norm; folded into one convolution at export.
+#[derive(Debug)]
+pub struct ConvBn {
+    pub conv: nn::Conv2D,
+    pub bn: nn::BatchNorm,
+}
+
+impl ConvBn {
+    fn new(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64) -> Self {
+        let cfg = nn::ConvConfig {
+            stride,
+            padding: k / 2,
+            bias: false,
+            ..Default::default()
+        };
+        Self {
+            conv: nn::conv2d(&p / "conv", cin, cout, k, cfg),
+            bn: nn::batch_norm2d(&p / "bn", cout, Default::default()),
+        }
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        x.apply(&self.conv).apply_t(&self.bn, train)
+    }
+}
+
+/// A basic residual block: `relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))`.
+#[derive(Debug)]
+pub struct Block {
+    pub a: ConvBn,
+    pub b: ConvBn,
+    pub shortcut: Option<ConvBn>,
+}
+
+impl Block {
+    fn new(p: nn::Path, cin: i64, cout: i64, stride: i64) -> Self {
+        Self {
+            a: ConvBn::new(&p / "a", cin, cout, 3, stride),
+            b: ConvBn::new(&p / "b", cout, cout, 3, 1),
+            shortcut: (stride != 1 || cin != cout)
+                .then(|| ConvBn::new(&p / "shortcut", cin, cout, 1, stride)),
+        }
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = self.a.forward_t(x, train).relu();
+        let y = self.b.forward_t(&y, train);
+        let s = match &self.shortcut {
+            Some(s) => s.forward_t(x, train),
+            None => x.shallow_clone(),
+        };
+        (y + s).relu()
+    }
+}
+
+/// The exported part: image in, embedding out.
+#[derive(Debug)]
+pub struct Encoder {
+    pub stem: ConvBn,
+    pub blocks: Vec<Block>,
+    /// Edge encoder only: pooled features to the embedding.
+    pub fc: Option<nn::Linear>,
+    pub dim: usize,
+}
+
+impl Encoder {
+    pub fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
+        let (stem_out, stages): (i64, Vec<(i64, usize, i64)>) = match cfg.arch {
+            Arch::Resnet18 => (64, vec![(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)]),
+            Arch::Edge => {
+                let w = |c: f64| ((c * cfg.width).round() as i64).max(4);
+                (
+                    w(16.0),
+                    vec![
+                        (w(16.0), 1, 1),
+                        (w(32.0), 1, 2),
+                        (w(64.0), 1, 2),
+                        (w(128.0), 1, 2),
+                    ],
+                )
+            }
+        };
+        let stem = ConvBn::new(&p / "stem", 3, stem_out, 3, 1);
+        let mut blocks = Vec::new();
+        let mut cin = stem_out;
+        for (cout, n, stride) in stages {
+            for i in 0..n {
+                let s = if i == 0 { stride } else { 1 };
+                blocks.push(Block::new(&p / "blocks" / blocks.len(), cin, cout, s));
+                cin = cout;
+            }
+        }
+        let fc = match cfg.arch {
+            Arch::Resnet18 => None,
+            Arch::Edge => Some(nn::linear(
+                &p / "fc",
+                cin,
+                cfg.embed_dim as i64,
+                Default::default(),
+            )),
+        };
+        Self {
+            stem,
+            blocks,
+            fc,
+            dim: cfg.embedding_dim(),
+        }
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = self.stem.forward_t(x, train).relu();
+        for b in &self.blocks {
+            y = b.forward_t(&y, train);
+        }
+        let y = y.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        match &self.fc {
+            Some(fc) => y.apply(fc),
+            None => y,
+        }
+    }
+}
+
+/// Encoder plus the training head.
+#[derive(Debug)]
+pub struct Net {
+    pub config: ModelConfig,
+    pub encoder: Encoder,
+    head: Vec<nn::Linear>,
+}
+
+impl Net {
+    pub fn new(root: &nn::Path, config: ModelConfig) -> Self {
+        let encoder = Encoder::new(root / "encoder", &config);
+        let d = encoder.dim as i64;
+        let h = root / "head";
+        let head = match config.head {
+            Head::Classifier { classes } => {
+                vec![nn::linear(&h / "0", d, classes as i64, Default::default())]
+            }
+            Head::Projection { dim } => vec![
+                nn::linear(&h / "0", d, d, Default::default()),
+                nn::linear(&h / "1", d, dim as i64, Default::default()),
+            ],
+        };
+        Self {
+            config,
+            encoder,
+            head,
+        }
+    }
+
+    /// The embedding (before any head).
+    pub fn embed(&self, x: &Tensor, train: bool) -> Tensor {
+        self.encoder.forward_t(x, train)
+    }
+
+    /// Head output: class logits, or the L2-normalised projection.
+    pub fn head(&self, embedding: &Tensor) -> Tensor {
+        match self.config.head {
+            Head::Classifier { .. } => embedding.apply(&self.head[0]),
+            Head::Projection { .. } => {
+                let z = embedding.apply(&self.head[0]).relu().apply(&self.head[1]);
+                let norm = z.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
+                z / norm
+            }
+        }
+    }
+}
+
+impl ModuleT for Net {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.head(&self.embed(x, train))
+    }
+}
+
+/// Number of trainable parameters under a var store path prefix.
+pub fn parameter_count(vs: &nn::VarStore, prefix: &str) -> i64 {
+    vs.variables()
+        .iter()
+        .filter(|(name, t)| name.starts_with(prefix) && t.requires_grad())
+        .map(|(_, t)| t.numel() as i64)
+        .sum()
+}

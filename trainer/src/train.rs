@@ -1,0 +1,509 @@
+//! The training loop: SGD with momentum, cosine schedule with warm-up, weight decay;
+//! a checkpoint (safetensors) every epoch, `--resume`, Ctrl-C saves before exiting, the full
+//! configuration beside the weights and a per-epoch JSON-lines log.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use oodmon_calibration::PreprocessSpec;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+use crate::augment::{crop_flip, normalise_into, simclr_view};
+use crate::data::{Dataset, Split};
+use crate::loss::{cross_entropy, nt_xent, supcon, LossKind};
+use crate::model::{Head, ModelConfig, Net};
+
+/// What went wrong while training or loading a run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a run configuration: {source}")]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid training setting: {0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The full configuration of a run; written as `config.json` beside the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub data: String,
+    pub model: ModelConfig,
+    pub loss: LossKind,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub momentum: f64,
+    pub warmup_epochs: usize,
+    pub temperature: f64,
+    /// Fraction of each class held out as the ID calibration/validation split.
+    pub val_fraction: f64,
+    pub seed: u64,
+    pub preprocessing: PreprocessSpec,
+    /// Stop after this many optimiser steps per epoch (tests and smoke runs).
+    #[serde(default)]
+    pub max_steps_per_epoch: Option<usize>,
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(TrainError::Invalid(m.into()));
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1");
+        }
+        if self.batch < 2 {
+            return bad("batch must be at least 2");
+        }
+        if !(self.lr > 0.0) || !(self.weight_decay >= 0.0) || !(self.temperature > 0.0) {
+            return bad("lr and temperature must be positive, weight decay non-negative");
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return bad("val_fraction must be in [0, 1)");
+        }
+        Ok(())
+    }
+}
+
+/// One line of `log.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub loss: f64,
+    /// Training accuracy (CE) or validation k-NN accuracy (contrastive losses).
+    pub accuracy: Option<f64>,
+    pub val_accuracy: Option<f64>,
+    pub images_per_second: f64,
+    pub lr: f64,
+    pub seconds: f64,
+}
+
+/// Where a run lives and what it holds.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.json")
+    }
+    pub fn weights(&self) -> PathBuf {
+        self.0.join("model.safetensors")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.0.join("state.json")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.0.join("log.jsonl")
+    }
+
+    pub fn load_config(&self) -> Result<TrainConfig> {
+        let p = self.config();
+        let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+        serde_json::from_str(&text).map_err(|source| TrainError::Config { path: p, source })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct State {
+    /// Epochs completed.
+    epoch: usize,
+}
+
+/// Picks `cuda:N`, `cpu` or the best available (`auto`).
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        _ => {
+            let n = s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    TrainError::Invalid(format!("device {s:?} (auto, cpu or cuda:N)"))
+                })?;
+            if !tch::Cuda::is_available() || n >= tch::Cuda::device_count() as usize {
+                return Err(TrainError::Invalid(format!(
+                    "device {s}: no such CUDA device"
+                )));
+            }
+            Ok(Device::Cuda(n))
+        }
+    }
+}
+
+/// Learning rate at a fractional epoch: linear warm-up, then cosine decay to zero.
+pub fn learning_rate(cfg: &TrainConfig, epoch_f: f64) -> f64 {
+    let warm = cfg.warmup_epochs as f64;
+    if epoch_f < warm {
+        cfg.lr * (epoch_f + 1e-3) / warm
+    } else {
+        let t = (epoch_f - warm) / (cfg.epochs as f64 - warm).max(1e-9);
+        0.5 * cfg.lr * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
+    }
+}
+
+/// Normalised NCHW batch of the given rows, exactly as inference sees them (no augmentation).
+pub fn eval_batch(ds: &Dataset, rows: &[usize], spec: &PreprocessSpec) -> Tensor {
+    let (w, h) = (ds.width, ds.height);
+    let mut buf = vec![0f32; rows.len() * 3 * w * h];
+    let mut tmp = vec![0f32; w * h * 3];
+    for (b, &i) in rows.iter().enumerate() {
+        for (t, &v) in tmp.iter_mut().zip(ds.image(i)) {
+            *t = v as f32;
+        }
+        normalise_into(
+            &tmp,
+            w,
+            h,
+            spec,
+            &mut buf[b * 3 * w * h..(b + 1) * 3 * w * h],
+        );
+    }
+    Tensor::from_slice(&buf).view([rows.len() as i64, 3, h as i64, w as i64])
+}
+
+/// Embeddings of every image, in order, in eval mode.
+pub fn embed_dataset(
+    net: &Net,
+    ds: &Dataset,
+    spec: &PreprocessSpec,
+    device: Device,
+    batch: usize,
+) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(ds.len() * net.encoder.dim);
+    tch::no_grad(|| -> Result<()> {
+        let rows: Vec<usize> = (0..ds.len()).collect();
+        for chunk in rows.chunks(batch.max(1)) {
+            let x = eval_batch(ds, chunk, spec).to_device(device);
+            let e = net
+                .embed(&x, false)
+                .to_kind(Kind::Float)
+                .to_device(Device::Cpu)
+                .contiguous();
+            out.extend(Vec::<f32>::try_from(e.flatten(0, -1))?);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// k-NN (k = 20, cosine) accuracy of `val` against `train` embeddings: a training-free
+/// way to compare encoders trained without labels.
+pub fn knn_accuracy(
+    train: &[f32],
+    train_labels: &[i64],
+    val: &[f32],
+    val_labels: &[i64],
+    dim: usize,
+) -> f64 {
+    let norm = |v: &[f32]| -> Vec<f32> {
+        v.chunks_exact(dim)
+            .flat_map(|r| {
+                let n = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                r.iter().map(move |x| x / n)
+            })
+            .collect()
+    };
+    let (t, v) = (norm(train), norm(val));
+    let classes = train_labels
+        .iter()
+        .map(|&l| l as usize + 1)
+        .max()
+        .unwrap_or(1);
+    let k = 20.min(train_labels.len());
+    let mut correct = 0usize;
+    let mut sims: Vec<(f32, usize)> = Vec::with_capacity(train_labels.len());
+    for (q, &label) in v.chunks_exact(dim).zip(val_labels) {
+        sims.clear();
+        sims.extend(
+            t.chunks_exact(dim)
+                .enumerate()
+                .map(|(i, r)| (r.iter().zip(q).map(|(a, b)| a * b).sum(), i)),
+        );
+        sims.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+        let mut votes = vec![0f32; classes];
+        for &(s, i) in &sims[..k] {
+            votes[train_labels[i] as usize] += (s / 0.07).exp();
+        }
+        let pred = votes
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(c, _)| c)
+            .unwrap_or(0);
+        correct += (pred as i64 == label) as usize;
+    }
+    correct as f64 / val_labels.len().max(1) as f64
+}
+
+/// Observes training; the CLI shows a progress bar, tests stay quiet.
+pub trait Progress {
+    fn epoch_start(&mut self, _epoch: usize, _steps: usize) {}
+    fn step(&mut self, _loss: f64, _accuracy: Option<f64>, _images_per_second: f64) {}
+    fn epoch_end(&mut self, _log: &EpochLog) {}
+}
+
+impl Progress for () {}
+
+/// Builds the net for a config on a fresh var store.
+pub fn build(cfg: &ModelConfig, device: Device) -> (nn::VarStore, Net) {
+    let vs = nn::VarStore::new(device);
+    let net = Net::new(&vs.root(), cfg.clone());
+    (vs, net)
+}
+
+/// The training and validation splits a run uses (seeded, stratified).
+pub fn splits(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
+    let spec: crate::data::DataSpec = cfg.data.parse()?;
+    let full = crate::data::load(&spec, Split::Train, &cfg.preprocessing)?;
+    if full.len() < 2 {
+        return Err(TrainError::Invalid(
+            "the training set has fewer than 2 images".into(),
+        ));
+    }
+    Ok(full.split(cfg.val_fraction, cfg.seed))
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("serialisable");
+    oodmon_calibration::io::write_atomic(path, |w| w.write_all(text.as_bytes()))
+        .map_err(|e| TrainError::Invalid(e.to_string()))
+}
+
+/// Trains (or resumes) a run in `dir`. Returns the epoch logs of this invocation.
+pub fn train(
+    cfg: &TrainConfig,
+    dir: &Path,
+    device: Device,
+    resume: bool,
+    stop: Arc<AtomicBool>,
+    progress: &mut dyn Progress,
+) -> Result<Vec<EpochLog>> {
+    cfg.validate()?;
+    let run = RunDir(dir.to_path_buf());
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    tch::manual_seed(cfg.seed as i64);
+    let (train_ds, val_ds) = splits(cfg)?;
+    let mut model_cfg = cfg.model.clone();
+    if let Head::Classifier { classes } = &mut model_cfg.head {
+        *classes = train_ds.classes();
+    }
+    let cfg = TrainConfig {
+        model: model_cfg,
+        ..cfg.clone()
+    };
+    let (mut vs, net) = build(&cfg.model, device);
+    let mut start_epoch = 0;
+    if resume {
+        let saved = run.load_config()?;
+        if saved.model != cfg.model || saved.loss != cfg.loss {
+            return Err(TrainError::Invalid(format!(
+                "--resume: {} was trained with another model or loss",
+                run.config().display()
+            )));
+        }
+        vs.load(run.weights())?;
+        let st = run.state();
+        let text = std::fs::read_to_string(&st).map_err(io(&st))?;
+        start_epoch = serde_json::from_str::<State>(&text)
+            .map_err(|source| TrainError::Config { path: st, source })?
+            .epoch;
+    }
+    write_json(&run.config(), &cfg)?;
+    let mut opt = nn::Sgd {
+        momentum: cfg.momentum,
+        dampening: 0.0,
+        wd: cfg.weight_decay,
+        nesterov: false,
+    }
+    .build(&vs, cfg.lr)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (start_epoch as u64) << 32);
+    let (w, h) = (train_ds.width, train_ds.height);
+    let px = w * h * 3;
+    let views = if cfg.loss == LossKind::Ce { 1 } else { 2 };
+    let batch = cfg.batch.min(train_ds.len());
+    let steps_full = train_ds.len() / batch;
+    let steps = cfg
+        .max_steps_per_epoch
+        .map_or(steps_full, |m| m.min(steps_full))
+        .max(1);
+    let mut logs = Vec::new();
+    let mut xbuf = vec![0f32; views * batch * px];
+    let mut tmp = vec![0f32; px];
+    for epoch in start_epoch..cfg.epochs {
+        let started = Instant::now();
+        let mut order: Vec<usize> = (0..train_ds.len()).collect();
+        order.shuffle(&mut rng);
+        progress.epoch_start(epoch, steps);
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        let mut lr = cfg.lr;
+        for step in 0..steps {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            lr = learning_rate(&cfg, epoch as f64 + step as f64 / steps as f64);
+            opt.set_lr(lr);
+            let rows = &order[step * batch..(step + 1) * batch];
+            for v in 0..views {
+                for (b, &i) in rows.iter().enumerate() {
+                    let img = train_ds.image(i);
+                    match cfg.loss {
+                        LossKind::Simclr => simclr_view(img, w, h, &mut rng, &mut tmp),
+                        _ => crop_flip(img, w, h, 4, &mut rng, &mut tmp),
+                    }
+                    let at = (v * batch + b) * px;
+                    normalise_into(&tmp, w, h, &cfg.preprocessing, &mut xbuf[at..at + px]);
+                }
+            }
+            let x = Tensor::from_slice(&xbuf)
+                .view([(views * batch) as i64, 3, h as i64, w as i64])
+                .to_device(device);
+            let labels: Vec<i64> = rows.iter().map(|&i| train_ds.labels[i]).collect();
+            let y = Tensor::from_slice(&labels).to_device(device);
+            let out = net.head(&net.embed(&x, true));
+            let loss = match cfg.loss {
+                LossKind::Ce => {
+                    let acc = out
+                        .argmax(1, false)
+                        .eq_tensor(&y)
+                        .sum(Kind::Int64)
+                        .int64_value(&[]);
+                    correct += acc as usize;
+                    cross_entropy(&out, &y)
+                }
+                LossKind::Supcon => supcon(&out, &Tensor::cat(&[&y, &y], 0), cfg.temperature),
+                LossKind::Simclr => nt_xent(&out, cfg.temperature),
+            };
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                return Err(TrainError::Invalid(format!(
+                    "the loss became {value} at epoch {epoch}, step {step}: lower --lr"
+                )));
+            }
+            opt.backward_step(&loss);
+            loss_sum += value;
+            seen += batch;
+            let ips = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let acc = (cfg.loss == LossKind::Ce).then(|| correct as f64 / seen as f64);
+            progress.step(value, acc, ips);
+        }
+        let interrupted = stop.load(Ordering::SeqCst);
+        if interrupted && seen == 0 {
+            break;
+        }
+        vs.save(run.weights())?;
+        let done = if interrupted { epoch } else { epoch + 1 };
+        write_json(&run.state(), &State { epoch: done })?;
+        let seconds = started.elapsed().as_secs_f64();
+        let val_accuracy = if val_ds.is_empty() {
+            None
+        } else if cfg.loss == LossKind::Ce {
+            Some(classifier_accuracy(
+                &net,
+                &val_ds,
+                &cfg.preprocessing,
+                device,
+            )?)
+        } else {
+            let sub: Vec<usize> = (0..train_ds.len())
+                .step_by((train_ds.len() / 5000).max(1))
+                .collect();
+            let tr = train_ds.select(&sub);
+            let te = embed_dataset(&net, &tr, &cfg.preprocessing, device, 256)?;
+            let ve = embed_dataset(&net, &val_ds, &cfg.preprocessing, device, 256)?;
+            Some(knn_accuracy(
+                &te,
+                &tr.labels,
+                &ve,
+                &val_ds.labels,
+                net.encoder.dim,
+            ))
+        };
+        let log = EpochLog {
+            epoch,
+            loss: loss_sum / (seen / batch).max(1) as f64,
+            accuracy: (cfg.loss == LossKind::Ce && seen > 0).then(|| correct as f64 / seen as f64),
+            val_accuracy,
+            images_per_second: seen as f64 / seconds.max(1e-9),
+            lr,
+            seconds,
+        };
+        let mut line = serde_json::to_string(&log).expect("serialisable");
+        line.push('\n');
+        let logp = run.log();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&logp)
+            .map_err(io(&logp))?;
+        f.write_all(line.as_bytes())
+            .and_then(|_| f.sync_data())
+            .map_err(io(&logp))?;
+        progress.epoch_end(&log);
+        logs.push(log);
+        if interrupted {
+            break;
+        }
+    }
+    Ok(logs)
+}
+
+fn classifier_accuracy(
+    net: &Net,
+    ds: &Dataset,
+    spec: &PreprocessSpec,
+    device: Device,
+) -> Result<f64> {
+    let mut correct = 0i64;
+    tch::no_grad(|| {
+        let rows: Vec<usize> = (0..ds.len()).collect();
+        for chunk in rows.chunks(256) {
+            let x = eval_batch(ds, chunk, spec).to_device(device);
+            let labels: Vec<i64> = chunk.iter().map(|&i| ds.labels[i]).collect();
+            let y = Tensor::from_slice(&labels).to_device(device);
+            correct += net
+                .forward_logits(&x)
+                .argmax(1, false)
+                .eq_tensor(&y)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
+        }
+    });
+    Ok(correct as f64 / ds.len().max(1) as f64)
+}
+
+impl Net {
+    /// Class logits in eval mode (classifier head only).
+    pub fn forward_logits(&self, x: &Tensor) -> Tensor {
+        self.head(&self.embed(x, false))
+    }
+}
