@@ -29,23 +29,23 @@ impl std::str::FromStr for LossKind {
 /// anchors that have positives. `features` are L2-normalised `[n, d]`, `labels` `[n]`.
 pub fn supcon(features: &Tensor, labels: &Tensor, temperature: f64) -> Tensor {
     let n = features.size()[0];
-    let device = features.device();
+    let (device, kind) = (features.device(), features.kind());
     let logits = features.matmul(&features.tr()) / temperature;
     let eye = Tensor::eye(n, (Kind::Bool, device));
     let log_prob = logits
         .masked_fill(&eye, f64::NEG_INFINITY)
-        .log_softmax(1, Kind::Float)
+        .log_softmax(1, kind)
         .masked_fill(&eye, 0.0);
     let positives = labels
         .unsqueeze(0)
         .eq_tensor(&labels.unsqueeze(1))
         .logical_and(&eye.logical_not())
-        .to_kind(Kind::Float);
-    let counts = positives.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
-    let per_anchor = (log_prob * &positives).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+        .to_kind(kind);
+    let counts = positives.sum_dim_intlist([1i64].as_slice(), false, kind);
+    let per_anchor = (log_prob * &positives).sum_dim_intlist([1i64].as_slice(), false, kind)
         / counts.clamp_min(1.0);
-    let has = counts.gt(0.0).to_kind(Kind::Float);
-    -(per_anchor * &has).sum(Kind::Float) / has.sum(Kind::Float).clamp_min(1.0)
+    let has = counts.gt(0.0).to_kind(kind);
+    -(per_anchor * &has).sum(kind) / has.sum(kind).clamp_min(1.0)
 }
 
 /// NT-Xent on two views stacked as `[2n, d]` (rows `i` and `i + n` are the pair): SupCon

@@ -8,7 +8,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use oodmon_calibration::{npy, Embeddings, PreprocessSpec};
+use oodmon_calibration::artifact::InputChecksum;
+use oodmon_calibration::io::sha256_file;
+use oodmon_calibration::{
+    calibrate, npy, CalibrationArtifact, ClusterSpec, Embeddings, FitConfig, Metric,
+    PreprocessSpec, Provenance, ThresholdMode,
+};
 use oodmon_trainer::data::{self, DataSpec, Split};
 use oodmon_trainer::loss::LossKind;
 use oodmon_trainer::model::{Arch, Head, ModelConfig};
@@ -88,6 +93,29 @@ enum Command {
         out: PathBuf,
         #[arg(long)]
         labels: Option<PathBuf>,
+    },
+    /// Embed the run's ID training and held-out splits and fit a calibration in one step.
+    Fit {
+        #[arg(long)]
+        run: PathBuf,
+        /// class | kmeans:K | kmeans-per-class:K
+        #[arg(long, default_value = "class")]
+        clusters: String,
+        /// euclidean | cosine | mahalanobis | mahalanobis-per-cluster | knn:K
+        #[arg(long, default_value = "cosine")]
+        metric: String,
+        #[arg(long)]
+        normalize: bool,
+        #[arg(long, conflicts_with = "alpha")]
+        target_tpr: Option<f64>,
+        #[arg(long)]
+        alpha: Option<f64>,
+        #[arg(long, conflicts_with = "alpha")]
+        per_cluster: bool,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -258,6 +286,81 @@ fn run(cli: Cli) -> Result<()> {
                 "wrote {} embeddings of dimension {dim} to {}",
                 ds.len(),
                 out.display()
+            );
+            Ok(())
+        }
+        Command::Fit {
+            run,
+            clusters,
+            metric,
+            normalize,
+            target_tpr,
+            alpha,
+            per_cluster,
+            device,
+            out,
+        } => {
+            let rd = RunDir(run.clone());
+            let cfg = rd.load_config()?;
+            let device = train::parse_device(&device)?;
+            let (mut vs, net) = train::build(&cfg.model, device);
+            vs.load(rd.weights())
+                .with_context(|| rd.weights().display().to_string())?;
+            let (train_ds, val_ds) = train::splits(&cfg)?;
+            if val_ds.is_empty() {
+                bail!(
+                    "{}: the run holds out no calibration split (val_fraction 0)",
+                    rd.config().display()
+                );
+            }
+            let dim = net.encoder.dim;
+            let embed = |ds: &data::Dataset| -> Result<Embeddings> {
+                let e = train::embed_dataset(&net, ds, &cfg.preprocessing, device, 256)?;
+                Ok(Embeddings::new(ds.len(), dim, e)?)
+            };
+            let (train_e, calib_e) = (embed(&train_ds)?, embed(&val_ds)?);
+            let mode = match (alpha, per_cluster) {
+                (Some(alpha), _) => ThresholdMode::Conformal { alpha },
+                (None, true) => ThresholdMode::PerCluster {
+                    target_tpr: target_tpr.unwrap_or(0.95),
+                },
+                (None, false) => ThresholdMode::Global {
+                    target_tpr: target_tpr.unwrap_or(0.95),
+                },
+            };
+            let mut fit = FitConfig::new(ClusterSpec::parse(&clusters)?, Metric::parse(&metric)?);
+            fit.normalize = normalize;
+            fit.kmeans.seed = cfg.seed;
+            let (model, thresholds) =
+                calibrate(&train_e, Some(&train_ds.labels), &calib_e, &fit, mode)?;
+            let inputs = [("weights", rd.weights()), ("run_config", rd.config())]
+                .into_iter()
+                .map(|(role, p)| {
+                    Ok(InputChecksum {
+                        role: role.into(),
+                        sha256: sha256_file(&p)?,
+                        path: p.display().to_string(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let artifact = CalibrationArtifact::new(
+                fit,
+                model,
+                thresholds,
+                train_ds.class_names.clone(),
+                None,
+                Some(cfg.preprocessing.clone()),
+                Provenance::now("oodmon-trainer", inputs, std::env::args().collect()),
+            )?;
+            artifact.save(&out)?;
+            println!(
+                "wrote {}: {} clusters, {} on {} training and {} calibration embeddings, threshold {:.6}",
+                out.display(),
+                artifact.model.clusters(),
+                artifact.model.metric.name(),
+                train_e.rows(),
+                calib_e.rows(),
+                artifact.thresholds.global
             );
             Ok(())
         }

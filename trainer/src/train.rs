@@ -85,7 +85,9 @@ impl TrainConfig {
         if self.batch < 2 {
             return bad("batch must be at least 2");
         }
-        if !(self.lr > 0.0) || !(self.weight_decay >= 0.0) || !(self.temperature > 0.0) {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        let non_negative = |v: f64| v.is_finite() && v >= 0.0;
+        if !positive(self.lr) || !non_negative(self.weight_decay) || !positive(self.temperature) {
             return bad("lr and temperature must be positive, weight decay non-negative");
         }
         if !(0.0..1.0).contains(&self.val_fraction) {

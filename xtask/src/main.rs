@@ -59,6 +59,20 @@ fn cargo() -> Command {
     c
 }
 
+/// Cargo for the host workspace with libtorch taken from the Python environment's torch
+/// (tch's `LIBTORCH_USE_PYTORCH`), that interpreter first on PATH.
+fn cargo_with_torch(python: &Path) -> Command {
+    let mut c = cargo();
+    let bin = python.parent().expect("python lives in a bin folder");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![bin.to_path_buf()];
+    paths.extend(std::env::split_paths(&path));
+    c.env("LIBTORCH_USE_PYTORCH", "1")
+        .env("PATH", std::env::join_paths(paths).expect("valid PATH"))
+        .env("OODMON_PYTHON", python);
+    c
+}
+
 fn have(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
@@ -208,7 +222,7 @@ fn bench(args: &[String]) -> Result {
     let data = target_dir().join("bench-data");
     std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
     step("oodmon-calibration (criterion)");
-    let mut cmd = cargo();
+    let mut cmd = cargo_with_torch(&python);
     cmd.args(["bench", "-p", "oodmon-calibration", "--bench", "scoring"])
         .env("OODMON_BENCH_DATA", &data);
     if quick {

@@ -3,4 +3,5 @@
 
 mod preprocess;
 mod reference;
+mod trainer;
 mod util;
