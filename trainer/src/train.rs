@@ -13,13 +13,14 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, OptimizerConfig};
+use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::augment::{crop_flip, normalise_into, simclr_view};
 use crate::data::{Dataset, Split};
 use crate::loss::{cross_entropy, nt_xent, supcon, LossKind};
 use crate::model::{Head, ModelConfig, Net};
+use crate::optim::Sgd;
 
 /// What went wrong while training or loading a run.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +124,9 @@ impl RunDir {
     pub fn state(&self) -> PathBuf {
         self.0.join("state.json")
     }
+    pub fn optimizer(&self) -> PathBuf {
+        self.0.join("optimizer.safetensors")
+    }
     pub fn log(&self) -> PathBuf {
         self.0.join("log.jsonl")
     }
@@ -134,10 +138,12 @@ impl RunDir {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+/// Where a checkpoint stands: `step` optimiser steps done in `epoch` (0 at a boundary).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct State {
-    /// Epochs completed.
     epoch: usize,
+    #[serde(default)]
+    step: usize,
 }
 
 /// Picks `cuda:N`, `cpu` or the best available (`auto`).
@@ -324,7 +330,8 @@ pub fn train(
         ..cfg.clone()
     };
     let (mut vs, net) = build(&cfg.model, device);
-    let mut start_epoch = 0;
+    let mut opt = Sgd::new(&vs, cfg.lr, cfg.momentum, cfg.weight_decay);
+    let mut start = State { epoch: 0, step: 0 };
     if resume {
         let saved = run.load_config()?;
         if saved.model != cfg.model || saved.loss != cfg.loss {
@@ -334,21 +341,13 @@ pub fn train(
             )));
         }
         vs.load(run.weights())?;
+        opt.load(&run.optimizer())?;
         let st = run.state();
         let text = std::fs::read_to_string(&st).map_err(io(&st))?;
-        start_epoch = serde_json::from_str::<State>(&text)
-            .map_err(|source| TrainError::Config { path: st, source })?
-            .epoch;
+        start = serde_json::from_str::<State>(&text)
+            .map_err(|source| TrainError::Config { path: st, source })?;
     }
     write_json(&run.config(), &cfg)?;
-    let mut opt = nn::Sgd {
-        momentum: cfg.momentum,
-        dampening: 0.0,
-        wd: cfg.weight_decay,
-        nesterov: false,
-    }
-    .build(&vs, cfg.lr)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (start_epoch as u64) << 32);
     let (w, h) = (train_ds.width, train_ds.height);
     let px = w * h * 3;
     let views = if cfg.loss == LossKind::Ce { 1 } else { 2 };
@@ -361,19 +360,27 @@ pub fn train(
     let mut logs = Vec::new();
     let mut xbuf = vec![0f32; views * batch * px];
     let mut tmp = vec![0f32; px];
-    for epoch in start_epoch..cfg.epochs {
+    for epoch in start.epoch..cfg.epochs {
         let started = Instant::now();
+        // Shuffling and augmentation draw from generators seeded by (seed, epoch, step),
+        // so a resumed run sees exactly the batches the uninterrupted one would have.
         let mut order: Vec<usize> = (0..train_ds.len()).collect();
-        order.shuffle(&mut rng);
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(
+            cfg.seed,
+            epoch as u64,
+            u64::MAX,
+        )));
         progress.epoch_start(epoch, steps);
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        let first = if epoch == start.epoch { start.step } else { 0 };
+        let (mut loss_sum, mut correct, mut seen, mut done) = (0.0, 0usize, 0usize, first);
         let mut lr = cfg.lr;
-        for step in 0..steps {
+        for step in first..steps {
             if stop.load(Ordering::SeqCst) {
                 break;
             }
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, epoch as u64, step as u64));
             lr = learning_rate(&cfg, epoch as f64 + step as f64 / steps as f64);
-            opt.set_lr(lr);
+            opt.lr = lr;
             let rows = &order[step * batch..(step + 1) * batch];
             for v in 0..views {
                 for (b, &i) in rows.iter().enumerate() {
@@ -414,18 +421,25 @@ pub fn train(
             opt.backward_step(&loss);
             loss_sum += value;
             seen += batch;
+            done = step + 1;
             let ips = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
             let acc = (cfg.loss == LossKind::Ce).then(|| correct as f64 / seen as f64);
             progress.step(value, acc, ips);
         }
-        let interrupted = stop.load(Ordering::SeqCst);
-        if interrupted && seen == 0 {
-            break;
-        }
-        vs.save(run.weights())?;
-        let done = if interrupted { epoch } else { epoch + 1 };
-        write_json(&run.state(), &State { epoch: done })?;
         let seconds = started.elapsed().as_secs_f64();
+        let finished = done == steps;
+        let state = if finished {
+            State {
+                epoch: epoch + 1,
+                step: 0,
+            }
+        } else {
+            State { epoch, step: done }
+        };
+        save_checkpoint(&run, &vs, &opt, state)?;
+        if !finished {
+            break; // interrupted: the checkpoint holds the exact position
+        }
         let val_accuracy = if val_ds.is_empty() {
             None
         } else if cfg.loss == LossKind::Ce {
@@ -472,11 +486,31 @@ pub fn train(
             .map_err(io(&logp))?;
         progress.epoch_end(&log);
         logs.push(log);
-        if interrupted {
-            break;
-        }
     }
     Ok(logs)
+}
+
+/// A seed for one (run seed, epoch, step): splitmix64 over the three.
+fn mix(seed: u64, epoch: u64, step: u64) -> u64 {
+    let mut z =
+        seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Weights, optimiser state and position, each written to a temporary file and renamed,
+/// the position last, so a crash never leaves a checkpoint that points past its weights.
+fn save_checkpoint(run: &RunDir, vs: &nn::VarStore, opt: &Sgd, state: State) -> Result<()> {
+    let weights = run.weights();
+    let tmp = run.0.join(".model.tmp.safetensors");
+    vs.save(&tmp)?;
+    std::fs::rename(&tmp, &weights).map_err(io(&weights))?;
+    let optimizer = run.optimizer();
+    let tmp = run.0.join(".optimizer.tmp.safetensors");
+    opt.save(&tmp)?;
+    std::fs::rename(&tmp, &optimizer).map_err(io(&optimizer))?;
+    write_json(&run.state(), &state)
 }
 
 fn classifier_accuracy(

@@ -172,7 +172,7 @@ fn test(args: &[String]) -> Result {
     step("cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--check"]))?;
     step("cargo clippy --all-targets -- -D warnings");
-    run(cargo().args([
+    run(cargo_with_torch(&python).args([
         "clippy",
         "--workspace",
         "--all-targets",
@@ -181,9 +181,7 @@ fn test(args: &[String]) -> Result {
         "warnings",
     ]))?;
     step("host tests");
-    run(cargo()
-        .args(["test", "--workspace"])
-        .env("OODMON_PYTHON", &python))?;
+    run(cargo_with_torch(&python).args(["test", "--workspace"]))?;
     if aarch64 {
         step("aarch64 build and tests under qemu");
         let target_dir = target_dir().join("aarch64-debian");

@@ -113,45 +113,96 @@ fn every_loss_lowers_the_loss_on_a_tiny_dataset() {
     }
 }
 
-/// Stops the run after a number of steps, as Ctrl-C does.
-struct StopAfter {
-    steps: usize,
+/// Records every step's loss and, like Ctrl-C, raises the stop flag after `stop_after` steps.
+struct Recorder {
+    losses: Vec<f64>,
+    stop_after: Option<usize>,
     flag: Arc<AtomicBool>,
 }
 
-impl Progress for StopAfter {
-    fn step(&mut self, _: f64, _: Option<f64>, _: f64) {
-        self.steps = self.steps.saturating_sub(1);
-        if self.steps == 0 {
+impl Progress for Recorder {
+    fn step(&mut self, loss: f64, _: Option<f64>, _: f64) {
+        self.losses.push(loss);
+        if Some(self.losses.len()) == self.stop_after {
             self.flag.store(true, Ordering::SeqCst);
         }
     }
     fn epoch_end(&mut self, _: &EpochLog) {}
 }
 
+fn recorder(stop_after: Option<usize>) -> Recorder {
+    Recorder {
+        losses: Vec::new(),
+        stop_after,
+        flag: no_stop(),
+    }
+}
+
 #[test]
-fn an_interrupted_run_checkpoints_and_resumes() {
+fn resuming_reproduces_the_uninterrupted_run_step_for_step() {
     let dir = tempfile::tempdir().unwrap();
-    let data = tiny_dataset(dir.path(), 16);
-    let out = dir.path().join("run");
-    let cfg = config(data, LossKind::Ce, 3);
-    let flag = no_stop();
-    let mut stopper = StopAfter {
-        steps: 2,
-        flag: flag.clone(),
-    };
-    // 48 training images, batch 32: 1 step per epoch, so the stop lands after epoch 2
-    let logs = train::train(&cfg, &out, Device::Cpu, false, flag, &mut stopper).unwrap();
-    assert_eq!(logs.len(), 2);
-    let state = std::fs::read_to_string(out.join("state.json")).unwrap();
-    assert!(state.contains("\"epoch\": 1"), "{state}");
-    let logs = train::train(&cfg, &out, Device::Cpu, true, no_stop(), &mut ()).unwrap();
-    assert_eq!(logs.iter().map(|l| l.epoch).collect::<Vec<_>>(), vec![1, 2]);
-    let other = TrainConfig {
-        loss: LossKind::Supcon,
-        ..config(cfg.data.clone(), LossKind::Supcon, 3)
-    };
-    let err = train::train(&other, &out, Device::Cpu, true, no_stop(), &mut ()).unwrap_err();
+    // 128 images, 96 for training, batch 32: 3 steps per epoch
+    let data = tiny_dataset(dir.path(), 32);
+    for loss in [LossKind::Ce, LossKind::Simclr] {
+        let cfg = config(data.clone(), loss, 3);
+        let mut straight = recorder(None);
+        let flag = straight.flag.clone();
+        train::train(
+            &cfg,
+            &dir.path().join("a"),
+            Device::Cpu,
+            false,
+            flag,
+            &mut straight,
+        )
+        .unwrap();
+        assert_eq!(straight.losses.len(), 9);
+
+        // interrupted mid-epoch (after 4 steps: epoch 1, step 1), then resumed
+        let out = dir.path().join("b");
+        let mut first = recorder(Some(4));
+        let flag = first.flag.clone();
+        train::train(&cfg, &out, Device::Cpu, false, flag, &mut first).unwrap();
+        assert_eq!(first.losses.len(), 4);
+        let state = std::fs::read_to_string(out.join("state.json")).unwrap();
+        assert!(
+            state.contains("\"epoch\": 1") && state.contains("\"step\": 1"),
+            "{state}"
+        );
+        let mut rest = recorder(None);
+        let flag = rest.flag.clone();
+        train::train(&cfg, &out, Device::Cpu, true, flag, &mut rest).unwrap();
+        let resumed: Vec<f64> = first.losses.iter().chain(&rest.losses).copied().collect();
+        assert_eq!(resumed.len(), 9);
+        for (i, (a, b)) in straight.losses.iter().zip(&resumed).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-6 * a.abs(),
+                "{loss:?} step {i}: {a} uninterrupted vs {b} resumed"
+            );
+        }
+        std::fs::remove_dir_all(dir.path().join("a")).unwrap();
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    // a run cannot be resumed with another loss
+    let out = dir.path().join("c");
+    train::train(
+        &config(data.clone(), LossKind::Ce, 1),
+        &out,
+        Device::Cpu,
+        false,
+        no_stop(),
+        &mut (),
+    )
+    .unwrap();
+    let err = train::train(
+        &config(data, LossKind::Supcon, 2),
+        &out,
+        Device::Cpu,
+        true,
+        no_stop(),
+        &mut (),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("another model or loss"), "{err}");
 }
 
