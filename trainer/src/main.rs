@@ -94,6 +94,21 @@ enum Command {
         #[arg(long)]
         labels: Option<PathBuf>,
     },
+    /// Training throughput on a fixed random batch (the same work as
+    /// bench/train_reference.py in PyTorch); prints JSON.
+    Bench {
+        #[arg(long, default_value = "edge")]
+        arch: Arch,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Intra-op threads (libtorch's default is the number of cores).
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Embed the run's ID training and held-out splits and fit a calibration in one step.
     Fit {
         #[arg(long)]
@@ -286,6 +301,29 @@ fn run(cli: Cli) -> Result<()> {
                 "wrote {} embeddings of dimension {dim} to {}",
                 ds.len(),
                 out.display()
+            );
+            Ok(())
+        }
+        Command::Bench {
+            arch,
+            batch,
+            steps,
+            threads,
+            device,
+        } => {
+            tch::set_num_threads(threads);
+            let model = ModelConfig {
+                arch,
+                width: 1.0,
+                embed_dim: 128,
+                head: Head::Classifier { classes: 10 },
+            };
+            let step =
+                train::bench_steps(&model, batch, steps.max(1), train::parse_device(&device)?)?;
+            println!(
+                "{{\"arch\": \"{}\", \"images_per_second\": {}, \"median_step_seconds\": {step}}}",
+                serde_json::to_value(arch)?.as_str().unwrap_or("?"),
+                batch as f64 / step
             );
             Ok(())
         }

@@ -543,3 +543,27 @@ impl Net {
         self.head(&self.embed(x, false))
     }
 }
+
+/// Median seconds per training step (forward, cross-entropy, backward, SGD update) on a
+/// fixed random 32x32 batch, after 3 warm-up steps: the trainer benchmark's measure, the
+/// same work `bench/train_reference.py` times in PyTorch.
+pub fn bench_steps(model: &ModelConfig, batch: usize, steps: usize, device: Device) -> Result<f64> {
+    let mut model = model.clone();
+    model.head = Head::Classifier { classes: 10 };
+    let (vs, net) = build(&model, device);
+    let mut opt = Sgd::new(&vs, 0.05, 0.9, 5e-4);
+    let x = Tensor::randn([batch as i64, 3, 32, 32], (Kind::Float, device));
+    let y = Tensor::randint(10, [batch as i64], (Kind::Int64, device));
+    let mut times = Vec::with_capacity(steps);
+    for step in 0..steps + 3 {
+        let t = Instant::now();
+        let loss = cross_entropy(&net.head(&net.embed(&x, true)), &y);
+        opt.backward_step(&loss);
+        let _ = loss.double_value(&[]); // waits for the device
+        if step >= 3 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}

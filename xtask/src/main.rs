@@ -17,7 +17,11 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("setup") => setup().map(|_| ()),
         Some("bench") => bench(&args[1..]),
-        _ => Err("usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick]>".into()),
+        Some("bench-train") => bench_train(&args[1..]),
+        _ => Err(
+            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick]>"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -242,4 +246,81 @@ fn bench(args: &[String]) -> Result {
         .arg(target_dir().join("criterion"))
         .arg(data.join("python.json"))
         .arg(data.join("rust_kmeans.json")))
+}
+
+/// Images per second from a benchmark's JSON line.
+fn images_per_second(out: &std::process::Output, what: &str) -> Result<f64> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    text.split("\"images_per_second\":")
+        .nth(1)
+        .and_then(|rest| rest.trim_start().split([',', '}']).next())
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("{what}: no images_per_second in {text:?}"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Training throughput: oodmon-trainer against the same model and optimiser in PyTorch,
+/// interleaved runs on the same threads, medians of the repetitions.
+fn bench_train(args: &[String]) -> Result {
+    let quick = args.iter().any(|a| a == "--quick");
+    let python = python_env()?;
+    step("building oodmon-trainer (release)");
+    run(cargo_with_torch(&python).args(["build", "--release", "-p", "oodmon-trainer"]))?;
+    let trainer = target_dir().join("release/oodmon-trainer");
+    let reps = if quick { 1 } else { 3 };
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .to_string();
+    let mut rows = Vec::new();
+    for (arch, batch, steps) in [("edge", "128", "20"), ("resnet18", "64", "8")] {
+        let steps = if quick { "3" } else { steps };
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for rep in 0..reps {
+            step(&format!("{arch}: repetition {}/{reps}", rep + 1));
+            let common = [
+                "--arch",
+                arch,
+                "--batch",
+                batch,
+                "--steps",
+                steps,
+                "--threads",
+                &threads,
+            ];
+            let out = Command::new(&trainer)
+                .arg("bench")
+                .args(common)
+                .output()
+                .map_err(|e| e.to_string())?;
+            ours.push(images_per_second(&out, "oodmon-trainer bench")?);
+            let out = Command::new(&python)
+                .arg(root().join("bench/train_reference.py"))
+                .args(common)
+                .output()
+                .map_err(|e| e.to_string())?;
+            theirs.push(images_per_second(&out, "train_reference.py")?);
+        }
+        rows.push((arch, batch, median(ours), median(theirs)));
+    }
+    println!(
+        "| model | batch | threads | oodmon-trainer (img/s) | PyTorch eager (img/s) | ratio |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (arch, batch, ours, theirs) in rows {
+        println!(
+            "| {arch} | {batch} | {threads} | {ours:.0} | {theirs:.0} | {:.2}x |",
+            ours / theirs
+        );
+    }
+    Ok(())
 }
