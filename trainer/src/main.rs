@@ -19,6 +19,15 @@ use oodmon_trainer::loss::LossKind;
 use oodmon_trainer::model::{Arch, Head, ModelConfig};
 use oodmon_trainer::train::{self, EpochLog, Progress, RunDir, TrainConfig};
 
+/// `println!` that returns a closed pipe (`| head`) as an error instead of panicking;
+/// `main` treats that error as success.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "oodmon-trainer",
@@ -139,6 +148,11 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            if let Some(e) = err.downcast_ref::<std::io::Error>() {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
             eprintln!("oodmon-trainer: error: {err:#}");
             ExitCode::FAILURE
         }
@@ -178,7 +192,10 @@ impl Progress for Bar {
             .val_accuracy
             .map(|a| format!(", validation {:.2}%", 100.0 * a))
             .unwrap_or_default();
-        println!(
+        // A closed stdout must not stop training: the epoch is in log.jsonl regardless.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stdout().lock(),
             "epoch {}: loss {:.4}{}{val}, {:.0} img/s, {:.0}s",
             log.epoch + 1,
             log.loss,
@@ -247,16 +264,16 @@ fn run(cli: Cli) -> Result<()> {
                 flag.store(true, Ordering::SeqCst);
             })
             .context("installing the Ctrl-C handler")?;
-            println!("training on {device:?}");
+            say!("training on {device:?}");
             let mut bar = Bar { bar: None, epochs };
             train::train(&cfg, &out, device, resume, stop.clone(), &mut bar)?;
             if stop.load(Ordering::SeqCst) {
-                println!(
+                say!(
                     "checkpoint saved in {}; continue with --resume",
                     out.display()
                 );
             } else {
-                println!("run saved in {}", out.display());
+                say!("run saved in {}", out.display());
             }
             Ok(())
         }
@@ -297,7 +314,7 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(l) = labels {
                 npy::write_labels(&l, &ds.labels)?;
             }
-            println!(
+            say!(
                 "wrote {} embeddings of dimension {dim} to {}",
                 ds.len(),
                 out.display()
@@ -320,7 +337,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let step =
                 train::bench_steps(&model, batch, steps.max(1), train::parse_device(&device)?)?;
-            println!(
+            say!(
                 "{{\"arch\": \"{}\", \"images_per_second\": {}, \"median_step_seconds\": {step}}}",
                 serde_json::to_value(arch)?.as_str().unwrap_or("?"),
                 batch as f64 / step
@@ -391,7 +408,7 @@ fn run(cli: Cli) -> Result<()> {
                 Provenance::now("oodmon-trainer", inputs, std::env::args().collect()),
             )?;
             artifact.save(&out)?;
-            println!(
+            say!(
                 "wrote {}: {} clusters, {} on {} training and {} calibration embeddings, threshold {:.6}",
                 out.display(),
                 artifact.model.clusters(),

@@ -15,6 +15,15 @@ use oodmon_calibration::{
     KMeansConfig, Metric, PreprocessSpec, Provenance, ThresholdMode,
 };
 
+/// `println!` that returns a closed pipe (`| head`) as an error instead of panicking;
+/// `main` treats that error as success.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "oodmon-calibrate",
@@ -339,7 +348,7 @@ fn fit(a: FitArgs) -> Result<()> {
             .filter(|(s, &l)| model.cluster_class[s.nearest] == Some(l as usize))
             .count();
         if known > 0 {
-            println!(
+            say!(
                 "nearest-cluster class accuracy on the calibration split: {:.2}%",
                 100.0 * correct as f64 / known as f64
             );
@@ -375,7 +384,7 @@ fn fit(a: FitArgs) -> Result<()> {
     )?;
     artifact.save(&a.out)?;
     let t = &artifact.thresholds;
-    println!(
+    say!(
         "wrote {}: {} clusters, metric {}, {} rule, global threshold {:.6}",
         a.out.display(),
         artifact.model.clusters(),
@@ -384,14 +393,14 @@ fn fit(a: FitArgs) -> Result<()> {
         t.global
     );
     if !matches!(t.mode, ThresholdMode::PerCluster { .. }) {
-        println!(
+        say!(
             "calibration samples flagged at this rule: {:.2}% of {}",
             100.0 * flagged as f64 / t.calibration_scores.len() as f64,
             t.calibration_scores.len()
         );
     }
     if !t.fallback_clusters.is_empty() {
-        println!(
+        say!(
             "clusters with too few calibration samples, using the global threshold: {:?}",
             t.fallback_clusters
         );
@@ -445,7 +454,7 @@ fn score(a: ScoreArgs) -> Result<()> {
         .iter()
         .filter(|s| detector.thresholds.is_ood(s))
         .count();
-    println!(
+    say!(
         "scored {} embeddings into {} ({} flagged OOD)",
         scores.len(),
         a.out.display(),
@@ -486,20 +495,26 @@ fn eval(a: EvalArgs) -> Result<()> {
         let detected = scores.iter().filter(|s| t.is_ood(s)).count() as f64 / scores.len() as f64;
         results.push((name.clone(), ranked, detected));
     }
-    println!(
+    say!(
         "ID false-alarm rate at the calibrated {} rule: {:.2}% ({} samples)",
         t.mode.name(),
         100.0 * id_false_alarm,
         id_scores.len()
     );
-    println!(
+    say!(
         "{:<16} {:>8} {:>8} {:>8} {:>10} {:>9} {:>9}",
-        "ood set", "AUROC", "AUPR-In", "AUPR-Out", "FPR@95TPR", "det.err", "detected"
+        "ood set",
+        "AUROC",
+        "AUPR-In",
+        "AUPR-Out",
+        "FPR@95TPR",
+        "det.err",
+        "detected"
     );
     let mut report_sets = Vec::new();
     for (name, ranked, detected) in &results {
         let m = ood_metrics(&id_rank, ranked);
-        println!(
+        say!(
             "{:<16} {:>8.2} {:>8.2} {:>8.2} {:>10.2} {:>9.2} {:>9.2}",
             name,
             100.0 * m.auroc,
@@ -541,7 +556,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             line,
             &sets,
         )?;
-        println!("report written to {}", dir.join("report.md").display());
+        say!("report written to {}", dir.join("report.md").display());
     }
     Ok(())
 }
@@ -615,7 +630,7 @@ fn grid(a: GridArgs) -> Result<()> {
     write_atomic(&a.out.join("grid.md"), |w| w.write_all(md.as_bytes()))?;
     let csv = to_csv(&rows);
     write_atomic(&a.out.join("grid.csv"), |w| w.write_all(csv.as_bytes()))?;
-    println!(
+    say!(
         "{} rows written to {} and {}",
         rows.len(),
         a.out.join("grid.md").display(),
@@ -676,7 +691,7 @@ fn demo(out: PathBuf) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
     demo_data(&out)?;
     let p = |name: &str| out.join(name);
-    println!("generated embeddings in {}", out.display());
+    say!("generated embeddings in {}", out.display());
     fit(FitArgs {
         train: p("train.npy"),
         labels: Some(p("train_labels.npy")),

@@ -2,7 +2,7 @@
 
 use oodmon_calibration::{npy, CalibrationArtifact, Embeddings};
 
-use crate::util::{assert_fails_cleanly, calibrate, write_inputs};
+use crate::util::{assert_fails_cleanly, calibrate, calibrate_command, write_inputs};
 
 fn fit_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![
@@ -348,4 +348,21 @@ fn artifact_problems_on_score() {
     std::fs::write(&p, &good).unwrap();
     npy::write_embeddings(dir.path().join("test.npy"), &e).unwrap();
     assert_fails_cleanly(&calibrate(dir.path(), &score), "test.npy", "dimension 4");
+}
+
+/// Regression: `oodmon-calibrate fit ... | head -1` panicked when stdout closed early.
+#[test]
+fn closed_stdout_is_success_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    write_inputs(dir.path());
+    let mut child = calibrate_command(dir.path(), &fit_args(&[]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
 }

@@ -55,6 +55,13 @@ pub fn write_inputs(dir: &Path) {
 /// Runs `oodmon-calibrate` in `dir`. Under cross-testing, `OODMON_TEST_RUNNER` holds the
 /// emulator command line (e.g. `qemu-aarch64-static -L /usr/aarch64-linux-gnu`).
 pub fn calibrate(dir: &Path, args: &[&str]) -> Output {
+    calibrate_command(dir, args)
+        .output()
+        .expect("run oodmon-calibrate")
+}
+
+/// The `oodmon-calibrate` command line, through the cross-test runner when there is one.
+pub fn calibrate_command(dir: &Path, args: &[&str]) -> Command {
     let bin = env!("CARGO_BIN_EXE_oodmon-calibrate");
     let runner = std::env::var("OODMON_TEST_RUNNER").unwrap_or_default();
     let mut parts = runner.split_whitespace();
@@ -66,10 +73,8 @@ pub fn calibrate(dir: &Path, args: &[&str]) -> Output {
         }
         None => Command::new(bin),
     };
-    cmd.current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run oodmon-calibrate")
+    cmd.current_dir(dir).args(args);
+    cmd
 }
 
 /// Asserts a clean failure: exit code 1 (not a panic), one line naming `file` and `problem`.
