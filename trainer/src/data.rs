@@ -535,6 +535,33 @@ mod tests {
     }
 
     #[test]
+    fn cifar100_reads_fine_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |coarse: u8, fine: u8| {
+            let mut r = vec![coarse, fine];
+            r.extend(std::iter::repeat_n(fine, 3072));
+            r
+        };
+        let mut train = record(3, 42);
+        train.extend(record(19, 99));
+        std::fs::write(dir.path().join("train.bin"), train).unwrap();
+        std::fs::write(dir.path().join("test.bin"), record(0, 7)).unwrap();
+        let spec_ = DataSpec::Cifar100(dir.path().into());
+        let ds = load(&spec_, Split::Train, &spec()).unwrap();
+        assert_eq!(ds.labels, vec![42, 99]);
+        assert_eq!(ds.classes(), 100);
+        assert_eq!(ds.image(1)[0], 99);
+        assert_eq!(load(&spec_, Split::Test, &spec()).unwrap().labels, vec![7]);
+        // a CIFAR-10 sized record is not a whole number of CIFAR-100 records
+        std::fs::write(dir.path().join("test.bin"), cifar_record(1, 1)).unwrap();
+        let err = load(&spec_, Split::Test, &spec()).unwrap_err().to_string();
+        assert!(
+            err.contains("test.bin") && err.contains("3074-byte"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn idx_gz_is_upscaled_to_rgb() {
         let dir = tempfile::tempdir().unwrap();
         let mut images = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28];
