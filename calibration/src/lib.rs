@@ -22,6 +22,8 @@ pub mod matrix;
 pub mod metrics;
 pub mod model;
 pub mod npy;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 pub mod preprocess;
 pub mod threshold;
 

@@ -6,6 +6,7 @@
 
 pub mod augment;
 pub mod data;
+pub mod export;
 pub mod loss;
 pub mod model;
 pub mod optim;

@@ -15,6 +15,7 @@ use oodmon_calibration::{
     PreprocessSpec, Provenance, ThresholdMode,
 };
 use oodmon_trainer::data::{self, DataSpec, Split};
+use oodmon_trainer::export;
 use oodmon_trainer::loss::LossKind;
 use oodmon_trainer::model::{Arch, Head, ModelConfig};
 use oodmon_trainer::train::{self, EpochLog, Progress, RunDir, TrainConfig};
@@ -102,6 +103,17 @@ enum Command {
         out: PathBuf,
         #[arg(long)]
         labels: Option<PathBuf>,
+    },
+    /// Write the run's encoder as ONNX (batch norm folded, embedding output, preprocessing
+    /// spec and provenance in the metadata).
+    Export {
+        #[arg(long)]
+        run: PathBuf,
+        /// Name the batch dimension instead of fixing it to 1.
+        #[arg(long)]
+        dynamic_batch: bool,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Training throughput on a fixed random batch (the same work as
     /// bench/train_reference.py in PyTorch); prints JSON.
@@ -318,6 +330,32 @@ fn run(cli: Cli) -> Result<()> {
                 "wrote {} embeddings of dimension {dim} to {}",
                 ds.len(),
                 out.display()
+            );
+            Ok(())
+        }
+        Command::Export {
+            run,
+            dynamic_batch,
+            out,
+        } => {
+            let rd = RunDir(run.clone());
+            let cfg = rd.load_config()?;
+            let (mut vs, net) = train::build(&cfg.model, tch::Device::Cpu);
+            vs.load(rd.weights())
+                .with_context(|| rd.weights().display().to_string())?;
+            let provenance = serde_json::json!({
+                "run_config": cfg,
+                "weights_sha256": sha256_file(&rd.weights())?,
+                "tool": format!("oodmon-trainer {}", env!("CARGO_PKG_VERSION")),
+            })
+            .to_string();
+            let bytes = export::export_onnx(&net, &cfg.preprocessing, &provenance, dynamic_batch)?;
+            oodmon_calibration::io::write_atomic(&out, |w| w.write_all(&bytes))?;
+            say!(
+                "wrote {} ({} bytes, sha256 {})",
+                out.display(),
+                bytes.len(),
+                oodmon_calibration::io::sha256_bytes(&bytes)
             );
             Ok(())
         }

@@ -60,6 +60,9 @@ impl ModelConfig {
 pub struct ConvBn {
     pub conv: nn::Conv2D,
     pub bn: nn::BatchNorm,
+    /// Kept here because tch's layer configurations are private; the export needs them.
+    pub stride: i64,
+    pub eps: f64,
 }
 
 impl ConvBn {
@@ -70,9 +73,13 @@ impl ConvBn {
             bias: false,
             ..Default::default()
         };
+        let bn_cfg = nn::BatchNormConfig::default();
+        let eps = bn_cfg.eps;
         Self {
             conv: nn::conv2d(&p / "conv", cin, cout, k, cfg),
-            bn: nn::batch_norm2d(&p / "bn", cout, Default::default()),
+            bn: nn::batch_norm2d(&p / "bn", cout, bn_cfg),
+            stride,
+            eps,
         }
     }
 

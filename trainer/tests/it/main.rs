@@ -253,3 +253,74 @@ fn the_edge_encoder_stays_well_under_a_million_parameters() {
         assert_eq!(net.embed(&x, false).size(), vec![2, 128]);
     }
 }
+
+/// tract's output for the exported float ONNX equals tch's forward pass (eval mode).
+#[test]
+fn exported_onnx_in_tract_matches_the_tch_forward_pass() {
+    use oodmon_calibration::onnx::TractEncoder;
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 16);
+    let out = dir.path().join("run");
+    for arch in [Arch::Edge, Arch::Resnet18] {
+        let mut cfg = config(data.clone(), LossKind::Ce, 1);
+        cfg.model.arch = arch;
+        // a trained step or two makes the batch-norm statistics non-trivial
+        train::train(&cfg, &out, Device::Cpu, false, no_stop(), &mut ()).unwrap();
+        let run = RunDir(out.clone());
+        let saved = run.load_config().unwrap();
+        let (mut vs, net) = train::build(&saved.model, Device::Cpu);
+        vs.load(run.weights()).unwrap();
+        for dynamic in [false, true] {
+            let bytes =
+                oodmon_trainer::export::export_onnx(&net, &saved.preprocessing, "{}", dynamic)
+                    .unwrap();
+            let enc = TractEncoder::from_bytes(&bytes, std::path::Path::new("test.onnx")).unwrap();
+            assert_eq!(enc.input_size(), (16, 16));
+            assert_eq!(enc.preprocessing(), Some(&saved.preprocessing));
+            let mut got = vec![0f32; enc.dim()];
+            for seed in 0..3 {
+                tch::manual_seed(seed);
+                let x = tch::Tensor::randn([1, 3, 16, 16], (tch::Kind::Float, Device::Cpu));
+                let want: Vec<f32> = Vec::try_from(net.embed(&x, false).flatten(0, -1)).unwrap();
+                let input: Vec<f32> = Vec::try_from(x.flatten(0, -1)).unwrap();
+                enc.embed(&input, &mut got).unwrap();
+                let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
+                let err = want
+                    .iter()
+                    .zip(&got)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    err <= 1e-4 * norm,
+                    "{arch:?} dynamic={dynamic}: max error {err} vs norm {norm}"
+                );
+            }
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}
+
+#[test]
+fn corrupt_onnx_is_an_error_naming_the_file() {
+    use oodmon_calibration::onnx::TractEncoder;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("broken.onnx");
+    std::fs::write(&p, b"\x08\x01garbage that is not protobuf").unwrap();
+    let err = TractEncoder::load(&p).unwrap_err().to_string();
+    assert!(err.contains("broken.onnx"), "{err}");
+    let (vs, net) = train::build(
+        &ModelConfig {
+            arch: Arch::Edge,
+            width: 0.25,
+            embed_dim: 8,
+            head: Head::Classifier { classes: 2 },
+        },
+        Device::Cpu,
+    );
+    let _ = vs;
+    let bytes =
+        oodmon_trainer::export::export_onnx(&net, &PreprocessSpec::cifar(16), "{}", false).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let err = TractEncoder::load(&p).unwrap_err().to_string();
+    assert!(err.contains("broken.onnx"), "{err}");
+}

@@ -1,0 +1,92 @@
+//! Writes a trained encoder as ONNX from its weights (libtorch cannot): batch norm folded
+//! into the convolutions, the embedding as the output, the preprocessing spec and the run's
+//! provenance as metadata. The projection or classifier head is not exported.
+
+use oodmon_calibration::onnx::{fold_batch_norm, OnnxBuilder, META_PREPROCESSING};
+use oodmon_calibration::PreprocessSpec;
+use tch::{Device, Kind, Tensor};
+
+use crate::model::{ConvBn, Net};
+use crate::train::{Result, TrainError};
+
+fn values(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(Vec::<f32>::try_from(
+        t.detach()
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu)
+            .contiguous()
+            .flatten(0, -1),
+    )?)
+}
+
+fn conv_bn(b: &mut OnnxBuilder, x: &str, cb: &ConvBn) -> Result<String> {
+    let size = cb.conv.ws.size();
+    let (cin, k) = (size[1] as usize, size[2] as usize);
+    let bn = &cb.bn;
+    let gamma = match &bn.ws {
+        Some(w) => values(w)?,
+        None => vec![1.0; size[0] as usize],
+    };
+    let beta = match &bn.bs {
+        Some(b) => values(b)?,
+        None => vec![0.0; size[0] as usize],
+    };
+    let conv_bias = cb.conv.bs.as_ref().map(values).transpose()?;
+    let (w, bias) = fold_batch_norm(
+        &values(&cb.conv.ws)?,
+        conv_bias.as_deref(),
+        &gamma,
+        &beta,
+        &values(&bn.running_mean)?,
+        &values(&bn.running_var)?,
+        cb.eps,
+    );
+    b.conv(x, &w, &bias, cin, k, cb.stride as usize)
+        .map_err(|e| TrainError::Invalid(e.to_string()))
+}
+
+/// The encoder of `net` as ONNX bytes (float32), input `[1, 3, H, W]` or a dynamic batch.
+pub fn export_onnx(
+    net: &Net,
+    preprocessing: &PreprocessSpec,
+    provenance: &str,
+    dynamic_batch: bool,
+) -> Result<Vec<u8>> {
+    let enc = &net.encoder;
+    let mut b = OnnxBuilder::new(
+        preprocessing.height as usize,
+        preprocessing.width as usize,
+        dynamic_batch,
+    );
+    let input = b.input();
+    let stem = conv_bn(&mut b, &input, &enc.stem)?;
+    let mut y = b.relu(&stem);
+    for block in &enc.blocks {
+        let a = conv_bn(&mut b, &y, &block.a)?;
+        let a = b.relu(&a);
+        let main = conv_bn(&mut b, &a, &block.b)?;
+        let skip = match &block.shortcut {
+            Some(s) => conv_bn(&mut b, &y, s)?,
+            None => y.clone(),
+        };
+        let sum = b.add(&main, &skip);
+        y = b.relu(&sum);
+    }
+    let mut e = b.pool_flatten(&y);
+    if let Some(fc) = &enc.fc {
+        let size = fc.ws.size();
+        let bias = match &fc.bs {
+            Some(t) => values(t)?,
+            None => vec![0.0; size[0] as usize],
+        };
+        e = b
+            .linear(&e, &values(&fc.ws)?, &bias, size[1] as usize)
+            .map_err(|err| TrainError::Invalid(err.to_string()))?;
+    }
+    b.metadata(
+        META_PREPROCESSING,
+        &serde_json::to_string(preprocessing).expect("serialisable"),
+    );
+    b.metadata("oodmon.provenance", provenance);
+    Ok(b.finish(&e, enc.dim, env!("CARGO_PKG_VERSION")))
+}
