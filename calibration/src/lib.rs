@@ -12,6 +12,8 @@
 //! - [`artifact`]: the versioned calibration file, written atomically and validated on load.
 
 pub mod artifact;
+#[cfg(feature = "datasets")]
+pub mod datasets;
 pub mod embeddings;
 pub mod error;
 pub mod fit;
