@@ -12,8 +12,12 @@
 //! - [`artifact`]: the versioned calibration file, written atomically and validated on load.
 
 pub mod artifact;
+#[cfg(feature = "onnx")]
+pub mod bundle;
 #[cfg(feature = "datasets")]
 pub mod datasets;
+#[cfg(all(feature = "onnx", feature = "datasets"))]
+pub mod embed;
 pub mod embeddings;
 pub mod error;
 pub mod fit;

@@ -7,8 +7,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use oodmon_calibration::artifact::InputChecksum;
+use oodmon_calibration::bundle::Bundle;
+use oodmon_calibration::datasets::{DataSpec, Split};
+use oodmon_calibration::embed::embed_dataset;
 use oodmon_calibration::grid::{run_grid, to_csv, to_markdown, GridConfig, GridData};
 use oodmon_calibration::io::{sha256_file, write_atomic};
+use oodmon_calibration::onnx::TractEncoder;
 use oodmon_calibration::report::{write_report, ReportSet};
 use oodmon_calibration::{
     calibrate, npy, ood_metrics, CalibrationArtifact, ClusterSpec, Embeddings, FitConfig,
@@ -45,6 +49,11 @@ enum Command {
     Eval(EvalArgs),
     /// Run every combination of clustering, metric and threshold (the paper's study).
     Grid(GridArgs),
+    /// Embed image data through an ONNX encoder (tract, shared preprocessing) and write a
+    /// bundle: the encoder and its calibration.
+    FitModel(FitModelArgs),
+    /// Evaluate a bundle on ID and OOD image data through its encoder.
+    EvalModel(EvalModelArgs),
     /// Self-contained demonstration on generated embeddings: writes the inputs, fits,
     /// evaluates and writes a report into DIR.
     Demo {
@@ -213,6 +222,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Score(a) => score(a),
         Command::Eval(a) => eval(a),
         Command::Grid(a) => grid(a),
+        Command::FitModel(a) => fit_model_cmd(a),
+        Command::EvalModel(a) => eval_model_cmd(a),
         Command::Demo { out } => demo(out),
     }
 }
@@ -481,15 +492,36 @@ fn eval(a: EvalArgs) -> Result<()> {
         artifact.embedding_dim,
         &a.calib.display().to_string(),
     )?;
+    let ood: Vec<(String, Embeddings)> = sets.into_iter().map(|(n, _, e)| (n, e)).collect();
+    report_metrics(
+        &artifact,
+        &detector,
+        &id,
+        &ood,
+        a.report.as_deref(),
+        &a.calib.display().to_string(),
+    )
+}
+
+/// Scores ID test and OOD embeddings, prints the metrics table and optionally writes the
+/// Markdown report.
+fn report_metrics(
+    artifact: &CalibrationArtifact,
+    detector: &oodmon_calibration::Detector,
+    id: &Embeddings,
+    sets: &[(String, Embeddings)],
+    report: Option<&Path>,
+    title: &str,
+) -> Result<()> {
     let per_cluster = matches!(artifact.thresholds.mode, ThresholdMode::PerCluster { .. });
     let t = &detector.thresholds;
     let rank = |s: &oodmon_calibration::Score| if per_cluster { t.margin(s) } else { s.score };
-    let id_scores = detector.scorer.score_batch(&id)?;
+    let id_scores = detector.scorer.score_batch(id)?;
     let id_rank: Vec<f64> = id_scores.iter().map(rank).collect();
     let id_false_alarm =
         id_scores.iter().filter(|s| t.is_ood(s)).count() as f64 / id_scores.len() as f64;
     let mut results = Vec::new();
-    for (name, _, e) in &sets {
+    for (name, e) in sets {
         let scores = detector.scorer.score_batch(e)?;
         let ranked: Vec<f64> = scores.iter().map(rank).collect();
         let detected = scores.iter().filter(|s| t.is_ood(s)).count() as f64 / scores.len() as f64;
@@ -526,7 +558,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         );
         report_sets.push((name, ranked, m, *detected));
     }
-    if let Some(dir) = &a.report {
+    if let Some(dir) = report {
         let sets: Vec<ReportSet<'_>> = report_sets
             .iter()
             .map(|(n, r, m, d)| ReportSet {
@@ -549,7 +581,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         };
         write_report(
             dir,
-            &format!("OOD evaluation of {}", a.calib.display()),
+            &format!("OOD evaluation of {title}"),
             &id_rank,
             id_false_alarm,
             &rule,
@@ -724,4 +756,203 @@ fn demo(out: PathBuf) -> Result<()> {
         ],
         report: Some(p("report")),
     })
+}
+
+#[derive(Args)]
+struct FitModelArgs {
+    /// The encoder (ONNX) to calibrate; its preprocessing spec comes from its metadata
+    /// unless --preprocessing is given.
+    #[arg(long)]
+    model: PathBuf,
+    /// ID training data: cifar10:DIR | cifar100:DIR | idx:DIR | folder:DIR (its train split).
+    #[arg(long)]
+    train: String,
+    /// ID calibration data (its --calib-split); when omitted, --holdout of the training
+    /// split is held out (seeded, stratified).
+    #[arg(long)]
+    calib: Option<String>,
+    #[arg(long, default_value = "test")]
+    calib_split: String,
+    #[arg(long, default_value_t = 0.1)]
+    holdout: f64,
+    /// Use at most this many training images.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value = "class")]
+    clusters: String,
+    #[arg(long, default_value = "cosine")]
+    metric: String,
+    #[arg(long)]
+    normalize: bool,
+    #[arg(long, conflicts_with = "alpha")]
+    target_tpr: Option<f64>,
+    #[arg(long)]
+    alpha: Option<f64>,
+    #[arg(long, conflicts_with = "alpha")]
+    per_cluster: bool,
+    #[arg(long)]
+    preprocessing: Option<PathBuf>,
+    #[command(flatten)]
+    kmeans: KmeansArgs,
+    /// Bundle directory to write (encoder.onnx and calib.json).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct EvalModelArgs {
+    #[arg(long)]
+    bundle: PathBuf,
+    /// ID test data (its test split).
+    #[arg(long)]
+    id: String,
+    /// OOD data, `SPEC` or `NAME=SPEC` (test split); repeat for several sets.
+    #[arg(long, required = true)]
+    ood: Vec<String>,
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+fn parse_split(s: &str) -> Result<Split> {
+    match s {
+        "train" => Ok(Split::Train),
+        "test" => Ok(Split::Test),
+        other => bail!("split {other:?}: expected train or test"),
+    }
+}
+
+fn fit_model_cmd(a: FitModelArgs) -> Result<()> {
+    let bytes = std::fs::read(&a.model).with_context(|| a.model.display().to_string())?;
+    let encoder = TractEncoder::from_bytes(&bytes, &a.model)?;
+    let spec = match &a.preprocessing {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
+            serde_json::from_str::<PreprocessSpec>(&text)
+                .with_context(|| format!("{}: not a preprocessing spec", p.display()))?
+        }
+        None => encoder.preprocessing().cloned().with_context(|| {
+            format!(
+                "{}: no preprocessing spec in its metadata; pass --preprocessing",
+                a.model.display()
+            )
+        })?,
+    };
+    let train_spec: DataSpec = a.train.parse()?;
+    eprintln!("embedding {} through tract", a.train);
+    let train = embed_dataset(&encoder, &spec, &train_spec, Split::Train, a.limit)?;
+    let (train_e, train_labels, calib_e) = match &a.calib {
+        Some(c) => {
+            let calib = embed_dataset(
+                &encoder,
+                &spec,
+                &c.parse()?,
+                parse_split(&a.calib_split)?,
+                None,
+            )?;
+            (train.embeddings, train.labels, calib.embeddings)
+        }
+        None => {
+            let (keep, hold) = stratified_holdout(&train.labels, a.holdout, a.kmeans.seed)?;
+            (
+                train.embeddings.select(&keep),
+                keep.iter().map(|&i| train.labels[i]).collect(),
+                train.embeddings.select(&hold),
+            )
+        }
+    };
+    let mode = match (a.alpha, a.per_cluster) {
+        (Some(alpha), _) => ThresholdMode::Conformal { alpha },
+        (None, true) => ThresholdMode::PerCluster {
+            target_tpr: a.target_tpr.unwrap_or(0.95),
+        },
+        (None, false) => ThresholdMode::Global {
+            target_tpr: a.target_tpr.unwrap_or(0.95),
+        },
+    };
+    let mut config = FitConfig::new(ClusterSpec::parse(&a.clusters)?, Metric::parse(&a.metric)?);
+    config.normalize = a.normalize;
+    config.kmeans = a.kmeans.config();
+    config.knn_bank = a.kmeans.knn_bank;
+    let (model, thresholds) = calibrate(&train_e, Some(&train_labels), &calib_e, &config, mode)?;
+    let provenance = Provenance::now(
+        "oodmon-calibrate fit-model",
+        vec![checksum("encoder", &a.model)?],
+        std::env::args().collect(),
+    );
+    let artifact = CalibrationArtifact::new(
+        config,
+        model,
+        thresholds,
+        train.class_names,
+        Some(oodmon_calibration::io::sha256_bytes(&bytes)),
+        Some(spec),
+        provenance,
+    )?;
+    Bundle::write(&a.out, &bytes, &artifact)?;
+    say!(
+        "wrote bundle {}: {} training and {} calibration embeddings, {} clusters, {} threshold {:.6}",
+        a.out.display(),
+        train_e.rows(),
+        calib_e.rows(),
+        artifact.model.clusters(),
+        artifact.thresholds.mode.name(),
+        artifact.thresholds.global
+    );
+    Ok(())
+}
+
+/// Indices kept and held out: `fraction` of each class, seeded.
+fn stratified_holdout(
+    labels: &[i64],
+    fraction: f64,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    if !(fraction > 0.0 && fraction < 1.0) {
+        bail!("--holdout {fraction}: must be in (0, 1)");
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let classes = labels
+        .iter()
+        .map(|&l| l.max(0) as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let (mut keep, mut hold) = (Vec::new(), Vec::new());
+    for c in 0..classes as i64 {
+        let mut rows: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == c).collect();
+        rows.shuffle(&mut rng);
+        let n = (rows.len() as f64 * fraction).round() as usize;
+        hold.extend_from_slice(&rows[..n]);
+        keep.extend_from_slice(&rows[n..]);
+    }
+    keep.sort_unstable();
+    hold.sort_unstable();
+    Ok((keep, hold))
+}
+
+fn eval_model_cmd(a: EvalModelArgs) -> Result<()> {
+    let bundle =
+        Bundle::load(&a.bundle).with_context(|| format!("bundle {}", a.bundle.display()))?;
+    let spec = bundle.preprocessing().clone();
+    let id = embed_dataset(&bundle.encoder, &spec, &a.id.parse()?, Split::Test, a.limit)?;
+    let mut sets = Vec::new();
+    for s in &a.ood {
+        let (name, data) = match s.split_once('=') {
+            Some((n, d)) if !n.is_empty() && d.contains(':') => (n.to_string(), d.to_string()),
+            _ => (s.clone(), s.clone()),
+        };
+        let e = embed_dataset(&bundle.encoder, &spec, &data.parse()?, Split::Test, a.limit)?;
+        sets.push((name, e.embeddings));
+    }
+    report_metrics(
+        &bundle.artifact,
+        &bundle.detector,
+        &id.embeddings,
+        &sets,
+        a.report.as_deref(),
+        &a.bundle.display().to_string(),
+    )
 }

@@ -73,12 +73,22 @@ fn config(data: String, loss: LossKind, epochs: usize) -> TrainConfig {
     }
 }
 
+/// libtorch's random generator is process-global and the test harness runs tests on
+/// several threads: tests that seed it and build models take this lock, so each sees the
+/// initialisation its seed implies.
+static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn torch_lock() -> std::sync::MutexGuard<'static, ()> {
+    TORCH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn no_stop() -> Arc<AtomicBool> {
     Arc::new(AtomicBool::new(false))
 }
 
 #[test]
 fn every_loss_lowers_the_loss_on_a_tiny_dataset() {
+    let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 48);
     for loss in [LossKind::Ce, LossKind::Supcon, LossKind::Simclr] {
@@ -140,6 +150,7 @@ fn recorder(stop_after: Option<usize>) -> Recorder {
 
 #[test]
 fn resuming_reproduces_the_uninterrupted_run_step_for_step() {
+    let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     // 128 images, 96 for training, batch 32: 3 steps per epoch
     let data = tiny_dataset(dir.path(), 32);
@@ -208,6 +219,7 @@ fn resuming_reproduces_the_uninterrupted_run_step_for_step() {
 
 #[test]
 fn bad_settings_and_missing_data_are_errors() {
+    let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     let missing = format!("cifar10:{}", dir.path().join("none.bin").display());
     let err = train::train(
@@ -239,6 +251,7 @@ fn bad_settings_and_missing_data_are_errors() {
 
 #[test]
 fn the_edge_encoder_stays_well_under_a_million_parameters() {
+    let _torch = torch_lock();
     for (width, limit) in [(1.0, 400_000), (0.5, 150_000)] {
         let cfg = ModelConfig {
             arch: Arch::Edge,
@@ -257,6 +270,7 @@ fn the_edge_encoder_stays_well_under_a_million_parameters() {
 /// tract's output for the exported float ONNX equals tch's forward pass (eval mode).
 #[test]
 fn exported_onnx_in_tract_matches_the_tch_forward_pass() {
+    let _torch = torch_lock();
     use oodmon_calibration::onnx::TractEncoder;
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 16);
@@ -302,6 +316,7 @@ fn exported_onnx_in_tract_matches_the_tch_forward_pass() {
 
 #[test]
 fn corrupt_onnx_is_an_error_naming_the_file() {
+    let _torch = torch_lock();
     use oodmon_calibration::onnx::TractEncoder;
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("broken.onnx");

@@ -1,0 +1,98 @@
+//! The deployable bundle: a directory with `encoder.onnx` and `calib.json`, the calibration
+//! naming the encoder's SHA-256 and the preprocessing spec. Loading checks that the two
+//! belong together before anything runs.
+
+use std::path::{Path, PathBuf};
+
+use crate::artifact::{CalibrationArtifact, Detector};
+use crate::error::{Error, Result};
+use crate::io::{sha256_bytes, write_atomic};
+use crate::onnx::TractEncoder;
+use crate::preprocess::PreprocessSpec;
+
+pub const ENCODER_FILE: &str = "encoder.onnx";
+pub const CALIBRATION_FILE: &str = "calib.json";
+
+/// An encoder and its calibration, checked against each other.
+#[derive(Debug)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub encoder: TractEncoder,
+    pub artifact: CalibrationArtifact,
+    pub detector: Detector,
+}
+
+impl Bundle {
+    /// Loads and cross-checks a bundle: the encoder's hash, input size and embedding size
+    /// must be the ones the calibration was made for.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let calib = dir.join(CALIBRATION_FILE);
+        let artifact = CalibrationArtifact::load(&calib)?;
+        let encoder_path = dir.join(ENCODER_FILE);
+        let bytes = std::fs::read(&encoder_path).map_err(|e| Error::io(&encoder_path, e))?;
+        artifact.check_encoder_hash(&sha256_bytes(&bytes))?;
+        let encoder = TractEncoder::from_bytes(&bytes, &encoder_path)?;
+        let spec = artifact.preprocessing.as_ref().ok_or_else(|| {
+            in_file(
+                &calib,
+                Error::InvalidArtifact("no preprocessing spec: not a bundle calibration".into()),
+            )
+        })?;
+        let (w, h) = encoder.input_size();
+        if (w, h) != (spec.width as usize, spec.height as usize) {
+            return Err(in_file(
+                &encoder_path,
+                Error::InvalidArtifact(format!(
+                    "the encoder takes {w}x{h} input, the calibration's preprocessing makes {}x{}",
+                    spec.width, spec.height
+                )),
+            ));
+        }
+        if encoder.dim() != artifact.embedding_dim {
+            return Err(in_file(
+                &encoder_path,
+                Error::DimensionMismatch {
+                    what: "encoder output versus calibration".into(),
+                    expected: artifact.embedding_dim,
+                    found: encoder.dim(),
+                },
+            ));
+        }
+        let detector = artifact.detector()?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            encoder,
+            artifact,
+            detector,
+        })
+    }
+
+    pub fn preprocessing(&self) -> &PreprocessSpec {
+        self.artifact
+            .preprocessing
+            .as_ref()
+            .expect("checked when loading")
+    }
+
+    /// Writes a bundle: the encoder bytes and their calibration (which must name their hash).
+    pub fn write(
+        dir: impl AsRef<Path>,
+        encoder: &[u8],
+        artifact: &CalibrationArtifact,
+    ) -> Result<()> {
+        let dir = dir.as_ref();
+        artifact.check_encoder_hash(&sha256_bytes(encoder))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        write_atomic(&dir.join(ENCODER_FILE), |w| w.write_all(encoder))?;
+        artifact.save(dir.join(CALIBRATION_FILE))
+    }
+}
+
+/// Prefixes an error with the file it concerns (for errors that do not name one).
+fn in_file(path: &Path, e: Error) -> Error {
+    match e {
+        e @ (Error::Io { .. } | Error::Npy { .. }) => e,
+        other => Error::InvalidArtifact(format!("{}: {other}", path.display())),
+    }
+}
