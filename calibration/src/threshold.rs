@@ -19,6 +19,17 @@ pub enum ThresholdMode {
 }
 
 impl ThresholdMode {
+    /// The rule the command-line options select: conformal when `alpha` is given, else
+    /// per-cluster or global at `target_tpr` (default 0.95).
+    pub fn from_options(target_tpr: Option<f64>, alpha: Option<f64>, per_cluster: bool) -> Self {
+        let target_tpr = target_tpr.unwrap_or(0.95);
+        match (alpha, per_cluster) {
+            (Some(alpha), _) => ThresholdMode::Conformal { alpha },
+            (None, true) => ThresholdMode::PerCluster { target_tpr },
+            (None, false) => ThresholdMode::Global { target_tpr },
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             ThresholdMode::Global { .. } => "global",

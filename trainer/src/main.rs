@@ -412,15 +412,7 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(Embeddings::new(ds.len(), dim, e)?)
             };
             let (train_e, calib_e) = (embed(&train_ds)?, embed(&val_ds)?);
-            let mode = match (alpha, per_cluster) {
-                (Some(alpha), _) => ThresholdMode::Conformal { alpha },
-                (None, true) => ThresholdMode::PerCluster {
-                    target_tpr: target_tpr.unwrap_or(0.95),
-                },
-                (None, false) => ThresholdMode::Global {
-                    target_tpr: target_tpr.unwrap_or(0.95),
-                },
-            };
+            let mode = ThresholdMode::from_options(target_tpr, alpha, per_cluster);
             let mut fit = FitConfig::new(ClusterSpec::parse(&clusters)?, Metric::parse(&metric)?);
             fit.normalize = normalize;
             fit.kmeans.seed = cfg.seed;

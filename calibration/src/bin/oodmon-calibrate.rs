@@ -288,15 +288,7 @@ fn named_sets(
 fn fit(a: FitArgs) -> Result<()> {
     let clusters = ClusterSpec::parse(&a.clusters)?;
     let metric = Metric::parse(&a.metric)?;
-    let mode = match (a.alpha, a.target_tpr, a.per_cluster) {
-        (Some(alpha), _, _) => ThresholdMode::Conformal { alpha },
-        (None, tpr, true) => ThresholdMode::PerCluster {
-            target_tpr: tpr.unwrap_or(0.95),
-        },
-        (None, tpr, false) => ThresholdMode::Global {
-            target_tpr: tpr.unwrap_or(0.95),
-        },
-    };
+    let mode = ThresholdMode::from_options(a.target_tpr, a.alpha, a.per_cluster);
     let train = load_embeddings(&a.train)?;
     let labels = match &a.labels {
         Some(p) => Some(load_labels(p, train.rows(), &a.train)?),
@@ -862,15 +854,7 @@ fn fit_model_cmd(a: FitModelArgs) -> Result<()> {
             )
         }
     };
-    let mode = match (a.alpha, a.per_cluster) {
-        (Some(alpha), _) => ThresholdMode::Conformal { alpha },
-        (None, true) => ThresholdMode::PerCluster {
-            target_tpr: a.target_tpr.unwrap_or(0.95),
-        },
-        (None, false) => ThresholdMode::Global {
-            target_tpr: a.target_tpr.unwrap_or(0.95),
-        },
-    };
+    let mode = ThresholdMode::from_options(a.target_tpr, a.alpha, a.per_cluster);
     let mut config = FitConfig::new(ClusterSpec::parse(&a.clusters)?, Metric::parse(&a.metric)?);
     config.normalize = a.normalize;
     config.kmeans = a.kmeans.config();
