@@ -4,7 +4,6 @@
 
 use crate::datasets::{visit, DataError, DataSpec, Split};
 use crate::embeddings::Embeddings;
-use crate::error::Result;
 use crate::onnx::TractEncoder;
 use crate::preprocess::{PixelFormat, PreprocessSpec, Preprocessor};
 
@@ -15,27 +14,21 @@ pub struct Embedded {
     pub class_names: Vec<String>,
 }
 
-/// Embeds up to `limit` images of a split (all when `None`).
-pub fn embed_dataset(
-    encoder: &TractEncoder,
+/// Hands each image of a split to `f` as the encoder's input tensor (`3 x H x W`, laid out
+/// as the spec says), computed by the shared [`Preprocessor`] straight from the stored
+/// image, exactly as a camera frame is on the edge; stops after `limit` images.
+pub fn for_each_input(
     spec: &PreprocessSpec,
     data: &DataSpec,
     split: Split,
     limit: Option<usize>,
-) -> std::result::Result<Embedded, DataError> {
-    let dim = encoder.dim();
+    mut f: impl FnMut(&[f32], i64) -> std::result::Result<(), DataError>,
+) -> std::result::Result<Vec<String>, DataError> {
     let mut planned: Option<((usize, usize, PixelFormat), Preprocessor)> = None;
     let mut tensor = vec![0f32; 3 * spec.width as usize * spec.height as usize];
-    let mut out = vec![0f32; dim];
-    let mut values = Vec::new();
-    let mut labels = Vec::new();
-    let mut sink = |img: &[u8],
-                    w: usize,
-                    h: usize,
-                    format: PixelFormat,
-                    label: i64|
-     -> std::result::Result<(), DataError> {
-        if limit.is_some_and(|l| labels.len() >= l) {
+    let mut seen = 0usize;
+    let mut sink = |img: &[u8], w: usize, h: usize, format: PixelFormat, label: i64| {
+        if limit.is_some_and(|l| seen >= l) {
             return Ok(());
         }
         let key = (w, h, format);
@@ -48,39 +41,34 @@ pub fn embed_dataset(
             }
         };
         p.run(img, None, &mut tensor)?;
-        encoder.embed(&tensor, &mut out)?;
+        seen += 1;
+        f(&tensor, label)
+    };
+    visit(data, split, &mut sink)
+}
+
+/// Embeds up to `limit` images of a split (all when `None`) through the encoder.
+pub fn embed_dataset(
+    encoder: &TractEncoder,
+    spec: &PreprocessSpec,
+    data: &DataSpec,
+    split: Split,
+    limit: Option<usize>,
+) -> std::result::Result<Embedded, DataError> {
+    let dim = encoder.dim();
+    let mut out = vec![0f32; dim];
+    let mut values = Vec::new();
+    let mut labels = Vec::new();
+    let class_names = for_each_input(spec, data, split, limit, |tensor, label| {
+        encoder.embed(tensor, &mut out)?;
         values.extend_from_slice(&out);
         labels.push(label);
         Ok(())
-    };
-    let class_names = visit(data, split, &mut sink)?;
+    })?;
     let rows = labels.len();
     Ok(Embedded {
         embeddings: Embeddings::new(rows, dim, values).map_err(DataError::from)?,
         labels,
         class_names,
     })
-}
-
-/// Preprocesses the images of a split into encoder input tensors (no encoder): the shared
-/// entry point that tests compare against the edge's.
-pub fn preprocess_dataset(
-    spec: &PreprocessSpec,
-    data: &DataSpec,
-    split: Split,
-) -> Result<Vec<f32>, DataError> {
-    let mut all = Vec::new();
-    let mut tensor = vec![0f32; 3 * spec.width as usize * spec.height as usize];
-    let mut sink = |img: &[u8],
-                    w: usize,
-                    h: usize,
-                    format: PixelFormat,
-                    _label: i64|
-     -> std::result::Result<(), DataError> {
-        Preprocessor::new(spec, w, h, format)?.run(img, None, &mut tensor)?;
-        all.extend_from_slice(&tensor);
-        Ok(())
-    };
-    visit(data, split, &mut sink)?;
-    Ok(all)
 }

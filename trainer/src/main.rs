@@ -303,32 +303,44 @@ fn run(cli: Cli) -> Result<()> {
             let (mut vs, net) = train::build(&cfg.model, device);
             vs.load(rd.weights())
                 .with_context(|| rd.weights().display().to_string())?;
-            let ds = match split.as_str() {
+            let dim = net.encoder.dim;
+            let (embeddings, ids) = match split.as_str() {
                 "train" | "val" if data == cfg.data => {
+                    // the run's own stratified split of its training set
                     let (tr, va) = train::splits(&cfg)?;
-                    if split == "train" {
-                        tr
-                    } else {
-                        va
-                    }
+                    let ds = if split == "train" { tr } else { va };
+                    let e = train::embed_dataset(&net, &ds, &cfg.preprocessing, device, 256)?;
+                    (e, ds.labels)
                 }
                 "val" => bail!(
                     "--split val needs --data {} (the run's training data)",
                     cfg.data
                 ),
-                "train" => data::load(&data.parse()?, Split::Train, &cfg.preprocessing)?,
-                "test" => data::load(&data.parse()?, Split::Test, &cfg.preprocessing)?,
+                "train" | "test" => {
+                    let which = if split == "train" {
+                        Split::Train
+                    } else {
+                        Split::Test
+                    };
+                    let (e, l, _) = train::embed_images(
+                        &net,
+                        &data.parse::<DataSpec>()?,
+                        which,
+                        &cfg.preprocessing,
+                        device,
+                        256,
+                    )?;
+                    (e, l)
+                }
                 other => bail!("--split {other:?}: expected train, val or test"),
             };
-            let e = train::embed_dataset(&net, &ds, &cfg.preprocessing, device, 256)?;
-            let dim = net.encoder.dim;
-            npy::write_embeddings(&out, &Embeddings::new(ds.len(), dim, e)?)?;
+            let rows = ids.len();
+            npy::write_embeddings(&out, &Embeddings::new(rows, dim, embeddings)?)?;
             if let Some(l) = labels {
-                npy::write_labels(&l, &ds.labels)?;
+                npy::write_labels(&l, &ids)?;
             }
             say!(
-                "wrote {} embeddings of dimension {dim} to {}",
-                ds.len(),
+                "wrote {rows} embeddings of dimension {dim} to {}",
                 out.display()
             );
             Ok(())

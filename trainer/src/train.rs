@@ -21,6 +21,8 @@ use crate::data::{Dataset, Split};
 use crate::loss::{cross_entropy, nt_xent, supcon, LossKind};
 use crate::model::{Head, ModelConfig, Net};
 use crate::optim::Sgd;
+use oodmon_calibration::embed::for_each_input;
+use oodmon_calibration::preprocess::{PixelFormat, Preprocessor};
 
 /// What went wrong while training or loading a run.
 #[derive(Debug, thiserror::Error)]
@@ -179,24 +181,76 @@ pub fn learning_rate(cfg: &TrainConfig, epoch_f: f64) -> f64 {
     }
 }
 
-/// Normalised NCHW batch of the given rows, exactly as inference sees them (no augmentation).
-pub fn eval_batch(ds: &Dataset, rows: &[usize], spec: &PreprocessSpec) -> Tensor {
+/// Normalised NCHW batch of the given rows through the shared [`Preprocessor`], exactly as
+/// calibration and the edge compute encoder inputs (no augmentation).
+pub fn eval_batch(ds: &Dataset, rows: &[usize], spec: &PreprocessSpec) -> Result<Tensor> {
     let (w, h) = (ds.width, ds.height);
-    let mut buf = vec![0f32; rows.len() * 3 * w * h];
-    let mut tmp = vec![0f32; w * h * 3];
+    let n = 3 * spec.width as usize * spec.height as usize;
+    let mut p = Preprocessor::new(spec, w, h, PixelFormat::Rgb8)
+        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let mut buf = vec![0f32; rows.len() * n];
     for (b, &i) in rows.iter().enumerate() {
-        for (t, &v) in tmp.iter_mut().zip(ds.image(i)) {
-            *t = v as f32;
-        }
-        normalise_into(
-            &tmp,
-            w,
-            h,
-            spec,
-            &mut buf[b * 3 * w * h..(b + 1) * 3 * w * h],
-        );
+        p.run(ds.image(i), None, &mut buf[b * n..(b + 1) * n])
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
     }
-    Tensor::from_slice(&buf).view([rows.len() as i64, 3, h as i64, w as i64])
+    Ok(
+        Tensor::from_slice(&buf).view([
+            rows.len() as i64,
+            3,
+            spec.height as i64,
+            spec.width as i64,
+        ]),
+    )
+}
+
+/// Embeddings of a data set's split straight from its stored images (any size or format)
+/// through the shared preprocessing, in batches: the same input tensors calibration and
+/// the edge compute. Returns embeddings, labels and class names.
+pub fn embed_images(
+    net: &Net,
+    data: &crate::data::DataSpec,
+    split: Split,
+    spec: &PreprocessSpec,
+    device: Device,
+    batch: usize,
+) -> Result<(Vec<f32>, Vec<i64>, Vec<String>)> {
+    let n = 3 * spec.width as usize * spec.height as usize;
+    let batch = batch.max(1);
+    let mut pending: Vec<f32> = Vec::with_capacity(batch * n);
+    let mut out = Vec::new();
+    let mut labels = Vec::new();
+    let run = |pending: &mut Vec<f32>, out: &mut Vec<f32>| -> Result<()> {
+        let rows = pending.len() / n;
+        if rows == 0 {
+            return Ok(());
+        }
+        let x = Tensor::from_slice(pending)
+            .view([rows as i64, 3, spec.height as i64, spec.width as i64])
+            .to_device(device);
+        let e = tch::no_grad(|| net.embed(&x, false))
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu)
+            .contiguous();
+        out.extend(Vec::<f32>::try_from(e.flatten(0, -1))?);
+        pending.clear();
+        Ok(())
+    };
+    let mut failure: Option<TrainError> = None;
+    let names = for_each_input(spec, data, split, None, |tensor, label| {
+        pending.extend_from_slice(tensor);
+        labels.push(label);
+        if pending.len() == batch * n {
+            if let Err(e) = run(&mut pending, &mut out) {
+                failure.get_or_insert(e);
+            }
+        }
+        Ok(())
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    run(&mut pending, &mut out)?;
+    Ok((out, labels, names))
 }
 
 /// Embeddings of every image, in order, in eval mode.
@@ -211,7 +265,7 @@ pub fn embed_dataset(
     tch::no_grad(|| -> Result<()> {
         let rows: Vec<usize> = (0..ds.len()).collect();
         for chunk in rows.chunks(batch.max(1)) {
-            let x = eval_batch(ds, chunk, spec).to_device(device);
+            let x = eval_batch(ds, chunk, spec)?.to_device(device);
             let e = net
                 .embed(&x, false)
                 .to_kind(Kind::Float)
@@ -520,10 +574,10 @@ fn classifier_accuracy(
     device: Device,
 ) -> Result<f64> {
     let mut correct = 0i64;
-    tch::no_grad(|| {
+    tch::no_grad(|| -> Result<()> {
         let rows: Vec<usize> = (0..ds.len()).collect();
         for chunk in rows.chunks(256) {
-            let x = eval_batch(ds, chunk, spec).to_device(device);
+            let x = eval_batch(ds, chunk, spec)?.to_device(device);
             let labels: Vec<i64> = chunk.iter().map(|&i| ds.labels[i]).collect();
             let y = Tensor::from_slice(&labels).to_device(device);
             correct += net
@@ -533,7 +587,8 @@ fn classifier_accuracy(
                 .sum(Kind::Int64)
                 .int64_value(&[]);
         }
-    });
+        Ok(())
+    })?;
     Ok(correct as f64 / ds.len().max(1) as f64)
 }
 

@@ -339,3 +339,59 @@ fn corrupt_onnx_is_an_error_naming_the_file() {
     let err = TractEncoder::load(&p).unwrap_err().to_string();
     assert!(err.contains("broken.onnx"), "{err}");
 }
+
+/// The trainer's embedding path (tch) and calibration's (tract, as fit-model and the edge
+/// run it) read the same images of any size through the one shared preprocessing and agree.
+#[test]
+fn trainer_and_calibration_entry_points_embed_images_alike() {
+    let _torch = torch_lock();
+    use oodmon_calibration::datasets::{DataSpec, Split};
+    use oodmon_calibration::onnx::TractEncoder;
+    let dir = tempfile::tempdir().unwrap();
+    // an image folder with odd sizes, so resizing and cropping are exercised
+    for (class, (w, h)) in [("a", (40u32, 30u32)), ("b", (23, 57))] {
+        let d = dir.path().join("imgs").join(class);
+        std::fs::create_dir_all(&d).unwrap();
+        for k in 0..3u32 {
+            let img = image::RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb([(x * 7 + k * 30) as u8, (y * 5) as u8, ((x + y) * 3) as u8])
+            });
+            img.save(d.join(format!("{k}.png"))).unwrap();
+        }
+    }
+    let data = DataSpec::Folder(dir.path().join("imgs"));
+    tch::manual_seed(5);
+    let cfg = ModelConfig {
+        arch: Arch::Edge,
+        width: 0.25,
+        embed_dim: 8,
+        head: Head::Classifier { classes: 2 },
+    };
+    let (_vs, net) = train::build(&cfg, Device::Cpu);
+    let spec = PreprocessSpec::cifar(24);
+    let (ours, labels, names) =
+        train::embed_images(&net, &data, Split::Train, &spec, Device::Cpu, 4).unwrap();
+    assert_eq!(labels, vec![0, 0, 0, 1, 1, 1]);
+    assert_eq!(names, vec!["a", "b"]);
+    let bytes = oodmon_trainer::export::export_onnx(&net, &spec, "{}", false).unwrap();
+    let enc = TractEncoder::from_bytes(&bytes, std::path::Path::new("e.onnx")).unwrap();
+    let theirs =
+        oodmon_calibration::embed::embed_dataset(&enc, &spec, &data, Split::Train, None).unwrap();
+    assert_eq!(theirs.labels, labels);
+    for (i, (a, b)) in ours
+        .chunks(8)
+        .zip(theirs.embeddings.iter_rows())
+        .enumerate()
+    {
+        let norm = a.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let err = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            err <= 1e-4 * norm.max(1e-6),
+            "image {i}: {err} vs norm {norm}"
+        );
+    }
+}
