@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use oodmon_calibration::artifact::InputChecksum;
+use oodmon_calibration::embed::for_each_input;
 use oodmon_calibration::io::sha256_file;
+use oodmon_calibration::onnx::{quantize_qdq, RangeMethod};
 use oodmon_calibration::{
     calibrate, npy, CalibrationArtifact, ClusterSpec, Embeddings, FitConfig, Metric,
     PreprocessSpec, Provenance, ThresholdMode,
@@ -112,6 +114,18 @@ enum Command {
         /// Name the batch dimension instead of fixing it to 1.
         #[arg(long)]
         dynamic_batch: bool,
+        /// Quantize to int8 (QDQ: per-channel symmetric weights, per-tensor activation
+        /// scales from --calib-data).
+        #[arg(long, requires = "calib_data")]
+        int8: bool,
+        /// ID images whose activations set the int8 scales (their train split).
+        #[arg(long)]
+        calib_data: Option<String>,
+        #[arg(long, default_value_t = 256)]
+        calib_samples: usize,
+        /// Activation range estimate: minmax or percentile:P (e.g. percentile:99.99).
+        #[arg(long, default_value = "minmax")]
+        range: String,
         #[arg(long)]
         out: PathBuf,
     },
@@ -348,6 +362,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export {
             run,
             dynamic_batch,
+            int8,
+            calib_data,
+            calib_samples,
+            range,
             out,
         } => {
             let rd = RunDir(run.clone());
@@ -361,7 +379,37 @@ fn run(cli: Cli) -> Result<()> {
                 "tool": format!("oodmon-trainer {}", env!("CARGO_PKG_VERSION")),
             })
             .to_string();
-            let bytes = export::export_onnx(&net, &cfg.preprocessing, &provenance, dynamic_batch)?;
+            let mut bytes =
+                export::export_onnx(&net, &cfg.preprocessing, &provenance, dynamic_batch)?;
+            if int8 {
+                let method = match range.as_str() {
+                    "minmax" => RangeMethod::MinMax,
+                    other => match other
+                        .strip_prefix("percentile:")
+                        .and_then(|p| p.parse().ok())
+                    {
+                        Some(percentile) => RangeMethod::Percentile { percentile },
+                        None => bail!("--range {other:?}: expected minmax or percentile:P"),
+                    },
+                };
+                let spec: DataSpec = calib_data.as_deref().unwrap_or_default().parse()?;
+                let mut images = Vec::new();
+                for_each_input(
+                    &cfg.preprocessing,
+                    &spec,
+                    Split::Train,
+                    Some(calib_samples),
+                    |t, _| {
+                        images.push(t.to_vec());
+                        Ok(())
+                    },
+                )?;
+                bytes = quantize_qdq(&bytes, &images, method)?;
+                say!(
+                    "quantized to int8 (QDQ) with {} calibration images",
+                    images.len()
+                );
+            }
             oodmon_calibration::io::write_atomic(&out, |w| w.write_all(&bytes))?;
             say!(
                 "wrote {} ({} bytes, sha256 {})",

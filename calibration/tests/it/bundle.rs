@@ -132,3 +132,45 @@ fn fit_model_writes_a_bundle_that_eval_model_and_load_accept() {
     let err = Bundle::load(&b).unwrap_err().to_string();
     assert!(err.contains(ENCODER_FILE), "{err}");
 }
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-30)
+}
+
+#[test]
+fn qdq_int8_stays_close_to_float_in_tract() {
+    use oodmon_calibration::onnx::{quantize_qdq, RangeMethod, TractEncoder};
+    let float = tiny_encoder(16);
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let images: Vec<Vec<f32>> = (0..40)
+        .map(|_| {
+            (0..3 * 16 * 16)
+                .map(|_| rng.random_range(-2.0f32..2.0))
+                .collect()
+        })
+        .collect();
+    let path = std::path::Path::new("t.onnx");
+    let f = TractEncoder::from_bytes(&float, path).unwrap();
+    for method in [
+        RangeMethod::MinMax,
+        RangeMethod::Percentile { percentile: 99.99 },
+    ] {
+        let int8 = quantize_qdq(&float, &images[..20], method).unwrap();
+        let q = TractEncoder::from_bytes(&int8, path).unwrap();
+        assert_eq!(q.dim(), f.dim());
+        let (mut a, mut b) = (vec![0f32; 6], vec![0f32; 6]);
+        let mut total = 0.0;
+        for x in &images[20..] {
+            f.embed(x, &mut a).unwrap();
+            q.embed(x, &mut b).unwrap();
+            total += cosine(&a, &b);
+        }
+        let mean = total / 20.0;
+        assert!(mean >= 0.99, "{method:?}: mean cosine {mean}");
+        assert_ne!(int8, float);
+    }
+    assert!(quantize_qdq(&float, &[], RangeMethod::MinMax).is_err());
+}

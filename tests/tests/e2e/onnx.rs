@@ -1,7 +1,7 @@
 //! The exported ONNX encoder passes the ONNX checker and gives the same embeddings in
 //! onnxruntime as in tract.
 
-use oodmon_calibration::onnx::TractEncoder;
+use oodmon_calibration::onnx::{quantize_qdq, RangeMethod, TractEncoder};
 use oodmon_calibration::{npy, Embeddings, PreprocessSpec};
 use oodmon_trainer::model::{Arch, Head, ModelConfig};
 use oodmon_trainer::train;
@@ -10,7 +10,7 @@ use tch::Device;
 use crate::util::run_python;
 
 #[test]
-fn onnxruntime_and_the_checker_agree_with_tract_on_the_float_export() {
+fn onnxruntime_and_the_checker_agree_with_tract_on_float_and_int8_exports() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = ModelConfig {
         arch: Arch::Edge,
@@ -44,6 +44,7 @@ fn onnxruntime_and_the_checker_agree_with_tract_on_the_float_export() {
     );
     let ort = npy::read_embeddings(dir.path().join("ort.npy")).unwrap();
     let mut ours = vec![0f32; enc.dim()];
+    let mut float_rows = Vec::new();
     for i in 0..n {
         enc.embed(&inputs[i * 3072..(i + 1) * 3072], &mut ours)
             .unwrap();
@@ -56,5 +57,45 @@ fn onnxruntime_and_the_checker_agree_with_tract_on_the_float_export() {
             err <= 1e-4,
             "row {i}: tract and onnxruntime differ by {err}"
         );
+        float_rows.push(ours.clone());
     }
+
+    // int8 (QDQ): the checker and onnxruntime accept it; both runtimes stay close to float
+    let calibration: Vec<Vec<f32>> = (0..16)
+        .map(|k| {
+            (0..3072)
+                .map(|i| (((i + 131 * k) * 7919 % 1000) as f32 / 500.0) - 1.0)
+                .collect()
+        })
+        .collect();
+    let int8 = quantize_qdq(&bytes, &calibration, RangeMethod::MinMax).unwrap();
+    let qmodel = dir.path().join("encoder-int8.onnx");
+    std::fs::write(&qmodel, &int8).unwrap();
+    run_python(
+        "onnx_reference.py",
+        &[
+            &qmodel,
+            &dir.path().join("inputs.npy"),
+            &dir.path().join("ort8.npy"),
+        ],
+    );
+    let ort8 = npy::read_embeddings(dir.path().join("ort8.npy")).unwrap();
+    let q = TractEncoder::load(&qmodel).unwrap();
+    let (mut tract_cos, mut ort_cos) = (0.0, 0.0);
+    for i in 0..n {
+        q.embed(&inputs[i * 3072..(i + 1) * 3072], &mut ours)
+            .unwrap();
+        tract_cos += cosine(&ours, &float_rows[i]) / n as f64;
+        ort_cos += cosine(ort8.row(i), &float_rows[i]) / n as f64;
+    }
+    eprintln!("int8 vs float mean cosine: tract {tract_cos:.5}, onnxruntime {ort_cos:.5}");
+    assert!(tract_cos >= 0.99, "tract int8: {tract_cos}");
+    assert!(ort_cos >= 0.99, "onnxruntime int8: {ort_cos}");
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-30)
 }
