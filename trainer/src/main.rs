@@ -9,9 +9,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use oodmon_calibration::artifact::InputChecksum;
+use oodmon_calibration::bundle::Bundle;
 use oodmon_calibration::embed::for_each_input;
 use oodmon_calibration::io::sha256_file;
-use oodmon_calibration::onnx::{quantize_qdq, RangeMethod};
+use oodmon_calibration::onnx::{quantize_qdq, RangeMethod, TractEncoder};
+use oodmon_calibration::preprocess::{PixelFormat, Preprocessor};
 use oodmon_calibration::{
     calibrate, npy, CalibrationArtifact, ClusterSpec, Embeddings, FitConfig, Metric,
     PreprocessSpec, Provenance, ThresholdMode,
@@ -164,6 +166,19 @@ enum Command {
         per_cluster: bool,
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Write a deployable bundle directory (--out) instead of calib.json: the encoder is
+        /// exported (and quantized with --int8) and the calibration computed through tract,
+        /// exactly as the edge will run it.
+        #[arg(long)]
+        bundle: bool,
+        #[arg(long, requires = "bundle")]
+        int8: bool,
+        /// Training images whose activations set the int8 scales.
+        #[arg(long, default_value_t = 256)]
+        calib_samples: usize,
+        /// Activation range estimate: minmax or percentile:P.
+        #[arg(long, default_value = "minmax")]
+        range: String,
         #[arg(long)]
         out: PathBuf,
     },
@@ -451,11 +466,19 @@ fn run(cli: Cli) -> Result<()> {
             alpha,
             per_cluster,
             device,
+            bundle,
+            int8,
+            calib_samples,
+            range,
             out,
         } => {
             let rd = RunDir(run.clone());
             let cfg = rd.load_config()?;
-            let device = train::parse_device(&device)?;
+            let device = if bundle {
+                tch::Device::Cpu
+            } else {
+                train::parse_device(&device)?
+            };
             let (mut vs, net) = train::build(&cfg.model, device);
             vs.load(rd.weights())
                 .with_context(|| rd.weights().display().to_string())?;
@@ -467,8 +490,34 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             let dim = net.encoder.dim;
+            // With --bundle the embeddings come from the exported encoder in tract.
+            let encoder = if bundle {
+                let mut bytes =
+                    export::export_onnx(&net, &cfg.preprocessing, &provenance(&rd, &cfg)?, false)?;
+                if int8 {
+                    let rows: Vec<usize> = (0..train_ds.len().min(calib_samples)).collect();
+                    let images = dataset_inputs(&train_ds, &rows, &cfg.preprocessing)?;
+                    bytes = quantize_qdq(&bytes, &images, parse_range(&range)?)?;
+                }
+                let enc = TractEncoder::from_bytes(&bytes, &out.join("encoder.onnx"))?;
+                Some((bytes, enc))
+            } else {
+                None
+            };
             let embed = |ds: &data::Dataset| -> Result<Embeddings> {
-                let e = train::embed_dataset(&net, ds, &cfg.preprocessing, device, 256)?;
+                let e = match &encoder {
+                    Some((_, enc)) => {
+                        let rows: Vec<usize> = (0..ds.len()).collect();
+                        let mut values = Vec::with_capacity(ds.len() * dim);
+                        let mut e = vec![0f32; dim];
+                        for x in dataset_inputs(ds, &rows, &cfg.preprocessing)? {
+                            enc.embed(&x, &mut e)?;
+                            values.extend_from_slice(&e);
+                        }
+                        values
+                    }
+                    None => train::embed_dataset(&net, ds, &cfg.preprocessing, device, 256)?,
+                };
                 Ok(Embeddings::new(ds.len(), dim, e)?)
             };
             let (train_e, calib_e) = (embed(&train_ds)?, embed(&val_ds)?);
@@ -493,11 +542,16 @@ fn run(cli: Cli) -> Result<()> {
                 model,
                 thresholds,
                 train_ds.class_names.clone(),
-                None,
+                encoder
+                    .as_ref()
+                    .map(|(b, _)| oodmon_calibration::io::sha256_bytes(b)),
                 Some(cfg.preprocessing.clone()),
                 Provenance::now("oodmon-trainer", inputs, std::env::args().collect()),
             )?;
-            artifact.save(&out)?;
+            match &encoder {
+                Some((bytes, _)) => Bundle::write(&out, bytes, &artifact)?,
+                None => artifact.save(&out)?,
+            }
             say!(
                 "wrote {}: {} clusters, {} on {} training and {} calibration embeddings, threshold {:.6}",
                 out.display(),
@@ -510,4 +564,44 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The run's configuration and weights hash, stored in an exported model's metadata.
+fn provenance(rd: &RunDir, cfg: &TrainConfig) -> Result<String> {
+    Ok(serde_json::json!({
+        "run_config": cfg,
+        "weights_sha256": sha256_file(&rd.weights())?,
+        "tool": format!("oodmon-trainer {}", env!("CARGO_PKG_VERSION")),
+    })
+    .to_string())
+}
+
+fn parse_range(range: &str) -> Result<RangeMethod> {
+    Ok(match range {
+        "minmax" => RangeMethod::MinMax,
+        other => match other
+            .strip_prefix("percentile:")
+            .and_then(|p| p.parse().ok())
+        {
+            Some(percentile) => RangeMethod::Percentile { percentile },
+            None => bail!("--range {other:?}: expected minmax or percentile:P"),
+        },
+    })
+}
+
+/// Encoder input tensors of the given rows through the shared preprocessing.
+fn dataset_inputs(
+    ds: &data::Dataset,
+    rows: &[usize],
+    spec: &PreprocessSpec,
+) -> Result<Vec<Vec<f32>>> {
+    let mut p = Preprocessor::new(spec, ds.width, ds.height, PixelFormat::Rgb8)?;
+    let n = p.tensor_len();
+    rows.iter()
+        .map(|&i| {
+            let mut t = vec![0f32; n];
+            p.run(ds.image(i), None, &mut t)?;
+            Ok(t)
+        })
+        .collect()
 }

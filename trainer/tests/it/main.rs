@@ -395,3 +395,47 @@ fn trainer_and_calibration_entry_points_embed_images_alike() {
         );
     }
 }
+
+/// `oodmon-trainer fit --bundle --int8`: export, quantize and calibrate through tract in one
+/// step, producing a bundle that loads.
+#[test]
+fn fit_bundle_writes_a_loadable_int8_bundle() {
+    let _torch = torch_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 16);
+    let run = dir.path().join("run");
+    train::train(
+        &config(data, LossKind::Ce, 1),
+        &run,
+        Device::Cpu,
+        false,
+        no_stop(),
+        &mut (),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oodmon-trainer"))
+        .args(["fit", "--run"])
+        .arg(&run)
+        .args([
+            "--bundle",
+            "--int8",
+            "--calib-samples",
+            "8",
+            "--metric",
+            "euclidean",
+            "--out",
+        ])
+        .arg(dir.path().join("bundle"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bundle = oodmon_calibration::bundle::Bundle::load(dir.path().join("bundle")).unwrap();
+    assert_eq!(bundle.encoder.dim(), 16);
+    assert_eq!(bundle.preprocessing(), &PreprocessSpec::cifar(16));
+    let onnx = std::fs::read(dir.path().join("bundle/encoder.onnx")).unwrap();
+    assert!(String::from_utf8_lossy(&onnx).contains("QuantizeLinear"));
+}
