@@ -54,6 +54,13 @@ enum Command {
     FitModel(FitModelArgs),
     /// Evaluate a bundle on ID and OOD image data through its encoder.
     EvalModel(EvalModelArgs),
+    /// Latency of an ONNX encoder in tract on this machine (median and p99 per image).
+    TimeModel {
+        #[arg(long, required = true)]
+        model: Vec<PathBuf>,
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+    },
     /// Self-contained demonstration on generated embeddings: writes the inputs, fits,
     /// evaluates and writes a report into DIR.
     Demo {
@@ -224,6 +231,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Grid(a) => grid(a),
         Command::FitModel(a) => fit_model_cmd(a),
         Command::EvalModel(a) => eval_model_cmd(a),
+        Command::TimeModel { model, runs } => time_model(&model, runs),
         Command::Demo { out } => demo(out),
     }
 }
@@ -939,4 +947,36 @@ fn eval_model_cmd(a: EvalModelArgs) -> Result<()> {
         a.report.as_deref(),
         &a.bundle.display().to_string(),
     )
+}
+
+fn time_model(models: &[PathBuf], runs: usize) -> Result<()> {
+    say!("| model | median (us) | p99 (us) | runs |");
+    say!("|---|---|---|---|");
+    for path in models {
+        let enc = TractEncoder::load(path)?;
+        let (w, h) = enc.input_size();
+        let input: Vec<f32> = (0..3 * w * h)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+            .collect();
+        let mut out = vec![0f32; enc.dim()];
+        for _ in 0..5 {
+            enc.embed(&input, &mut out)?;
+        }
+        let mut times: Vec<f64> = (0..runs.max(1))
+            .map(|_| {
+                let t = std::time::Instant::now();
+                enc.embed(&input, &mut out)
+                    .map(|_| t.elapsed().as_secs_f64() * 1e6)
+            })
+            .collect::<oodmon_calibration::Result<_>>()?;
+        times.sort_by(f64::total_cmp);
+        say!(
+            "| {} | {:.0} | {:.0} | {} |",
+            path.display(),
+            times[times.len() / 2],
+            times[(times.len() * 99 / 100).min(times.len() - 1)],
+            times.len()
+        );
+    }
+    Ok(())
 }
