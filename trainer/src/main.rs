@@ -44,6 +44,17 @@ struct Cli {
     command: Command,
 }
 
+/// How int8 activation scales are estimated.
+#[derive(clap::Args)]
+struct QuantArgs {
+    /// Images whose activations set the int8 scales.
+    #[arg(long, default_value_t = 256)]
+    calib_samples: usize,
+    /// Activation range estimate: minmax or percentile:P (e.g. percentile:99.99).
+    #[arg(long, default_value = "minmax")]
+    range: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Train an encoder with cross-entropy, SupCon or SimCLR.
@@ -123,11 +134,8 @@ enum Command {
         /// ID images whose activations set the int8 scales (their train split).
         #[arg(long)]
         calib_data: Option<String>,
-        #[arg(long, default_value_t = 256)]
-        calib_samples: usize,
-        /// Activation range estimate: minmax or percentile:P (e.g. percentile:99.99).
-        #[arg(long, default_value = "minmax")]
-        range: String,
+        #[command(flatten)]
+        quant: QuantArgs,
         #[arg(long)]
         out: PathBuf,
     },
@@ -173,12 +181,8 @@ enum Command {
         bundle: bool,
         #[arg(long, requires = "bundle")]
         int8: bool,
-        /// Training images whose activations set the int8 scales.
-        #[arg(long, default_value_t = 256)]
-        calib_samples: usize,
-        /// Activation range estimate: minmax or percentile:P.
-        #[arg(long, default_value = "minmax")]
-        range: String,
+        #[command(flatten)]
+        quant: QuantArgs,
         #[arg(long)]
         out: PathBuf,
     },
@@ -379,8 +383,7 @@ fn run(cli: Cli) -> Result<()> {
             dynamic_batch,
             int8,
             calib_data,
-            calib_samples,
-            range,
+            quant,
             out,
         } => {
             let rd = RunDir(run.clone());
@@ -388,32 +391,21 @@ fn run(cli: Cli) -> Result<()> {
             let (mut vs, net) = train::build(&cfg.model, tch::Device::Cpu);
             vs.load(rd.weights())
                 .with_context(|| rd.weights().display().to_string())?;
-            let provenance = serde_json::json!({
-                "run_config": cfg,
-                "weights_sha256": sha256_file(&rd.weights())?,
-                "tool": format!("oodmon-trainer {}", env!("CARGO_PKG_VERSION")),
-            })
-            .to_string();
-            let mut bytes =
-                export::export_onnx(&net, &cfg.preprocessing, &provenance, dynamic_batch)?;
+            let mut bytes = export::export_onnx(
+                &net,
+                &cfg.preprocessing,
+                &provenance(&rd, &cfg)?,
+                dynamic_batch,
+            )?;
             if int8 {
-                let method = match range.as_str() {
-                    "minmax" => RangeMethod::MinMax,
-                    other => match other
-                        .strip_prefix("percentile:")
-                        .and_then(|p| p.parse().ok())
-                    {
-                        Some(percentile) => RangeMethod::Percentile { percentile },
-                        None => bail!("--range {other:?}: expected minmax or percentile:P"),
-                    },
-                };
+                let method = parse_range(&quant.range)?;
                 let spec: DataSpec = calib_data.as_deref().unwrap_or_default().parse()?;
                 let mut images = Vec::new();
                 for_each_input(
                     &cfg.preprocessing,
                     &spec,
                     Split::Train,
-                    Some(calib_samples),
+                    Some(quant.calib_samples),
                     |t, _| {
                         images.push(t.to_vec());
                         Ok(())
@@ -468,8 +460,7 @@ fn run(cli: Cli) -> Result<()> {
             device,
             bundle,
             int8,
-            calib_samples,
-            range,
+            quant,
             out,
         } => {
             let rd = RunDir(run.clone());
@@ -495,9 +486,9 @@ fn run(cli: Cli) -> Result<()> {
                 let mut bytes =
                     export::export_onnx(&net, &cfg.preprocessing, &provenance(&rd, &cfg)?, false)?;
                 if int8 {
-                    let rows: Vec<usize> = (0..train_ds.len().min(calib_samples)).collect();
+                    let rows: Vec<usize> = (0..train_ds.len().min(quant.calib_samples)).collect();
                     let images = dataset_inputs(&train_ds, &rows, &cfg.preprocessing)?;
-                    bytes = quantize_qdq(&bytes, &images, parse_range(&range)?)?;
+                    bytes = quantize_qdq(&bytes, &images, parse_range(&quant.range)?)?;
                 }
                 let enc = TractEncoder::from_bytes(&bytes, &out.join("encoder.onnx"))?;
                 Some((bytes, enc))
