@@ -445,6 +445,60 @@ pub enum RangeMethod {
     MinMax,
     /// The given percentile (e.g. 99.99) of magnitudes, clipping rare outliers.
     Percentile { percentile: f64 },
+    /// The clipping bound whose 128-level quantization of the magnitude histogram is
+    /// closest to it in KL divergence (TensorRT's entropy calibration).
+    Entropy,
+}
+
+/// Clip bin (exclusive end) of a magnitude histogram minimising KL(P || Q), where P is the
+/// histogram clipped at the candidate bin (outliers folded into its last bin) and Q is P
+/// quantized to `levels` levels and expanded back.
+fn entropy_clip_bin(hist: &[u64], levels: usize) -> usize {
+    let n = hist.len();
+    let mut best = (f64::INFINITY, n);
+    let step = (n / 256).max(1);
+    // start where TensorRT does relative to the range: 128 of 2048 bins
+    let mut i = levels.max(n / 16);
+    while i <= n {
+        let mut p: Vec<f64> = hist[..i].iter().map(|&c| c as f64).collect();
+        p[i - 1] += hist[i..].iter().map(|&c| c as f64).sum::<f64>();
+        let total: f64 = p.iter().sum();
+        if total == 0.0 {
+            i += step;
+            continue;
+        }
+        let mut q = vec![0f64; i];
+        for l in 0..levels {
+            let (a, b) = (
+                l * i / levels,
+                ((l + 1) * i / levels).max(l * i / levels + 1),
+            );
+            let mass: f64 = hist[a..b.min(i)].iter().map(|&c| c as f64).sum();
+            let nonzero = hist[a..b.min(i)].iter().filter(|&&c| c > 0).count();
+            if nonzero > 0 {
+                for j in a..b.min(i) {
+                    if hist[j] > 0 {
+                        q[j] = mass / nonzero as f64;
+                    }
+                }
+            }
+        }
+        let qt: f64 = q.iter().sum();
+        let kl: f64 = p
+            .iter()
+            .zip(&q)
+            .filter(|(pv, _)| **pv > 0.0)
+            .map(|(pv, qv)| {
+                let (pn, qn) = (pv / total, (qv / qt.max(1e-300)).max(1e-12));
+                pn * (pn / qn).ln()
+            })
+            .sum();
+        if kl < best.0 {
+            best = (kl, i);
+        }
+        i += step;
+    }
+    best.1
 }
 
 const HISTOGRAM_BINS: usize = 4096;
@@ -659,12 +713,14 @@ fn activation_ranges(
             }
         }
     }
-    if let RangeMethod::Percentile { percentile } = method {
-        if !(50.0..=100.0).contains(&percentile) {
-            return Err(Error::param(
-                "percentile",
-                format!("{percentile} is not in [50, 100]"),
-            ));
+    if method != RangeMethod::MinMax {
+        if let RangeMethod::Percentile { percentile } = method {
+            if !(50.0..=100.0).contains(&percentile) {
+                return Err(Error::param(
+                    "percentile",
+                    format!("{percentile} is not in [50, 100]"),
+                ));
+            }
         }
         let bounds: Vec<f32> = ranges
             .iter()
@@ -683,17 +739,24 @@ fn activation_ranges(
             }
         }
         for ((r, h), b) in ranges.iter_mut().zip(&hist).zip(&bounds) {
-            let total: u64 = h.iter().sum();
-            let want = (total as f64 * percentile / 100.0).ceil() as u64;
-            let mut acc = 0;
-            let mut clip = *b;
-            for (i, &c) in h.iter().enumerate() {
-                acc += c;
-                if acc >= want {
-                    clip = (i + 1) as f32 / HISTOGRAM_BINS as f32 * b;
-                    break;
+            let clip = match method {
+                RangeMethod::Entropy => entropy_clip_bin(h, 128) as f32 / HISTOGRAM_BINS as f32 * b,
+                RangeMethod::Percentile { percentile } => {
+                    let total: u64 = h.iter().sum();
+                    let want = (total as f64 * percentile / 100.0).ceil() as u64;
+                    let mut acc = 0;
+                    let mut clip = *b;
+                    for (i, &c) in h.iter().enumerate() {
+                        acc += c;
+                        if acc >= want {
+                            clip = (i + 1) as f32 / HISTOGRAM_BINS as f32 * b;
+                            break;
+                        }
+                    }
+                    clip
                 }
-            }
+                RangeMethod::MinMax => *b,
+            };
             *r = (r.0.max(-clip), r.1.min(clip));
         }
     }

@@ -50,7 +50,7 @@ struct QuantArgs {
     /// Images whose activations set the int8 scales.
     #[arg(long, default_value_t = 256)]
     calib_samples: usize,
-    /// Activation range estimate: minmax or percentile:P (e.g. percentile:99.99).
+    /// Activation range estimate: minmax, entropy or percentile:P (e.g. percentile:99.99).
     #[arg(long, default_value = "minmax")]
     range: String,
 }
@@ -570,12 +570,13 @@ fn provenance(rd: &RunDir, cfg: &TrainConfig) -> Result<String> {
 fn parse_range(range: &str) -> Result<RangeMethod> {
     Ok(match range {
         "minmax" => RangeMethod::MinMax,
+        "entropy" => RangeMethod::Entropy,
         other => match other
             .strip_prefix("percentile:")
             .and_then(|p| p.parse().ok())
         {
             Some(percentile) => RangeMethod::Percentile { percentile },
-            None => bail!("--range {other:?}: expected minmax or percentile:P"),
+            None => bail!("--range {other:?}: expected minmax, entropy or percentile:P"),
         },
     })
 }
