@@ -97,20 +97,9 @@ impl KmeansArgs {
     }
 }
 
+/// Clustering, metric and decision rule, shared by `fit` and `fit-model`.
 #[derive(Args)]
-struct FitArgs {
-    /// ID training embeddings, float [n, d].
-    #[arg(long)]
-    train: PathBuf,
-    /// Integer class labels of the training embeddings [n].
-    #[arg(long)]
-    labels: Option<PathBuf>,
-    /// ID calibration embeddings (a split not used for training).
-    #[arg(long)]
-    calib: PathBuf,
-    /// Labels of the calibration split, to report nearest-cluster accuracy.
-    #[arg(long)]
-    calib_labels: Option<PathBuf>,
+struct RuleArgs {
     /// class | kmeans:K | kmeans-per-class:K
     #[arg(long, default_value = "class")]
     clusters: String,
@@ -129,6 +118,43 @@ struct FitArgs {
     /// One threshold per cluster instead of one global threshold.
     #[arg(long, conflicts_with = "alpha")]
     per_cluster: bool,
+    #[command(flatten)]
+    kmeans: KmeansArgs,
+}
+
+impl RuleArgs {
+    fn fit_config(&self) -> Result<FitConfig> {
+        let mut config = FitConfig::new(
+            ClusterSpec::parse(&self.clusters)?,
+            Metric::parse(&self.metric)?,
+        );
+        config.normalize = self.normalize;
+        config.kmeans = self.kmeans.config();
+        config.knn_bank = self.kmeans.knn_bank;
+        Ok(config)
+    }
+
+    fn mode(&self) -> ThresholdMode {
+        ThresholdMode::from_options(self.target_tpr, self.alpha, self.per_cluster)
+    }
+}
+
+#[derive(Args)]
+struct FitArgs {
+    /// ID training embeddings, float [n, d].
+    #[arg(long)]
+    train: PathBuf,
+    /// Integer class labels of the training embeddings [n].
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// ID calibration embeddings (a split not used for training).
+    #[arg(long)]
+    calib: PathBuf,
+    /// Labels of the calibration split, to report nearest-cluster accuracy.
+    #[arg(long)]
+    calib_labels: Option<PathBuf>,
+    #[command(flatten)]
+    rule: RuleArgs,
     /// Text file with one class name per line, in label order.
     #[arg(long)]
     class_names: Option<PathBuf>,
@@ -138,8 +164,6 @@ struct FitArgs {
     /// JSON preprocessing spec of that encoder, recorded in the artifact.
     #[arg(long)]
     preprocessing: Option<PathBuf>,
-    #[command(flatten)]
-    kmeans: KmeansArgs,
     #[arg(long)]
     out: PathBuf,
 }
@@ -294,9 +318,9 @@ fn named_sets(
 }
 
 fn fit(a: FitArgs) -> Result<()> {
-    let clusters = ClusterSpec::parse(&a.clusters)?;
-    let metric = Metric::parse(&a.metric)?;
-    let mode = ThresholdMode::from_options(a.target_tpr, a.alpha, a.per_cluster);
+    let config = a.rule.fit_config()?;
+    let clusters = config.clusters;
+    let mode = a.rule.mode();
     let train = load_embeddings(&a.train)?;
     let labels = match &a.labels {
         Some(p) => Some(load_labels(p, train.rows(), &a.train)?),
@@ -338,10 +362,6 @@ fn fit(a: FitArgs) -> Result<()> {
     };
     let encoder_sha256 = a.encoder.as_deref().map(sha256_file).transpose()?;
 
-    let mut config = FitConfig::new(clusters, metric);
-    config.normalize = a.normalize;
-    config.kmeans = a.kmeans.config();
-    config.knn_bank = a.kmeans.knn_bank;
     let (model, thresholds) = calibrate(&train, labels.as_deref(), &calib, &config, mode)
         .with_context(|| format!("calibrating {} on {}", a.train.display(), a.calib.display()))?;
 
@@ -729,22 +749,24 @@ fn demo(out: PathBuf) -> Result<()> {
         labels: Some(p("train_labels.npy")),
         calib: p("calib.npy"),
         calib_labels: Some(p("calib_labels.npy")),
-        clusters: "class".into(),
-        metric: "cosine".into(),
-        normalize: false,
-        target_tpr: Some(0.95),
-        alpha: None,
-        per_cluster: false,
+        rule: RuleArgs {
+            clusters: "class".into(),
+            metric: "cosine".into(),
+            normalize: false,
+            target_tpr: Some(0.95),
+            alpha: None,
+            per_cluster: false,
+            kmeans: KmeansArgs {
+                kmeans_restarts: 3,
+                kmeans_max_iter: 300,
+                kmeans_tol: 1e-4,
+                seed: 0,
+                knn_bank: None,
+            },
+        },
         class_names: None,
         encoder: None,
         preprocessing: None,
-        kmeans: KmeansArgs {
-            kmeans_restarts: 3,
-            kmeans_max_iter: 300,
-            kmeans_tol: 1e-4,
-            seed: 0,
-            knn_bank: None,
-        },
         out: p("calib.json"),
     })?;
     eval(EvalArgs {
@@ -778,22 +800,10 @@ struct FitModelArgs {
     /// Use at most this many training images.
     #[arg(long)]
     limit: Option<usize>,
-    #[arg(long, default_value = "class")]
-    clusters: String,
-    #[arg(long, default_value = "cosine")]
-    metric: String,
-    #[arg(long)]
-    normalize: bool,
-    #[arg(long, conflicts_with = "alpha")]
-    target_tpr: Option<f64>,
-    #[arg(long)]
-    alpha: Option<f64>,
-    #[arg(long, conflicts_with = "alpha")]
-    per_cluster: bool,
+    #[command(flatten)]
+    rule: RuleArgs,
     #[arg(long)]
     preprocessing: Option<PathBuf>,
-    #[command(flatten)]
-    kmeans: KmeansArgs,
     /// Bundle directory to write (encoder.onnx and calib.json).
     #[arg(long)]
     out: PathBuf,
@@ -854,7 +864,7 @@ fn fit_model_cmd(a: FitModelArgs) -> Result<()> {
             (train.embeddings, train.labels, calib.embeddings)
         }
         None => {
-            let (keep, hold) = stratified_holdout(&train.labels, a.holdout, a.kmeans.seed)?;
+            let (keep, hold) = stratified_holdout(&train.labels, a.holdout, a.rule.kmeans.seed)?;
             (
                 train.embeddings.select(&keep),
                 keep.iter().map(|&i| train.labels[i]).collect(),
@@ -862,11 +872,8 @@ fn fit_model_cmd(a: FitModelArgs) -> Result<()> {
             )
         }
     };
-    let mode = ThresholdMode::from_options(a.target_tpr, a.alpha, a.per_cluster);
-    let mut config = FitConfig::new(ClusterSpec::parse(&a.clusters)?, Metric::parse(&a.metric)?);
-    config.normalize = a.normalize;
-    config.kmeans = a.kmeans.config();
-    config.knn_bank = a.kmeans.knn_bank;
+    let mode = a.rule.mode();
+    let config = a.rule.fit_config()?;
     let (model, thresholds) = calibrate(&train_e, Some(&train_labels), &calib_e, &config, mode)?;
     let provenance = Provenance::now(
         "oodmon-calibrate fit-model",
