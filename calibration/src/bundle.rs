@@ -31,8 +31,16 @@ impl Bundle {
         let artifact = CalibrationArtifact::load(&calib)?;
         let encoder_path = dir.join(ENCODER_FILE);
         let bytes = std::fs::read(&encoder_path).map_err(|e| Error::io(&encoder_path, e))?;
-        artifact.check_encoder_hash(&sha256_bytes(&bytes))?;
-        let encoder = TractEncoder::from_bytes(&bytes, &encoder_path)?;
+        Self::from_parts(dir, &bytes, artifact)
+    }
+
+    /// A bundle from an encoder's bytes and its calibration (e.g. compiled into a binary);
+    /// `dir` names it in errors. The same checks as [`Bundle::load`].
+    pub fn from_parts(dir: &Path, bytes: &[u8], artifact: CalibrationArtifact) -> Result<Self> {
+        let calib = dir.join(CALIBRATION_FILE);
+        let encoder_path = dir.join(ENCODER_FILE);
+        artifact.check_encoder_hash(&sha256_bytes(bytes))?;
+        let encoder = TractEncoder::from_bytes(bytes, &encoder_path)?;
         let spec = artifact.preprocessing.as_ref().ok_or_else(|| {
             in_file(
                 &calib,

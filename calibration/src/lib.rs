@@ -31,6 +31,8 @@ pub mod npy;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod preprocess;
+#[cfg(feature = "onnx")]
+pub mod quantize;
 pub mod threshold;
 
 #[cfg(feature = "cli")]

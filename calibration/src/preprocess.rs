@@ -287,6 +287,11 @@ impl Preprocessor {
         &self.spec
     }
 
+    /// The source geometry and format this plan is for.
+    pub fn source(&self) -> (usize, usize, PixelFormat) {
+        (self.src_width, self.src_height, self.format)
+    }
+
     /// Number of `f32` values in the output tensor (`3 x H x W`).
     pub fn tensor_len(&self) -> usize {
         3 * self.spec.width as usize * self.spec.height as usize

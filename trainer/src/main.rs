@@ -12,7 +12,7 @@ use oodmon_calibration::artifact::InputChecksum;
 use oodmon_calibration::bundle::Bundle;
 use oodmon_calibration::embed::for_each_input;
 use oodmon_calibration::io::sha256_file;
-use oodmon_calibration::onnx::{quantize_qdq, RangeMethod, TractEncoder};
+use oodmon_calibration::onnx::{quantize, to_f16, QuantForm, RangeMethod, TractEncoder};
 use oodmon_calibration::preprocess::{PixelFormat, Preprocessor};
 use oodmon_calibration::{
     calibrate, npy, CalibrationArtifact, ClusterSpec, Embeddings, FitConfig, Metric,
@@ -53,6 +53,25 @@ struct QuantArgs {
     /// Activation range estimate: minmax, entropy or percentile:P (e.g. percentile:99.99).
     #[arg(long, default_value = "minmax")]
     range: String,
+    /// Graph form: qdq (QuantizeLinear/DequantizeLinear pairs, the fast one in tract) or
+    /// operator (QLinearConv).
+    #[arg(long, value_enum, default_value = "qdq")]
+    form: FormArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FormArg {
+    Qdq,
+    Operator,
+}
+
+impl From<FormArg> for QuantForm {
+    fn from(f: FormArg) -> Self {
+        match f {
+            FormArg::Qdq => QuantForm::Qdq,
+            FormArg::Operator => QuantForm::Operator,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -136,6 +155,9 @@ enum Command {
         calib_data: Option<String>,
         #[command(flatten)]
         quant: QuantArgs,
+        /// Store weights and compute in float16 (input and output stay float32).
+        #[arg(long, conflicts_with = "int8")]
+        f16: bool,
         #[arg(long)]
         out: PathBuf,
     },
@@ -384,6 +406,7 @@ fn run(cli: Cli) -> Result<()> {
             int8,
             calib_data,
             quant,
+            f16,
             out,
         } => {
             let rd = RunDir(run.clone());
@@ -411,11 +434,16 @@ fn run(cli: Cli) -> Result<()> {
                         Ok(())
                     },
                 )?;
-                bytes = quantize_qdq(&bytes, &images, method)?;
+                bytes = quantize(&bytes, &images, method, quant.form.into())?;
                 say!(
-                    "quantized to int8 (QDQ) with {} calibration images",
+                    "quantized to int8 ({:?} form) with {} calibration images",
+                    QuantForm::from(quant.form),
                     images.len()
                 );
+            }
+            if f16 {
+                bytes = to_f16(&bytes)?;
+                say!("converted to float16");
             }
             oodmon_calibration::io::write_atomic(&out, |w| w.write_all(&bytes))?;
             say!(
@@ -488,7 +516,12 @@ fn run(cli: Cli) -> Result<()> {
                 if int8 {
                     let rows: Vec<usize> = (0..train_ds.len().min(quant.calib_samples)).collect();
                     let images = dataset_inputs(&train_ds, &rows, &cfg.preprocessing)?;
-                    bytes = quantize_qdq(&bytes, &images, parse_range(&quant.range)?)?;
+                    bytes = quantize(
+                        &bytes,
+                        &images,
+                        parse_range(&quant.range)?,
+                        quant.form.into(),
+                    )?;
                 }
                 let enc = TractEncoder::from_bytes(&bytes, &out.join("encoder.onnx"))?;
                 Some((bytes, enc))

@@ -141,8 +141,8 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 #[test]
-fn qdq_int8_stays_close_to_float_in_tract() {
-    use oodmon_calibration::onnx::{quantize_qdq, RangeMethod, TractEncoder};
+fn int8_in_both_forms_and_f16_stay_close_to_float_in_tract() {
+    use oodmon_calibration::onnx::{quantize, to_f16, QuantForm, RangeMethod, TractEncoder};
     let float = tiny_encoder(16);
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     let images: Vec<Vec<f32>> = (0..40)
@@ -154,12 +154,8 @@ fn qdq_int8_stays_close_to_float_in_tract() {
         .collect();
     let path = std::path::Path::new("t.onnx");
     let f = TractEncoder::from_bytes(&float, path).unwrap();
-    for method in [
-        RangeMethod::MinMax,
-        RangeMethod::Percentile { percentile: 99.99 },
-    ] {
-        let int8 = quantize_qdq(&float, &images[..20], method).unwrap();
-        let q = TractEncoder::from_bytes(&int8, path).unwrap();
+    let mean_cosine = |model: &[u8]| {
+        let q = TractEncoder::from_bytes(model, path).unwrap();
         assert_eq!(q.dim(), f.dim());
         let (mut a, mut b) = (vec![0f32; 6], vec![0f32; 6]);
         let mut total = 0.0;
@@ -168,9 +164,24 @@ fn qdq_int8_stays_close_to_float_in_tract() {
             q.embed(x, &mut b).unwrap();
             total += cosine(&a, &b);
         }
-        let mean = total / 20.0;
-        assert!(mean >= 0.99, "{method:?}: mean cosine {mean}");
-        assert_ne!(int8, float);
+        total / 20.0
+    };
+    for form in [QuantForm::Qdq, QuantForm::Operator] {
+        for method in [
+            RangeMethod::MinMax,
+            RangeMethod::Percentile { percentile: 99.99 },
+        ] {
+            let int8 = quantize(&float, &images[..20], method, form).unwrap();
+            let mean = mean_cosine(&int8);
+            assert!(mean >= 0.99, "{form:?} {method:?}: mean cosine {mean}");
+            assert!(int8.len() < float.len() + 2048);
+        }
+        assert!(quantize(&float, &[], RangeMethod::MinMax, form).is_err());
     }
-    assert!(quantize_qdq(&float, &[], RangeMethod::MinMax).is_err());
+    let half = to_f16(&float).unwrap();
+    let mean = mean_cosine(&half);
+    assert!(mean >= 0.9999, "f16: mean cosine {mean}");
+    // an int8 model is not converted again
+    let int8 = quantize(&float, &images[..20], RangeMethod::MinMax, QuantForm::Qdq).unwrap();
+    assert!(to_f16(&int8).is_err());
 }

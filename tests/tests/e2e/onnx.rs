@@ -1,7 +1,7 @@
 //! The exported ONNX encoder passes the ONNX checker and gives the same embeddings in
 //! onnxruntime as in tract.
 
-use oodmon_calibration::onnx::{quantize_qdq, RangeMethod, TractEncoder};
+use oodmon_calibration::onnx::{quantize, to_f16, QuantForm, RangeMethod, TractEncoder};
 use oodmon_calibration::{npy, Embeddings, PreprocessSpec};
 use oodmon_trainer::model::{Arch, Head, ModelConfig};
 use oodmon_trainer::train;
@@ -10,7 +10,7 @@ use tch::Device;
 use crate::util::run_python;
 
 #[test]
-fn onnxruntime_and_the_checker_agree_with_tract_on_float_and_int8_exports() {
+fn onnxruntime_and_the_checker_agree_with_tract_on_float_int8_and_f16_exports() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = ModelConfig {
         arch: Arch::Edge,
@@ -60,7 +60,8 @@ fn onnxruntime_and_the_checker_agree_with_tract_on_float_and_int8_exports() {
         float_rows.push(ours.clone());
     }
 
-    // int8 (QDQ): the checker and onnxruntime accept it; both runtimes stay close to float
+    // int8 in both forms and float16: the checker and onnxruntime accept them, and both
+    // runtimes stay close to float
     let calibration: Vec<Vec<f32>> = (0..16)
         .map(|k| {
             (0..3072)
@@ -68,29 +69,46 @@ fn onnxruntime_and_the_checker_agree_with_tract_on_float_and_int8_exports() {
                 .collect()
         })
         .collect();
-    let int8 = quantize_qdq(&bytes, &calibration, RangeMethod::MinMax).unwrap();
-    let qmodel = dir.path().join("encoder-int8.onnx");
-    std::fs::write(&qmodel, &int8).unwrap();
-    run_python(
-        "onnx_reference.py",
-        &[
-            &qmodel,
-            &dir.path().join("inputs.npy"),
-            &dir.path().join("ort8.npy"),
-        ],
-    );
-    let ort8 = npy::read_embeddings(dir.path().join("ort8.npy")).unwrap();
-    let q = TractEncoder::load(&qmodel).unwrap();
-    let (mut tract_cos, mut ort_cos) = (0.0, 0.0);
-    for i in 0..n {
-        q.embed(&inputs[i * 3072..(i + 1) * 3072], &mut ours)
-            .unwrap();
-        tract_cos += cosine(&ours, &float_rows[i]) / n as f64;
-        ort_cos += cosine(ort8.row(i), &float_rows[i]) / n as f64;
+    let variants = [
+        (
+            "int8-qdq",
+            quantize(&bytes, &calibration, RangeMethod::MinMax, QuantForm::Qdq).unwrap(),
+            0.99,
+        ),
+        (
+            "int8-operator",
+            quantize(
+                &bytes,
+                &calibration,
+                RangeMethod::MinMax,
+                QuantForm::Operator,
+            )
+            .unwrap(),
+            0.99,
+        ),
+        ("f16", to_f16(&bytes).unwrap(), 0.9999),
+    ];
+    for (name, model, min_cosine) in variants {
+        let path = dir.path().join(format!("encoder-{name}.onnx"));
+        std::fs::write(&path, &model).unwrap();
+        let out = dir.path().join(format!("ort-{name}.npy"));
+        run_python(
+            "onnx_reference.py",
+            &[&path, &dir.path().join("inputs.npy"), &out],
+        );
+        let ort = npy::read_embeddings(&out).unwrap();
+        let q = TractEncoder::load(&path).unwrap();
+        let (mut tract_cos, mut ort_cos) = (0.0, 0.0);
+        for i in 0..n {
+            q.embed(&inputs[i * 3072..(i + 1) * 3072], &mut ours)
+                .unwrap();
+            tract_cos += cosine(&ours, &float_rows[i]) / n as f64;
+            ort_cos += cosine(ort.row(i), &float_rows[i]) / n as f64;
+        }
+        eprintln!("{name} vs float mean cosine: tract {tract_cos:.6}, onnxruntime {ort_cos:.6}");
+        assert!(tract_cos >= min_cosine, "tract {name}: {tract_cos}");
+        assert!(ort_cos >= min_cosine, "onnxruntime {name}: {ort_cos}");
     }
-    eprintln!("int8 vs float mean cosine: tract {tract_cos:.5}, onnxruntime {ort_cos:.5}");
-    assert!(tract_cos >= 0.99, "tract int8: {tract_cos}");
-    assert!(ort_cos >= 0.99, "onnxruntime int8: {ort_cos}");
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
