@@ -14,6 +14,14 @@ pub(crate) fn dots(a: &[f32], m: usize, b: &[f32], k: usize, d: usize, out: &mut
         out[..m * k].fill(0.0);
         return;
     }
+    if m == 1 {
+        // one query (the edge's per-frame case): a plain GEMV, because sgemm allocates its
+        // packing buffers on every call
+        for (o, row) in out[..k].iter_mut().zip(b.chunks_exact(d)) {
+            *o = dot8_f32(&a[..d], row);
+        }
+        return;
+    }
     // SAFETY: the slices hold at least m*d, k*d and m*k elements (checked above in debug,
     // guaranteed by every caller), and the strides describe exactly those row-major layouts.
     unsafe {
@@ -42,6 +50,17 @@ pub(crate) fn matmul(a: &[f32], m: usize, t: &[f32], d: usize, e: usize, out: &m
     if m == 0 || e == 0 {
         return;
     }
+    if m == 1 {
+        // as in `dots`: no per-call allocation for a single row
+        let out = &mut out[..e];
+        out.fill(0.0);
+        for (&av, trow) in a[..d].iter().zip(t.chunks_exact(e)) {
+            for (o, &tv) in out.iter_mut().zip(trow) {
+                *o += av * tv;
+            }
+        }
+        return;
+    }
     // SAFETY: as in `dots`; `t` is d x e row-major.
     unsafe {
         matrixmultiply::sgemm(
@@ -61,6 +80,25 @@ pub(crate) fn matmul(a: &[f32], m: usize, t: &[f32], d: usize, e: usize, out: &m
             1,
         );
     }
+}
+
+/// f32 dot product with eight independent accumulators.
+#[inline]
+fn dot8_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Sums `f(a_i, b_i)` in f64 with eight independent accumulators, so that the loop

@@ -1,0 +1,217 @@
+//! The embedded default: a bundle and a short camera scenario compiled into the binary, so
+//! `oodmon-edge demo` runs from any directory with no set-up. `edge/demo/README.md` says
+//! where the model and the frames come from.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use oodmon_calibration::bundle::Bundle;
+use oodmon_calibration::preprocess::PixelFormat;
+use oodmon_calibration::CalibrationArtifact;
+use serde::Deserialize;
+
+use crate::engine::{Engine, FrameRecord};
+use crate::error::{EdgeError, Result};
+use crate::frame::{now_us, Frame, FrameFormat};
+use crate::runner::{self, Event, RunLimits, RunSummary};
+use crate::source::AviSource;
+
+pub const ENCODER: &[u8] = include_bytes!("../demo/bundle/encoder.onnx");
+pub const CALIBRATION: &str = include_str!("../demo/bundle/calib.json");
+pub const SCENARIO: &[u8] = include_bytes!("../demo/scenario.avi");
+pub const SCENARIO_META: &str = include_str!("../demo/scenario.json");
+
+/// The built-in bundle, checked like one loaded from disk.
+pub fn bundle() -> Result<Bundle> {
+    let artifact = CalibrationArtifact::from_json(CALIBRATION)?;
+    Ok(Bundle::from_parts(
+        Path::new("<built-in demo bundle>"),
+        ENCODER,
+        artifact,
+    )?)
+}
+
+/// The built-in MJPEG scenario as a frame source.
+pub fn scenario(looped: bool) -> Result<AviSource> {
+    Ok(AviSource::from_bytes(
+        SCENARIO,
+        "<built-in scenario>",
+        looped,
+    )?)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Segment {
+    pub label: String,
+    pub first: u64,
+    pub last: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ScenarioMeta {
+    pub width: usize,
+    pub height: usize,
+    pub fps: u32,
+    pub frames: u64,
+    pub segments: Vec<Segment>,
+}
+
+pub fn scenario_meta() -> Result<ScenarioMeta> {
+    serde_json::from_str(SCENARIO_META)
+        .map_err(|e| EdgeError::invalid("built-in scenario description", e))
+}
+
+/// Runs one mid-grey frame of the encoder's input size through the engine (a smoke test of
+/// a freshly loaded bundle).
+pub fn probe(engine: &mut Engine) -> Result<FrameRecord> {
+    let (w, h) = (
+        engine.preprocessing().width as usize,
+        engine.preprocessing().height as usize,
+    );
+    let data = vec![128u8; w * h * 3];
+    engine.process(&Frame {
+        data: &data,
+        width: w,
+        height: h,
+        stride: None,
+        format: FrameFormat::Raw(PixelFormat::Rgb8),
+        timestamp_us: now_us(),
+        sequence: 0,
+    })
+}
+
+/// Per-segment outcome of the demo.
+#[derive(Debug, Clone)]
+pub struct SegmentResult {
+    pub label: String,
+    pub frames: u64,
+    pub ood_frames: u64,
+    pub mean_score: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct DemoSummary {
+    pub run: RunSummary,
+    pub segments: Vec<SegmentResult>,
+}
+
+impl DemoSummary {
+    /// Whether most frames of each segment got the segment's label.
+    pub fn passed(&self) -> bool {
+        self.segments.iter().all(|s| {
+            let ood_share = s.ood_frames as f64 / s.frames.max(1) as f64;
+            if s.label == "out-of-distribution" {
+                ood_share > 0.5
+            } else {
+                ood_share < 0.5
+            }
+        })
+    }
+}
+
+/// Plays the scenario, writing a live status line (unless `quiet`) and a closing summary.
+pub fn play(frame_delay_ms: Option<u64>, quiet: bool, out: &mut dyn Write) -> Result<DemoSummary> {
+    let meta = scenario_meta()?;
+    let mut engine = Engine::new(bundle()?)?;
+    let mut source = scenario(false)?;
+    let delay = Duration::from_millis(frame_delay_ms.unwrap_or(1000 / meta.fps.max(1) as u64));
+    writeln!(
+        out,
+        "oodmon demo: built-in bundle on {} built-in camera frames ({}x{}, {} fps)",
+        meta.frames, meta.width, meta.height, meta.fps
+    )?;
+    let mut segments: Vec<SegmentResult> = meta
+        .segments
+        .iter()
+        .map(|s| SegmentResult {
+            label: s.label.clone(),
+            frames: 0,
+            ood_frames: 0,
+            mean_score: 0.0,
+        })
+        .collect();
+    let limits = RunLimits {
+        max_frames: None,
+        max_consecutive_bad_frames: 3,
+    };
+    let stop = AtomicBool::new(false);
+    let names: Vec<String> = (0..64)
+        .map(|c| engine.cluster_name(c).unwrap_or("").to_string())
+        .collect();
+    let run = runner::run(&mut engine, &mut source, &limits, &stop, |event| {
+        let Event::Record(r) = event else {
+            return Ok(());
+        };
+        let seg = meta
+            .segments
+            .iter()
+            .position(|s| (s.first..=s.last).contains(&r.sequence));
+        if let Some(i) = seg {
+            let s = &mut segments[i];
+            s.frames += 1;
+            s.ood_frames += r.ood as u64;
+            s.mean_score += (r.score - s.mean_score) / s.frames as f64;
+        }
+        if !quiet {
+            let bar_len = ((r.score / r.threshold.max(1e-9)) * 20.0).clamp(0.0, 40.0) as usize;
+            let bar: String = (0..40)
+                .map(|i| match i {
+                    20 => '|',
+                    i if i < bar_len => '#',
+                    _ => ' ',
+                })
+                .collect();
+            write!(
+                out,
+                "\rframe {:>3}  [{}] score {:.3} / {:.3}  nearest {:<10}  {}  {:>5} us ",
+                r.sequence,
+                bar,
+                r.score,
+                r.threshold,
+                names.get(r.nearest).map(String::as_str).unwrap_or(""),
+                if r.ood { "OOD" } else { "ok " },
+                r.latency.total_us()
+            )?;
+            out.flush()?;
+            std::thread::sleep(delay);
+        }
+        Ok(())
+    })?;
+    if !quiet {
+        writeln!(out)?;
+    }
+    for s in &segments {
+        writeln!(
+            out,
+            "{:<20} {:>3} frames, {:>3} flagged OOD, mean score {:.3}",
+            s.label, s.frames, s.ood_frames, s.mean_score
+        )?;
+    }
+    let l = &run.latency;
+    writeln!(
+        out,
+        "{} frames, {} OOD decisions; latency p50 {} us (decode {}, preprocess {}, inference {}, scoring {}), p99 {} us",
+        run.frames,
+        run.ood_frames,
+        l.total.p50_us,
+        l.decode.p50_us,
+        l.preprocess.p50_us,
+        l.inference.p50_us,
+        l.scoring.p50_us,
+        l.total.p99_us
+    )
+    ?;
+    let summary = DemoSummary { run, segments };
+    writeln!(
+        out,
+        "{}",
+        if summary.passed() {
+            "scenario reproduced: in-distribution frames pass, out-of-distribution frames are flagged"
+        } else {
+            "scenario NOT reproduced: the decisions do not match the scenario's labels"
+        }
+    )?;
+    Ok(summary)
+}

@@ -1,0 +1,76 @@
+//! Typed errors of the edge runtime: start-up errors stop the program with one clear line,
+//! frame errors are counted and logged by the frame loop.
+
+use std::path::PathBuf;
+
+/// Why a frame source could not deliver a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The source cannot be opened at all (missing device, file or bad specification).
+    #[error("cannot open {source_name}: {problem}")]
+    Open {
+        source_name: String,
+        problem: String,
+    },
+    /// No frame arrived in time; the source may recover.
+    #[error("{source_name}: no frame within {timeout_ms} ms")]
+    Timeout {
+        source_name: String,
+        timeout_ms: u64,
+    },
+    /// The device went away; the source reconnects with back-off on later calls.
+    #[error("{source_name} disconnected: {problem}")]
+    Disconnected {
+        source_name: String,
+        problem: String,
+    },
+    /// One frame was unusable (truncated, wrong size); the next may be fine.
+    #[error("{source_name}: bad frame: {problem}")]
+    BadFrame {
+        source_name: String,
+        problem: String,
+    },
+}
+
+impl SourceError {
+    /// Errors after which the frame loop goes on to the next frame.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, SourceError::Open { .. })
+    }
+}
+
+/// Errors of the edge runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error(transparent)]
+    Calibration(#[from] oodmon_calibration::Error),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A frame that could not be decoded (e.g. a corrupt JPEG).
+    #[error("undecodable frame: {0}")]
+    Decode(String),
+    /// A frame whose size or format does not match what it claims.
+    #[error("malformed frame: {0}")]
+    Frame(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("configuration {path}: {problem}")]
+    Config { path: PathBuf, problem: String },
+    #[error("invalid setting {what}: {problem}")]
+    Invalid { what: String, problem: String },
+    #[error("writing output: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0} consecutive bad frames (limit {1}): the source is faulty")]
+    Fault(u32, u32),
+}
+
+impl EdgeError {
+    pub fn invalid(what: impl Into<String>, problem: impl std::fmt::Display) -> Self {
+        EdgeError::Invalid {
+            what: what.into(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
+pub type Result<T, E = EdgeError> = std::result::Result<T, E>;

@@ -1,0 +1,295 @@
+//! `oodmon-edge`: run a deployed bundle on camera frames, check a bundle, benchmark the
+//! pipeline, or play the built-in demo.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use oodmon_calibration::bundle::Bundle;
+use oodmon_edge::config::EdgeConfig;
+use oodmon_edge::runner::{self, Event, RunLimits, RunSummary};
+use oodmon_edge::source::{self, SourceSpec};
+use oodmon_edge::{demo, Engine};
+
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+#[derive(Parser)]
+#[command(
+    name = "oodmon-edge",
+    version,
+    about = "Out-of-distribution monitoring of camera frames with a deployed oodmon bundle"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score frames from a camera, files or a pipe, one record per frame.
+    Run {
+        /// Bundle directory (encoder.onnx + calib.json); overrides the config's.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// v4l:/dev/video0[:WxH@FPS[:yuyv|mjpeg]] | images:GLOB | avi:FILE | stdin:WxH:FORMAT
+        #[arg(long)]
+        source: Option<String>,
+        /// TOML settings (unknown keys are errors); command-line values override them.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Write per-frame records as JSON lines to this file (`-`: standard output).
+        #[arg(long)]
+        records: Option<PathBuf>,
+        /// Stop after this many frames.
+        #[arg(long)]
+        max_frames: Option<u64>,
+        /// Play file sources again from the start when they end.
+        #[arg(long = "loop")]
+        looped: bool,
+        /// Bad frames in a row after which the run stops with a fault.
+        #[arg(long)]
+        max_bad_frames: Option<u32>,
+    },
+    /// Validate a bundle (hashes, shapes, schema) and run one inference.
+    Check {
+        #[arg(long)]
+        bundle: PathBuf,
+    },
+    /// Per-stage latency (p50/p99), frames per second and peak memory.
+    Bench {
+        /// Bundle directory; the built-in demo bundle when omitted.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Frame source; the built-in MJPEG scenario (640x480 camera frames) when omitted.
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long, default_value_t = 500)]
+        frames: u64,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Play the built-in scenario through the built-in bundle: in-distribution frames,
+    /// then out-of-distribution ones, then in-distribution again.
+    Demo {
+        /// Pause between frames, milliseconds (the scenario's camera rate by default).
+        #[arg(long)]
+        frame_delay_ms: Option<u64>,
+        /// No live status line (for logs and tests).
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if let Some(e) = err.downcast_ref::<std::io::Error>() {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            eprintln!("oodmon-edge: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run {
+            bundle,
+            source,
+            config,
+            records,
+            max_frames,
+            looped,
+            max_bad_frames,
+        } => {
+            let mut cfg = match &config {
+                Some(path) => EdgeConfig::load(path)?,
+                None => EdgeConfig::default(),
+            };
+            cfg.bundle = bundle.or(cfg.bundle);
+            cfg.source = source.or(cfg.source);
+            cfg.output.records = records.or(cfg.output.records);
+            cfg.output.max_frames = max_frames.or(cfg.output.max_frames);
+            cfg.camera.looped |= looped;
+            if let Some(m) = max_bad_frames {
+                cfg.faults.max_consecutive_bad_frames = m;
+            }
+            // everything is checked before the bundle is loaded or a device opened
+            cfg.validate()?;
+            let bundle_dir = cfg
+                .bundle
+                .clone()
+                .context("no bundle: give --bundle DIR or `bundle` in the config")?;
+            let spec: SourceSpec = cfg
+                .source
+                .as_deref()
+                .context("no source: give --source or `source` in the config")?
+                .parse()
+                .map_err(anyhow::Error::msg)?;
+            let bundle = Bundle::load(&bundle_dir)?;
+            let mut engine = Engine::new(bundle)?;
+            let mut src = source::open(&spec, &cfg.source_options())?;
+            log::info!("reading {}", src.describe());
+            let mut sink: Option<Box<dyn Write>> = match &cfg.output.records {
+                None => None,
+                Some(p) if p == Path::new("-") => Some(Box::new(std::io::stdout().lock())),
+                Some(p) => Some(Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(p).with_context(|| p.display().to_string())?,
+                ))),
+            };
+            let stop = stop_flag()?;
+            let limits = RunLimits {
+                max_frames: cfg.output.max_frames,
+                max_consecutive_bad_frames: cfg.faults.max_consecutive_bad_frames,
+            };
+            let summary = runner::run(&mut engine, &mut src, &limits, &stop, |event| {
+                if let (Event::Record(r), Some(w)) = (&event, sink.as_mut()) {
+                    serde_json::to_writer(&mut *w, r).map_err(std::io::Error::other)?;
+                    w.write_all(b"\n")?;
+                }
+                if let Event::Record(r) = event {
+                    if r.ood {
+                        log::debug!("frame {} OOD, score {:.4}", r.sequence, r.score);
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| -> anyhow::Error { e.into() });
+            if let Some(w) = sink.as_mut() {
+                w.flush()?;
+            }
+            let summary = summary?;
+            print_summary(
+                &summary,
+                cfg.output.records.as_deref() == Some(Path::new("-")),
+            )
+        }
+        Command::Check { bundle } => {
+            let b = Bundle::load(&bundle)?;
+            let (w, h) = b.encoder.input_size();
+            let dim = b.encoder.dim();
+            let clusters = b.artifact.model.clusters();
+            let metric = format!("{:?}", b.artifact.fit.metric);
+            let rule = format!("{:?}", b.artifact.thresholds.mode);
+            let sha = b.artifact.encoder_sha256.clone().unwrap_or_default();
+            let mut engine = Engine::new(b)?;
+            let record = demo::probe(&mut engine)?;
+            say!("bundle {}: OK", bundle.display());
+            say!("  encoder sha256 {sha}, input 1x3x{h}x{w}, embedding {dim}");
+            say!("  {clusters} clusters, {metric}, threshold rule {rule}");
+            say!(
+                "  one inference: score {:.4} (threshold {:.4}), {} us",
+                record.score,
+                record.threshold,
+                record.latency.total_us()
+            );
+            Ok(())
+        }
+        Command::Bench {
+            bundle,
+            source,
+            frames,
+            json,
+        } => {
+            let b = match &bundle {
+                Some(dir) => Bundle::load(dir)?,
+                None => demo::bundle()?,
+            };
+            let mut engine = Engine::new(b)?;
+            let mut src: Box<dyn source::FrameSource> = match &source {
+                Some(s) => {
+                    let spec: SourceSpec = s.parse().map_err(anyhow::Error::msg)?;
+                    let opts = source::SourceOptions {
+                        looped: true,
+                        ..Default::default()
+                    };
+                    source::open(&spec, &opts)?
+                }
+                None => Box::new(demo::scenario(true)?),
+            };
+            // warm-up: first frames plan the preprocessing and fault in tract's buffers
+            let warm = RunLimits {
+                max_frames: Some(20),
+                max_consecutive_bad_frames: 1,
+            };
+            let stop = AtomicBool::new(false);
+            runner::run(&mut engine, &mut src, &warm, &stop, |_| Ok(()))?;
+            let limits = RunLimits {
+                max_frames: Some(frames),
+                max_consecutive_bad_frames: 1,
+            };
+            let summary = runner::run(&mut engine, &mut src, &limits, &stop, |_| Ok(()))?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&summary)?);
+                Ok(())
+            } else {
+                print_summary(&summary, false)
+            }
+        }
+        Command::Demo {
+            frame_delay_ms,
+            quiet,
+        } => {
+            let summary = demo::play(frame_delay_ms, quiet, &mut std::io::stdout().lock())?;
+            if !summary.passed() {
+                anyhow::bail!("the demo's frames were not classified as the scenario says");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed))
+        .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+fn print_summary(s: &RunSummary, to_stderr: bool) -> Result<()> {
+    let l = &s.latency;
+    let text = format!(
+        "frames {} (OOD {}, bad {}) in {:.1} s, {:.1} frames/s\n\
+         latency p50/p99 us: decode {}/{}, preprocess {}/{}, inference {}/{}, scoring {}/{}, total {}/{}\n\
+         peak memory {}",
+        s.frames,
+        s.ood_frames,
+        s.bad_frames,
+        s.elapsed_s,
+        s.frames_per_second,
+        l.decode.p50_us,
+        l.decode.p99_us,
+        l.preprocess.p50_us,
+        l.preprocess.p99_us,
+        l.inference.p50_us,
+        l.inference.p99_us,
+        l.scoring.p50_us,
+        l.scoring.p99_us,
+        l.total.p50_us,
+        l.total.p99_us,
+        s.peak_memory_bytes
+            .map(|b| format!("{:.1} MB", b as f64 / 1e6))
+            .unwrap_or_else(|| "unknown".into()),
+    );
+    if to_stderr {
+        eprintln!("{text}");
+    } else {
+        say!("{text}");
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! The `oodmon-edge` command line: start-up checks fail with one clear line, frames flow
+//! from files and standard input, and the demo runs.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use crate::util::{
+    assert_fails_cleanly, edge, edge_command, id_image, save_image, write_tiny_bundle,
+};
+
+#[test]
+fn check_accepts_a_good_bundle_and_names_what_is_wrong_with_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bundle(&dir.path().join("good"));
+    let out = edge(dir.path(), &["check", "--bundle", "good"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("OK") && stdout.contains("one inference"),
+        "{stdout}"
+    );
+
+    let copy = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["encoder.onnx", "calib.json"] {
+            std::fs::copy(dir.path().join("good").join(f), d.join(f)).unwrap();
+        }
+        d
+    };
+    // truncated encoder: its hash no longer matches
+    let d = copy("truncated");
+    let bytes = std::fs::read(d.join("encoder.onnx")).unwrap();
+    std::fs::write(d.join("encoder.onnx"), &bytes[..bytes.len() / 2]).unwrap();
+    assert_fails_cleanly(
+        &edge(dir.path(), &["check", "--bundle", "truncated"]),
+        &["hash"],
+    );
+    // corrupt encoder whose hash the calibration names: tract refuses it
+    let d = copy("corrupt");
+    let junk = b"definitely not protobuf".repeat(10);
+    let calib = std::fs::read_to_string(d.join("calib.json")).unwrap();
+    let old = oodmon_calibration::io::sha256_bytes(&bytes);
+    let new = oodmon_calibration::io::sha256_bytes(&junk);
+    std::fs::write(d.join("calib.json"), calib.replace(&old, &new)).unwrap();
+    std::fs::write(d.join("encoder.onnx"), &junk).unwrap();
+    assert_fails_cleanly(
+        &edge(dir.path(), &["check", "--bundle", "corrupt"]),
+        &["encoder.onnx"],
+    );
+    // unknown schema version
+    let d = copy("schema");
+    let calib = std::fs::read_to_string(d.join("calib.json")).unwrap();
+    std::fs::write(
+        d.join("calib.json"),
+        calib.replace("\"schema_version\": 1", "\"schema_version\": 99"),
+    )
+    .unwrap();
+    assert_fails_cleanly(&edge(dir.path(), &["check", "--bundle", "schema"]), &["99"]);
+    // calibration made for another input size
+    let d = copy("size");
+    let calib = std::fs::read_to_string(d.join("calib.json")).unwrap();
+    std::fs::write(
+        d.join("calib.json"),
+        calib
+            .replace("\"width\": 32", "\"width\": 48")
+            .replace("\"height\": 32", "\"height\": 48"),
+    )
+    .unwrap();
+    assert_fails_cleanly(
+        &edge(dir.path(), &["check", "--bundle", "size"]),
+        &["48x48"],
+    );
+    // no bundle at all
+    assert_fails_cleanly(
+        &edge(dir.path(), &["check", "--bundle", "nowhere"]),
+        &["nowhere"],
+    );
+}
+
+#[test]
+fn run_fails_at_start_up_on_bad_settings_before_opening_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bundle(&dir.path().join("b"));
+    // a missing camera
+    assert_fails_cleanly(
+        &edge(
+            dir.path(),
+            &[
+                "run",
+                "--bundle",
+                "b",
+                "--source",
+                "v4l:/dev/video-oodmon-missing",
+            ],
+        ),
+        &["video-oodmon-missing"],
+    );
+    // a malformed source
+    assert_fails_cleanly(
+        &edge(
+            dir.path(),
+            &["run", "--bundle", "b", "--source", "v4l:/dev/video0:big"],
+        ),
+        &["bad size"],
+    );
+    // a misspelt configuration key
+    std::fs::write(
+        dir.path().join("edge.toml"),
+        "bundle = \"b\"\nsource = \"images:x/*.png\"\n[camera]\ntimeout_msec = 5\n",
+    )
+    .unwrap();
+    assert_fails_cleanly(
+        &edge(dir.path(), &["run", "--config", "edge.toml"]),
+        &["edge.toml", "timeout_msec"],
+    );
+    // an invalid value
+    std::fs::write(
+        dir.path().join("zero.toml"),
+        "[faults]\nmax_consecutive_bad_frames = 0\n",
+    )
+    .unwrap();
+    assert_fails_cleanly(
+        &edge(
+            dir.path(),
+            &[
+                "run",
+                "--config",
+                "zero.toml",
+                "--bundle",
+                "b",
+                "--source",
+                "images:*.png",
+            ],
+        ),
+        &["max_consecutive_bad_frames"],
+    );
+}
+
+#[test]
+fn run_scores_image_files_into_json_lines_and_faults_on_corrupt_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bundle(&dir.path().join("b"));
+    std::fs::create_dir_all(dir.path().join("frames")).unwrap();
+    for i in 0..4 {
+        save_image(
+            &dir.path().join(format!("frames/{i}.png")),
+            &id_image(i % 3, 50, 40, i as u64),
+            50,
+            40,
+        );
+    }
+    std::fs::write(
+        dir.path().join("edge.toml"),
+        "bundle = \"b\"\nsource = \"images:frames/*.png\"\n[output]\nrecords = \"records.jsonl\"\n",
+    )
+    .unwrap();
+    let out = edge(dir.path(), &["run", "--config", "edge.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = std::fs::read_to_string(dir.path().join("records.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = records
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    for (i, r) in lines.iter().enumerate() {
+        assert_eq!(r["sequence"], i as u64);
+        assert!(r["score"].as_f64().unwrap().is_finite());
+        assert!(r["latency"]["inference_us"].as_u64().unwrap() > 0);
+        assert!(r["timestamp_us"].as_u64().unwrap() > 0);
+    }
+    // command-line values override the configuration
+    let out = edge(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            "edge.toml",
+            "--records",
+            "-",
+            "--max-frames",
+            "2",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+
+    std::fs::create_dir_all(dir.path().join("bad")).unwrap();
+    for i in 0..5 {
+        std::fs::write(
+            dir.path().join(format!("bad/{i}.jpg")),
+            b"\xFF\xD8 not a jpeg",
+        )
+        .unwrap();
+    }
+    let out = edge(
+        dir.path(),
+        &[
+            "run",
+            "--bundle",
+            "b",
+            "--source",
+            "images:bad",
+            "--max-bad-frames",
+            "3",
+        ],
+    );
+    assert_fails_cleanly(&out, &["3 consecutive bad frames"]);
+}
+
+#[test]
+fn run_reads_raw_frames_from_standard_input() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bundle(&dir.path().join("b"));
+    let (w, h) = (40, 30);
+    let mut child = edge_command(
+        dir.path(),
+        &[
+            "run",
+            "--bundle",
+            "b",
+            "--source",
+            "stdin:40x30:rgb",
+            "--records",
+            "-",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for i in 0..3 {
+            stdin.write_all(&id_image(i % 3, w, h, i as u64)).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+}
+
+#[test]
+fn demo_runs_from_any_directory_and_reproduces_its_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = edge(dir.path(), &["demo", "--quiet"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("scenario reproduced"), "{stdout}");
+    assert!(stdout.contains("72 frames"), "{stdout}");
+}

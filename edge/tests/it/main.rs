@@ -1,0 +1,7 @@
+//! oodmon-edge integration tests (one binary; shared helpers in `util`).
+
+mod alloc;
+mod cli;
+mod engine;
+mod sources;
+mod util;
