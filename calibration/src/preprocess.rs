@@ -132,15 +132,28 @@ impl PixelFormat {
                 }
             }
             PixelFormat::Yuyv => {
-                for x in 0..width {
-                    let pair = &row[(x / 2) * 4..(x / 2) * 4 + 4];
-                    let y = if x % 2 == 0 { pair[0] } else { pair[2] } as f32;
-                    let (u, v) = (pair[1] as f32 - 128.0, pair[3] as f32 - 128.0);
+                // two pixels per 4-byte group, sharing U and V (the last group may hold
+                // one pixel of an odd width)
+                let convert = |y: f32, u: f32, v: f32, o: &mut [f32]| {
                     let c = 1.164_383 * (y - 16.0);
-                    let o = &mut out[x * 3..x * 3 + 3];
                     o[0] = (c + 1.596_027 * v).clamp(0.0, 255.0);
                     o[1] = (c - 0.391_762 * u - 0.812_968 * v).clamp(0.0, 255.0);
                     o[2] = (c + 2.017_232 * u).clamp(0.0, 255.0);
+                };
+                let pairs = width / 2;
+                for (o, g) in out[..pairs * 6]
+                    .chunks_exact_mut(6)
+                    .zip(row.chunks_exact(4))
+                {
+                    let (u, v) = (g[1] as f32 - 128.0, g[3] as f32 - 128.0);
+                    let (a, b) = o.split_at_mut(3);
+                    convert(g[0] as f32, u, v, a);
+                    convert(g[2] as f32, u, v, b);
+                }
+                if width % 2 == 1 {
+                    let g = &row[pairs * 4..pairs * 4 + 4];
+                    let (u, v) = (g[1] as f32 - 128.0, g[3] as f32 - 128.0);
+                    convert(g[0] as f32, u, v, &mut out[pairs * 6..pairs * 6 + 3]);
                 }
             }
         }
@@ -234,7 +247,11 @@ pub struct Preprocessor {
     format: PixelFormat,
     xs: Axis,
     ys: Axis,
-    /// One decoded source row, and one vertically filtered row (RGB floats).
+    /// Source columns the horizontal filter reads (`col_lo` even for YUYV pairs).
+    col_lo: usize,
+    col_hi: usize,
+    /// One decoded source row (RGB floats), and the output rows being accumulated
+    /// vertically (at source width, filtered horizontally once complete).
     row: Vec<f32>,
     acc: Vec<f32>,
 }
@@ -271,15 +288,28 @@ impl Preprocessor {
                 )
             }
         };
+        let xs = Axis::new(w, src_width, sx, ox, spec.filter);
+        let ys = Axis::new(h, src_height, sy, oy, spec.filter);
+        let mut col_lo = (0..w).map(|x| xs.start[x]).min().unwrap_or(0);
+        let mut col_hi = (0..w)
+            .map(|x| xs.start[x] + xs.len[x])
+            .max()
+            .unwrap_or(src_width);
+        if format == PixelFormat::Yuyv {
+            col_lo &= !1;
+            col_hi = (col_hi + 1).min(src_width);
+        }
         Ok(Self {
             spec: spec.clone(),
             src_width,
             src_height,
             format,
-            xs: Axis::new(w, src_width, sx, ox, spec.filter),
-            ys: Axis::new(h, src_height, sy, oy, spec.filter),
-            row: vec![0.0; src_width * 3],
-            acc: vec![0.0; src_width * 3],
+            xs,
+            ys,
+            col_lo,
+            col_hi,
+            row: vec![0.0; (col_hi - col_lo) * 3],
+            acc: vec![0.0; h * (col_hi - col_lo) * 3],
         })
     }
 
@@ -342,28 +372,51 @@ impl Preprocessor {
         let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * self.spec.std[order[c]]));
         let shift: [f32; 3] =
             std::array::from_fn(|c| self.spec.mean[order[c]] / self.spec.std[order[c]]);
-        for y in 0..h {
-            let (y0, wy) = self.ys.weights(y);
-            self.acc.fill(0.0);
-            for (t, &wt) in wy.iter().enumerate() {
-                let r = y0 + t;
-                self.format.decode_row(
-                    &frame[r * stride..r * stride + row_bytes],
-                    self.src_width,
-                    &mut self.row,
-                );
-                for (a, &v) in self.acc.iter_mut().zip(&self.row) {
-                    *a += wt * v;
-                }
+        // Each source row is decoded once (only the columns the filter reads) and added,
+        // weighted, into every output row whose vertical window holds it (contiguous,
+        // vectorised); each finished output row is then filtered horizontally.
+        let (col_lo, cols) = (self.col_lo, self.col_hi - self.col_lo);
+        let first_byte = self.format.row_bytes(col_lo);
+        let span = self.format.row_bytes(cols);
+        let rows_lo = self.ys.start[0];
+        let rows_hi = (0..h)
+            .map(|y| self.ys.start[y] + self.ys.len[y])
+            .max()
+            .unwrap_or(0);
+        let line = cols * 3;
+        self.acc.fill(0.0);
+        let mut y_first = 0;
+        for r in rows_lo..rows_hi {
+            while y_first < h && self.ys.start[y_first] + self.ys.len[y_first] <= r {
+                y_first += 1;
             }
+            if y_first == h || self.ys.start[y_first] > r {
+                continue;
+            }
+            let at = r * stride + first_byte;
+            self.format
+                .decode_row(&frame[at..at + span], cols, &mut self.row);
+            let mut y = y_first;
+            while y < h && self.ys.start[y] <= r {
+                let (y0, wy) = self.ys.weights(y);
+                if let Some(&wt) = wy.get(r - y0) {
+                    for (a, &v) in self.acc[y * line..(y + 1) * line].iter_mut().zip(&self.row) {
+                        *a += wt * v;
+                    }
+                }
+                y += 1;
+            }
+        }
+        for y in 0..h {
+            let acc = &self.acc[y * line..(y + 1) * line];
             for x in 0..w {
                 let (x0, wx) = self.xs.weights(x);
                 let mut px = [0f32; 3];
                 for (t, &wt) in wx.iter().enumerate() {
-                    let s = &self.acc[(x0 + t) * 3..(x0 + t) * 3 + 3];
-                    px[0] += wt * s[0];
-                    px[1] += wt * s[1];
-                    px[2] += wt * s[2];
+                    let p = &acc[(x0 - col_lo + t) * 3..(x0 - col_lo + t) * 3 + 3];
+                    px[0] += wt * p[0];
+                    px[1] += wt * p[1];
+                    px[2] += wt * p[2];
                 }
                 for c in 0..3 {
                     let v = px[order[c]] * scale[c] - shift[c];

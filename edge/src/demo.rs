@@ -42,6 +42,59 @@ pub fn scenario(looped: bool) -> Result<AviSource> {
     )?)
 }
 
+/// An endless stream of synthetic YUYV camera frames of the given size (`WxH`): a moving
+/// gradient, so consecutive frames differ, for benchmarking the camera-native path.
+pub fn synthetic_yuyv(size: &str) -> Result<crate::source::RawStream<SyntheticYuyv>> {
+    let (w, h) = size
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)))
+        .filter(|&(w, h)| w > 0 && h > 0 && w % 2 == 0)
+        .ok_or_else(|| EdgeError::invalid("--yuyv", format!("{size:?} is not WxH (even W)")))?;
+    Ok(crate::source::RawStream::new(
+        SyntheticYuyv {
+            frame: w * h * 2,
+            width: w,
+            at: 0,
+            shift: 0,
+        },
+        "synthetic",
+        w,
+        h,
+        FrameFormat::Raw(PixelFormat::Yuyv),
+    )?)
+}
+
+/// The reader behind [`synthetic_yuyv`].
+#[derive(Debug)]
+pub struct SyntheticYuyv {
+    frame: usize,
+    width: usize,
+    at: usize,
+    shift: usize,
+}
+
+impl std::io::Read for SyntheticYuyv {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.frame - self.at);
+        let row = self.width * 2;
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            let p = self.at + i;
+            let (x, y) = ((p % row) / 2, p / row);
+            *b = if p % 2 == 0 {
+                ((x + y + self.shift) % 220 + 16) as u8
+            } else {
+                ((x * 3 + self.shift) % 200 + 28) as u8
+            };
+        }
+        self.at += n;
+        if self.at == self.frame {
+            self.at = 0;
+            self.shift += 3;
+        }
+        Ok(n)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Segment {
     pub label: String,

@@ -189,6 +189,39 @@ impl Engine {
     }
 }
 
+/// Times `runs` inferences of an encoder alone, the way the engine runs it (one session,
+/// one preallocated input), after `warmup` untimed runs; microseconds per run.
+pub fn time_inference(
+    encoder: &oodmon_calibration::onnx::TractEncoder,
+    warmup: usize,
+    runs: usize,
+) -> Result<Vec<u32>> {
+    let (w, h) = encoder.input_size();
+    let err = |e: TractError| EdgeError::Inference(format!("{e:#}"));
+    let mut state = encoder.plan().spawn().map_err(err)?;
+    let mut input = Tensor::zero::<f32>(&[1, 3, h, w]).map_err(err)?;
+    // a fixed non-trivial input (zeros can take shortcuts in some kernels)
+    if let Ok(mut view) = input.try_as_plain_ram_mut() {
+        if let Ok(values) = view.as_slice_mut::<f32>() {
+            for (i, v) in values.iter_mut().enumerate() {
+                *v = ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
+            }
+        }
+    }
+    let input = Arc::new(input);
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..warmup + runs {
+        let t = Instant::now();
+        state
+            .run(tvec!(TValue::from_const(input.clone())))
+            .map_err(err)?;
+        if i >= warmup {
+            times.push(micros(t));
+        }
+    }
+    Ok(times)
+}
+
 /// Writes the preprocessed frame into the input tensor, replanning the preprocessing only
 /// when the geometry or pixel format changes.
 fn preprocess_into(

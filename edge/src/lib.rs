@@ -10,6 +10,7 @@
 //! - [`engine`]: preprocessing, inference and scoring of one frame.
 //! - [`runner`]: the frame loop, its fault counting and statistics.
 //! - [`config`]: the TOML configuration, validated before any device is opened.
+//! - [`watchdog`]: systemd readiness and watchdog notifications.
 
 pub mod config;
 pub mod decode;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod frame;
 pub mod runner;
 pub mod source;
+pub mod watchdog;
 
 pub use engine::{Engine, FrameRecord, StageLatency};
 pub use error::{EdgeError, Result, SourceError};

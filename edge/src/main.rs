@@ -63,11 +63,19 @@ enum Command {
         #[arg(long)]
         bundle: PathBuf,
     },
-    /// Per-stage latency (p50/p99), frames per second and peak memory.
+    /// Per-stage latency (p50/p99), frames per second and peak memory; with --model, the
+    /// inference latency of one ONNX encoder alone.
     Bench {
         /// Bundle directory; the built-in demo bundle when omitted.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "model")]
         bundle: Option<PathBuf>,
+        /// Time only the inference of this ONNX encoder (no frames, no scoring).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Synthetic camera frames of this size in YUYV (e.g. 640x480) instead of the
+        /// built-in MJPEG scenario.
+        #[arg(long, conflicts_with = "source")]
+        yuyv: Option<String>,
         /// Frame source; the built-in MJPEG scenario (640x480 camera frames) when omitted.
         #[arg(long)]
         source: Option<String>,
@@ -152,11 +160,14 @@ fn run(cli: Cli) -> Result<()> {
                 ))),
             };
             let stop = stop_flag()?;
+            let mut notifier = oodmon_edge::watchdog::SystemdNotifier::from_env();
+            notifier.ready();
             let limits = RunLimits {
                 max_frames: cfg.output.max_frames,
                 max_consecutive_bad_frames: cfg.faults.max_consecutive_bad_frames,
             };
             let summary = runner::run(&mut engine, &mut src, &limits, &stop, |event| {
+                notifier.alive();
                 if let (Event::Record(r), Some(w)) = (&event, sink.as_mut()) {
                     serde_json::to_writer(&mut *w, r).map_err(std::io::Error::other)?;
                     w.write_all(b"\n")?;
@@ -169,6 +180,7 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })
             .map_err(|e| -> anyhow::Error { e.into() });
+            notifier.stopping();
             if let Some(w) = sink.as_mut() {
                 w.flush()?;
             }
@@ -201,10 +213,33 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench {
             bundle,
+            model,
+            yuyv,
             source,
             frames,
             json,
         } => {
+            if let Some(model) = model {
+                let enc = oodmon_calibration::onnx::TractEncoder::load(&model)?;
+                let mut times = oodmon_edge::engine::time_inference(&enc, 50, frames as usize)?;
+                times.sort_unstable();
+                let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+                let (p50, p99) = (at(0.5), at(0.99));
+                if json {
+                    say!(
+                        "{}",
+                        serde_json::json!({"model": model, "runs": times.len(), "p50_us": p50, "p99_us": p99,
+                            "peak_memory_bytes": runner::peak_memory_bytes()})
+                    );
+                } else {
+                    say!(
+                        "{}: inference p50 {p50} us, p99 {p99} us over {} runs",
+                        model.display(),
+                        times.len()
+                    );
+                }
+                return Ok(());
+            }
             let b = match &bundle {
                 Some(dir) => Bundle::load(dir)?,
                 None => demo::bundle()?,
@@ -219,7 +254,10 @@ fn run(cli: Cli) -> Result<()> {
                     };
                     source::open(&spec, &opts)?
                 }
-                None => Box::new(demo::scenario(true)?),
+                None => match &yuyv {
+                    Some(size) => Box::new(demo::synthetic_yuyv(size)?),
+                    None => Box::new(demo::scenario(true)?),
+                },
             };
             // warm-up: first frames plan the preprocessing and fault in tract's buffers
             let warm = RunLimits {
@@ -234,7 +272,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let summary = runner::run(&mut engine, &mut src, &limits, &stop, |_| Ok(()))?;
             if json {
-                say!("{}", serde_json::to_string_pretty(&summary)?);
+                say!("{}", serde_json::to_string(&summary)?);
                 Ok(())
             } else {
                 print_summary(&summary, false)

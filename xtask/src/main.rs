@@ -8,8 +8,11 @@ use std::time::Instant;
 type Result<T = ()> = std::result::Result<T, String>;
 
 const AARCH64: &str = "aarch64-unknown-linux-gnu";
-/// Crates that must build and pass their tests on aarch64 (the edge joins when it has tests).
-const AARCH64_CRATES: &[&str] = &["oodmon-calibration"];
+/// Crates that must build and pass their tests on aarch64.
+const AARCH64_CRATES: &[&str] = &["oodmon-calibration", "oodmon-edge"];
+/// Newest glibc the shipped edge binary may need: JetPack 6 has 2.35 (JetPack 5's 2.31
+/// needs the zig build that Cross.toml configures).
+const JETPACK6_GLIBC: (u32, u32) = (2, 35);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -18,8 +21,9 @@ fn main() -> ExitCode {
         Some("setup") => setup().map(|_| ()),
         Some("bench") => bench(&args[1..]),
         Some("bench-train") => bench_train(&args[1..]),
+        Some("bench-edge") => bench_edge(&args[1..]),
         _ => Err(
-            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick]>"
+            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick] | bench-edge [--quick] [--model FILE.onnx ...]>"
                 .into(),
         ),
     };
@@ -116,16 +120,52 @@ fn python_env() -> Result<PathBuf> {
     Ok(python)
 }
 
-/// Debian's rustc with an aarch64 standard library, the cross linker and qemu.
-fn aarch64_toolchain() -> Result {
-    let ready = Path::new("/usr/bin/rustc").exists()
+/// Whether libclang (for v4l's bindgen bindings) is installed.
+fn have_libclang() -> bool {
+    [
+        "/usr/lib",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+    ]
+    .iter()
+    .filter_map(|d| std::fs::read_dir(d).ok())
+    .flatten()
+    .filter_map(|e| e.ok())
+    .any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        (name.starts_with("libclang") && name.contains(".so"))
+            || (name.starts_with("llvm-") && e.path().join("lib/libclang.so").exists())
+    })
+}
+
+/// Debian packages the build needs: libclang for the V4L2 bindings and, for the aarch64
+/// checks, Debian's rustc with an aarch64 standard library, the cross linker and qemu.
+fn system_packages(aarch64: bool) -> Result {
+    let mut missing: Vec<&str> = Vec::new();
+    if !have_libclang() {
+        missing.push("libclang-dev");
+    }
+    let aarch64_ready = Path::new("/usr/bin/rustc").exists()
         && Path::new("/usr/lib/rustlib/aarch64-unknown-linux-gnu/lib").exists()
         && have("aarch64-linux-gnu-gcc")
         && have("qemu-aarch64-static");
-    if ready {
+    if aarch64 && !aarch64_ready {
+        missing.extend([
+            "rustc-web",
+            "cargo-web",
+            "libstd-rust-web-dev:arm64",
+            "gcc-aarch64-linux-gnu",
+            "libc6-dev-arm64-cross",
+            "qemu-user-static",
+        ]);
+    }
+    if missing.is_empty() {
         return Ok(());
     }
-    step("installing the aarch64 toolchain (Debian packages)");
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
     let sudo = if have("id")
         && String::from_utf8_lossy(
             &Command::new("id")
@@ -141,10 +181,15 @@ fn aarch64_toolchain() -> Result {
     } else {
         "sudo "
     };
+    let arch = if aarch64 && !aarch64_ready {
+        format!("{sudo}dpkg --add-architecture arm64; ")
+    } else {
+        String::new()
+    };
     let script = format!(
-        "set -e; {sudo}dpkg --add-architecture arm64; {sudo}apt-get update -qq; \
-         DEBIAN_FRONTEND=noninteractive {sudo}apt-get install -y -qq rustc-web cargo-web \
-         libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static"
+        "set -e; {arch}{sudo}apt-get update -qq; \
+         DEBIAN_FRONTEND=noninteractive {sudo}apt-get install -y -qq {}",
+        missing.join(" ")
     );
     run(Command::new("sh").args(["-c", &script]))
 }
@@ -162,7 +207,7 @@ fn qemu_aarch64() -> String {
 
 fn setup() -> Result<PathBuf> {
     let python = python_env()?;
-    aarch64_toolchain()?;
+    system_packages(true)?;
     Ok(python)
 }
 
@@ -170,9 +215,7 @@ fn test(args: &[String]) -> Result {
     let started = Instant::now();
     let aarch64 = !args.iter().any(|a| a == "--no-aarch64");
     let python = python_env()?;
-    if aarch64 {
-        aarch64_toolchain()?;
-    }
+    system_packages(aarch64)?;
     step("cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--check"]))?;
     step("cargo clippy --all-targets -- -D warnings");
@@ -196,20 +239,79 @@ fn test(args: &[String]) -> Result {
             .env("RUSTC", "/usr/bin/rustc")
             .env("RUSTDOC", "/usr/bin/rustdoc")
             .env_remove("RUSTUP_TOOLCHAIN")
-            .env("CARGO_TARGET_DIR", target_dir)
+            .env("CARGO_TARGET_DIR", &target_dir)
             .env(
                 "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER",
                 qemu_aarch64(),
             )
             .env("OODMON_TEST_RUNNER", qemu_aarch64())
-            .env("QEMU_CPU", "neoverse-n1");
+            .env("QEMU_CPU", "neoverse-n1")
+            // v4l's bindgen must see the aarch64 headers, not the host's
+            .env(
+                "BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu",
+                "--target=aarch64-linux-gnu --sysroot=/usr/aarch64-linux-gnu -I/usr/aarch64-linux-gnu/include",
+            );
         run(&mut cmd)?;
+        let edge = target_dir.join(AARCH64).join("debug").join("oodmon-edge");
+        step("aarch64 oodmon-edge demo under qemu");
+        let mut qemu = qemu_aarch64()
+            .split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        let program = qemu.remove(0);
+        run(Command::new(program)
+            .args(&qemu)
+            .arg(&edge)
+            .args(["demo", "--quiet"])
+            .env("QEMU_CPU", "neoverse-n1"))?;
+        step("aarch64 oodmon-edge: required glibc");
+        let needed = required_glibc(&edge)?;
+        eprintln!(
+            "oodmon-edge (aarch64, Debian toolchain) needs glibc {}.{}: runs on JetPack 6 (glibc 2.35), not JetPack 5 (2.31; use the zig build in Cross.toml)",
+            needed.0, needed.1
+        );
+        if needed > JETPACK6_GLIBC {
+            return Err(format!(
+                "oodmon-edge needs glibc {}.{}, newer than JetPack 6's {}.{}",
+                needed.0, needed.1, JETPACK6_GLIBC.0, JETPACK6_GLIBC.1
+            ));
+        }
     }
     eprintln!(
         "\nall checks passed in {:.0}s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The newest `GLIBC_x.y` symbol version a binary imports (`objdump -T`).
+fn required_glibc(binary: &Path) -> Result<(u32, u32)> {
+    let objdump = if have("aarch64-linux-gnu-objdump") {
+        "aarch64-linux-gnu-objdump"
+    } else {
+        "objdump"
+    };
+    let out = Command::new(objdump)
+        .arg("-T")
+        .arg(binary)
+        .output()
+        .map_err(|e| format!("{objdump}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{objdump} -T {}: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .filter_map(|w| w.strip_prefix("GLIBC_"))
+        .filter_map(|v| {
+            let mut parts = v.split('.');
+            Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+        })
+        .max()
+        .ok_or_else(|| format!("{}: no GLIBC symbol versions found", binary.display()))
 }
 
 fn target_dir() -> PathBuf {
@@ -320,6 +422,114 @@ fn bench_train(args: &[String]) -> Result {
         println!(
             "| {arch} | {batch} | {threads} | {ours:.0} | {theirs:.0} | {:.2}x |",
             ours / theirs
+        );
+    }
+    Ok(())
+}
+
+/// The number after `"key":` in compact JSON output.
+fn json_number(text: &str, key: &str) -> Option<f64> {
+    text.split(&format!("\"{key}\":"))
+        .nth(1)?
+        .trim_start()
+        .split([',', '}'])
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn output_text(out: std::process::Output, what: &str) -> Result<String> {
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Edge inference: tract (oodmon-edge) against onnxruntime on one thread on the same ONNX
+/// files, then the whole pipeline's frame rate, overhead beyond inference and peak memory.
+fn bench_edge(args: &[String]) -> Result {
+    let quick = args.iter().any(|a| a == "--quick");
+    let runs = if quick { "200" } else { "2000" };
+    let python = python_env()?;
+    system_packages(false)?;
+    let mut models = vec![root().join("edge/demo/bundle/encoder.onnx")];
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--model" {
+            models.push(PathBuf::from(it.next().ok_or("--model needs a file")?));
+        }
+    }
+    step("building oodmon-edge (release)");
+    run(cargo().args(["build", "--release", "-p", "oodmon-edge"]))?;
+    let edge = target_dir().join("release/oodmon-edge");
+    println!("| model | tract p50 (us) | tract p99 (us) | onnxruntime p50 (us) | onnxruntime p99 (us) | tract speed vs onnxruntime |");
+    println!("|---|---|---|---|---|---|");
+    for model in &models {
+        step(&format!("{}: tract, then onnxruntime", model.display()));
+        let ours = output_text(
+            Command::new(&edge)
+                .args(["bench", "--json", "--frames", runs, "--model"])
+                .arg(model)
+                .env("RUST_LOG", "warn")
+                .output()
+                .map_err(|e| e.to_string())?,
+            "oodmon-edge bench --model",
+        )?;
+        let theirs = output_text(
+            Command::new(&python)
+                .arg(root().join("bench/edge_reference.py"))
+                .arg(runs)
+                .arg(model)
+                .output()
+                .map_err(|e| e.to_string())?,
+            "edge_reference.py",
+        )?;
+        let get = |t: &str, k: &str| json_number(t, k).ok_or(format!("no {k} in {t}"));
+        let (o50, o99) = (get(&ours, "p50_us")?, get(&ours, "p99_us")?);
+        let (t50, t99) = (get(&theirs, "p50_us")?, get(&theirs, "p99_us")?);
+        println!(
+            "| {} | {o50:.0} | {o99:.0} | {t50:.0} | {t99:.0} | {:.2}x |",
+            model.display(),
+            t50 / o50
+        );
+    }
+    println!();
+    println!("| pipeline (built-in bundle) | frames/s | total p50 (us) | inference p50 (us) | decode + preprocess + scoring p50 (us) | overhead share | peak memory (MB) |");
+    println!("|---|---|---|---|---|---|---|");
+    let frames = if quick { "200" } else { "2000" };
+    let sources: [(&str, &[&str]); 3] = [
+        ("built-in MJPEG scenario, 320x240", &[]),
+        ("synthetic YUYV camera, 640x480", &["--yuyv", "640x480"]),
+        ("synthetic YUYV camera, 1280x720", &["--yuyv", "1280x720"]),
+    ];
+    for (name, extra) in sources {
+        step(&format!("pipeline: {name}"));
+        let out = output_text(
+            Command::new(&edge)
+                .args(["bench", "--json", "--frames", frames])
+                .args(extra)
+                .env("RUST_LOG", "warn")
+                .output()
+                .map_err(|e| e.to_string())?,
+            "oodmon-edge bench",
+        )?;
+        let stage = |s: &str| {
+            out.split(&format!("\"{s}\":"))
+                .nth(1)
+                .and_then(|r| json_number(r, "p50_us"))
+                .unwrap_or(f64::NAN)
+        };
+        let (total, inference) = (stage("total"), stage("inference"));
+        let overhead = stage("decode") + stage("preprocess") + stage("scoring");
+        println!(
+            "| {name} | {:.0} | {total:.0} | {inference:.0} | {overhead:.0} | {:.0}% | {:.1} |",
+            json_number(&out, "frames_per_second").unwrap_or(f64::NAN),
+            100.0 * overhead / total,
+            json_number(&out, "peak_memory_bytes").unwrap_or(f64::NAN) / 1e6
         );
     }
     Ok(())
