@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::alarm::AlarmConfig;
 use crate::error::{EdgeError, Result};
+use crate::output::{GpioConfig, SerialConfig};
 use crate::source::{SourceOptions, SourceSpec};
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -23,6 +25,15 @@ pub struct EdgeConfig {
     pub faults: FaultConfig,
     #[serde(default)]
     pub output: OutputConfig,
+    /// Debouncing and fault rules.
+    #[serde(default)]
+    pub alarm: AlarmConfig,
+    /// Protocol frames to a controller over a serial line.
+    #[serde(default)]
+    pub serial: SerialConfig,
+    /// A fail-safe alarm line.
+    #[serde(default)]
+    pub gpio: GpioConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -69,6 +80,8 @@ pub struct OutputConfig {
     pub records: Option<PathBuf>,
     /// Stop after this many frames.
     pub max_frames: Option<u64>,
+    /// Alarm event journal (JSON lines, fsync'd per event).
+    pub journal: Option<PathBuf>,
 }
 
 impl EdgeConfig {
@@ -110,6 +123,12 @@ impl EdgeConfig {
                 format!("{} is not in 1..=600000", self.camera.max_backoff_ms),
             ));
         }
+        self.alarm
+            .validate()
+            .map_err(|e| EdgeError::invalid("alarm", e))?;
+        self.serial
+            .validate()
+            .map_err(|e| EdgeError::invalid("serial", e))?;
         if self.faults.max_consecutive_bad_frames == 0 {
             return Err(EdgeError::invalid(
                 "faults.max_consecutive_bad_frames",

@@ -148,6 +148,7 @@ pub struct SegmentResult {
 pub struct DemoSummary {
     pub run: RunSummary,
     pub segments: Vec<SegmentResult>,
+    pub alarms: crate::service::ServiceReport,
 }
 
 impl DemoSummary {
@@ -166,6 +167,25 @@ impl DemoSummary {
 
 /// Plays the scenario, writing a live status line (unless `quiet`) and a closing summary.
 pub fn play(frame_delay_ms: Option<u64>, quiet: bool, out: &mut dyn Write) -> Result<DemoSummary> {
+    play_with_alarms(frame_delay_ms, quiet, None, out)
+}
+
+/// [`play`], with the alarm service debouncing the decisions (default rules) and sending
+/// its protocol frames to `link` when given.
+pub fn play_with_alarms(
+    frame_delay_ms: Option<u64>,
+    quiet: bool,
+    link: Option<Box<dyn crate::output::AlarmLink>>,
+    out: &mut dyn Write,
+) -> Result<DemoSummary> {
+    let service = crate::service::AlarmService::start(
+        crate::alarm::AlarmConfig::default(),
+        crate::service::Outputs {
+            scores: link.is_some(),
+            link,
+            ..Default::default()
+        },
+    );
     let meta = scenario_meta()?;
     let mut engine = Engine::new(bundle()?)?;
     let mut source = scenario(false)?;
@@ -195,8 +215,12 @@ pub fn play(frame_delay_ms: Option<u64>, quiet: bool, out: &mut dyn Write) -> Re
         .collect();
     let run = runner::run(&mut engine, &mut source, &limits, &stop, |event| {
         let Event::Record(r) = event else {
+            if let Event::BadFrame(e) = event {
+                service.frame(Err(e));
+            }
             return Ok(());
         };
+        service.frame(Ok(r));
         let seg = meta
             .segments
             .iter()
@@ -216,16 +240,19 @@ pub fn play(frame_delay_ms: Option<u64>, quiet: bool, out: &mut dyn Write) -> Re
                     _ => ' ',
                 })
                 .collect();
+            let (state, reason) = service.current();
             write!(
                 out,
-                "\rframe {:>3}  [{}] score {:.3} / {:.3}  nearest {:<10}  {}  {:>5} us ",
+                "\rframe {:>3}  [{}] score {:.3} / {:.3}  nearest {:<10}  {}  {:>5} us  alarm {:<5} ({:<13}) ",
                 r.sequence,
                 bar,
                 r.score,
                 r.threshold,
                 names.get(r.nearest).map(String::as_str).unwrap_or(""),
                 if r.ood { "OOD" } else { "ok " },
-                r.latency.total_us()
+                r.latency.total_us(),
+                state.name(),
+                reason.name()
             )?;
             out.flush()?;
             std::thread::sleep(delay);
@@ -256,7 +283,29 @@ pub fn play(frame_delay_ms: Option<u64>, quiet: bool, out: &mut dyn Write) -> Re
         l.total.p99_us
     )
     ?;
-    let summary = DemoSummary { run, segments };
+    let report = service.finish();
+    let path: Vec<String> = report
+        .transitions
+        .iter()
+        .map(|t| format!("{} ({})", t.state.name(), t.reason.name()))
+        .collect();
+    writeln!(
+        out,
+        "alarm (3 of 5 frames raise OOD, 10 in a row and 1 s clear it): FAULT (starting) -> {}",
+        path.join(" -> ")
+    )?;
+    if report.messages_sent > 0 || report.send_errors > 0 {
+        writeln!(
+            out,
+            "alarm link: {} messages sent, {} send errors",
+            report.messages_sent, report.send_errors
+        )?;
+    }
+    let summary = DemoSummary {
+        run,
+        segments,
+        alarms: report,
+    };
     writeln!(
         out,
         "{}",

@@ -44,6 +44,9 @@ pub struct FrameRecord {
     pub threshold: f64,
     pub ood: bool,
     pub latency: StageLatency,
+    /// Fingerprint of the preprocessed frame: identical frames share it (frozen camera).
+    #[serde(skip)]
+    pub fingerprint: u64,
 }
 
 fn micros(since: Instant) -> u32 {
@@ -119,6 +122,7 @@ impl Engine {
         record.sequence = frame.sequence;
         record.timestamp_us = frame.timestamp_us;
         record.latency = latency;
+        record.fingerprint = crate::alarm::fingerprint(self.input_tensor());
         Ok(record)
     }
 
@@ -146,6 +150,7 @@ impl Engine {
             threshold: d.threshold,
             ood: d.ood,
             latency: StageLatency::default(),
+            fingerprint: 0,
         })
     }
 
@@ -183,7 +188,7 @@ impl Engine {
         }
         self.embedding.copy_from_slice(values);
         if self.embedding.iter().any(|v| !v.is_finite()) {
-            return Err(EdgeError::Inference("non-finite embedding".into()));
+            return Err(EdgeError::NonFinite("embedding".into()));
         }
         Ok(())
     }

@@ -54,6 +54,9 @@ pub enum EdgeError {
     Frame(String),
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The encoder produced NaN or infinite values.
+    #[error("non-finite {0}")]
+    NonFinite(String),
     #[error("configuration {path}: {problem}")]
     Config { path: PathBuf, problem: String },
     #[error("invalid setting {what}: {problem}")]

@@ -12,13 +12,19 @@
 //! - [`config`]: the TOML configuration, validated before any device is opened.
 //! - [`watchdog`]: systemd readiness and watchdog notifications.
 
+pub mod alarm;
 pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod frame;
+pub mod journal;
+pub mod monitor;
+pub mod monitor_ui;
+pub mod output;
 pub mod runner;
+pub mod service;
 pub mod source;
 pub mod watchdog;
 

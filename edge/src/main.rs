@@ -57,6 +57,17 @@ enum Command {
         /// Bad frames in a row after which the run stops with a fault.
         #[arg(long)]
         max_bad_frames: Option<u32>,
+        /// Send alarms over this serial device (protocol in PROTOCOL.md).
+        #[arg(long)]
+        serial: Option<String>,
+        #[arg(long)]
+        baud: Option<u32>,
+        /// Also send a SCORE message per frame.
+        #[arg(long)]
+        scores: bool,
+        /// Append every alarm state change to this JSON-lines journal.
+        #[arg(long)]
+        journal: Option<PathBuf>,
     },
     /// Validate a bundle (hashes, shapes, schema) and run one inference.
     Check {
@@ -94,12 +105,42 @@ enum Command {
         /// No live status line (for logs and tests).
         #[arg(long)]
         quiet: bool,
+        /// Send the demo's alarms over this serial device (watch with `monitor`).
+        #[arg(long)]
+        serial: Option<String>,
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+    },
+    /// Watch an alarm link: live state, score sparkline, heartbeat age, CRC errors and
+    /// alarm history; warns when heartbeats stop or messages are lost.
+    Monitor {
+        /// Serial device the edge (or a tap on its line) is connected to.
+        #[arg(long)]
+        port: String,
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        /// One line per event instead of the terminal UI (for logs).
+        #[arg(long)]
+        plain: bool,
+        /// Heartbeat period of the edge; the link counts as lost after two.
+        #[arg(long, default_value_t = 200)]
+        heartbeat_ms: u64,
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<f64>,
     },
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // the demo and the monitor UI own the terminal: only warnings from them by default
+    let default_filter = match cli.command {
+        Command::Demo { .. } | Command::Monitor { .. } => "warn,oodmon_edge::service=error",
+        _ => "warn,oodmon_edge=info",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
+        .init();
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             if let Some(e) = err.downcast_ref::<std::io::Error>() {
@@ -123,6 +164,10 @@ fn run(cli: Cli) -> Result<()> {
             max_frames,
             looped,
             max_bad_frames,
+            serial,
+            baud,
+            scores,
+            journal,
         } => {
             let mut cfg = match &config {
                 Some(path) => EdgeConfig::load(path)?,
@@ -136,6 +181,12 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(m) = max_bad_frames {
                 cfg.faults.max_consecutive_bad_frames = m;
             }
+            cfg.serial.device = serial.or(cfg.serial.device);
+            if let Some(b) = baud {
+                cfg.serial.baud = b;
+            }
+            cfg.serial.scores |= scores;
+            cfg.output.journal = journal.or(cfg.output.journal);
             // everything is checked before the bundle is loaded or a device opened
             cfg.validate()?;
             let bundle_dir = cfg
@@ -149,7 +200,19 @@ fn run(cli: Cli) -> Result<()> {
                 .parse()
                 .map_err(anyhow::Error::msg)?;
             let bundle = Bundle::load(&bundle_dir)?;
+            if matches!(
+                cfg.alarm.decision,
+                oodmon_edge::alarm::DecisionRule::PValue { .. }
+            ) && bundle.detector.thresholds.calibration_scores.is_empty()
+            {
+                anyhow::bail!(
+                    "alarm.decision p_value needs a calibration that kept its scores; {} has none",
+                    bundle_dir.display()
+                );
+            }
             let mut engine = Engine::new(bundle)?;
+            let outputs = outputs_from(&cfg)?;
+            let service = oodmon_edge::service::AlarmService::start(cfg.alarm.clone(), outputs);
             let mut src = source::open(&spec, &cfg.source_options())?;
             log::info!("reading {}", src.describe());
             let mut sink: Option<Box<dyn Write>> = match &cfg.output.records {
@@ -168,6 +231,10 @@ fn run(cli: Cli) -> Result<()> {
             };
             let summary = runner::run(&mut engine, &mut src, &limits, &stop, |event| {
                 notifier.alive();
+                match &event {
+                    Event::Record(r) => service.frame(Ok(r)),
+                    Event::BadFrame(e) => service.frame(Err(e)),
+                }
                 if let (Event::Record(r), Some(w)) = (&event, sink.as_mut()) {
                     serde_json::to_writer(&mut *w, r).map_err(std::io::Error::other)?;
                     w.write_all(b"\n")?;
@@ -181,6 +248,13 @@ fn run(cli: Cli) -> Result<()> {
             })
             .map_err(|e| -> anyhow::Error { e.into() });
             notifier.stopping();
+            let report = service.finish();
+            log::info!(
+                "alarm service: {} transitions, {} messages sent, {} send errors",
+                report.transitions.len(),
+                report.messages_sent,
+                report.send_errors
+            );
             if let Some(w) = sink.as_mut() {
                 w.flush()?;
             }
@@ -278,17 +352,105 @@ fn run(cli: Cli) -> Result<()> {
                 print_summary(&summary, false)
             }
         }
+        Command::Monitor {
+            port,
+            baud,
+            plain,
+            heartbeat_ms,
+            seconds,
+        } => {
+            let stop = stop_flag()?;
+            let opened = serialport::new(port.as_str(), baud)
+                .timeout(std::time::Duration::from_millis(50))
+                .open()
+                .with_context(|| format!("serial port {port}"))?;
+            let deadline =
+                seconds.map(|s| std::time::Instant::now() + std::time::Duration::from_secs_f64(s));
+            if plain {
+                oodmon_edge::monitor_ui::plain(
+                    opened,
+                    heartbeat_ms,
+                    &stop,
+                    deadline,
+                    &mut std::io::stdout().lock(),
+                )
+            } else {
+                oodmon_edge::monitor_ui::tui(opened, &port, heartbeat_ms, &stop, deadline)
+            }
+        }
         Command::Demo {
             frame_delay_ms,
             quiet,
+            serial,
+            baud,
         } => {
-            let summary = demo::play(frame_delay_ms, quiet, &mut std::io::stdout().lock())?;
+            let link: Option<Box<dyn oodmon_edge::output::AlarmLink>> = match serial {
+                Some(device) => Some(Box::new(
+                    oodmon_edge::output::SerialLink::open(&oodmon_edge::output::SerialConfig {
+                        device: Some(device),
+                        baud,
+                        scores: true,
+                        ..Default::default()
+                    })
+                    .map_err(anyhow::Error::msg)?,
+                )),
+                None => None,
+            };
+            let summary =
+                demo::play_with_alarms(frame_delay_ms, quiet, link, &mut std::io::stdout().lock())?;
             if !summary.passed() {
                 anyhow::bail!("the demo's frames were not classified as the scenario says");
             }
             Ok(())
         }
     }
+}
+
+/// The alarm outputs the configuration asks for; each is opened now, so a missing serial
+/// port or GPIO chip stops start-up with a clear error.
+fn outputs_from(cfg: &EdgeConfig) -> Result<oodmon_edge::service::Outputs> {
+    let mut outputs = oodmon_edge::service::Outputs {
+        scores: cfg.serial.scores,
+        watchdog_ms: cfg.gpio.watchdog_ms,
+        ..Default::default()
+    };
+    if cfg.serial.device.is_some() {
+        let link =
+            oodmon_edge::output::SerialLink::open(&cfg.serial).map_err(anyhow::Error::msg)?;
+        log::info!(
+            "alarms to {}",
+            oodmon_edge::output::AlarmLink::describe(&link)
+        );
+        outputs.link = Some(Box::new(link));
+    }
+    if cfg.gpio.chip.is_some() {
+        #[cfg(all(feature = "gpio", target_os = "linux"))]
+        {
+            let line =
+                oodmon_edge::output::GpioLine::open(&cfg.gpio).map_err(anyhow::Error::msg)?;
+            outputs.line = Some(Box::new(line));
+        }
+        #[cfg(not(all(feature = "gpio", target_os = "linux")))]
+        anyhow::bail!("this build has no GPIO support (feature gpio, Linux only)");
+    }
+    if let Some(path) = &cfg.output.journal {
+        let (journal, recovery) = oodmon_edge::journal::Journal::open(path)?;
+        log::info!(
+            "journal {}: {} events{}",
+            path.display(),
+            recovery.events,
+            if recovery.torn_bytes > 0 {
+                format!(
+                    ", a torn last line of {} bytes cut off",
+                    recovery.torn_bytes
+                )
+            } else {
+                String::new()
+            }
+        );
+        outputs.journal = Some(journal);
+    }
+    Ok(outputs)
 }
 
 fn stop_flag() -> Result<Arc<AtomicBool>> {

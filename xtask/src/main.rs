@@ -9,7 +9,7 @@ type Result<T = ()> = std::result::Result<T, String>;
 
 const AARCH64: &str = "aarch64-unknown-linux-gnu";
 /// Crates that must build and pass their tests on aarch64.
-const AARCH64_CRATES: &[&str] = &["oodmon-calibration", "oodmon-edge"];
+const AARCH64_CRATES: &[&str] = &["oodmon-calibration", "oodmon-protocol", "oodmon-edge"];
 /// Newest glibc the shipped edge binary may need: JetPack 6 has 2.35 (JetPack 5's 2.31
 /// needs the zig build that Cross.toml configures).
 const JETPACK6_GLIBC: (u32, u32) = (2, 35);

@@ -265,3 +265,152 @@ fn demo_runs_from_any_directory_and_reproduces_its_scenario() {
     assert!(stdout.contains("scenario reproduced"), "{stdout}");
     assert!(stdout.contains("72 frames"), "{stdout}");
 }
+
+fn pty() -> (serialport::TTYPort, serialport::TTYPort, String) {
+    let (mut master, slave) = serialport::TTYPort::pair().expect("pseudo-terminal pair");
+    serialport::SerialPort::set_timeout(&mut master, std::time::Duration::from_millis(20)).unwrap();
+    let name = serialport::SerialPort::name(&slave).unwrap();
+    (master, slave, name)
+}
+
+#[test]
+fn demo_sends_its_alarms_over_a_serial_line() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut master, _slave, name) = pty();
+    let child = edge_command(
+        dir.path(),
+        &[
+            "demo",
+            "--quiet",
+            "--frame-delay-ms",
+            "50",
+            "--serial",
+            &name,
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut monitor = oodmon_edge::monitor::Monitor::new(10_000);
+    let mut events = Vec::new();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(600) {
+            match master.read(&mut buf) {
+                Ok(n) => monitor.feed(&buf[..n], 0, &mut events),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => break,
+            }
+            if monitor.state
+                == Some((
+                    oodmon_protocol::AlarmState::Fault,
+                    oodmon_protocol::Reason::Stopping,
+                ))
+            {
+                break;
+            }
+        }
+        (monitor, events)
+    });
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (monitor, events) = reader.join().unwrap();
+    let states: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            oodmon_edge::monitor::MonitorEvent::State { state, .. } => Some(*state),
+            _ => None,
+        })
+        .collect();
+    use oodmon_protocol::AlarmState;
+    assert_eq!(states.first(), Some(&AlarmState::Fault), "{events:?}");
+    assert_eq!(states.last(), Some(&AlarmState::Fault), "{events:?}");
+    assert!(states.contains(&AlarmState::Ood), "{events:?}");
+    assert!(monitor.scores.len() >= 70, "SCORE per frame");
+    assert_eq!(monitor.crc_errors, 0);
+    assert_eq!(monitor.lost_messages, 0);
+}
+
+#[test]
+fn monitor_plain_prints_states_and_warns_about_gaps_and_silence() {
+    use oodmon_protocol::{AlarmState, Message, Packet, Reason, MAX_FRAME};
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut master, _slave, name) = pty();
+    let child = edge_command(
+        dir.path(),
+        &[
+            "monitor",
+            "--port",
+            &name,
+            "--plain",
+            "--heartbeat-ms",
+            "100",
+            "--seconds",
+            "3",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let send = |master: &mut serialport::TTYPort, seq: u32, message: Message| {
+        let p = Packet {
+            sequence: seq,
+            timestamp_ms: 1_764_288_000_000,
+            message,
+        };
+        let mut f = [0u8; MAX_FRAME];
+        let n = p.encode(&mut f);
+        master.write_all(&f[..n]).unwrap();
+    };
+    send(
+        &mut master,
+        0,
+        Message::Heartbeat {
+            state: AlarmState::Ok,
+            reason: Reason::Cleared,
+        },
+    );
+    send(
+        &mut master,
+        1,
+        Message::StateChange {
+            state: AlarmState::Ood,
+            reason: Reason::OodFrames,
+            score: 0.7,
+        },
+    );
+    send(
+        &mut master,
+        4,
+        Message::Heartbeat {
+            state: AlarmState::Ood,
+            reason: Reason::OodFrames,
+        },
+    );
+    // then silence: the link is lost after two heartbeat periods
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("state OK (cleared)"), "{stdout}");
+    assert!(
+        stdout.contains("state OOD (ood_frames)") && stdout.contains("score 0.7000"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 message(s) lost"), "{stdout}");
+    assert!(stdout.contains("link lost"), "{stdout}");
+    assert!(stdout.contains("3 messages, 0 bad frames"), "{stdout}");
+}

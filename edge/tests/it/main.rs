@@ -1,5 +1,6 @@
 //! oodmon-edge integration tests (one binary; shared helpers in `util`).
 
+mod alarms;
 mod alloc;
 mod cli;
 mod engine;

@@ -65,6 +65,30 @@ pub fn ood_image(w: usize, h: usize) -> Vec<u8> {
 
 /// Writes a bundle for [`tiny_encoder`] fitted on colour-class images into `dir`.
 pub fn write_tiny_bundle(dir: &Path) {
+    write_bundle(dir, None);
+}
+
+/// A bundle whose encoder overflows to NaN on every input (huge weights, then +inf and
+/// -inf summed), calibrated like [`write_tiny_bundle`]: a broken model in the field.
+pub fn write_nan_bundle(dir: &Path) {
+    let mut b = OnnxBuilder::new(SIZE, SIZE, false);
+    let x = b.input();
+    let c = b
+        .conv(&x, &vec![1e38f32; 8 * 3 * 9], &[1e38f32; 8], 3, 3, 1)
+        .unwrap();
+    let p = b.pool_flatten(&c);
+    let w: Vec<f32> = (0..6 * 8)
+        .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    let e = b.linear(&p, &w, &[0.0; 6], 8).unwrap();
+    b.metadata(
+        META_PREPROCESSING,
+        &serde_json::to_string(&PreprocessSpec::cifar(SIZE as u32)).unwrap(),
+    );
+    write_bundle(dir, Some(b.finish(&e, 6, "test")));
+}
+
+fn write_bundle(dir: &Path, deployed: Option<Vec<u8>>) {
     let bytes = tiny_encoder();
     let spec = PreprocessSpec::cifar(SIZE as u32);
     let enc = TractEncoder::from_bytes(&bytes, Path::new("tiny.onnx")).unwrap();
@@ -93,12 +117,14 @@ pub fn write_tiny_bundle(dir: &Path) {
         model,
         thresholds,
         vec!["red".into(), "green".into(), "blue".into()],
-        Some(oodmon_calibration::io::sha256_bytes(&bytes)),
+        Some(oodmon_calibration::io::sha256_bytes(
+            deployed.as_ref().unwrap_or(&bytes),
+        )),
         Some(spec),
         Provenance::now("edge tests", vec![], vec![]),
     )
     .unwrap();
-    Bundle::write(dir, &bytes, &artifact).unwrap();
+    Bundle::write(dir, deployed.as_ref().unwrap_or(&bytes), &artifact).unwrap();
 }
 
 /// Writes an RGB image file (format from the extension).

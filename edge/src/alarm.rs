@@ -1,0 +1,534 @@
+//! From per-frame decisions to an alarm a controller can act on: OK / OOD / FAULT with
+//! k-of-n raising, m-in-a-row clearing after a minimum hold time, and faults that take
+//! precedence (no frames, a frozen camera, inference errors, NaN scores, bad frames in a
+//! row, an output that cannot be written). Pure logic on millisecond timestamps, so every
+//! rule is tested without clocks or hardware.
+
+use oodmon_protocol::{AlarmState, Reason};
+use serde::Deserialize;
+
+/// Which per-frame decision feeds the alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DecisionRule {
+    /// The calibrated threshold (global or per cluster, as the bundle says).
+    Threshold,
+    /// OOD when the frame's conformal p-value is at most `alpha` (needs a calibration
+    /// that kept its scores).
+    PValue { alpha: f64 },
+}
+
+/// Largest k-of-n window.
+pub const MAX_WINDOW: usize = 256;
+
+/// The alarm rules; `[alarm]` in `edge.toml`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlarmConfig {
+    /// OOD is raised when `raise_k` of the last `window_n` frames are OOD.
+    pub raise_k: usize,
+    pub window_n: usize,
+    /// OOD clears after `clear_m` in-distribution frames in a row, once it has been held
+    /// for `min_hold_ms`.
+    pub clear_m: usize,
+    pub min_hold_ms: u64,
+    pub decision: DecisionRule,
+    /// FAULT when no frame arrived for this long.
+    pub stall_ms: u64,
+    /// FAULT after this many identical frames in a row (0: off).
+    pub frozen_frames: usize,
+    /// FAULT after this many bad frames (undecodable, wrong size, timeouts) in a row.
+    pub max_bad_frames: u32,
+    /// HEARTBEAT period.
+    pub heartbeat_ms: u64,
+}
+
+impl Default for AlarmConfig {
+    fn default() -> Self {
+        Self {
+            raise_k: 3,
+            window_n: 5,
+            clear_m: 10,
+            min_hold_ms: 1000,
+            decision: DecisionRule::Threshold,
+            stall_ms: 500,
+            frozen_frames: 30,
+            max_bad_frames: 5,
+            heartbeat_ms: 200,
+        }
+    }
+}
+
+impl AlarmConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.window_n == 0 || self.window_n > MAX_WINDOW {
+            return Err(format!(
+                "window_n {} is not in 1..={MAX_WINDOW}",
+                self.window_n
+            ));
+        }
+        if self.raise_k == 0 || self.raise_k > self.window_n {
+            return Err(format!(
+                "raise_k {} is not in 1..=window_n ({})",
+                self.raise_k, self.window_n
+            ));
+        }
+        if self.clear_m == 0 {
+            return Err("clear_m must be at least 1".into());
+        }
+        if self.max_bad_frames == 0 {
+            return Err("max_bad_frames must be at least 1".into());
+        }
+        if !(10..=60_000).contains(&self.heartbeat_ms) {
+            return Err(format!(
+                "heartbeat_ms {} is not in 10..=60000",
+                self.heartbeat_ms
+            ));
+        }
+        if self.stall_ms < self.heartbeat_ms {
+            return Err(format!(
+                "stall_ms {} is shorter than heartbeat_ms {}",
+                self.stall_ms, self.heartbeat_ms
+            ));
+        }
+        if let DecisionRule::PValue { alpha } = self.decision {
+            if !(alpha > 0.0 && alpha < 1.0) {
+                return Err(format!("decision alpha {alpha} is not in (0, 1)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What happened to one frame, as the alarm sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FrameOutcome {
+    /// Scored: the per-frame decision, the score and a fingerprint of the frame's pixels
+    /// (identical frames have identical fingerprints).
+    Scored {
+        ood: bool,
+        score: f64,
+        fingerprint: u64,
+    },
+    /// The score was NaN or infinite.
+    NonFinite,
+    /// The encoder failed.
+    InferenceError,
+    /// Undecodable, malformed or missing (timeout).
+    BadFrame,
+}
+
+/// A change of state, to be sent, journalled and put on the GPIO line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transition {
+    pub state: AlarmState,
+    pub reason: Reason,
+    /// Score of the frame that caused it (NaN when none did).
+    pub score: f64,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AlarmMachine {
+    config: AlarmConfig,
+    state: AlarmState,
+    reason: Reason,
+    since_ms: u64,
+    window: [bool; MAX_WINDOW],
+    window_at: usize,
+    window_filled: usize,
+    ood_in_window: usize,
+    id_streak: usize,
+    last_frame_ms: u64,
+    last_fingerprint: Option<u64>,
+    same_streak: usize,
+    bad_streak: u32,
+    /// The fault that holds now, if any (cleared by the condition going away).
+    fault: Option<Reason>,
+}
+
+impl AlarmMachine {
+    /// Starts in FAULT (reason `starting`): nothing is vouched for before frames arrive.
+    pub fn new(config: AlarmConfig, now_ms: u64) -> Self {
+        Self {
+            config,
+            state: AlarmState::Fault,
+            reason: Reason::Starting,
+            since_ms: now_ms,
+            window: [false; MAX_WINDOW],
+            window_at: 0,
+            window_filled: 0,
+            ood_in_window: 0,
+            id_streak: 0,
+            last_frame_ms: now_ms,
+            last_fingerprint: None,
+            same_streak: 0,
+            bad_streak: 0,
+            fault: Some(Reason::Starting),
+        }
+    }
+
+    pub fn state(&self) -> (AlarmState, Reason) {
+        (self.state, self.reason)
+    }
+
+    pub fn config(&self) -> &AlarmConfig {
+        &self.config
+    }
+
+    fn go(
+        &mut self,
+        state: AlarmState,
+        reason: Reason,
+        score: f64,
+        now: u64,
+    ) -> Option<Transition> {
+        if state == self.state && reason == self.reason {
+            return None;
+        }
+        let changed_state = state != self.state;
+        self.state = state;
+        self.reason = reason;
+        if changed_state {
+            self.since_ms = now;
+        }
+        Some(Transition {
+            state,
+            reason,
+            score,
+            at_ms: now,
+        })
+    }
+
+    fn push_window(&mut self, ood: bool) {
+        let n = self.config.window_n;
+        if self.window_filled == n {
+            self.ood_in_window -= self.window[self.window_at] as usize;
+        } else {
+            self.window_filled += 1;
+        }
+        self.window[self.window_at] = ood;
+        self.ood_in_window += ood as usize;
+        self.window_at = (self.window_at + 1) % n;
+    }
+
+    fn fault(&mut self, reason: Reason, score: f64, now: u64) -> Option<Transition> {
+        self.fault = Some(reason);
+        self.id_streak = 0;
+        self.go(AlarmState::Fault, reason, score, now)
+    }
+
+    /// One frame's outcome at `now_ms`.
+    pub fn on_frame(&mut self, outcome: FrameOutcome, now_ms: u64) -> Option<Transition> {
+        self.last_frame_ms = now_ms;
+        match outcome {
+            FrameOutcome::BadFrame => {
+                self.bad_streak += 1;
+                if self.bad_streak >= self.config.max_bad_frames {
+                    return self.fault(Reason::BadFrames, f64::NAN, now_ms);
+                }
+                None
+            }
+            FrameOutcome::InferenceError => {
+                self.bad_streak = 0;
+                self.fault(Reason::InferenceError, f64::NAN, now_ms)
+            }
+            FrameOutcome::NonFinite => {
+                self.bad_streak = 0;
+                self.fault(Reason::NonFiniteScore, f64::NAN, now_ms)
+            }
+            FrameOutcome::Scored {
+                ood,
+                score,
+                fingerprint,
+            } => {
+                if !score.is_finite() {
+                    return self.fault(Reason::NonFiniteScore, score, now_ms);
+                }
+                self.bad_streak = 0;
+                if self.last_fingerprint == Some(fingerprint) {
+                    self.same_streak += 1;
+                } else {
+                    self.same_streak = 1;
+                    self.last_fingerprint = Some(fingerprint);
+                }
+                if self.config.frozen_frames > 0 && self.same_streak >= self.config.frozen_frames {
+                    return self.fault(Reason::FrozenCamera, score, now_ms);
+                }
+                self.fault = None;
+                self.push_window(ood);
+                self.id_streak = if ood { 0 } else { self.id_streak + 1 };
+                self.judge(score, now_ms)
+            }
+        }
+    }
+
+    /// The OK / OOD rule once no fault holds.
+    fn judge(&mut self, score: f64, now: u64) -> Option<Transition> {
+        let raise = self.ood_in_window >= self.config.raise_k;
+        let clear = self.id_streak >= self.config.clear_m;
+        match self.state {
+            AlarmState::Ok if raise => self.go(AlarmState::Ood, Reason::OodFrames, score, now),
+            AlarmState::Ok => None,
+            AlarmState::Ood => {
+                let held = now.saturating_sub(self.since_ms) >= self.config.min_hold_ms;
+                if clear && held {
+                    self.go(AlarmState::Ok, Reason::Cleared, score, now)
+                } else {
+                    None
+                }
+            }
+            // leaving FAULT needs the same evidence as clearing OOD: m ID frames in a row
+            AlarmState::Fault if raise => self.go(AlarmState::Ood, Reason::OodFrames, score, now),
+            AlarmState::Fault if clear => self.go(AlarmState::Ok, Reason::Cleared, score, now),
+            AlarmState::Fault => None,
+        }
+    }
+
+    /// Time passing without frames (call at least every heartbeat).
+    pub fn on_tick(&mut self, now_ms: u64) -> Option<Transition> {
+        if now_ms.saturating_sub(self.last_frame_ms) >= self.config.stall_ms
+            && self.fault != Some(Reason::Starting)
+        {
+            return self.fault(Reason::NoFrames, f64::NAN, now_ms);
+        }
+        if self.fault == Some(Reason::Starting)
+            && now_ms.saturating_sub(self.last_frame_ms) >= self.config.stall_ms
+        {
+            // still no first frame: keep FAULT, now for want of frames
+            return self.fault(Reason::NoFrames, f64::NAN, now_ms);
+        }
+        None
+    }
+
+    /// An alarm output could not be written.
+    pub fn on_output_error(&mut self, now_ms: u64) -> Option<Transition> {
+        self.fault(Reason::OutputError, f64::NAN, now_ms)
+    }
+
+    /// The output works again: the fault clears once frames vouch for the state again.
+    pub fn on_output_restored(&mut self) {
+        if self.fault == Some(Reason::OutputError) {
+            self.fault = None;
+        }
+    }
+}
+
+/// A cheap fingerprint of a frame's preprocessed pixels (FNV-1a over the f32 bits), for
+/// frozen-camera detection.
+pub fn fingerprint(values: &[f32]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in values {
+        h ^= v.to_bits() as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scored(ood: bool, fp: u64) -> FrameOutcome {
+        FrameOutcome::Scored {
+            ood,
+            score: if ood { 0.9 } else { 0.1 },
+            fingerprint: fp,
+        }
+    }
+
+    fn config() -> AlarmConfig {
+        AlarmConfig {
+            raise_k: 3,
+            window_n: 5,
+            clear_m: 4,
+            min_hold_ms: 100,
+            stall_ms: 300,
+            frozen_frames: 5,
+            max_bad_frames: 3,
+            heartbeat_ms: 100,
+            decision: DecisionRule::Threshold,
+        }
+    }
+
+    /// Runs frames 10 ms apart with distinct fingerprints; returns the transitions.
+    fn run(m: &mut AlarmMachine, t: &mut u64, frames: &[bool]) -> Vec<(AlarmState, Reason)> {
+        let mut out = Vec::new();
+        for &ood in frames {
+            *t += 10;
+            if let Some(tr) = m.on_frame(scored(ood, *t), *t) {
+                out.push((tr.state, tr.reason));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn starts_in_fault_and_clears_after_m_in_distribution_frames() {
+        let mut t = 0;
+        let mut m = AlarmMachine::new(config(), t);
+        assert_eq!(m.state(), (AlarmState::Fault, Reason::Starting));
+        let tr = run(&mut m, &mut t, &[false; 4]);
+        assert_eq!(tr, [(AlarmState::Ok, Reason::Cleared)]);
+    }
+
+    #[test]
+    fn k_of_n_raises_and_a_single_noisy_frame_does_not() {
+        let mut t = 0;
+        let mut m = AlarmMachine::new(config(), t);
+        run(&mut m, &mut t, &[false; 4]);
+        // isolated OOD frames: at most 2 in any 5
+        assert!(run(
+            &mut m,
+            &mut t,
+            &[true, false, false, false, true, false, false, false]
+        )
+        .is_empty());
+        let tr = run(&mut m, &mut t, &[true, false, true, true]);
+        assert_eq!(tr, [(AlarmState::Ood, Reason::OodFrames)]);
+    }
+
+    #[test]
+    fn clearing_needs_m_in_a_row_and_the_hold_time() {
+        let mut t = 0;
+        let mut m = AlarmMachine::new(config(), t);
+        run(&mut m, &mut t, &[false; 4]);
+        run(&mut m, &mut t, &[true; 3]);
+        assert_eq!(m.state().0, AlarmState::Ood);
+        // 3 ID frames then an OOD one: the streak restarts
+        assert!(run(&mut m, &mut t, &[false, false, false, true]).is_empty());
+        // 4 in a row are enough once the hold (100 ms since raising) has passed
+        assert!(run(&mut m, &mut t, &[false; 4]).is_empty(), "hold not over");
+        let tr = run(&mut m, &mut t, &[false; 2]);
+        assert_eq!(tr, [(AlarmState::Ok, Reason::Cleared)]);
+        // with a long hold the same streak is not enough
+        let mut cfg = config();
+        cfg.min_hold_ms = 10_000;
+        let mut t = 0;
+        let mut m = AlarmMachine::new(cfg, t);
+        run(&mut m, &mut t, &[false; 4]);
+        run(&mut m, &mut t, &[true; 3]);
+        assert!(run(&mut m, &mut t, &[false; 20]).is_empty());
+        t += 10_000;
+        assert_eq!(
+            run(&mut m, &mut t, &[false]),
+            [(AlarmState::Ok, Reason::Cleared)]
+        );
+    }
+
+    #[test]
+    fn faults_take_precedence_and_need_evidence_to_clear() {
+        let mut t = 0;
+        let mut m = AlarmMachine::new(config(), t);
+        run(&mut m, &mut t, &[false; 4]);
+        // NaN score
+        t += 10;
+        let tr = m.on_frame(
+            FrameOutcome::Scored {
+                ood: false,
+                score: f64::NAN,
+                fingerprint: 1,
+            },
+            t,
+        );
+        assert_eq!(tr.map(|x| x.reason), Some(Reason::NonFiniteScore));
+        assert_eq!(m.state().0, AlarmState::Fault);
+        assert_eq!(
+            run(&mut m, &mut t, &[false; 4]),
+            [(AlarmState::Ok, Reason::Cleared)]
+        );
+        // inference error
+        t += 10;
+        assert_eq!(
+            m.on_frame(FrameOutcome::InferenceError, t)
+                .map(|x| x.reason),
+            Some(Reason::InferenceError)
+        );
+        run(&mut m, &mut t, &[false; 4]);
+        // bad frames: only max_bad_frames in a row
+        for i in 0..3 {
+            t += 10;
+            let tr = m.on_frame(FrameOutcome::BadFrame, t);
+            assert_eq!(tr.is_some(), i == 2);
+        }
+        assert_eq!(m.state(), (AlarmState::Fault, Reason::BadFrames));
+        run(&mut m, &mut t, &[false; 4]);
+        assert_eq!(m.state().0, AlarmState::Ok);
+        // OOD frames during a fault: OOD once the fault is gone, not OK
+        t += 10;
+        m.on_frame(FrameOutcome::InferenceError, t);
+        assert_eq!(
+            run(&mut m, &mut t, &[true; 3]),
+            [(AlarmState::Ood, Reason::OodFrames)]
+        );
+    }
+
+    #[test]
+    fn a_frozen_camera_and_a_stall_are_faults() {
+        let mut t = 0;
+        let mut m = AlarmMachine::new(config(), t);
+        run(&mut m, &mut t, &[false; 4]);
+        let mut got = None;
+        for _ in 0..5 {
+            t += 10;
+            got = got.or(m.on_frame(scored(false, 42), t));
+        }
+        assert_eq!(got.map(|x| x.reason), Some(Reason::FrozenCamera));
+        run(&mut m, &mut t, &[false; 4]);
+        assert_eq!(m.state().0, AlarmState::Ok);
+        assert_eq!(m.on_tick(t + 299), None);
+        let tr = m.on_tick(t + 300).unwrap();
+        assert_eq!((tr.state, tr.reason), (AlarmState::Fault, Reason::NoFrames));
+        // no first frame at all: starting turns into no_frames
+        let mut m = AlarmMachine::new(config(), 0);
+        assert_eq!(m.on_tick(300).map(|x| x.reason), Some(Reason::NoFrames));
+        // output failure
+        let mut m = AlarmMachine::new(config(), 0);
+        let mut t = 0;
+        run(&mut m, &mut t, &[false; 4]);
+        assert_eq!(
+            m.on_output_error(t).map(|x| x.reason),
+            Some(Reason::OutputError)
+        );
+        m.on_output_restored();
+        assert_eq!(
+            run(&mut m, &mut t, &[false; 4]),
+            [(AlarmState::Ok, Reason::Cleared)]
+        );
+    }
+
+    #[test]
+    fn bad_configurations_are_refused() {
+        for bad in [
+            AlarmConfig {
+                raise_k: 6,
+                ..config()
+            },
+            AlarmConfig {
+                window_n: 0,
+                ..config()
+            },
+            AlarmConfig {
+                window_n: 300,
+                raise_k: 1,
+                ..config()
+            },
+            AlarmConfig {
+                clear_m: 0,
+                ..config()
+            },
+            AlarmConfig {
+                stall_ms: 50,
+                ..config()
+            },
+            AlarmConfig {
+                decision: DecisionRule::PValue { alpha: 1.5 },
+                ..config()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert!(config().validate().is_ok());
+        assert!(AlarmConfig::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,377 @@
+//! # oodmon-protocol
+//!
+//! The alarm link between the edge and a safety controller, written down in `PROTOCOL.md`
+//! so that a PLC or microcontroller programmer can implement it without this code.
+//!
+//! A message is a 14-byte header (version, type, sequence number, millisecond timestamp),
+//! a payload of fixed size per type and a CRC-32C over both, all little-endian; on the
+//! wire it is COBS-encoded and ends with one zero byte. Encoding writes into a caller's
+//! fixed buffer and decoding keeps one frame in a `heapless` buffer: no allocation, no
+//! `std`, so the same code runs on a microcontroller. The decoder never panics on any
+//! byte sequence and resynchronises at the next zero byte.
+
+#![no_std]
+
+use crc::{Crc, CRC_32_ISCSI};
+
+/// Protocol version carried in every message.
+pub const VERSION: u8 = 1;
+/// Header bytes: version (1), type (1), sequence (4), timestamp in ms (8).
+pub const HEADER_LEN: usize = 14;
+/// CRC-32C (Castagnoli, as iSCSI) over header and payload.
+pub const CRC_LEN: usize = 4;
+/// Largest payload (SCORE).
+pub const MAX_PAYLOAD: usize = 13;
+/// Largest unencoded message.
+pub const MAX_MESSAGE: usize = HEADER_LEN + MAX_PAYLOAD + CRC_LEN;
+/// Largest frame on the wire, COBS overhead and the zero delimiter included.
+pub const MAX_FRAME: usize = corncobs::max_encoded_len(MAX_MESSAGE);
+
+const CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
+
+/// The alarm state a controller acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum AlarmState {
+    /// In distribution: the vision model can be trusted.
+    Ok = 0,
+    /// Out of distribution: the scene is unlike the training data.
+    Ood = 1,
+    /// The monitor itself cannot vouch for anything (no frames, frozen camera, errors);
+    /// fail-safe, treat as danger.
+    Fault = 2,
+}
+
+impl AlarmState {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => AlarmState::Ok,
+            1 => AlarmState::Ood,
+            2 => AlarmState::Fault,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AlarmState::Ok => "OK",
+            AlarmState::Ood => "OOD",
+            AlarmState::Fault => "FAULT",
+        }
+    }
+}
+
+/// Why the state is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Reason {
+    /// Nothing to report (OK after start-up).
+    None = 0,
+    /// k of the last n frames were out of distribution.
+    OodFrames = 1,
+    /// m in-distribution frames in a row and the hold time passed.
+    Cleared = 2,
+    /// No frame for longer than the stall timeout.
+    NoFrames = 3,
+    /// The camera delivers identical frames.
+    FrozenCamera = 4,
+    /// The encoder failed on a frame.
+    InferenceError = 5,
+    /// The score was NaN or infinite.
+    NonFiniteScore = 6,
+    /// Too many undecodable or malformed frames in a row.
+    BadFrames = 7,
+    /// An alarm output (serial port, GPIO line) could not be written.
+    OutputError = 8,
+    /// The monitor is starting and has not judged a frame yet.
+    Starting = 9,
+    /// The monitor is shutting down.
+    Stopping = 10,
+}
+
+impl Reason {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        use Reason::*;
+        Some(match v {
+            0 => None,
+            1 => OodFrames,
+            2 => Cleared,
+            3 => NoFrames,
+            4 => FrozenCamera,
+            5 => InferenceError,
+            6 => NonFiniteScore,
+            7 => BadFrames,
+            8 => OutputError,
+            9 => Starting,
+            10 => Stopping,
+            _ => return Option::None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        use Reason::*;
+        match self {
+            None => "none",
+            OodFrames => "ood_frames",
+            Cleared => "cleared",
+            NoFrames => "no_frames",
+            FrozenCamera => "frozen_camera",
+            InferenceError => "inference_error",
+            NonFiniteScore => "non_finite_score",
+            BadFrames => "bad_frames",
+            OutputError => "output_error",
+            Starting => "starting",
+            Stopping => "stopping",
+        }
+    }
+}
+
+/// Message type codes.
+pub const HEARTBEAT: u8 = 1;
+pub const STATE_CHANGE: u8 = 2;
+pub const SCORE: u8 = 3;
+
+/// The messages of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Message {
+    /// Sent every heartbeat period: the current state, so a silent link is itself a fault.
+    Heartbeat { state: AlarmState, reason: Reason },
+    /// Sent at once when the state changes; `score` is the frame score that caused it
+    /// (NaN when no frame did).
+    StateChange {
+        state: AlarmState,
+        reason: Reason,
+        score: f32,
+    },
+    /// Optional, per frame.
+    Score {
+        score: f32,
+        threshold: f32,
+        cluster: u16,
+        /// Split-conformal p-value; NaN when not calibrated.
+        p_value: f32,
+        ood: bool,
+    },
+}
+
+impl Message {
+    pub fn type_code(&self) -> u8 {
+        match self {
+            Message::Heartbeat { .. } => HEARTBEAT,
+            Message::StateChange { .. } => STATE_CHANGE,
+            Message::Score { .. } => SCORE,
+        }
+    }
+
+    fn payload_len(type_code: u8) -> Option<usize> {
+        match type_code {
+            HEARTBEAT => Some(2),
+            STATE_CHANGE => Some(6),
+            SCORE => Some(13),
+            _ => None,
+        }
+    }
+}
+
+/// A message with its header fields.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Packet {
+    /// Increments by one per message sent (wrapping); a gap means lost messages.
+    pub sequence: u32,
+    /// Sender's clock, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    pub message: Message,
+}
+
+/// Why a frame was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// More bytes than any valid frame before the delimiter.
+    TooLong,
+    /// Not valid COBS.
+    Cobs,
+    /// Shorter than a header and CRC, or a payload of the wrong size for its type.
+    Length,
+    /// The CRC does not match: corrupted on the line.
+    Crc,
+    /// Another protocol version.
+    Version(u8),
+    /// Unknown message type.
+    Type(u8),
+    /// A state or reason code this version does not define.
+    Value,
+}
+
+impl Packet {
+    /// Serialises the unencoded message (header, payload, CRC) into `out`; returns its length.
+    pub fn to_bytes(&self, out: &mut [u8; MAX_MESSAGE]) -> usize {
+        out[0] = VERSION;
+        out[1] = self.message.type_code();
+        out[2..6].copy_from_slice(&self.sequence.to_le_bytes());
+        out[6..14].copy_from_slice(&self.timestamp_ms.to_le_bytes());
+        let p = &mut out[HEADER_LEN..];
+        let len = match self.message {
+            Message::Heartbeat { state, reason } => {
+                p[0] = state as u8;
+                p[1] = reason as u8;
+                2
+            }
+            Message::StateChange {
+                state,
+                reason,
+                score,
+            } => {
+                p[0] = state as u8;
+                p[1] = reason as u8;
+                p[2..6].copy_from_slice(&score.to_le_bytes());
+                6
+            }
+            Message::Score {
+                score,
+                threshold,
+                cluster,
+                p_value,
+                ood,
+            } => {
+                p[0..4].copy_from_slice(&score.to_le_bytes());
+                p[4..8].copy_from_slice(&threshold.to_le_bytes());
+                p[8..10].copy_from_slice(&cluster.to_le_bytes());
+                p[10] = ood as u8;
+                // p-value last so a controller that ignores it reads a prefix
+                p[11..13].copy_from_slice(&p_value_u16(p_value).to_le_bytes());
+                13
+            }
+        };
+        let body = HEADER_LEN + len;
+        let crc = CRC32C.checksum(&out[..body]);
+        out[body..body + CRC_LEN].copy_from_slice(&crc.to_le_bytes());
+        body + CRC_LEN
+    }
+
+    /// Encodes the packet as one wire frame (COBS, then a zero byte) into `out`; returns
+    /// the number of bytes to send.
+    pub fn encode(&self, out: &mut [u8; MAX_FRAME]) -> usize {
+        let mut raw = [0u8; MAX_MESSAGE];
+        let n = self.to_bytes(&mut raw);
+        corncobs::encode_buf(&raw[..n], &mut out[..])
+    }
+
+    /// Parses an unencoded message (header, payload, CRC).
+    pub fn from_bytes(raw: &[u8]) -> Result<Self, DecodeError> {
+        if raw.len() < HEADER_LEN + CRC_LEN {
+            return Err(DecodeError::Length);
+        }
+        let body = raw.len() - CRC_LEN;
+        let crc = u32::from_le_bytes([raw[body], raw[body + 1], raw[body + 2], raw[body + 3]]);
+        if CRC32C.checksum(&raw[..body]) != crc {
+            return Err(DecodeError::Crc);
+        }
+        if raw[0] != VERSION {
+            return Err(DecodeError::Version(raw[0]));
+        }
+        let type_code = raw[1];
+        let want = Message::payload_len(type_code).ok_or(DecodeError::Type(type_code))?;
+        let p = &raw[HEADER_LEN..body];
+        if p.len() != want {
+            return Err(DecodeError::Length);
+        }
+        let sequence = u32::from_le_bytes([raw[2], raw[3], raw[4], raw[5]]);
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&raw[6..14]);
+        let f32_at = |i: usize| f32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+        let state = |v: u8| AlarmState::from_u8(v).ok_or(DecodeError::Value);
+        let reason = |v: u8| Reason::from_u8(v).ok_or(DecodeError::Value);
+        let message = match type_code {
+            HEARTBEAT => Message::Heartbeat {
+                state: state(p[0])?,
+                reason: reason(p[1])?,
+            },
+            STATE_CHANGE => Message::StateChange {
+                state: state(p[0])?,
+                reason: reason(p[1])?,
+                score: f32_at(2),
+            },
+            _ => Message::Score {
+                score: f32_at(0),
+                threshold: f32_at(4),
+                cluster: u16::from_le_bytes([p[8], p[9]]),
+                ood: match p[10] {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::Value),
+                },
+                p_value: p_value_f32(u16::from_le_bytes([p[11], p[12]])),
+            },
+        };
+        Ok(Packet {
+            sequence,
+            timestamp_ms: u64::from_le_bytes(ts),
+            message,
+        })
+    }
+}
+
+/// p-values travel as u16 fixed point (value x 65534), 65535 meaning "not calibrated".
+fn p_value_u16(p: f32) -> u16 {
+    if p.is_finite() {
+        (p.clamp(0.0, 1.0) * 65534.0 + 0.5) as u16
+    } else {
+        u16::MAX
+    }
+}
+
+fn p_value_f32(v: u16) -> f32 {
+    if v == u16::MAX {
+        f32::NAN
+    } else {
+        v as f32 / 65534.0
+    }
+}
+
+/// Reassembles frames from a byte stream, one byte at a time, in a fixed buffer.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: heapless::Vec<u8, MAX_FRAME>,
+    overflow: bool,
+}
+
+impl Decoder {
+    pub const fn new() -> Self {
+        Self {
+            buf: heapless::Vec::new(),
+            overflow: false,
+        }
+    }
+
+    /// Feeds one byte; at a zero byte returns the frame it ends (a packet or why it was
+    /// rejected). Empty frames (two zeros in a row) are skipped silently.
+    pub fn push(&mut self, byte: u8) -> Option<Result<Packet, DecodeError>> {
+        if byte != 0 {
+            if self.buf.push(byte).is_err() {
+                self.overflow = true;
+            }
+            return None;
+        }
+        let result = if self.overflow {
+            Some(Err(DecodeError::TooLong))
+        } else if self.buf.is_empty() {
+            None
+        } else {
+            Some(match corncobs::decode_in_place(&mut self.buf) {
+                Ok(n) => Packet::from_bytes(&self.buf[..n]),
+                Err(_) => Err(DecodeError::Cobs),
+            })
+        };
+        self.buf.clear();
+        self.overflow = false;
+        result
+    }
+
+    /// Bytes of an unfinished frame held.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,303 @@
+extern crate std;
+
+use std::vec::Vec;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn frames(packets: &[Packet]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for p in packets {
+        let mut f = [0u8; MAX_FRAME];
+        let n = p.encode(&mut f);
+        wire.extend_from_slice(&f[..n]);
+    }
+    wire
+}
+
+fn decode_all(wire: &[u8]) -> Vec<Result<Packet, DecodeError>> {
+    let mut d = Decoder::new();
+    wire.iter().filter_map(|&b| d.push(b)).collect()
+}
+
+fn same(a: &Packet, b: &Packet) -> bool {
+    // NaN-aware equality
+    let f = |x: f32, y: f32| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan());
+    a.sequence == b.sequence
+        && a.timestamp_ms == b.timestamp_ms
+        && match (a.message, b.message) {
+            (
+                Message::Heartbeat {
+                    state: s1,
+                    reason: r1,
+                },
+                Message::Heartbeat {
+                    state: s2,
+                    reason: r2,
+                },
+            ) => s1 == s2 && r1 == r2,
+            (
+                Message::StateChange {
+                    state: s1,
+                    reason: r1,
+                    score: c1,
+                },
+                Message::StateChange {
+                    state: s2,
+                    reason: r2,
+                    score: c2,
+                },
+            ) => s1 == s2 && r1 == r2 && f(c1, c2),
+            (
+                Message::Score {
+                    score: a1,
+                    threshold: t1,
+                    cluster: k1,
+                    p_value: p1,
+                    ood: o1,
+                },
+                Message::Score {
+                    score: a2,
+                    threshold: t2,
+                    cluster: k2,
+                    p_value: p2,
+                    ood: o2,
+                },
+            ) => {
+                f(a1, a2)
+                    && f(t1, t2)
+                    && k1 == k2
+                    && o1 == o2
+                    && ((p1.is_nan() && p2.is_nan()) || (p1 - p2).abs() <= 1.0 / 65534.0)
+            }
+            _ => false,
+        }
+}
+
+fn state() -> impl Strategy<Value = AlarmState> {
+    prop_oneof![
+        Just(AlarmState::Ok),
+        Just(AlarmState::Ood),
+        Just(AlarmState::Fault)
+    ]
+}
+
+fn reason() -> impl Strategy<Value = Reason> {
+    (0u8..=10).prop_map(|v| Reason::from_u8(v).unwrap())
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (state(), reason()).prop_map(|(state, reason)| Message::Heartbeat { state, reason }),
+        (state(), reason(), any::<f32>()).prop_map(|(state, reason, score)| Message::StateChange {
+            state,
+            reason,
+            score
+        }),
+        (
+            any::<f32>(),
+            any::<f32>(),
+            any::<u16>(),
+            prop_oneof![Just(f32::NAN), 0.0f32..=1.0],
+            any::<bool>()
+        )
+            .prop_map(|(score, threshold, cluster, p_value, ood)| Message::Score {
+                score,
+                threshold,
+                cluster,
+                p_value,
+                ood
+            }),
+    ]
+}
+
+fn packet() -> impl Strategy<Value = Packet> {
+    (any::<u32>(), any::<u64>(), message()).prop_map(|(sequence, timestamp_ms, message)| Packet {
+        sequence,
+        timestamp_ms,
+        message,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn every_packet_round_trips(packets in proptest::collection::vec(packet(), 1..20)) {
+        let wire = frames(&packets);
+        prop_assert!(wire.iter().filter(|&&b| b == 0).count() == packets.len());
+        let got = decode_all(&wire);
+        prop_assert_eq!(got.len(), packets.len());
+        for (g, p) in got.iter().zip(&packets) {
+            let g = g.as_ref().unwrap();
+            prop_assert!(same(g, p), "{:?} != {:?}", g, p);
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_frames_after_them_decode(
+        noise in proptest::collection::vec(any::<u8>(), 0..600),
+        packets in proptest::collection::vec(packet(), 1..5),
+    ) {
+        let mut wire = noise.clone();
+        wire.push(0); // the receiver resynchronises at the next delimiter
+        wire.extend(frames(&packets));
+        let got = decode_all(&wire);
+        let tail = &got[got.len() - packets.len()..];
+        for (g, p) in tail.iter().zip(&packets) {
+            prop_assert!(same(g.as_ref().unwrap(), p));
+        }
+    }
+
+    #[test]
+    fn corrupted_frames_are_rejected_and_the_rest_survive(
+        packets in proptest::collection::vec(packet(), 3..12),
+        hits in proptest::collection::vec((any::<usize>(), 1u8..=255), 1..4),
+    ) {
+        let mut wire = frames(&packets);
+        // flip bits in one frame's bytes (never creating or removing a delimiter)
+        let ends: Vec<usize> = wire.iter().enumerate().filter(|(_, &b)| b == 0).map(|(i, _)| i).collect();
+        let victim = hits[0].0 % packets.len();
+        let start = if victim == 0 { 0 } else { ends[victim - 1] + 1 };
+        let end = ends[victim];
+        let before = wire[start..end].to_vec();
+        for (pos, mask) in &hits {
+            let i = start + pos % (end - start);
+            if wire[i] ^ mask != 0 {
+                wire[i] ^= mask;
+            }
+        }
+        let changed = wire[start..end] != before[..];
+        let got = decode_all(&wire);
+        prop_assert_eq!(got.len(), packets.len());
+        for (i, (g, p)) in got.iter().zip(&packets).enumerate() {
+            if i == victim {
+                // CRC-32C detects every error of up to 3 bits in short frames; a changed
+                // COBS code byte shows as a framing, length or CRC error
+                if changed {
+                    prop_assert!(g.is_err(), "corruption of frame {} went unnoticed: {:?}", i, g);
+                }
+            } else {
+                prop_assert!(same(g.as_ref().unwrap(), p));
+            }
+        }
+    }
+}
+
+/// The worked examples of PROTOCOL.md: (packet, unencoded bytes, wire bytes).
+pub(crate) fn examples() -> [(Packet, &'static str, &'static str); 3] {
+    [
+        (
+            Packet {
+                sequence: 1,
+                timestamp_ms: 1_764_288_000_000,
+                message: Message::Heartbeat {
+                    state: AlarmState::Ok,
+                    reason: Reason::None,
+                },
+            },
+            RAW_HEARTBEAT,
+            WIRE_HEARTBEAT,
+        ),
+        (
+            Packet {
+                sequence: 2,
+                timestamp_ms: 1_764_288_000_250,
+                message: Message::StateChange {
+                    state: AlarmState::Ood,
+                    reason: Reason::OodFrames,
+                    score: 0.625,
+                },
+            },
+            RAW_STATE_CHANGE,
+            WIRE_STATE_CHANGE,
+        ),
+        (
+            Packet {
+                sequence: 3,
+                timestamp_ms: 1_764_288_000_300,
+                message: Message::Score {
+                    score: 0.625,
+                    threshold: 0.5,
+                    cluster: 3,
+                    p_value: 0.0125,
+                    ood: true,
+                },
+            },
+            RAW_SCORE,
+            WIRE_SCORE,
+        ),
+    ]
+}
+
+const RAW_HEARTBEAT: &str = "01 01 01 00 00 00 00 70 c2 c7 9a 01 00 00 00 00 38 fc f1 bc";
+const WIRE_HEARTBEAT: &str = "04 01 01 01 01 01 01 06 70 c2 c7 9a 01 01 01 01 05 38 fc f1 bc 00";
+const RAW_STATE_CHANGE: &str =
+    "01 02 02 00 00 00 fa 70 c2 c7 9a 01 00 00 01 01 00 00 20 3f 95 08 22 68";
+const WIRE_STATE_CHANGE: &str =
+    "04 01 02 02 01 01 07 fa 70 c2 c7 9a 01 01 03 01 01 01 07 20 3f 95 08 22 68 00";
+const RAW_SCORE: &str =
+    "01 03 03 00 00 00 2c 71 c2 c7 9a 01 00 00 00 00 20 3f 00 00 00 3f 03 00 01 33 03 35 7a 32 67";
+const WIRE_SCORE: &str = "04 01 03 03 01 01 07 2c 71 c2 c7 9a 01 01 01 01 03 20 3f 01 01 03 3f 03 08 01 33 03 35 7a 32 67 00";
+
+fn hex(bytes: &[u8]) -> std::string::String {
+    let parts: Vec<std::string::String> = bytes.iter().map(|b| std::format!("{b:02x}")).collect();
+    parts.join(" ")
+}
+
+#[test]
+fn worked_examples_match_protocol_md() {
+    for (packet, raw_hex, wire_hex) in examples() {
+        let mut raw = [0u8; MAX_MESSAGE];
+        let n = packet.to_bytes(&mut raw);
+        let mut wire = [0u8; MAX_FRAME];
+        let m = packet.encode(&mut wire);
+        std::println!(
+            "{:?}\n  raw  {}\n  wire {}",
+            packet.message,
+            hex(&raw[..n]),
+            hex(&wire[..m])
+        );
+        assert_eq!(hex(&raw[..n]), raw_hex);
+        assert_eq!(hex(&wire[..m]), wire_hex);
+        let got = decode_all(&wire[..m]);
+        assert!(same(got[0].as_ref().unwrap(), &packet));
+    }
+}
+
+#[test]
+fn overlong_and_bad_frames_have_typed_errors() {
+    let mut d = Decoder::new();
+    for _ in 0..MAX_FRAME + 10 {
+        assert!(d.push(7).is_none());
+    }
+    assert_eq!(d.push(0), Some(Err(DecodeError::TooLong)));
+    // two delimiters in a row: nothing
+    assert_eq!(d.push(0), None);
+    // a valid COBS frame that is too short
+    for b in [3u8, 1, 2] {
+        d.push(b);
+    }
+    assert_eq!(d.push(0), Some(Err(DecodeError::Length)));
+    // wrong version, with a correct CRC
+    let p = Packet {
+        sequence: 0,
+        timestamp_ms: 0,
+        message: Message::Heartbeat {
+            state: AlarmState::Ood,
+            reason: Reason::OodFrames,
+        },
+    };
+    let mut raw = [0u8; MAX_MESSAGE];
+    let n = p.to_bytes(&mut raw);
+    raw[0] = 9;
+    let crc = CRC32C.checksum(&raw[..n - 4]);
+    raw[n - 4..n].copy_from_slice(&crc.to_le_bytes());
+    assert_eq!(Packet::from_bytes(&raw[..n]), Err(DecodeError::Version(9)));
+    raw[0] = VERSION;
+    raw[HEADER_LEN] = 7; // no such state
+    let crc = CRC32C.checksum(&raw[..n - 4]);
+    raw[n - 4..n].copy_from_slice(&crc.to_le_bytes());
+    assert_eq!(Packet::from_bytes(&raw[..n]), Err(DecodeError::Value));
+}
