@@ -314,6 +314,79 @@ impl AlarmMachine {
     }
 }
 
+/// What a stream of per-frame decisions does to the alarm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct AlarmRate {
+    pub frames: u64,
+    pub hours: f64,
+    pub ood_frames: u64,
+    /// OK -> OOD transitions.
+    pub raises: u64,
+    pub raises_per_hour: f64,
+    /// Share of the time spent in OOD.
+    pub ood_time_share: f64,
+}
+
+/// Runs in-distribution per-frame decisions (`true` = a false OOD decision), one every
+/// `1/fps` s, through the alarm rules (faults aside: frames are distinct) and counts the
+/// false alarms raised. The machine starts OK.
+pub fn alarm_rate(
+    config: &AlarmConfig,
+    decisions: impl Iterator<Item = bool>,
+    fps: f64,
+) -> AlarmRate {
+    let mut cfg = config.clone();
+    cfg.frozen_frames = 0;
+    cfg.stall_ms = u64::MAX;
+    let mut m = AlarmMachine::new(cfg, 0);
+    let step_us = 1e6 / fps;
+    let mut r = AlarmRate::default();
+    let mut ood_since: Option<u64> = None;
+    let mut ood_ms = 0u64;
+    let mut t_ms = 0;
+    // leave the start-up fault with enough in-distribution frames
+    for i in 0..m.config().clear_m + m.config().min_hold_ms as usize {
+        m.on_frame(
+            FrameOutcome::Scored {
+                ood: false,
+                score: 0.0,
+                fingerprint: i as u64,
+            },
+            0,
+        );
+    }
+    for (i, ood) in decisions.enumerate() {
+        t_ms = ((i as f64 + 1.0) * step_us / 1000.0) as u64;
+        r.frames += 1;
+        r.ood_frames += ood as u64;
+        let out = FrameOutcome::Scored {
+            ood,
+            score: ood as u8 as f64,
+            fingerprint: i as u64 + 1_000_000,
+        };
+        if let Some(t) = m.on_frame(out, t_ms) {
+            match t.state {
+                AlarmState::Ood => {
+                    r.raises += 1;
+                    ood_since = Some(t_ms);
+                }
+                _ => {
+                    if let Some(s) = ood_since.take() {
+                        ood_ms += t_ms - s;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(s) = ood_since {
+        ood_ms += t_ms - s;
+    }
+    r.hours = r.frames as f64 / fps / 3600.0;
+    r.raises_per_hour = r.raises as f64 / r.hours.max(1e-12);
+    r.ood_time_share = ood_ms as f64 / (t_ms.max(1)) as f64;
+    r
+}
+
 /// A cheap fingerprint of a frame's preprocessed pixels (FNV-1a over the f32 bits), for
 /// frozen-camera detection.
 pub fn fingerprint(values: &[f32]) -> u64 {
@@ -494,6 +567,37 @@ mod tests {
         assert_eq!(
             run(&mut m, &mut t, &[false; 4]),
             [(AlarmState::Ok, Reason::Cleared)]
+        );
+    }
+
+    #[test]
+    fn alarm_rate_counts_raises_and_k_of_n_suppresses_isolated_errors() {
+        let cfg = AlarmConfig {
+            raise_k: 2,
+            window_n: 2,
+            clear_m: 1,
+            min_hold_ms: 0,
+            ..config()
+        };
+        // OOD pairs every 10 frames: one raise each
+        let stream = (0..1000).map(|i| i % 10 == 0 || i % 10 == 1);
+        let r = alarm_rate(&cfg, stream, 10.0);
+        assert_eq!(r.raises, 100);
+        assert_eq!(r.frames, 1000);
+        // isolated errors never raise 2 of 2
+        let r = alarm_rate(&cfg, (0..1000).map(|i| i % 10 == 0), 10.0);
+        assert_eq!(r.raises, 0);
+        // 1 of 1 raises on every isolated error
+        let one = AlarmConfig {
+            raise_k: 1,
+            window_n: 1,
+            clear_m: 1,
+            min_hold_ms: 0,
+            ..config()
+        };
+        assert_eq!(
+            alarm_rate(&one, (0..1000).map(|i| i % 10 == 0), 10.0).raises,
+            100
         );
     }
 

@@ -111,6 +111,30 @@ enum Command {
         #[arg(long, default_value_t = 115_200)]
         baud: u32,
     },
+    /// False alarms per hour on an in-distribution stream: per-frame decisions through the
+    /// alarm rules, either simulated (independent errors at --fpr) or replayed from the
+    /// records of a run on in-distribution data (--records, looped to --hours).
+    FalseAlarms {
+        /// Per-frame false-positive rate(s) to simulate, comma-separated.
+        #[arg(long, default_value = "0.01,0.05")]
+        fpr: String,
+        /// k/n pairs, comma-separated (e.g. 1/1,2/3,3/5,5/10).
+        #[arg(long, default_value = "1/1,2/3,3/5,5/10")]
+        k_of_n: String,
+        #[arg(long, default_value_t = 10)]
+        clear_m: usize,
+        #[arg(long, default_value_t = 1000)]
+        min_hold_ms: u64,
+        #[arg(long, default_value_t = 30.0)]
+        fps: f64,
+        #[arg(long, default_value_t = 10.0)]
+        hours: f64,
+        /// Replay the `ood` decisions of these JSON-lines records instead of simulating.
+        #[arg(long)]
+        records: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Watch an alarm link: live state, score sparkline, heartbeat age, CRC errors and
     /// alarm history; warns when heartbeats stop or messages are lost.
     Monitor {
@@ -351,6 +375,89 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print_summary(&summary, false)
             }
+        }
+        Command::FalseAlarms {
+            fpr,
+            k_of_n,
+            clear_m,
+            min_hold_ms,
+            fps,
+            hours,
+            records,
+            seed,
+        } => {
+            use rand::{Rng, SeedableRng};
+            let pairs: Vec<(usize, usize)> = k_of_n
+                .split(',')
+                .map(|p| {
+                    let (k, n) = p.split_once('/').context("k/n")?;
+                    Ok((k.trim().parse()?, n.trim().parse()?))
+                })
+                .collect::<Result<_>>()
+                .with_context(|| format!("--k-of-n {k_of_n:?}"))?;
+            let frames = (hours * 3600.0 * fps) as usize;
+            let replay: Option<Vec<bool>> = match &records {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| path.display().to_string())?;
+                    let v: Vec<bool> = text
+                        .lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .map(|l| {
+                            let r: serde_json::Value = serde_json::from_str(l)?;
+                            r["ood"].as_bool().context("a record without `ood`")
+                        })
+                        .collect::<Result<_>>()
+                        .with_context(|| path.display().to_string())?;
+                    anyhow::ensure!(!v.is_empty(), "{}: no records", path.display());
+                    Some(v)
+                }
+                None => None,
+            };
+            let rates: Vec<f64> = match &replay {
+                Some(v) => vec![v.iter().filter(|&&o| o).count() as f64 / v.len() as f64],
+                None => fpr
+                    .split(',')
+                    .map(|f| f.trim().parse::<f64>().map_err(anyhow::Error::from))
+                    .collect::<Result<_>>()?,
+            };
+            say!(
+                "| per-frame false-positive rate | k of n | false alarms per hour | share of time in OOD |"
+            );
+            say!("|---|---|---|---|");
+            for &p in &rates {
+                for &(k, n) in &pairs {
+                    let cfg = oodmon_edge::alarm::AlarmConfig {
+                        raise_k: k,
+                        window_n: n,
+                        clear_m,
+                        min_hold_ms,
+                        ..Default::default()
+                    };
+                    cfg.validate().map_err(anyhow::Error::msg)?;
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                    let r = match &replay {
+                        Some(v) => oodmon_edge::alarm::alarm_rate(
+                            &cfg,
+                            v.iter().copied().cycle().take(frames),
+                            fps,
+                        ),
+                        None => oodmon_edge::alarm::alarm_rate(
+                            &cfg,
+                            (0..frames).map(|_| rng.random::<f64>() < p),
+                            fps,
+                        ),
+                    };
+                    say!(
+                        "| {:.2}%{} | {k} of {n} | {:.1} | {:.3}% |",
+                        100.0 * p,
+                        if replay.is_some() { " (measured)" } else { "" },
+                        r.raises_per_hour,
+                        100.0 * r.ood_time_share
+                    );
+                }
+            }
+            Ok(())
         }
         Command::Monitor {
             port,
