@@ -467,10 +467,13 @@ fn run(cli: Cli) -> Result<()> {
             seconds,
         } => {
             let stop = stop_flag()?;
-            let opened = serialport::new(port.as_str(), baud)
-                .timeout(std::time::Duration::from_millis(50))
-                .open()
-                .with_context(|| format!("serial port {port}"))?;
+            let opened = oodmon_edge::output::open_serial(
+                &port,
+                baud,
+                serialport::Parity::None,
+                std::time::Duration::from_millis(100),
+            )
+            .map_err(anyhow::Error::msg)?;
             let deadline =
                 seconds.map(|s| std::time::Instant::now() + std::time::Duration::from_secs_f64(s));
             if plain {

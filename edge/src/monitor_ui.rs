@@ -37,7 +37,7 @@ pub fn clock(ms: u64) -> String {
 /// Decodes the link and prints one line per event until `stop`, the deadline, or the
 /// port closes.
 pub fn plain(
-    mut port: Box<dyn serialport::SerialPort>,
+    mut port: Box<dyn crate::output::SerialIo>,
     heartbeat_ms: u64,
     stop: &AtomicBool,
     deadline: Option<Instant>,
@@ -66,7 +66,7 @@ pub fn plain(
 
 /// The terminal UI; `q` or Ctrl-C quits.
 pub fn tui(
-    mut port: Box<dyn serialport::SerialPort>,
+    mut port: Box<dyn crate::output::SerialIo>,
     name: &str,
     heartbeat_ms: u64,
     stop: &AtomicBool,
