@@ -137,6 +137,10 @@ enum Command {
         out: PathBuf,
         #[arg(long)]
         labels: Option<PathBuf>,
+        /// Embed through this ONNX export of the run in tract (the edge's runtime, e.g. the
+        /// int8 model) instead of the libtorch model; the run still defines the splits.
+        #[arg(long)]
+        model: Option<PathBuf>,
     },
     /// Write the run's encoder as ONNX (batch norm folded, embedding output, preprocessing
     /// spec and provenance in the metadata).
@@ -348,9 +352,71 @@ fn run(cli: Cli) -> Result<()> {
             run,
             data,
             split,
+            device: _,
+            out,
+            labels,
+            model: Some(model),
+        } => {
+            let rd = RunDir(run.clone());
+            let cfg = rd.load_config()?;
+            let enc = TractEncoder::load(&model)?;
+            let dim = enc.dim();
+            let (embeddings, ids) = match split.as_str() {
+                "train" | "val" if data == cfg.data => {
+                    let (tr, va) = train::splits(&cfg)?;
+                    let ds = if split == "train" { tr } else { va };
+                    let rows: Vec<usize> = (0..ds.len()).collect();
+                    let mut values = Vec::with_capacity(rows.len() * dim);
+                    let mut e = vec![0f32; dim];
+                    for chunk in rows.chunks(1024) {
+                        for t in dataset_inputs(&ds, chunk, &cfg.preprocessing)? {
+                            enc.embed(&t, &mut e)?;
+                            values.extend_from_slice(&e);
+                        }
+                    }
+                    (values, ds.labels)
+                }
+                "val" => bail!(
+                    "--split val needs --data {} (the run's training data)",
+                    cfg.data
+                ),
+                "train" | "test" => {
+                    let which = if split == "train" {
+                        Split::Train
+                    } else {
+                        Split::Test
+                    };
+                    let e = oodmon_calibration::embed::embed_dataset(
+                        &enc,
+                        &cfg.preprocessing,
+                        &data.parse::<DataSpec>()?,
+                        which,
+                        None,
+                    )?;
+                    (e.embeddings.as_slice().to_vec(), e.labels)
+                }
+                other => bail!("--split {other:?}: expected train, val or test"),
+            };
+            let rows = ids.len();
+            npy::write_embeddings(&out, &Embeddings::new(rows, dim, embeddings)?)?;
+            if let Some(l) = labels {
+                npy::write_labels(&l, &ids)?;
+            }
+            say!(
+                "wrote {rows} embeddings of dimension {dim} through {} to {}",
+                model.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Embed {
+            run,
+            data,
+            split,
             device,
             out,
             labels,
+            model: None,
         } => {
             let rd = RunDir(run.clone());
             let cfg = rd.load_config()?;

@@ -22,8 +22,9 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("bench-train") => bench_train(&args[1..]),
         Some("bench-edge") => bench_edge(&args[1..]),
+        Some("study") => study(&args[1..]),
         _ => Err(
-            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick] | bench-edge [--quick] [--model FILE.onnx ...]>"
+            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick] | bench-edge [--quick] [--model FILE.onnx ...] | study --data DIR [--out DIR] [--epochs N] [--losses ce,supcon,simclr]>"
                 .into(),
         ),
     };
@@ -532,5 +533,187 @@ fn bench_edge(args: &[String]) -> Result {
             json_number(&out, "peak_memory_bytes").unwrap_or(f64::NAN) / 1e6
         );
     }
+    Ok(())
+}
+
+/// The paper's study on real data (issue 7): trains the edge encoder with each loss, embeds
+/// ID and OOD data through the float model (libtorch) and the int8 export (tract), and runs
+/// every clustering x metric x threshold rule. Each step's output is cached under `--out`,
+/// so a rerun continues where the last one stopped (training resumes mid-run).
+fn study(args: &[String]) -> Result {
+    let mut data: Option<PathBuf> = None;
+    let mut out = target_dir().join("study");
+    let mut epochs = 15usize;
+    let mut losses = "ce,supcon,simclr".to_string();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--data" => data = Some(PathBuf::from(value()?)),
+            "--out" => out = PathBuf::from(value()?),
+            "--epochs" => epochs = value()?.parse().map_err(|e| format!("--epochs: {e}"))?,
+            "--losses" => losses = value()?,
+            other => return Err(format!("study: unknown option {other}")),
+        }
+    }
+    let data = data.ok_or("study needs --data DIR (e.g. ../shared/data)")?;
+    let data = data
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", data.display()))?;
+    let python = python_env()?;
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    step("building oodmon-trainer and oodmon-calibrate (release)");
+    run(cargo_with_torch(&python).args([
+        "build",
+        "--release",
+        "-p",
+        "oodmon-trainer",
+        "-p",
+        "oodmon-calibration",
+    ]))?;
+    let trainer = target_dir().join("release/oodmon-trainer");
+    let calibrate = target_dir().join("release/oodmon-calibrate");
+    let bins = out.join("cifar10-bins");
+    if !bins.join("test_batch.bin").exists() {
+        step("CIFAR-10 binary batches from the JPEG archive (checked against BINS.sha256)");
+        run(Command::new(&python)
+            .arg(data.join("cifar10/to_bins.py"))
+            .arg(&bins))?;
+    }
+    let id = format!("cifar10:{}", bins.display());
+    let oods = [
+        ("mnist", format!("idx:{}", data.join("mnist").display())),
+        (
+            "dtd10",
+            format!(
+                "cifar10:{}",
+                data.join("dtd10/dtd10_test_32x32.bin").display()
+            ),
+        ),
+        ("noise", "noise:uniform:2000:7".to_string()),
+    ];
+    let losses: Vec<&str> = losses.split(',').map(str::trim).collect();
+    let total = losses.len() * 4;
+    let mut done = 0;
+    let mut progress = |what: &str| {
+        done += 1;
+        step(&format!("[{done}/{total}] {what}"));
+    };
+    for loss in &losses {
+        let run_dir = out.join(format!("runs/edge-{loss}"));
+        progress(&format!("train edge encoder, {loss}, {epochs} epochs"));
+        let finished = std::fs::read_to_string(run_dir.join("state.json"))
+            .ok()
+            .and_then(|s| json_number(&s.replace(' ', ""), "epoch"))
+            .is_some_and(|e| e as usize >= epochs);
+        if finished {
+            eprintln!("cached: {}", run_dir.display());
+        } else {
+            let mut cmd = Command::new(&trainer);
+            cmd.args(["train", "--data", &id, "--arch", "edge", "--loss", loss])
+                .args([
+                    "--epochs",
+                    &epochs.to_string(),
+                    "--batch",
+                    "128",
+                    "--device",
+                    "cpu",
+                ])
+                .arg("--out")
+                .arg(&run_dir);
+            if run_dir.join("config.json").exists() {
+                cmd.arg("--resume");
+            }
+            run(&mut cmd)?;
+        }
+        let int8 = run_dir.join("encoder-int8.onnx");
+        if !int8.exists() {
+            run(Command::new(&trainer)
+                .args(["export", "--run"])
+                .arg(&run_dir)
+                .args([
+                    "--int8",
+                    "--calib-data",
+                    &id,
+                    "--calib-samples",
+                    "512",
+                    "--out",
+                ])
+                .arg(&int8))?;
+        }
+        for variant in ["float", "int8"] {
+            progress(&format!("embeddings, {loss}, {variant}"));
+            let dir = out.join(format!("embeddings/{loss}-{variant}"));
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let mut sets: Vec<(String, String, &str, bool)> = vec![
+                ("train".into(), id.clone(), "train", true),
+                ("calib".into(), id.clone(), "val", false),
+                ("test".into(), id.clone(), "test", true),
+            ];
+            for (name, spec) in &oods {
+                sets.push((name.to_string(), spec.clone(), "test", false));
+            }
+            for (name, spec, split, labels) in sets {
+                let file = dir.join(format!("{name}.npy"));
+                if file.exists() {
+                    continue;
+                }
+                let mut cmd = Command::new(&trainer);
+                cmd.args(["embed", "--run"])
+                    .arg(&run_dir)
+                    .args([
+                        "--data", &spec, "--split", split, "--device", "cpu", "--out",
+                    ])
+                    .arg(dir.join(format!("{name}.tmp.npy")));
+                if labels {
+                    cmd.arg("--labels")
+                        .arg(dir.join(format!("{name}_labels.npy")));
+                }
+                if variant == "int8" {
+                    cmd.arg("--model").arg(&int8);
+                }
+                run(&mut cmd)?;
+                std::fs::rename(dir.join(format!("{name}.tmp.npy")), &file)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        for variant in ["float", "int8"] {
+            progress(&format!("grid, {loss}, {variant}"));
+            let dir = out.join(format!("embeddings/{loss}-{variant}"));
+            let grid = out.join(format!("grid/{loss}-{variant}"));
+            if grid.join("grid.csv").exists() {
+                eprintln!("cached: {}", grid.display());
+                continue;
+            }
+            let mut cmd = Command::new(&calibrate);
+            cmd.arg("grid")
+                .arg("--train")
+                .arg(dir.join("train.npy"))
+                .arg("--labels")
+                .arg(dir.join("train_labels.npy"))
+                .arg("--calib")
+                .arg(dir.join("calib.npy"))
+                .arg("--test")
+                .arg(dir.join("test.npy"));
+            for (name, _) in &oods {
+                cmd.arg("--ood").arg(format!(
+                    "{name}={}",
+                    dir.join(format!("{name}.npy")).display()
+                ));
+            }
+            cmd.args([
+                "--clusters",
+                "class,kmeans:10,kmeans:50,kmeans-per-class:3",
+                "--metrics",
+                "euclidean,cosine,mahalanobis,knn:50",
+                "--thresholds",
+                "global,per-cluster,conformal",
+                "--out",
+            ])
+            .arg(&grid);
+            run(&mut cmd)?;
+        }
+    }
+    eprintln!("\nstudy results under {}", out.display());
     Ok(())
 }

@@ -54,6 +54,26 @@ enum Command {
     FitModel(FitModelArgs),
     /// Evaluate a bundle on ID and OOD image data through its encoder.
     EvalModel(EvalModelArgs),
+    /// Embeddings of image data through an ONNX encoder in tract (the edge's runtime and
+    /// preprocessing), as .npy for `fit`, `eval` and `grid`.
+    EmbedModel {
+        #[arg(long)]
+        model: PathBuf,
+        /// cifar10:DIR | cifar100:DIR | idx:DIR | folder:DIR | noise:uniform|gaussian:N[:SEED]
+        #[arg(long)]
+        data: String,
+        /// train | test
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// At most this many images.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the labels (.npy, int64).
+        #[arg(long)]
+        labels: Option<PathBuf>,
+    },
     /// Latency of an ONNX encoder in tract on this machine (median and p99 per image).
     TimeModel {
         #[arg(long, required = true)]
@@ -256,6 +276,32 @@ fn run(cli: Cli) -> Result<()> {
         Command::FitModel(a) => fit_model_cmd(a),
         Command::EvalModel(a) => eval_model_cmd(a),
         Command::TimeModel { model, runs } => time_model(&model, runs),
+        Command::EmbedModel {
+            model,
+            data,
+            split,
+            limit,
+            out,
+            labels,
+        } => {
+            let encoder = TractEncoder::load(&model)?;
+            let spec = encoder.preprocessing().cloned().with_context(|| {
+                format!("{}: no preprocessing spec in its metadata", model.display())
+            })?;
+            let data_spec: DataSpec = data.parse()?;
+            let e = embed_dataset(&encoder, &spec, &data_spec, parse_split(&split)?, limit)?;
+            npy::write_embeddings(&out, &e.embeddings)?;
+            if let Some(l) = labels {
+                npy::write_labels(&l, &e.labels)?;
+            }
+            say!(
+                "wrote {} embeddings of dimension {} to {}",
+                e.embeddings.rows(),
+                e.embeddings.dim(),
+                out.display()
+            );
+            Ok(())
+        }
         Command::Demo { out } => demo(out),
     }
 }
