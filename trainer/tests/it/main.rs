@@ -439,3 +439,88 @@ fn fit_bundle_writes_a_loadable_int8_bundle() {
     let onnx = std::fs::read(dir.path().join("bundle/encoder.onnx")).unwrap();
     assert!(String::from_utf8_lossy(&onnx).contains("QuantizeLinear"));
 }
+
+/// `oodmon-trainer embed --model`: the run's own splits embedded through an ONNX export in
+/// tract give the same rows, labels and (for the float export) values as the libtorch path.
+#[test]
+fn embed_through_an_onnx_export_keeps_the_runs_splits() {
+    let _torch = torch_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 16);
+    let run = dir.path().join("run");
+    train::train(
+        &config(data.clone(), LossKind::Ce, 1),
+        &run,
+        Device::Cpu,
+        false,
+        no_stop(),
+        &mut (),
+    )
+    .unwrap();
+    let trainer = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_oodmon-trainer"))
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    trainer(&["export", "--run", "run", "--out", "enc.onnx"]);
+    for (split, file) in [("val", "v"), ("train", "t")] {
+        trainer(&[
+            "embed",
+            "--run",
+            "run",
+            "--data",
+            &data,
+            "--split",
+            split,
+            "--device",
+            "cpu",
+            "--out",
+            &format!("{file}-torch.npy"),
+            "--labels",
+            &format!("{file}-torch-l.npy"),
+        ]);
+        trainer(&[
+            "embed",
+            "--run",
+            "run",
+            "--data",
+            &data,
+            "--split",
+            split,
+            "--model",
+            "enc.onnx",
+            "--out",
+            &format!("{file}-tract.npy"),
+            "--labels",
+            &format!("{file}-tract-l.npy"),
+        ]);
+        let read = |f: &str| oodmon_calibration::npy::read_embeddings(dir.path().join(f)).unwrap();
+        let labels = |f: &str| oodmon_calibration::npy::read_labels(dir.path().join(f)).unwrap();
+        let (a, b) = (
+            read(&format!("{file}-torch.npy")),
+            read(&format!("{file}-tract.npy")),
+        );
+        assert_eq!(a.rows(), b.rows(), "{split}");
+        assert!(a.rows() > 0);
+        assert_eq!(
+            labels(&format!("{file}-torch-l.npy")),
+            labels(&format!("{file}-tract-l.npy"))
+        );
+        for (x, y) in a.iter_rows().zip(b.iter_rows()) {
+            let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+            let err = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0f32, f32::max);
+            assert!(err <= 1e-4 * norm.max(1e-6), "{split}: {err} vs {norm}");
+        }
+    }
+}
