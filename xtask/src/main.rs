@@ -714,6 +714,17 @@ fn study(args: &[String]) -> Result {
             run(&mut cmd)?;
         }
     }
-    eprintln!("\nstudy results under {}", out.display());
+    step("report");
+    let report = output_text(
+        Command::new(&python)
+            .arg(root().join("bench/study_report.py"))
+            .arg(&out)
+            .output()
+            .map_err(|e| e.to_string())?,
+        "study_report.py",
+    )?;
+    std::fs::write(out.join("report.md"), &report).map_err(|e| e.to_string())?;
+    println!("{report}");
+    eprintln!("\nstudy results under {} (report.md)", out.display());
     Ok(())
 }

@@ -1,0 +1,106 @@
+"""Assembles the study's tables for EVALUATION.md from `cargo xtask study` output.
+
+Usage: study_report.py STUDY_DIR
+
+For each loss x variant (float libtorch, int8 tract) it reads `grid/LOSS-VARIANT/grid.csv`
+(every clustering x metric x normalisation x threshold rule, per OOD set) and the
+embeddings (for the nearest-class-centroid ID accuracy), and prints Markdown: one row per
+loss/variant with the default combination (class centroids, cosine, global threshold),
+the best combination per OOD set, and the published references for context.
+"""
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT = ("class", "cosine", "false", "global")
+REFERENCES = [
+    # OpenOOD v1.5 (Zhang et al. 2023), CIFAR-10, ResNet-18 trained 100 epochs with CE
+    ("k-NN (OpenOOD v1.5, ResNet-18, 100 epochs CE)", 90.64, 92.96),
+    ("MSP (OpenOOD v1.5, ResNet-18, 100 epochs CE)", 88.03, 90.73),
+    ("Mahalanobis (OpenOOD v1.5, ResNet-18, 100 epochs CE)", 84.20, 89.72),
+]
+
+
+def accuracy(emb_dir):
+    train = np.load(emb_dir / "train.npy")
+    labels = np.load(emb_dir / "train_labels.npy")
+    test = np.load(emb_dir / "test.npy")
+    test_labels = np.load(emb_dir / "test_labels.npy")
+    norm = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    classes = np.unique(labels)
+    centroids = np.stack([train[labels == c].mean(0) for c in classes])
+    pred = classes[np.argmax(norm(test) @ norm(centroids).T, axis=1)]
+    return 100.0 * np.mean(pred == test_labels)
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def pct(v):
+    return f"{100 * float(v):.2f}"
+
+
+def main():
+    root = Path(sys.argv[1])
+    grids = sorted(p for p in (root / "grid").iterdir() if (p / "grid.csv").exists())
+    ood_sets = []
+    table = []
+    best = []
+    for g in grids:
+        loss, variant = g.name.rsplit("-", 1)
+        data = rows(g / "grid.csv")
+        sets = [s for s in dict.fromkeys(r["ood_set"] for r in data)]
+        ood_sets = ood_sets or sets
+        acc = accuracy(root / "embeddings" / g.name)
+        default = {
+            r["ood_set"]: r
+            for r in data
+            if (r["clusters"], r["metric"], r["normalize"], r["threshold"]) == DEFAULT
+        }
+        table.append((loss, variant, acc, default))
+        for s in sets:
+            top = max((r for r in data if r["ood_set"] == s), key=lambda r: float(r["auroc"]))
+            best.append((loss, variant, s, top))
+    print("### Default combination (class centroids, cosine, one global threshold at 95% TPR)\n")
+    head = "| loss | model | ID accuracy (nearest centroid) |"
+    sep = "|---|---|---|"
+    for s in ood_sets:
+        head += f" {s} AUROC | {s} AUPR-In | {s} AUPR-Out | {s} FPR@95TPR |"
+        sep += "---|---|---|---|"
+    head += " ID false-alarm rate (target 5%) |"
+    sep += "---|"
+    print(head)
+    print(sep)
+    for loss, variant, acc, default in table:
+        line = f"| {loss} | {variant} | {acc:.2f}% |"
+        for s in ood_sets:
+            r = default.get(s)
+            line += (
+                f" {pct(r['auroc'])} | {pct(r['aupr_in'])} | {pct(r['aupr_out'])} | {pct(r['fpr_at_95_tpr'])} |"
+                if r
+                else " - | - | - | - |"
+            )
+        far = next(iter(default.values()), None)
+        line += f" {pct(far['id_false_alarm'])}% |" if far else " - |"
+        print(line)
+    print("\n### Best combination per OOD set (by AUROC)\n")
+    print("| loss | model | OOD set | clusters | metric | normalised | threshold | AUROC | AUPR-In | AUPR-Out | FPR@95TPR | ID false-alarm rate |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for loss, variant, s, r in best:
+        print(
+            f"| {loss} | {variant} | {s} | {r['clusters']} | {r['metric']} | {r['normalize']} | {r['threshold']} | "
+            f"{pct(r['auroc'])} | {pct(r['aupr_in'])} | {pct(r['aupr_out'])} | {pct(r['fpr_at_95_tpr'])} | {pct(r['id_false_alarm'])}% |"
+        )
+    print("\n### Published references (not measured here)\n")
+    print("| method | near-OOD AUROC | far-OOD AUROC |")
+    print("|---|---|---|")
+    for name, near, far in REFERENCES:
+        print(f"| {name} | {near:.2f} | {far:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
