@@ -11,6 +11,21 @@ use oodmon_protocol::AlarmState;
 use crate::monitor::{Monitor, MonitorEvent};
 use crate::service::now_ms;
 
+/// Reads what arrived (waiting at most the port's timeout), feeds it to the monitor and
+/// checks the heartbeat age; returns the local time used.
+fn poll(
+    port: &mut dyn Read,
+    monitor: &mut Monitor,
+    buf: &mut [u8],
+    events: &mut Vec<MonitorEvent>,
+) -> std::io::Result<u64> {
+    let n = read_some(port, buf)?;
+    let now = now_ms();
+    monitor.feed(&buf[..n], now, events);
+    monitor.check_link(now, events);
+    Ok(now)
+}
+
 fn read_some(port: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     match port.read(buf) {
         Ok(n) => Ok(n),
@@ -47,10 +62,7 @@ pub fn plain(
     let mut buf = [0u8; 256];
     let mut events = Vec::new();
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
-        let n = read_some(&mut port, &mut buf)?;
-        let now = now_ms();
-        monitor.feed(&buf[..n], now, &mut events);
-        monitor.check_link(now, &mut events);
+        let now = poll(&mut port, &mut monitor, &mut buf, &mut events)?;
         for e in events.drain(..) {
             writeln!(out, "{} {e}", clock(now))?;
         }
@@ -85,10 +97,7 @@ pub fn tui(
     let mut log: Vec<String> = Vec::new();
     let result = (|| -> anyhow::Result<()> {
         while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
-            let n = read_some(&mut port, &mut buf)?;
-            let now = now_ms();
-            monitor.feed(&buf[..n], now, &mut events);
-            monitor.check_link(now, &mut events);
+            let now = poll(&mut port, &mut monitor, &mut buf, &mut events)?;
             for e in events.drain(..) {
                 if !matches!(e, MonitorEvent::State { .. }) {
                     log.push(format!("{} {e}", clock(now)));

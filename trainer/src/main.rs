@@ -352,85 +352,55 @@ fn run(cli: Cli) -> Result<()> {
             run,
             data,
             split,
-            device: _,
-            out,
-            labels,
-            model: Some(model),
-        } => {
-            let rd = RunDir(run.clone());
-            let cfg = rd.load_config()?;
-            let enc = TractEncoder::load(&model)?;
-            let dim = enc.dim();
-            let (embeddings, ids) = match split.as_str() {
-                "train" | "val" if data == cfg.data => {
-                    let (tr, va) = train::splits(&cfg)?;
-                    let ds = if split == "train" { tr } else { va };
-                    let rows: Vec<usize> = (0..ds.len()).collect();
-                    let mut values = Vec::with_capacity(rows.len() * dim);
-                    let mut e = vec![0f32; dim];
-                    for chunk in rows.chunks(1024) {
-                        for t in dataset_inputs(&ds, chunk, &cfg.preprocessing)? {
-                            enc.embed(&t, &mut e)?;
-                            values.extend_from_slice(&e);
-                        }
-                    }
-                    (values, ds.labels)
-                }
-                "val" => bail!(
-                    "--split val needs --data {} (the run's training data)",
-                    cfg.data
-                ),
-                "train" | "test" => {
-                    let which = if split == "train" {
-                        Split::Train
-                    } else {
-                        Split::Test
-                    };
-                    let e = oodmon_calibration::embed::embed_dataset(
-                        &enc,
-                        &cfg.preprocessing,
-                        &data.parse::<DataSpec>()?,
-                        which,
-                        None,
-                    )?;
-                    (e.embeddings.as_slice().to_vec(), e.labels)
-                }
-                other => bail!("--split {other:?}: expected train, val or test"),
-            };
-            let rows = ids.len();
-            npy::write_embeddings(&out, &Embeddings::new(rows, dim, embeddings)?)?;
-            if let Some(l) = labels {
-                npy::write_labels(&l, &ids)?;
-            }
-            say!(
-                "wrote {rows} embeddings of dimension {dim} through {} to {}",
-                model.display(),
-                out.display()
-            );
-            Ok(())
-        }
-        Command::Embed {
-            run,
-            data,
-            split,
             device,
             out,
             labels,
-            model: None,
+            model,
         } => {
             let rd = RunDir(run.clone());
             let cfg = rd.load_config()?;
-            let device = train::parse_device(&device)?;
-            let (mut vs, net) = train::build(&cfg.model, device);
-            vs.load(rd.weights())
-                .with_context(|| rd.weights().display().to_string())?;
-            let dim = net.encoder.dim;
+            // the libtorch model, or an ONNX export of it in tract; the run defines the splits
+            enum Backend {
+                // the layers share the loaded weights' storage; the var store may go
+                Torch(Box<oodmon_trainer::model::Net>, tch::Device),
+                Tract(TractEncoder),
+            }
+            let backend = match &model {
+                Some(m) => Backend::Tract(TractEncoder::load(m)?),
+                None => {
+                    let device = train::parse_device(&device)?;
+                    let (mut vs, net) = train::build(&cfg.model, device);
+                    vs.load(rd.weights())
+                        .with_context(|| rd.weights().display().to_string())?;
+                    Backend::Torch(Box::new(net), device)
+                }
+            };
+            let dim = match &backend {
+                Backend::Torch(net, _) => net.encoder.dim,
+                Backend::Tract(enc) => enc.dim(),
+            };
             let (embeddings, ids) = match split.as_str() {
                 "train" | "val" if data == cfg.data => {
                     // the run's own stratified split of its training set
                     let (tr, va) = train::splits(&cfg)?;
                     let ds = if split == "train" { tr } else { va };
-                    let e = train::embed_dataset(&net, &ds, &cfg.preprocessing, device, 256)?;
+                    let e = match &backend {
+                        Backend::Torch(net, device) => {
+                            train::embed_dataset(net, &ds, &cfg.preprocessing, *device, 256)?
+                        }
+                        Backend::Tract(enc) => {
+                            let mut values = Vec::with_capacity(ds.len() * dim);
+                            let mut e = vec![0f32; dim];
+                            let rows: Vec<usize> = (0..ds.len()).collect();
+                            for chunk in rows.chunks(1024) {
+                                for t in dataset_inputs(&ds, chunk, &cfg.preprocessing)? {
+                                    enc.embed(&t, &mut e)?;
+                                    values.extend_from_slice(&e);
+                                }
+                            }
+                            values
+                        }
+                    };
                     (e, ds.labels)
                 }
                 "val" => bail!(
@@ -443,15 +413,30 @@ fn run(cli: Cli) -> Result<()> {
                     } else {
                         Split::Test
                     };
-                    let (e, l, _) = train::embed_images(
-                        &net,
-                        &data.parse::<DataSpec>()?,
-                        which,
-                        &cfg.preprocessing,
-                        device,
-                        256,
-                    )?;
-                    (e, l)
+                    let spec = data.parse::<DataSpec>()?;
+                    match &backend {
+                        Backend::Torch(net, device) => {
+                            let (e, l, _) = train::embed_images(
+                                net,
+                                &spec,
+                                which,
+                                &cfg.preprocessing,
+                                *device,
+                                256,
+                            )?;
+                            (e, l)
+                        }
+                        Backend::Tract(enc) => {
+                            let e = oodmon_calibration::embed::embed_dataset(
+                                enc,
+                                &cfg.preprocessing,
+                                &spec,
+                                which,
+                                None,
+                            )?;
+                            (e.embeddings.as_slice().to_vec(), e.labels)
+                        }
+                    }
                 }
                 other => bail!("--split {other:?}: expected train, val or test"),
             };
@@ -460,8 +445,12 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(l) = labels {
                 npy::write_labels(&l, &ids)?;
             }
+            let through = model
+                .as_ref()
+                .map(|m| format!(" through {}", m.display()))
+                .unwrap_or_default();
             say!(
-                "wrote {rows} embeddings of dimension {dim} to {}",
+                "wrote {rows} embeddings of dimension {dim}{through} to {}",
                 out.display()
             );
             Ok(())
