@@ -119,6 +119,25 @@ def main():
         for s in ood_sets:
             line += f" {pct(per_set[s]['auroc'])} | {pct(per_set[s]['fpr_at_95_tpr'])} |"
         print(line + f" {pct(next(iter(per_set.values()))['id_false_alarm'])}% |")
+    # the default for the edge: the best int8 combination on average over the OOD sets
+    int8 = [o for o in overall if o[1] == "int8"]
+    if int8:
+        loss, _, acc, key, per_set = max(
+            int8, key=lambda o: sum(float(r["auroc"]) for r in o[4].values())
+        )
+        clusters, metric, normalize, threshold = key
+        args = ["--clusters", clusters, "--metric", metric]
+        if normalize == "true":
+            args.append("--normalize")
+        if threshold == "per-cluster":
+            args.append("--per-cluster")
+        elif threshold == "conformal":
+            args += ["--alpha", "0.05"]
+        (root / "default.args").write_text(loss + "\n" + "\n".join(args) + "\n")
+        print(
+            f"\nCandidate default (best int8 on average): {loss}, {clusters}, {metric}, "
+            f"normalised {normalize}, {threshold} threshold."
+        )
     print("\n### Published references (not measured here)\n")
     print("| method | near-OOD AUROC | far-OOD AUROC |")
     print("|---|---|---|")

@@ -725,6 +725,43 @@ fn study(args: &[String]) -> Result {
     )?;
     std::fs::write(out.join("report.md"), &report).map_err(|e| e.to_string())?;
     println!("{report}");
+    // figures (ROC, score histograms) for the candidate default, from its int8 embeddings
+    if let Ok(text) = std::fs::read_to_string(out.join("default.args")) {
+        let mut lines = text.lines();
+        let loss = lines.next().unwrap_or_default().to_string();
+        let rule: Vec<&str> = lines.collect();
+        step(&format!(
+            "figures for the candidate default ({loss}, int8: {})",
+            rule.join(" ")
+        ));
+        let emb = out.join(format!("embeddings/{loss}-int8"));
+        let dir = out.join("default");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        run(Command::new(&calibrate)
+            .arg("fit")
+            .arg("--train")
+            .arg(emb.join("train.npy"))
+            .arg("--labels")
+            .arg(emb.join("train_labels.npy"))
+            .arg("--calib")
+            .arg(emb.join("calib.npy"))
+            .args(&rule)
+            .arg("--out")
+            .arg(dir.join("calib.json")))?;
+        let mut eval = Command::new(&calibrate);
+        eval.arg("eval")
+            .arg("--calib")
+            .arg(dir.join("calib.json"))
+            .arg("--id")
+            .arg(emb.join("test.npy"));
+        for (name, _) in &oods {
+            eval.arg("--ood").arg(format!(
+                "{name}={}",
+                emb.join(format!("{name}.npy")).display()
+            ));
+        }
+        run(eval.arg("--report").arg(dir.join("report")))?;
+    }
     eprintln!("\nstudy results under {} (report.md)", out.display());
     Ok(())
 }
