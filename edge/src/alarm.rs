@@ -345,7 +345,7 @@ pub fn alarm_rate(
     let mut ood_ms = 0u64;
     let mut t_ms = 0;
     // leave the start-up fault with enough in-distribution frames
-    for i in 0..m.config().clear_m + m.config().min_hold_ms as usize {
+    for i in 0..m.config().clear_m {
         m.on_frame(
             FrameOutcome::Scored {
                 ood: false,

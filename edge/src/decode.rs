@@ -55,12 +55,12 @@ impl FrameDecoder {
             }
             FrameFormat::Jpeg => self.decode_jpeg(frame.data),
             FrameFormat::Encoded => {
+                // image files allocate while decoding anyway; take the pixels without a copy
                 let img = image::load_from_memory(frame.data)
                     .map_err(|e| EdgeError::Decode(e.to_string()))?
-                    .to_rgb8();
+                    .into_rgb8();
                 let (w, h) = img.dimensions();
-                self.buffer.clear();
-                self.buffer.extend_from_slice(img.as_raw());
+                self.buffer = img.into_raw();
                 Ok(Pixels {
                     data: &self.buffer,
                     width: w as usize,
