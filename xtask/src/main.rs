@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         Some("bench-edge") => bench_edge(&args[1..]),
         Some("study") => study(&args[1..]),
         _ => Err(
-            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick] | bench-edge [--quick] [--model FILE.onnx ...] | study --data DIR [--out DIR] [--epochs N] [--losses ce,supcon,simclr]>"
+            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick] | bench-edge [--quick] [--model FILE.onnx ...] [--video FILE.avi] | study --data DIR [--out DIR] [--epochs N] [--losses ce,supcon,simclr]>"
                 .into(),
         ),
     };
@@ -37,11 +37,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// The workspace root, found at run time: a clone built into a shared target directory may
+/// reuse an `xtask` binary compiled in another checkout, so the compile-time manifest path
+/// cannot be trusted. `cargo run` sets `CARGO_MANIFEST_DIR` for the process; otherwise the
+/// nearest ancestor of the working directory holding `xtask/Cargo.toml` is used.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
+        if let Some(parent) = Path::new(&dir).parent() {
+            if parent.join("xtask/Cargo.toml").is_file() {
+                return parent.to_path_buf();
+            }
+        }
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    cwd.ancestors()
+        .find(|dir| dir.join("xtask/Cargo.toml").is_file())
+        .map(Path::to_path_buf)
+        .unwrap_or(cwd)
 }
 
 fn step(name: &str) {
@@ -502,17 +514,48 @@ fn bench_edge(args: &[String]) -> Result {
     println!("| pipeline (built-in bundle) | frames/s | total p50 (us) | inference p50 (us) | decode + preprocess + scoring p50 (us) | overhead share | peak memory (MB) |");
     println!("|---|---|---|---|---|---|---|");
     let frames = if quick { "200" } else { "2000" };
-    let sources: [(&str, &[&str]); 3] = [
-        ("built-in MJPEG scenario, 320x240", &[]),
-        ("synthetic YUYV camera, 640x480", &["--yuyv", "640x480"]),
-        ("synthetic YUYV camera, 1280x720", &["--yuyv", "1280x720"]),
+    let mut sources: Vec<(String, Vec<String>)> = vec![
+        ("built-in MJPEG scenario, 320x240".into(), vec![]),
+        (
+            "built-in MJPEG scenario, 320x240, full-resolution JPEG decoding".into(),
+            vec!["--full-jpeg-decode".into()],
+        ),
+        (
+            "synthetic YUYV camera, 640x480".into(),
+            vec!["--yuyv".into(), "640x480".into()],
+        ),
+        (
+            "synthetic YUYV camera, 1280x720".into(),
+            vec!["--yuyv".into(), "1280x720".into()],
+        ),
     ];
+    // a real camera recording, when given (`--video FILE.avi`, e.g. the MJPEG sample in
+    // ../shared/data/video), with and without DCT-scaled decoding
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--video" {
+            let file = it.next().ok_or("--video needs a file")?;
+            let name = Path::new(file)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let source = format!("avi:{file}");
+            sources.push((
+                format!("MJPEG video {name}, looped"),
+                vec!["--source".into(), source.clone()],
+            ));
+            sources.push((
+                format!("MJPEG video {name}, looped, full-resolution JPEG decoding"),
+                vec!["--source".into(), source, "--full-jpeg-decode".into()],
+            ));
+        }
+    }
     for (name, extra) in sources {
         step(&format!("pipeline: {name}"));
         let out = output_text(
             Command::new(&edge)
                 .args(["bench", "--json", "--frames", frames])
-                .args(extra)
+                .args(&extra)
                 .env("RUST_LOG", "warn")
                 .output()
                 .map_err(|e| e.to_string())?,
@@ -737,6 +780,11 @@ fn study(args: &[String]) -> Result {
         let emb = out.join(format!("embeddings/{loss}-int8"));
         let dir = out.join("default");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        // the calibration is fitted on the int8 encoder's own tract embeddings of the run's
+        // training and held-out splits, and written with that encoder as a bundle
+        let encoder = out.join(format!("runs/edge-{loss}/encoder-int8.onnx"));
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).map_err(|e| e.to_string())?;
         run(Command::new(&calibrate)
             .arg("fit")
             .arg("--train")
@@ -746,8 +794,15 @@ fn study(args: &[String]) -> Result {
             .arg("--calib")
             .arg(emb.join("calib.npy"))
             .args(&rule)
+            .arg("--class-names")
+            .arg(bins.join("batches.meta.txt"))
+            .arg("--encoder")
+            .arg(&encoder)
             .arg("--out")
             .arg(dir.join("calib.json")))?;
+        std::fs::copy(&encoder, bundle.join("encoder.onnx")).map_err(|e| e.to_string())?;
+        std::fs::copy(dir.join("calib.json"), bundle.join("calib.json"))
+            .map_err(|e| e.to_string())?;
         let mut eval = Command::new(&calibrate);
         eval.arg("eval")
             .arg("--calib")
@@ -762,6 +817,9 @@ fn study(args: &[String]) -> Result {
         }
         run(eval.arg("--report").arg(dir.join("report")))?;
     }
-    eprintln!("\nstudy results under {} (report.md)", out.display());
+    eprintln!(
+        "\nstudy results under {} (report.md; the default's bundle in default/bundle)",
+        out.display()
+    );
     Ok(())
 }

@@ -8,6 +8,15 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
+/// This crate's directory, read at run time: `cargo test` sets it for the test process, and
+/// a binary reused from another checkout through a shared target directory would otherwise
+/// point at that checkout's files.
+pub fn tests_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// The Python interpreter with the reference packages: `OODMON_PYTHON`, else the
 /// workspace's `.venv`. The README's test command sets it up; without it these tests fail
 /// (a reference comparison that silently skips proves nothing).
@@ -15,7 +24,7 @@ pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("OODMON_PYTHON") {
         return PathBuf::from(p);
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let venv = tests_dir().join("../.venv/bin/python");
     assert!(
         venv.exists(),
         "no reference Python: run `cargo xtask test` (it creates the environment) or set OODMON_PYTHON"
@@ -25,9 +34,7 @@ pub fn python() -> PathBuf {
 
 /// Runs a script from `tests/py` with arguments and returns its stdout; panics with its stderr.
 pub fn run_python(script: &str, args: &[&Path]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("py")
-        .join(script);
+    let path = tests_dir().join("py").join(script);
     let out = Command::new(python())
         .arg(path)
         .args(args)
