@@ -45,6 +45,10 @@ pub struct CameraConfig {
     pub max_backoff_ms: u64,
     /// Play file sources again from the start when they end.
     pub looped: bool,
+    /// Decode JPEG frames much larger than the encoder's input at 1/4 or 1/8 scale
+    /// from the DCT coefficients (at least twice the input size is kept); off decodes every
+    /// pixel.
+    pub scaled_jpeg_decode: bool,
 }
 
 impl Default for CameraConfig {
@@ -53,6 +57,7 @@ impl Default for CameraConfig {
             timeout_ms: 2000,
             max_backoff_ms: 5000,
             looped: false,
+            scaled_jpeg_decode: true,
         }
     }
 }

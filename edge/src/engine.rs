@@ -90,14 +90,20 @@ impl Engine {
             state,
             input: Arc::new(input),
             embedding: vec![0.0; bundle.encoder.dim()],
-            spec,
+            spec: spec.clone(),
             preprocessor: None,
-            decoder: FrameDecoder::default(),
+            decoder: FrameDecoder::new(&spec, true),
             has_p_values: !bundle.detector.thresholds.calibration_scores.is_empty(),
             detector: bundle.detector,
             scratch,
             class_names: bundle.artifact.class_names.clone(),
         })
+    }
+
+    /// Whether large JPEG frames are decoded at a reduced scale (on by default; off decodes
+    /// every pixel, for comparing against full-resolution references).
+    pub fn set_scaled_jpeg(&mut self, on: bool) {
+        self.decoder = FrameDecoder::new(&self.spec, on);
     }
 
     /// Class name of a cluster, when the calibration has names.

@@ -92,6 +92,10 @@ enum Command {
         source: Option<String>,
         #[arg(long, default_value_t = 500)]
         frames: u64,
+        /// Decode JPEG frames at full resolution (no DCT scaling), as `[camera]
+        /// scaled_jpeg_decode = false` does.
+        #[arg(long)]
+        full_jpeg_decode: bool,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -235,6 +239,7 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             let mut engine = Engine::new(bundle)?;
+            engine.set_scaled_jpeg(cfg.camera.scaled_jpeg_decode);
             let outputs = outputs_from(&cfg)?;
             let service = oodmon_edge::service::AlarmService::start(cfg.alarm.clone(), outputs);
             let mut src = source::open(&spec, &cfg.source_options())?;
@@ -315,6 +320,7 @@ fn run(cli: Cli) -> Result<()> {
             yuyv,
             source,
             frames,
+            full_jpeg_decode,
             json,
         } => {
             if let Some(model) = model {
@@ -343,6 +349,7 @@ fn run(cli: Cli) -> Result<()> {
                 None => demo::bundle()?,
             };
             let mut engine = Engine::new(b)?;
+            engine.set_scaled_jpeg(!full_jpeg_decode);
             let mut src: Box<dyn source::FrameSource> = match &source {
                 Some(s) => {
                     let spec: SourceSpec = s.parse().map_err(anyhow::Error::msg)?;

@@ -178,7 +178,8 @@ struct FitArgs {
     /// Text file with one class name per line, in label order.
     #[arg(long)]
     class_names: Option<PathBuf>,
-    /// The encoder (ONNX) file these embeddings came from; its SHA-256 is recorded.
+    /// The encoder (ONNX) file these embeddings came from; its SHA-256 is recorded, and
+    /// its preprocessing spec too unless --preprocessing is given.
     #[arg(long)]
     encoder: Option<PathBuf>,
     /// JSON preprocessing spec of that encoder, recorded in the artifact.
@@ -404,7 +405,10 @@ fn fit(a: FitArgs) -> Result<()> {
             spec.validate().with_context(|| p.display().to_string())?;
             Some(spec)
         }
-        None => None,
+        None => match &a.encoder {
+            Some(e) => TractEncoder::load(e)?.preprocessing().cloned(),
+            None => None,
+        },
     };
     let encoder_sha256 = a.encoder.as_deref().map(sha256_file).transpose()?;
 

@@ -121,6 +121,75 @@ fn yuyv_bgr_gray_and_jpeg_frames_are_all_accepted() {
 }
 
 #[test]
+fn scaled_jpeg_decoding_matches_full_decoding_closely() {
+    use oodmon_edge::decode::jpeg_reduction;
+    // 640x480 to a 32x32 centre crop keeps >= 64 pixels of the 480 crop: 1/4 (120 rows)
+    assert_eq!(jpeg_reduction(640, 480, (32, 32)), 4);
+    assert_eq!(jpeg_reduction(1280, 720, (32, 32)), 8);
+    assert_eq!(jpeg_reduction(320, 240, (32, 32)), 2);
+    assert_eq!(jpeg_reduction(100, 80, (32, 32)), 1);
+    assert_eq!(jpeg_reduction(640, 64, (32, 32)), 1);
+    assert_eq!(jpeg_reduction(1001, 753, (32, 32)), 1, "no exact reduction");
+    assert_eq!(jpeg_reduction(1920, 1080, (32, 32)), 8);
+
+    let (_dir, mut engine) = engine();
+    // smooth structure with texture, colour and grey JPEGs at 1/4 and 1/8; sizes with no
+    // exact reduction keeping twice the input are decoded in full
+    for (w, h, grey) in [
+        (640, 480, false),
+        (1280, 720, false),
+        (800, 600, true),
+        (1001, 753, false),
+        (336, 248, false),
+    ] {
+        let rgb: Vec<u8> = (0..w * h)
+            .flat_map(|i| {
+                let (x, y) = ((i % w) as f64, (i / w) as f64);
+                let v = 128.0 + 90.0 * (x / 37.0).sin() * (y / 23.0).cos();
+                let t = ((i * 7919) % 23) as f64;
+                [v + t, 255.0 - v, v * 0.5 + t]
+            })
+            .map(|v| v.clamp(0.0, 255.0) as u8)
+            .collect();
+        let bytes = if grey {
+            let g: Vec<u8> = rgb.chunks_exact(3).map(|p| p[1]).collect();
+            let mut out = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+                .encode(&g, w as u32, h as u32, image::ExtendedColorType::L8)
+                .unwrap();
+            out
+        } else {
+            jpeg(&rgb, w, h)
+        };
+        let frame = Frame {
+            data: &bytes,
+            width: w,
+            height: h,
+            stride: None,
+            format: FrameFormat::Jpeg,
+            timestamp_us: 0,
+            sequence: 0,
+        };
+        engine.set_scaled_jpeg(false);
+        engine.prepare(&frame).unwrap();
+        let full = engine.input_tensor().to_vec();
+        engine.set_scaled_jpeg(true);
+        engine.prepare(&frame).unwrap();
+        let scaled = engine.input_tensor();
+        // normalised units: 1/255 of the range is about 0.016 with CIFAR's std
+        let diffs: Vec<f32> = full.iter().zip(scaled).map(|(a, b)| (a - b).abs()).collect();
+        let max = diffs.iter().cloned().fold(0.0, f32::max);
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        assert!(max < 0.1 && mean < 0.02, "{w}x{h}: max {max}, mean {mean}");
+        if jpeg_reduction(w as u32, h as u32, (SIZE as u32, SIZE as u32)) >= 4 {
+            assert_ne!(full, scaled, "{w}x{h}: the scaled path was not taken");
+        } else {
+            assert_eq!(full, scaled, "{w}x{h}: decoded in full either way");
+        }
+    }
+}
+
+#[test]
 fn malformed_frames_are_typed_errors() {
     let (_dir, mut engine) = engine();
     let short = vec![0u8; 10];
