@@ -384,7 +384,15 @@ impl Preprocessor {
             shift,
             layout: self.spec.layout,
         };
-        resample(&plan, frame, &self.xs, &self.ys, &mut self.row, &mut self.acc, out);
+        resample(
+            &plan,
+            frame,
+            &self.xs,
+            &self.ys,
+            &mut self.row,
+            &mut self.acc,
+            out,
+        );
         Ok(())
     }
 }

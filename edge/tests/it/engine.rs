@@ -177,7 +177,11 @@ fn scaled_jpeg_decoding_matches_full_decoding_closely() {
         engine.prepare(&frame).unwrap();
         let scaled = engine.input_tensor();
         // normalised units: 1/255 of the range is about 0.016 with CIFAR's std
-        let diffs: Vec<f32> = full.iter().zip(scaled).map(|(a, b)| (a - b).abs()).collect();
+        let diffs: Vec<f32> = full
+            .iter()
+            .zip(scaled)
+            .map(|(a, b)| (a - b).abs())
+            .collect();
         let max = diffs.iter().cloned().fold(0.0, f32::max);
         let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
         assert!(max < 0.1 && mean < 0.02, "{w}x{h}: max {max}, mean {mean}");
