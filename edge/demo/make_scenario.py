@@ -6,7 +6,8 @@ Usage: make_scenario.py SKIMAGE_DATA_DIR OUT.avi
 SKIMAGE_DATA_DIR is `skimage/data` from the scikit-image 0.26.0 wheel
 (`pip download scikit-image==0.26.0 --no-deps`, then unzip). The scenario is three
 segments: in-distribution (a cat, as in CIFAR-10's `cat` class), out-of-distribution
-(a person: no CIFAR-10 class), in-distribution again. Each segment moves a virtual camera slowly over
+(ancient coins photographed in grey against a grey background, like no CIFAR-10 class),
+in-distribution again. Each segment moves a virtual camera slowly over
 the picture so consecutive frames differ like a real stream.
 """
 import io
@@ -25,7 +26,7 @@ QUALITY = 80
 # (image, label, crop box path: list of (cx, cy, half-width) in source pixels)
 SEGMENTS = [
     ("chelsea.png", "in-distribution", ((230, 150, 150), (270, 150, 135))),
-    ("astronaut.png", "out-of-distribution", ((256, 250, 256), (256, 300, 256))),
+    ("coins.png", "out-of-distribution", ((192, 151, 190), (200, 151, 150))),
     ("chelsea.png", "in-distribution", ((270, 150, 135), (230, 150, 150))),
 ]
 
