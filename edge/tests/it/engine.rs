@@ -21,12 +21,16 @@ fn engine() -> (tempfile::TempDir, Engine) {
 }
 
 fn raw<'a>(data: &'a [u8], w: usize, h: usize, format: PixelFormat) -> Frame<'a> {
+    frame(data, w, h, FrameFormat::Raw(format))
+}
+
+fn frame(data: &[u8], w: usize, h: usize, format: FrameFormat) -> Frame<'_> {
     Frame {
         data,
         width: w,
         height: h,
         stride: None,
-        format: FrameFormat::Raw(format),
+        format,
         timestamp_us: 1,
         sequence: 7,
     }
@@ -105,16 +109,7 @@ fn yuyv_bgr_gray_and_jpeg_frames_are_all_accepted() {
         .process(&raw(&gray, w, h, PixelFormat::Gray8))
         .unwrap();
     let j = jpeg(&id_image(0, w, h, 4), w, h);
-    let frame = Frame {
-        data: &j,
-        width: w,
-        height: h,
-        stride: None,
-        format: FrameFormat::Jpeg,
-        timestamp_us: 0,
-        sequence: 0,
-    };
-    let r = engine.process(&frame).unwrap();
+    let r = engine.process(&frame(&j, w, h, FrameFormat::Jpeg)).unwrap();
     assert!(r.score.is_finite());
     assert_eq!(engine.embedding().len(), 6);
     assert_eq!(engine.input_tensor().len(), 3 * SIZE * SIZE);
@@ -161,15 +156,7 @@ fn scaled_jpeg_decoding_matches_full_decoding_closely() {
         } else {
             jpeg(&rgb, w, h)
         };
-        let frame = Frame {
-            data: &bytes,
-            width: w,
-            height: h,
-            stride: None,
-            format: FrameFormat::Jpeg,
-            timestamp_us: 0,
-            sequence: 0,
-        };
+        let frame = frame(&bytes, w, h, FrameFormat::Jpeg);
         engine.set_scaled_jpeg(false);
         engine.prepare(&frame).unwrap();
         let full = engine.input_tensor().to_vec();
