@@ -35,6 +35,31 @@ fn preprocess(c: &mut Criterion) {
             b.iter(|| pre.run(black_box(&data), None, &mut out).unwrap())
         });
     }
+    // Camera frames arrive by DMA, not from cache: cycle through more frames than the
+    // last-level cache holds.
+    for (w, h, format, name) in [
+        (640, 480, PixelFormat::Yuyv, "yuyv"),
+        (1280, 720, PixelFormat::Yuyv, "yuyv"),
+    ] {
+        let bytes = format.row_bytes(w) * h;
+        let count = (64 << 20) / bytes + 1;
+        let frames: Vec<Vec<u8>> = (0..count)
+            .map(|i| {
+                let mut f = frame(w, h, format);
+                f.rotate_left(i * 7);
+                f
+            })
+            .collect();
+        let mut pre = Preprocessor::new(&spec, w, h, format).unwrap();
+        let mut out = vec![0f32; pre.tensor_len()];
+        let mut next = 0;
+        group.bench_function(format!("{name}/{w}x{h}/uncached"), |b| {
+            b.iter(|| {
+                next = (next + 1) % frames.len();
+                pre.run(black_box(&frames[next]), None, &mut out).unwrap()
+            })
+        });
+    }
     group.finish();
 }
 

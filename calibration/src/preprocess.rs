@@ -451,6 +451,9 @@ struct Plan {
 /// 256-bit vectors).
 const BLOCK: usize = 64;
 
+/// Source rows summed per pass over a row's lanes.
+const TAPS: usize = 16;
+
 /// The per-frame work, one output row at a time: its vertical window of source rows is
 /// summed, weighted, straight from the frame's bytes (only the columns the filter reads,
 /// in the source's own byte layout, `BLOCK` lanes at a time in registers, whatever the pixel
@@ -464,12 +467,7 @@ fn resample(plan: &Plan, frame: &[u8], ys: &Axis, band: &Band, row: &mut [f32], 
     let plane = w * h;
     let first_byte = plan.format.row_bytes(plan.col_lo);
     let line = row.len();
-    // whole blocks, the last one ending at the row's end (overlapping its predecessor)
-    let last_block = line.checked_sub(BLOCK);
-    let blocks = (0..line / BLOCK * BLOCK)
-        .step_by(BLOCK)
-        .chain(last_block.filter(|l| l % BLOCK != 0));
-    let tail = if last_block.is_some() { line } else { 0 };
+    let whole = line / BLOCK * BLOCK;
     let comps = band.comps;
     // fused multiply-add where the CPU has it (a library call, far slower, where not)
     let fused =
@@ -477,29 +475,39 @@ fn resample(plan: &Plan, frame: &[u8], ys: &Axis, band: &Band, row: &mut [f32], 
     for y in 0..h {
         let (y0, wy) = ys.weights(y);
         let window = &frame[y0 * plan.stride + first_byte..];
-        for c0 in blocks.clone() {
-            let mut sums = [0f32; BLOCK];
-            for (t, &wt) in wy.iter().enumerate() {
-                let bytes: &[u8; BLOCK] = window[t * plan.stride + c0..][..BLOCK]
-                    .try_into()
-                    .expect("BLOCK bytes");
-                for (s, &b) in sums.iter_mut().zip(bytes) {
-                    if fused {
-                        *s = wt.mul_add(b as f32, *s);
-                    } else {
-                        *s += wt * b as f32;
+        if line >= BLOCK {
+            // TAPS source rows at a time, streamed left to right (prefetch-friendly for
+            // frames that arrive uncached), with the partial sums kept in `row` between
+            // groups and in registers within one
+            for (g, group) in wy.chunks(TAPS).enumerate() {
+                let rows = &window[g * TAPS * plan.stride..];
+                for c0 in (0..whole).step_by(BLOCK) {
+                    let mut sums = [0f32; BLOCK];
+                    if g > 0 {
+                        sums.copy_from_slice(&row[c0..c0 + BLOCK]);
+                    }
+                    accumulate(rows, plan.stride, c0, group, fused, &mut sums);
+                    row[c0..c0 + BLOCK].copy_from_slice(&sums);
+                }
+                if whole < line {
+                    // the last block ends at the row's end; add only the lanes past `whole`
+                    let c0 = line - BLOCK;
+                    let mut sums = [0f32; BLOCK];
+                    accumulate(rows, plan.stride, c0, group, fused, &mut sums);
+                    for (o, s) in row[whole..].iter_mut().zip(&sums[whole - c0..]) {
+                        *o = if g > 0 { *o + s } else { *s };
                     }
                 }
             }
-            row[c0..c0 + BLOCK].copy_from_slice(&sums);
-        }
-        // rows shorter than a block
-        for (c, o) in row.iter_mut().enumerate().skip(tail) {
-            *o = wy
-                .iter()
-                .enumerate()
-                .map(|(t, &wt)| wt * window[t * plan.stride + c] as f32)
-                .sum();
+        } else {
+            // rows shorter than a block
+            for (c, o) in row.iter_mut().enumerate() {
+                *o = wy
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &wt)| wt * window[t * plan.stride + c] as f32)
+                    .sum();
+            }
         }
         for x in 0..w {
             let run = &row[band.start[x]..band.start[x] + band.len];
@@ -514,6 +522,31 @@ fn resample(plan: &Plan, frame: &[u8], ys: &Axis, band: &Band, row: &mut [f32], 
                     Layout::Nchw => out[c * plane + y * w + x] = v,
                     Layout::Nhwc => out[(y * w + x) * 3 + c] = v,
                 }
+            }
+        }
+    }
+}
+
+/// Adds `taps` weighted source rows (`stride` bytes apart from the start of `rows`) over
+/// lanes `c0..c0 + BLOCK` into `sums`.
+#[inline(always)]
+fn accumulate(
+    rows: &[u8],
+    stride: usize,
+    c0: usize,
+    taps: &[f32],
+    fused: bool,
+    sums: &mut [f32; BLOCK],
+) {
+    for (t, &wt) in taps.iter().enumerate() {
+        let bytes: &[u8; BLOCK] = rows[t * stride + c0..][..BLOCK]
+            .try_into()
+            .expect("BLOCK bytes");
+        for (s, &b) in sums.iter_mut().zip(bytes) {
+            if fused {
+                *s = wt.mul_add(b as f32, *s);
+            } else {
+                *s += wt * b as f32;
             }
         }
     }
