@@ -1,6 +1,9 @@
 //! Properties of the core that must hold for every input, not just chosen examples.
 
 use oodmon_calibration::metrics::{auroc, average_precision, fpr_at_tpr};
+use oodmon_calibration::preprocess::{
+    PixelFormat, PreprocessSpec, Preprocessor, ResizeFilter, ResizePolicy,
+};
 use oodmon_calibration::{
     calibrate, npy, CalibrationArtifact, ClusterSpec, FitConfig, Metric, Provenance, Scorer,
     ThresholdMode, Thresholds,
@@ -77,6 +80,61 @@ proptest! {
         std::fs::write(&p, &bytes).unwrap();
         let _ = npy::read_embeddings(&p);
         let _ = npy::read_labels(&p);
+    }
+
+    /// Any geometry, stride, format, resize policy and filter: a constant-colour frame
+    /// comes out as that colour everywhere (the filter weights of every output pixel and
+    /// component sum to one and read only that pixel's bytes), a short frame is an error,
+    /// and nothing panics.
+    #[test]
+    fn preprocessing_any_geometry_keeps_a_constant_colour(
+        src_w in 1usize..150, src_h in 1usize..120, pad in 0usize..9,
+        out_w in 1u32..40, out_h in 1u32..40, format in 0usize..4,
+        stretch in any::<bool>(), nearest in any::<bool>(), colour in any::<[u8; 3]>(),
+    ) {
+        let format = [PixelFormat::Rgb8, PixelFormat::Bgr8, PixelFormat::Gray8, PixelFormat::Yuyv][format];
+        let mut spec = PreprocessSpec::cifar(32);
+        spec.width = out_w;
+        spec.height = out_h;
+        if stretch {
+            spec.resize = ResizePolicy::Stretch;
+        }
+        if nearest {
+            spec.filter = ResizeFilter::Nearest;
+        }
+        // one pixel (a YUYV pair) of the colour, and a frame made of it with padded rows
+        let unit: Vec<u8> = match format {
+            PixelFormat::Gray8 => vec![colour[0]],
+            PixelFormat::Yuyv => vec![colour[0], colour[1], colour[0], colour[2]],
+            _ => colour.to_vec(),
+        };
+        let row_bytes = format.row_bytes(src_w);
+        let stride = row_bytes + pad;
+        let mut frame = vec![0xAAu8; stride * (src_h - 1) + row_bytes];
+        for r in 0..src_h {
+            for (i, b) in frame[r * stride..r * stride + row_bytes].iter_mut().enumerate() {
+                *b = unit[i % unit.len()];
+            }
+        }
+        let mut pre = Preprocessor::new(&spec, src_w, src_h, format).unwrap();
+        let mut out = vec![f32::NAN; pre.tensor_len()];
+        pre.run(&frame, Some(stride), &mut out).unwrap();
+        // the colour as a 1x1 (YUYV: 2x1) frame taken at its own size
+        let (one_w, one) = if format == PixelFormat::Yuyv { (2, &unit[..]) } else { (1, &unit[..]) };
+        let mut spec1 = spec.clone();
+        spec1.width = one_w as u32;
+        spec1.height = 1;
+        let mut pre1 = Preprocessor::new(&spec1, one_w, 1, format).unwrap();
+        let mut want = vec![0f32; pre1.tensor_len()];
+        pre1.run(one, None, &mut want).unwrap();
+        let plane = (out_w * out_h) as usize;
+        for c in 0..3 {
+            for v in &out[c * plane..(c + 1) * plane] {
+                // normalised units: 1e-3 is far below one grey level (1 / (255 * std))
+                prop_assert!((v - want[c * one_w]).abs() < 1e-3, "channel {c}: {v} vs {}", want[c * one_w]);
+            }
+        }
+        prop_assert!(pre.run(&frame[..frame.len() - 1], Some(stride), &mut out).is_err());
     }
 
     #[test]
