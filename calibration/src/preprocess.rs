@@ -249,15 +249,18 @@ impl Band {
     fn new(xs: &Axis, format: PixelFormat, col_lo: usize, lanes: usize) -> Self {
         let out = xs.start.len();
         let comps = format.components();
-        let span = |x: usize| {
-            let (x0, wx) = xs.weights(x);
-            let lanes_of = |rel: usize| (0..comps).map(move |c| format.lane(rel, c));
-            let lo = (0..wx.len()).flat_map(|t| lanes_of(x0 - col_lo + t)).min();
-            let hi = (0..wx.len()).flat_map(|t| lanes_of(x0 - col_lo + t)).max();
-            (lo.unwrap_or(0), hi.map_or(0, |h| h + 1))
-        };
+        // the lanes each output pixel reads, first to last
+        let spans: Vec<(usize, usize)> = (0..out)
+            .map(|x| {
+                let (x0, wx) = xs.weights(x);
+                let lanes = (0..wx.len())
+                    .flat_map(|t| (0..comps).map(move |c| format.lane(x0 - col_lo + t, c)));
+                let lo = lanes.clone().min().unwrap_or(0);
+                (lo, lanes.max().map_or(lo, |hi| hi + 1))
+            })
+            .collect();
         // runs a multiple of 8 lanes long (whole vectors), within the row
-        let longest = (0..out).map(|x| span(x).1 - span(x).0).max().unwrap_or(1);
+        let longest = spans.iter().map(|(lo, hi)| hi - lo).max().unwrap_or(1);
         let len = longest.next_multiple_of(8).min(lanes);
         let mut band = Band {
             start: Vec::with_capacity(out),
@@ -265,8 +268,8 @@ impl Band {
             comps,
             weights: vec![0.0; out * comps * len],
         };
-        for x in 0..out {
-            let start = span(x).0.min(lanes - len);
+        for (x, &(lo, _)) in spans.iter().enumerate() {
+            let start = lo.min(lanes - len);
             band.start.push(start);
             let (x0, wx) = xs.weights(x);
             for (t, &wt) in wx.iter().enumerate() {
@@ -297,8 +300,7 @@ pub struct Preprocessor {
     format: PixelFormat,
     ys: Axis,
     band: Band,
-    /// First source column the horizontal filter reads (even for YUYV pairs).
-    col_lo: usize,
+    plan: Plan,
     /// One output row filtered vertically, still in the source's byte layout.
     row: Vec<f32>,
 }
@@ -348,6 +350,20 @@ impl Preprocessor {
         }
         let lanes = format.row_bytes(col_hi - col_lo);
         let band = Band::new(&xs, format, col_lo, lanes);
+        let order: [usize; 3] = match spec.channel_order {
+            ChannelOrder::Rgb => [0, 1, 2],
+            ChannelOrder::Bgr => [2, 1, 0],
+        };
+        let plan = Plan {
+            format,
+            first_byte: format.row_bytes(col_lo),
+            out_w: w,
+            out_h: h,
+            order,
+            scale: std::array::from_fn(|c| 1.0 / (255.0 * spec.std[order[c]])),
+            shift: std::array::from_fn(|c| spec.mean[order[c]] / spec.std[order[c]]),
+            layout: spec.layout,
+        };
         Ok(Self {
             spec: spec.clone(),
             src_width,
@@ -355,7 +371,7 @@ impl Preprocessor {
             format,
             ys,
             band,
-            col_lo,
+            plan,
             row: vec![0.0; lanes],
         })
     }
@@ -410,35 +426,26 @@ impl Preprocessor {
                 format!("{} values, expected {}", out.len(), self.tensor_len()),
             ));
         }
-        let (w, h) = (self.spec.width as usize, self.spec.height as usize);
-        let order: [usize; 3] = match self.spec.channel_order {
-            ChannelOrder::Rgb => [0, 1, 2],
-            ChannelOrder::Bgr => [2, 1, 0],
-        };
-        let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * self.spec.std[order[c]]));
-        let shift: [f32; 3] =
-            std::array::from_fn(|c| self.spec.mean[order[c]] / self.spec.std[order[c]]);
-        let plan = Plan {
-            format: self.format,
-            col_lo: self.col_lo,
+        resample(
+            &self.plan,
             stride,
-            out_w: w,
-            out_h: h,
-            order,
-            scale,
-            shift,
-            layout: self.spec.layout,
-        };
-        resample(&plan, frame, &self.ys, &self.band, &mut self.row, out);
+            frame,
+            &self.ys,
+            &self.band,
+            &mut self.row,
+            out,
+        );
         Ok(())
     }
 }
 
-/// What one frame's resampling needs besides the filter taps and buffers.
+/// What every frame's resampling needs besides the filter taps, the buffers and the row
+/// stride, worked out once per source geometry.
+#[derive(Debug, Clone)]
 struct Plan {
     format: PixelFormat,
-    col_lo: usize,
-    stride: usize,
+    /// Offset in a row of the first byte the horizontal filter reads.
+    first_byte: usize,
     out_w: usize,
     out_h: usize,
     order: [usize; 3],
@@ -462,10 +469,17 @@ const TAPS: usize = 16;
 /// (baseline and AVX2 + FMA, picked at run time) because the baseline's SSE2 leaves most of
 /// the speed unused; aarch64's NEON is always there.
 #[multiversion::multiversion(targets("x86_64+avx2+fma"))]
-fn resample(plan: &Plan, frame: &[u8], ys: &Axis, band: &Band, row: &mut [f32], out: &mut [f32]) {
+fn resample(
+    plan: &Plan,
+    stride: usize,
+    frame: &[u8],
+    ys: &Axis,
+    band: &Band,
+    row: &mut [f32],
+    out: &mut [f32],
+) {
     let (w, h) = (plan.out_w, plan.out_h);
     let plane = w * h;
-    let first_byte = plan.format.row_bytes(plan.col_lo);
     let line = row.len();
     let whole = line / BLOCK * BLOCK;
     let comps = band.comps;
@@ -474,26 +488,26 @@ fn resample(plan: &Plan, frame: &[u8], ys: &Axis, band: &Band, row: &mut [f32], 
         multiversion::target::target_cfg_f!(any(target_feature = "fma", target_arch = "aarch64"));
     for y in 0..h {
         let (y0, wy) = ys.weights(y);
-        let window = &frame[y0 * plan.stride + first_byte..];
+        let window = &frame[y0 * stride + plan.first_byte..];
         if line >= BLOCK {
             // TAPS source rows at a time, streamed left to right (prefetch-friendly for
             // frames that arrive uncached), with the partial sums kept in `row` between
             // groups and in registers within one
             for (g, group) in wy.chunks(TAPS).enumerate() {
-                let rows = &window[g * TAPS * plan.stride..];
+                let rows = &window[g * TAPS * stride..];
                 for c0 in (0..whole).step_by(BLOCK) {
                     let mut sums = [0f32; BLOCK];
                     if g > 0 {
                         sums.copy_from_slice(&row[c0..c0 + BLOCK]);
                     }
-                    accumulate(rows, plan.stride, c0, group, fused, &mut sums);
+                    accumulate(rows, stride, c0, group, fused, &mut sums);
                     row[c0..c0 + BLOCK].copy_from_slice(&sums);
                 }
                 if whole < line {
                     // the last block ends at the row's end; add only the lanes past `whole`
                     let c0 = line - BLOCK;
                     let mut sums = [0f32; BLOCK];
-                    accumulate(rows, plan.stride, c0, group, fused, &mut sums);
+                    accumulate(rows, stride, c0, group, fused, &mut sums);
                     for (o, s) in row[whole..].iter_mut().zip(&sums[whole - c0..]) {
                         *o = if g > 0 { *o + s } else { *s };
                     }
@@ -505,7 +519,7 @@ fn resample(plan: &Plan, frame: &[u8], ys: &Axis, band: &Band, row: &mut [f32], 
                 *o = wy
                     .iter()
                     .enumerate()
-                    .map(|(t, &wt)| wt * window[t * plan.stride + c] as f32)
+                    .map(|(t, &wt)| wt * window[t * stride + c] as f32)
                     .sum();
             }
         }
@@ -714,7 +728,7 @@ mod tests {
                     let mut expect = vec![0f32; py.tensor_len()];
                     let (xs, ys, col_lo) = {
                         let p = Preprocessor::new(&sp, w, h, PixelFormat::Rgb8).unwrap();
-                        (p.band.clone(), p.ys.clone(), p.col_lo)
+                        (p.band.clone(), p.ys.clone(), p.plan.first_byte / 3)
                     };
                     for oy in 0..6 {
                         let (y0, wy) = ys.weights(oy);
