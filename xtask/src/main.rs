@@ -9,7 +9,12 @@ type Result<T = ()> = std::result::Result<T, String>;
 
 const AARCH64: &str = "aarch64-unknown-linux-gnu";
 /// Crates that must build and pass their tests on aarch64.
-const AARCH64_CRATES: &[&str] = &["oodmon-calibration", "oodmon-protocol", "oodmon-edge"];
+const AARCH64_CRATES: &[&str] = &[
+    "oodmon-calibration",
+    "oodmon-protocol",
+    "oodmon-edge",
+    "v4l2-sys-mit",
+];
 /// Newest glibc the shipped edge binary may need: JetPack 6 has 2.35 (JetPack 5's 2.31
 /// needs the zig build that Cross.toml configures).
 const JETPACK6_GLIBC: (u32, u32) = (2, 35);
@@ -23,8 +28,9 @@ fn main() -> ExitCode {
         Some("bench-train") => bench_train(&args[1..]),
         Some("bench-edge") => bench_edge(&args[1..]),
         Some("study") => study(&args[1..]),
+        Some("v4l2-bindings") => v4l2_bindings(),
         _ => Err(
-            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick] | bench-edge [--quick] [--model FILE.onnx ...] [--video FILE.avi] | study --data DIR [--out DIR] [--epochs N] [--losses ce,supcon,simclr]>"
+            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick] | bench-edge [--quick] [--model FILE.onnx ...] [--video FILE.avi] | study --data DIR [--out DIR] [--epochs N] [--losses ce,supcon,simclr] | v4l2-bindings>"
                 .into(),
         ),
     };
@@ -133,51 +139,52 @@ fn python_env() -> Result<PathBuf> {
     Ok(python)
 }
 
-/// Whether libclang (for v4l's bindgen bindings) is installed.
-fn have_libclang() -> bool {
-    [
-        "/usr/lib",
-        "/usr/lib/x86_64-linux-gnu",
-        "/usr/lib/aarch64-linux-gnu",
-    ]
-    .iter()
-    .filter_map(|d| std::fs::read_dir(d).ok())
-    .flatten()
-    .filter_map(|e| e.ok())
-    .any(|e| {
-        let name = e.file_name().to_string_lossy().into_owned();
-        (name.starts_with("libclang") && name.contains(".so"))
-            || (name.starts_with("llvm-") && e.path().join("lib/libclang.so").exists())
-    })
+/// Whether a program starts and exits 0 with these arguments: the real thing, not a file
+/// name that looks like it.
+fn works(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
-/// Debian packages the build needs: libclang for the V4L2 bindings and, for the aarch64
-/// checks, Debian's rustc with an aarch64 standard library, the cross linker and qemu.
-fn system_packages(aarch64: bool) -> Result {
-    let mut missing: Vec<&str> = Vec::new();
-    if !have_libclang() {
-        missing.push("libclang-dev");
-    }
-    let aarch64_ready = Path::new("/usr/bin/rustc").exists()
-        && Path::new("/usr/lib/rustlib/aarch64-unknown-linux-gnu/lib").exists()
-        && have("aarch64-linux-gnu-gcc")
-        && have("qemu-aarch64-static");
-    if aarch64 && !aarch64_ready {
-        missing.extend([
-            "rustc-web",
-            "cargo-web",
-            "libstd-rust-web-dev:arm64",
-            "gcc-aarch64-linux-gnu",
-            "libc6-dev-arm64-cross",
-            "qemu-user-static",
-        ]);
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
+/// Whether Debian's rustc can compile for aarch64: its standard library for that target is
+/// where rustc itself says it looks.
+fn debian_rustc_has_aarch64_std() -> bool {
+    Command::new("/usr/bin/rustc")
+        .args(["--print", "target-libdir", "--target", AARCH64])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| std::fs::read_dir(String::from_utf8_lossy(&o.stdout).trim()).ok())
+        .is_some_and(|mut entries| {
+            entries.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libstd-")))
+        })
+}
+
+/// Whether libclang itself loads (what bindgen dlopens), for `v4l2-bindings` only: the
+/// build and the tests need none since the V4L2 bindings are committed.
+fn libclang_loads() -> bool {
+    let probe = r#"
+import ctypes, sys
+for name in ("libclang.so", "libclang-14.so", "libclang.so.1", "libclang-14.so.1"):
+    try:
+        ctypes.CDLL(name).clang_createIndex
+        sys.exit(0)
+    except (OSError, AttributeError):
+        pass
+sys.exit(1)
+"#;
+    works("python3", &["-c", probe])
+}
+
+/// Installs Debian packages (root, or through sudo).
+fn apt_install(packages: &[&str], add_arm64: bool) -> Result {
     step(&format!(
         "installing Debian packages: {}",
-        missing.join(" ")
+        packages.join(" ")
     ));
     let sudo = if have("id")
         && String::from_utf8_lossy(
@@ -194,7 +201,7 @@ fn system_packages(aarch64: bool) -> Result {
     } else {
         "sudo "
     };
-    let arch = if aarch64 && !aarch64_ready {
+    let arch = if add_arm64 {
         format!("{sudo}dpkg --add-architecture arm64; ")
     } else {
         String::new()
@@ -202,9 +209,33 @@ fn system_packages(aarch64: bool) -> Result {
     let script = format!(
         "set -e; {arch}{sudo}apt-get update -qq; \
          DEBIAN_FRONTEND=noninteractive {sudo}apt-get install -y -qq {}",
-        missing.join(" ")
+        packages.join(" ")
     );
     run(Command::new("sh").args(["-c", &script]))
+}
+
+/// Debian packages the aarch64 checks need: Debian's rustc with an aarch64 standard library,
+/// the cross linker and qemu. Nothing else comes from Debian: the V4L2 bindings are
+/// committed, so no step needs libclang.
+fn system_packages(aarch64: bool) -> Result {
+    let aarch64_ready = debian_rustc_has_aarch64_std()
+        && works("/usr/bin/cargo", &["--version"])
+        && works("aarch64-linux-gnu-gcc", &["--version"])
+        && works("qemu-aarch64-static", &["--version"]);
+    if !aarch64 || aarch64_ready {
+        return Ok(());
+    }
+    apt_install(
+        &[
+            "rustc-web",
+            "cargo-web",
+            "libstd-rust-web-dev:arm64",
+            "gcc-aarch64-linux-gnu",
+            "libc6-dev-arm64-cross",
+            "qemu-user-static",
+        ],
+        true,
+    )
 }
 
 /// qemu with the loader prefix that matches the installed aarch64 libc: Debian multiarch
@@ -229,6 +260,8 @@ fn test(args: &[String]) -> Result {
     let aarch64 = !args.iter().any(|a| a == "--no-aarch64");
     let python = python_env()?;
     system_packages(aarch64)?;
+    step("oodmon-edge's build runs no bindgen (a machine as booted has no libclang)");
+    no_bindgen_in_edge(&[None, Some(AARCH64)])?;
     step("cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--check"]))?;
     step("cargo clippy --all-targets -- -D warnings");
@@ -258,12 +291,7 @@ fn test(args: &[String]) -> Result {
                 qemu_aarch64(),
             )
             .env("OODMON_TEST_RUNNER", qemu_aarch64())
-            .env("QEMU_CPU", "neoverse-n1")
-            // v4l's bindgen must see the aarch64 headers, not the host's
-            .env(
-                "BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu",
-                "--target=aarch64-linux-gnu --sysroot=/usr/aarch64-linux-gnu -I/usr/aarch64-linux-gnu/include",
-            );
+            .env("QEMU_CPU", "neoverse-n1");
         run(&mut cmd)?;
         let edge = target_dir.join(AARCH64).join("debug").join("oodmon-edge");
         step("aarch64 oodmon-edge demo under qemu");
@@ -294,6 +322,99 @@ fn test(args: &[String]) -> Result {
         "\nall checks passed in {:.0}s",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Fails when a crate in oodmon-edge's default build graph (normal and build dependencies)
+/// is bindgen or clang-sys: the demo must build on a machine without libclang.
+fn no_bindgen_in_edge(targets: &[Option<&str>]) -> Result {
+    for target in targets {
+        let mut cmd = cargo();
+        cmd.args([
+            "tree",
+            "-p",
+            "oodmon-edge",
+            "-e",
+            "build,normal",
+            "--prefix",
+            "none",
+        ]);
+        if let Some(t) = target {
+            cmd.args(["--target", t]);
+        }
+        let out = cmd.output().map_err(|e| format!("cargo tree: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cargo tree failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let tree = String::from_utf8_lossy(&out.stdout);
+        let offenders: Vec<&str> = tree
+            .lines()
+            .filter(|l| l.starts_with("bindgen ") || l.starts_with("clang-sys "))
+            .collect();
+        if !offenders.is_empty() {
+            return Err(format!(
+                "oodmon-edge's build ({}) runs {}: it would need libclang",
+                target.unwrap_or("host"),
+                offenders.join(", ")
+            ));
+        }
+        eprintln!(
+            "    {}: {} crates, none of them bindgen or clang-sys",
+            target.unwrap_or("host"),
+            tree.lines().count()
+        );
+    }
+    Ok(())
+}
+
+/// Regenerates the committed V4L2 bindings (vendor/v4l2-sys-mit/src/bindings/) with the
+/// upstream crate's bindgen call, for x86_64 from the host's kernel headers and for aarch64
+/// and arm from Debian's cross headers. Installs libclang and the headers when missing.
+fn v4l2_bindings() -> Result {
+    let targets = [
+        ("x86_64", "x86_64-linux-gnu"),
+        ("aarch64", "aarch64-linux-gnu"),
+        ("arm", "arm-linux-gnueabihf"),
+    ];
+    let mut missing = Vec::new();
+    if !libclang_loads() {
+        missing.push("libclang-dev");
+    }
+    for (_, triple) in &targets[1..] {
+        if !Path::new(&format!("/usr/{triple}/include/sys/time.h")).is_file() {
+            missing.push(if triple.starts_with("aarch64") {
+                "libc6-dev-arm64-cross"
+            } else {
+                "libc6-dev-armhf-cross"
+            });
+        }
+    }
+    if !missing.is_empty() {
+        apt_install(&missing, false)?;
+    }
+    let dir = root().join("vendor/v4l2-sys-mit/src/bindings");
+    for (arch, triple) in targets {
+        step(&format!("bindgen for {arch}"));
+        let mut extra = format!("--target={triple}");
+        if arch != "x86_64" {
+            extra.push_str(&format!(" -I/usr/{triple}/include"));
+        }
+        // the build script runs on the host; the target only selects the headers and ABI
+        run(cargo()
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "v4l2-sys-mit",
+                "--features",
+                "regenerate",
+            ])
+            .env("BINDGEN_EXTRA_CLANG_ARGS", extra)
+            .env("V4L2_SYS_BINDINGS_OUT", dir.join(format!("{arch}.rs"))))?;
+    }
     Ok(())
 }
 
