@@ -235,9 +235,12 @@ impl CalibrationArtifact {
                 })
             }
             None => {
-                return Err(Error::InvalidArtifact(
-                    "no schema_version (is this an oodmon calibration file?)".into(),
-                ))
+                return Err(Error::InvalidArtifact(match value.get("schema_version") {
+                    None => "no schema_version (is this an oodmon calibration file?)".into(),
+                    Some(v) => format!(
+                        "schema_version {v} is not a whole number (write it without quotes, e.g. \"schema_version\": {SCHEMA_VERSION})"
+                    ),
+                }))
             }
         }
         let a: Self = serde_json::from_value(value).map_err(Error::ArtifactParse)?;

@@ -100,7 +100,7 @@ impl Bundle {
 /// Prefixes an error with the file it concerns (for errors that do not name one).
 fn in_file(path: &Path, e: Error) -> Error {
     match e {
-        e @ (Error::Io { .. } | Error::Npy { .. }) => e,
+        e @ (Error::Io { .. } | Error::Npy { .. } | Error::Onnx { .. }) => e,
         other => Error::InvalidArtifact(format!("{}: {other}", path.display())),
     }
 }

@@ -14,11 +14,10 @@ use rand_chacha::ChaCha8Rng;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {problem}")]
     Malformed { path: PathBuf, problem: String },
@@ -39,9 +38,9 @@ pub enum DataError {
 type Result<T> = std::result::Result<T, DataError>;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
-    move |source| DataError::Io {
+    move |cause| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 

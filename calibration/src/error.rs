@@ -7,12 +7,14 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{path}: {source}")]
+    // Messages carry their cause and name no `source`, so an error chain prints it once.
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+    #[error("{path}: not a usable ONNX encoder: {problem}")]
+    Onnx { path: PathBuf, problem: String },
     #[error("{path}: not a valid .npy file: {problem}")]
     Npy { path: PathBuf, problem: String },
     #[error("{what}: expected {expected}, found {found}")]
@@ -52,7 +54,7 @@ pub enum Error {
     #[error("unknown calibration schema version {found} (this build reads version {supported})")]
     UnknownSchemaVersion { found: u32, supported: u32 },
     #[error("calibration artifact is not valid JSON for this schema: {0}")]
-    ArtifactParse(#[source] serde_json::Error),
+    ArtifactParse(serde_json::Error),
     #[error("calibration artifact is inconsistent: {0}")]
     InvalidArtifact(String),
     #[error("{what} is not positive definite")]
@@ -65,7 +67,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

@@ -300,9 +300,9 @@ impl std::fmt::Debug for TractEncoder {
 }
 
 pub(crate) fn tract_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Npy {
+    Error::Onnx {
         path: path.to_path_buf(),
-        problem: format!("not a usable ONNX encoder: {e:#}"),
+        problem: format!("{e:#}"),
     }
 }
 

@@ -2,7 +2,10 @@
 //! k-of-n raising, m-in-a-row clearing after a minimum hold time, and faults that take
 //! precedence (no frames, a frozen camera, inference errors, NaN scores, bad frames in a
 //! row, an output that cannot be written). Pure logic on millisecond timestamps, so every
-//! rule is tested without clocks or hardware.
+//! rule is tested without clocks or hardware. Two time lines come in: the frame's own time
+//! (media time for files, the monotonic capture time for cameras), which the hold time is
+//! measured on, and the monotonic arrival time, which stalls are measured on; the wall
+//! clock never enters.
 
 use oodmon_protocol::{AlarmState, Reason};
 use serde::Deserialize;
@@ -118,6 +121,16 @@ pub enum FrameOutcome {
     BadFrame,
 }
 
+/// An alarm output. Each one that cannot deliver holds FAULT (`output_error`) until it
+/// delivers again, whatever the frames say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The serial link to the controller.
+    Link = 1,
+    /// The GPIO alarm line.
+    Line = 2,
+}
+
 /// A change of state, to be sent, journalled and put on the GPIO line.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Transition {
@@ -145,6 +158,8 @@ pub struct AlarmMachine {
     bad_streak: u32,
     /// The fault that holds now, if any (cleared by the condition going away).
     fault: Option<Reason>,
+    /// Outputs that cannot deliver now ([`Output`] bits).
+    failed_outputs: u8,
 }
 
 impl AlarmMachine {
@@ -165,6 +180,7 @@ impl AlarmMachine {
             same_streak: 0,
             bad_streak: 0,
             fault: Some(Reason::Starting),
+            failed_outputs: 0,
         }
     }
 
@@ -215,12 +231,32 @@ impl AlarmMachine {
     fn fault(&mut self, reason: Reason, score: f64, now: u64) -> Option<Transition> {
         self.fault = Some(reason);
         self.id_streak = 0;
-        self.go(AlarmState::Fault, reason, score, now)
+        // an output that cannot deliver stays the reason shown until it delivers again (the
+        // frame-side fault is kept and judged afresh then), so the reason does not flap
+        let shown = if self.failed_outputs != 0 {
+            Reason::OutputError
+        } else {
+            reason
+        };
+        self.go(AlarmState::Fault, shown, score, now)
     }
 
-    /// One frame's outcome at `now_ms`.
+    /// One frame's outcome, the frame's time and its arrival being the same clock.
     pub fn on_frame(&mut self, outcome: FrameOutcome, now_ms: u64) -> Option<Transition> {
-        self.last_frame_ms = now_ms;
+        self.on_frame_at(outcome, now_ms, now_ms)
+    }
+
+    /// One frame's outcome: `frame_ms` is the frame's own time (media time for files, the
+    /// monotonic capture time for cameras; the hold time is measured on it), `arrival_ms`
+    /// the monotonic time it reached the alarm (stalls are measured on it).
+    pub fn on_frame_at(
+        &mut self,
+        outcome: FrameOutcome,
+        frame_ms: u64,
+        arrival_ms: u64,
+    ) -> Option<Transition> {
+        self.last_frame_ms = arrival_ms;
+        let now_ms = frame_ms;
         match outcome {
             FrameOutcome::BadFrame => {
                 self.bad_streak += 1;
@@ -258,6 +294,10 @@ impl AlarmMachine {
                 self.fault = None;
                 self.push_window(ood);
                 self.id_streak = if ood { 0 } else { self.id_streak + 1 };
+                if self.failed_outputs != 0 {
+                    // the frames are fine, but an output cannot deliver: hold FAULT
+                    return self.go(AlarmState::Fault, Reason::OutputError, score, now_ms);
+                }
                 self.judge(score, now_ms)
             }
         }
@@ -301,16 +341,22 @@ impl AlarmMachine {
         None
     }
 
-    /// An alarm output could not be written.
-    pub fn on_output_error(&mut self, now_ms: u64) -> Option<Transition> {
-        self.fault(Reason::OutputError, f64::NAN, now_ms)
+    /// An alarm output could not deliver: FAULT (`output_error`) until it delivers again.
+    pub fn on_output_error(&mut self, output: Output, now_ms: u64) -> Option<Transition> {
+        // the frames' evidence (window, streaks) stays valid: only delivery failed
+        self.failed_outputs |= output as u8;
+        self.go(AlarmState::Fault, Reason::OutputError, f64::NAN, now_ms)
     }
 
-    /// The output works again: the fault clears once frames vouch for the state again.
-    pub fn on_output_restored(&mut self) {
-        if self.fault == Some(Reason::OutputError) {
-            self.fault = None;
-        }
+    /// The output delivers again. FAULT stays until every output delivers and frames vouch
+    /// for a state again (k of n OOD, or m in-distribution frames in a row).
+    pub fn on_output_restored(&mut self, output: Output) {
+        self.failed_outputs &= !(output as u8);
+    }
+
+    /// Whether some output cannot deliver now.
+    pub fn output_failed(&self) -> bool {
+        self.failed_outputs != 0
     }
 }
 
@@ -560,13 +606,74 @@ mod tests {
         let mut t = 0;
         run(&mut m, &mut t, &[false; 4]);
         assert_eq!(
-            m.on_output_error(t).map(|x| x.reason),
+            m.on_output_error(Output::Link, t).map(|x| x.reason),
             Some(Reason::OutputError)
         );
-        m.on_output_restored();
+        m.on_output_restored(Output::Link);
         assert_eq!(
             run(&mut m, &mut t, &[false; 4]),
             [(AlarmState::Ok, Reason::Cleared)]
+        );
+    }
+
+    #[test]
+    fn an_output_that_cannot_deliver_holds_fault_whatever_the_frames_say() {
+        let mut t = 0;
+        let mut m = AlarmMachine::new(config(), t);
+        run(&mut m, &mut t, &[false; 4]);
+        assert_eq!(m.state(), (AlarmState::Ok, Reason::Cleared));
+        m.on_output_error(Output::Link, t);
+        m.on_output_error(Output::Line, t);
+        // OOD evidence, then in-distribution evidence, then a stall and frames again:
+        // nothing leaves FAULT while an output is down
+        let seen = run(&mut m, &mut t, &[true; 6]);
+        assert!(seen.is_empty(), "{seen:?}");
+        let seen = run(&mut m, &mut t, &[false; 8]);
+        assert!(seen.is_empty(), "{seen:?}");
+        t += 1000;
+        assert_eq!(m.on_tick(t), None, "output_error stays the reason shown");
+        let seen = run(&mut m, &mut t, &[false; 8]);
+        assert!(seen.is_empty(), "{seen:?}");
+        // one output back is not enough
+        m.on_output_restored(Output::Link);
+        let seen = run(&mut m, &mut t, &[false; 8]);
+        assert!(seen.is_empty(), "{seen:?}");
+        assert_eq!(m.state(), (AlarmState::Fault, Reason::OutputError));
+        // both back: frames decide again
+        m.on_output_restored(Output::Line);
+        let seen = run(&mut m, &mut t, &[true; 3]);
+        assert_eq!(seen, [(AlarmState::Ood, Reason::OodFrames)]);
+    }
+
+    #[test]
+    fn the_hold_time_runs_on_the_frames_time_and_stalls_on_arrival_time() {
+        let mut m = AlarmMachine::new(config(), 0);
+        // frames of a file at 10 ms media spacing, decoded in a burst 1 ms apart
+        let mut seen = Vec::new();
+        let pattern = [false, false, false, false, true, true, true]
+            .into_iter()
+            .chain([false; 12]);
+        for (i, ood) in pattern.enumerate() {
+            let i = i as u64;
+            if let Some(x) = m.on_frame_at(scored(ood, i), 10 * i, 1000 + i) {
+                seen.push((x.state, x.reason, 10 * i));
+            }
+        }
+        // OOD at media 60 ms; four ID frames (media 70..100) would clear, but the hold
+        // (100 ms of media time) lets it clear only at media 160 ms
+        assert_eq!(
+            seen,
+            [
+                (AlarmState::Ok, Reason::Cleared, 30),
+                (AlarmState::Ood, Reason::OodFrames, 60),
+                (AlarmState::Ok, Reason::Cleared, 160),
+            ]
+        );
+        // stalls are measured from the arrival (1018), not from the media time
+        assert_eq!(m.on_tick(1018 + 299), None);
+        assert_eq!(
+            m.on_tick(1018 + 300).map(|x| x.reason),
+            Some(Reason::NoFrames)
         );
     }
 

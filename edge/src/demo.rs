@@ -131,6 +131,7 @@ pub fn probe(engine: &mut Engine) -> Result<FrameRecord> {
         stride: None,
         format: FrameFormat::Raw(PixelFormat::Rgb8),
         timestamp_us: now_us(),
+        media_us: None,
         sequence: 0,
     })
 }
@@ -153,7 +154,7 @@ pub struct DemoSummary {
 
 impl DemoSummary {
     /// Whether most frames of each segment got the segment's label.
-    pub fn passed(&self) -> bool {
+    pub fn frames_match(&self) -> bool {
         self.segments.iter().all(|s| {
             let ood_share = s.ood_frames as f64 / s.frames.max(1) as f64;
             if s.label == "out-of-distribution" {
@@ -162,6 +163,25 @@ impl DemoSummary {
                 ood_share < 0.5
             }
         })
+    }
+
+    /// Whether the alarm itself went OK -> OOD -> OK, in that order, as the scenario's
+    /// segments (in distribution, out of distribution, in distribution again) should make it.
+    pub fn alarm_followed_scenario(&self) -> bool {
+        use oodmon_protocol::AlarmState::{Ok, Ood};
+        let mut wanted = [Ok, Ood, Ok].into_iter().peekable();
+        for t in &self.alarms.transitions {
+            if wanted.peek() == Some(&t.state) {
+                wanted.next();
+            }
+        }
+        wanted.peek().is_none()
+    }
+
+    /// The scenario was reproduced: frames classified as labelled, and the alarm went
+    /// OK -> OOD -> OK.
+    pub fn passed(&self) -> bool {
+        self.frames_match() && self.alarm_followed_scenario()
     }
 }
 
@@ -187,7 +207,9 @@ pub fn play_with_alarms(
         },
     );
     let meta = scenario_meta()?;
-    let mut engine = Engine::new(bundle()?)?;
+    let bundle = bundle()?;
+    let names = bundle.artifact.class_names.clone();
+    let mut engine = Engine::new(bundle)?;
     let mut source = scenario(false)?;
     let delay = Duration::from_millis(frame_delay_ms.unwrap_or(1000 / meta.fps.max(1) as u64));
     writeln!(
@@ -210,9 +232,12 @@ pub fn play_with_alarms(
         max_consecutive_bad_frames: 3,
     };
     let stop = AtomicBool::new(false);
-    let names: Vec<String> = (0..64)
-        .map(|c| engine.cluster_name(c).unwrap_or("").to_string())
-        .collect();
+    // class names through the cluster-to-class map, looked up once
+    let class_name = |r: &FrameRecord| -> &str {
+        r.nearest_class
+            .and_then(|c| names.get(c))
+            .map_or("", String::as_str)
+    };
     let run = runner::run(&mut engine, &mut source, &limits, &stop, |event| {
         let Event::Record(r) = event else {
             if let Event::BadFrame(e) = event {
@@ -240,15 +265,18 @@ pub fn play_with_alarms(
                     _ => ' ',
                 })
                 .collect();
+            // the state the outputs carry once this frame is judged
+            service.wait_judged(Duration::from_millis(200));
             let (state, reason) = service.current();
             write!(
                 out,
-                "\rframe {:>3}  [{}] score {:.3} / {:.3}  nearest {:<10}  {}  {:>5} us  alarm {:<5} ({:<13}) ",
+                "\rframe {:>3}  [{}] score {:.3} / {:.3}  nearest {:<10} (cluster {:>2})  {}  {:>5} us  alarm {:<5} ({:<13}) ",
                 r.sequence,
                 bar,
                 r.score,
                 r.threshold,
-                names.get(r.nearest).map(String::as_str).unwrap_or(""),
+                class_name(r),
+                r.nearest,
                 if r.ood { "OOD" } else { "ok " },
                 r.latency.total_us(),
                 state.name(),
@@ -309,10 +337,10 @@ pub fn play_with_alarms(
     writeln!(
         out,
         "{}",
-        if summary.passed() {
-            "scenario reproduced: in-distribution frames pass, out-of-distribution frames are flagged"
-        } else {
-            "scenario NOT reproduced: the decisions do not match the scenario's labels"
+        match (summary.frames_match(), summary.alarm_followed_scenario()) {
+            (true, true) => "scenario reproduced: in-distribution frames pass, out-of-distribution frames are flagged, and the alarm went OK -> OOD -> OK",
+            (false, _) => "scenario NOT reproduced: the decisions do not match the scenario's labels",
+            (true, false) => "scenario NOT reproduced: the frames were classified as labelled, but the alarm did not go OK -> OOD -> OK",
         }
     )?;
     Ok(summary)

@@ -34,11 +34,18 @@ impl StageLatency {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct FrameRecord {
     pub sequence: u64,
-    /// Capture time, microseconds since the Unix epoch.
+    /// Capture time, microseconds since the Unix epoch (a label).
     pub timestamp_us: u64,
+    /// Media time for frames from files (see [`Frame::media_us`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_us: Option<u64>,
     /// Distance to the nearest cluster (higher = more out-of-distribution).
     pub score: f64,
+    /// Nearest cluster.
     pub nearest: usize,
+    /// The class of the nearest cluster (the calibration's cluster-to-class map), when the
+    /// clusters have classes.
+    pub nearest_class: Option<usize>,
     /// Split-conformal p-value, when the calibration kept its scores.
     pub p_value: Option<f64>,
     pub threshold: f64,
@@ -66,6 +73,7 @@ pub struct Engine {
     scratch: Scratch,
     has_p_values: bool,
     class_names: Vec<String>,
+    cluster_class: Vec<Option<usize>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -97,6 +105,7 @@ impl Engine {
             detector: bundle.detector,
             scratch,
             class_names: bundle.artifact.class_names.clone(),
+            cluster_class: bundle.artifact.model.cluster_class.clone(),
         })
     }
 
@@ -106,9 +115,15 @@ impl Engine {
         self.decoder = FrameDecoder::new(&self.spec, on);
     }
 
-    /// Class name of a cluster, when the calibration has names.
-    pub fn cluster_name(&self, cluster: usize) -> Option<&str> {
-        self.class_names.get(cluster).map(String::as_str)
+    /// The class a cluster belongs to, through the calibration's cluster-to-class map
+    /// (`None` for clusters without a class, e.g. global k-means).
+    pub fn cluster_class(&self, cluster: usize) -> Option<usize> {
+        self.cluster_class.get(cluster).copied().flatten()
+    }
+
+    /// The name of a class, when the calibration has names.
+    pub fn class_name(&self, class: usize) -> Option<&str> {
+        self.class_names.get(class).map(String::as_str)
     }
 
     pub fn preprocessing(&self) -> &PreprocessSpec {
@@ -127,6 +142,7 @@ impl Engine {
         latency.scoring_us = micros(t);
         record.sequence = frame.sequence;
         record.timestamp_us = frame.timestamp_us;
+        record.media_us = frame.media_us;
         record.latency = latency;
         record.fingerprint = crate::alarm::fingerprint(self.input_tensor());
         Ok(record)
@@ -150,8 +166,10 @@ impl Engine {
         Ok(FrameRecord {
             sequence: 0,
             timestamp_us: 0,
+            media_us: None,
             score: d.score,
             nearest: d.nearest,
+            nearest_class: self.cluster_class.get(d.nearest).copied().flatten(),
             p_value: self.has_p_values.then_some(d.p_value),
             threshold: d.threshold,
             ood: d.ood,

@@ -62,9 +62,16 @@ pub enum EdgeError {
     #[error("invalid setting {what}: {problem}")]
     Invalid { what: String, problem: String },
     #[error("writing output: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("{0} consecutive bad frames (limit {1}): the source is faulty")]
     Fault(u32, u32),
+}
+
+// by hand, not `#[from]`: the message carries the cause, so it is not a `source` too
+impl From<std::io::Error> for EdgeError {
+    fn from(e: std::io::Error) -> Self {
+        EdgeError::Io(e)
+    }
 }
 
 impl EdgeError {

@@ -42,11 +42,20 @@ pub struct Frame<'a> {
     /// Bytes per row for raw formats (`None`: tightly packed).
     pub stride: Option<usize>,
     pub format: FrameFormat,
-    /// Capture time, microseconds since the Unix epoch.
+    /// Capture time, microseconds since the Unix epoch: a label only (the wall clock may
+    /// step).
     pub timestamp_us: u64,
+    /// Media time of a frame from a file (from its frame rate, running on across loops), on
+    /// which the alarm's hold and clear times are measured; `None` for live sources, whose
+    /// frames are timed by the monotonic clock as they arrive.
+    pub media_us: Option<u64>,
     /// The source's frame counter; gaps are dropped frames.
     pub sequence: u64,
 }
+
+/// Frame interval of sources without a frame rate of their own (image files, AVI files
+/// whose header gives none): 30 frames/s.
+pub const NOMINAL_FRAME_US: u32 = 33_333;
 
 /// Microseconds since the Unix epoch, now.
 pub fn now_us() -> u64 {

@@ -1,7 +1,9 @@
 //! The alarm event journal: one JSON line per state change, appended and fsync'd before
 //! the event counts as recorded, so that `kill -9` or a power cut loses no completed
-//! event. A line cut short by a crash is detected when the journal is reopened, reported,
-//! and truncated away before new events are appended.
+//! event. When the journal is reopened, a line cut short by a crash is reported and
+//! truncated away before new events are appended; a last event that is complete but lacks
+//! only its newline is kept (the newline is added); a corrupt line elsewhere is reported and
+//! skipped, and every event around it is kept.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -48,18 +50,10 @@ impl JournalEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("journal {path}: {source}")]
+    #[error("journal {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "journal {path}, line {line}: not a journal event ({problem}); refusing to append to it"
-    )]
-    Corrupt {
-        path: PathBuf,
-        line: usize,
-        problem: String,
+        cause: std::io::Error,
     },
 }
 
@@ -70,7 +64,35 @@ pub struct Recovery {
     pub events: usize,
     /// Bytes of a torn last line that were cut off.
     pub torn_bytes: usize,
+    /// A complete last event without its newline, kept (the newline was added).
+    pub completed_last_line: bool,
+    /// Lines (1-based) that are not journal events: reported and skipped.
+    pub corrupt_lines: Vec<usize>,
+    /// Highest event sequence number found.
     pub last_sequence: Option<u64>,
+}
+
+/// The events of a journal's text, line by line: complete lines that parse, the numbers of
+/// those that do not, and whether the unterminated tail is one whole event.
+fn parse_journal(text: &[u8]) -> (Vec<JournalEvent>, Vec<usize>, usize, bool) {
+    let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut events = Vec::new();
+    let mut corrupt = Vec::new();
+    for (i, line) in text[..complete].split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<JournalEvent>(line) {
+            Ok(event) => events.push(event),
+            Err(_) => corrupt.push(i + 1),
+        }
+    }
+    let tail = &text[complete..];
+    let tail_is_event = !tail.is_empty() && serde_json::from_slice::<JournalEvent>(tail).is_ok();
+    if tail_is_event {
+        events.push(serde_json::from_slice(tail).expect("checked just above"));
+    }
+    (events, corrupt, complete, tail_is_event)
 }
 
 pub struct Journal {
@@ -81,12 +103,13 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal, checks every complete line and cuts off a torn
-    /// last line. A corrupt line in the middle is an error: something else wrote there.
+    /// Opens (or creates) the journal, checks every line, cuts off a torn last line (or
+    /// completes a last event that lacks only its newline) and reports corrupt lines, which
+    /// are skipped: something else wrote there, and the events around them still count.
     pub fn open(path: &Path) -> Result<(Self, Recovery), JournalError> {
-        let io = |source| JournalError::Io {
+        let io = |cause| JournalError::Io {
             path: path.into(),
-            source,
+            cause,
         };
         let mut file = OpenOptions::new()
             .read(true)
@@ -96,25 +119,32 @@ impl Journal {
             .map_err(io)?;
         let mut text = Vec::new();
         file.read_to_end(&mut text).map_err(io)?;
-        let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let mut recovery = Recovery {
-            torn_bytes: text.len() - complete,
-            ..Default::default()
+        let (events, corrupt_lines, complete, tail_is_event) = parse_journal(&text);
+        let recovery = Recovery {
+            events: events.len(),
+            torn_bytes: if tail_is_event {
+                0
+            } else {
+                text.len() - complete
+            },
+            completed_last_line: tail_is_event,
+            last_sequence: events.iter().map(|e| e.sequence).max(),
+            corrupt_lines,
         };
-        for (i, line) in text[..complete].split(|&b| b == b'\n').enumerate() {
-            if line.is_empty() {
-                continue;
-            }
-            let event: JournalEvent =
-                serde_json::from_slice(line).map_err(|e| JournalError::Corrupt {
-                    path: path.into(),
-                    line: i + 1,
-                    problem: e.to_string(),
-                })?;
-            recovery.events += 1;
-            recovery.last_sequence = Some(event.sequence);
+        for line in &recovery.corrupt_lines {
+            log::warn!(
+                "journal {}, line {line}: not a journal event; skipped (the events around it are kept)",
+                path.display()
+            );
         }
-        if recovery.torn_bytes > 0 {
+        if tail_is_event {
+            log::warn!(
+                "journal {}: the last event lacked its newline (the process stopped after writing it); newline added",
+                path.display()
+            );
+            file.write_all(b"\n").map_err(io)?;
+            file.sync_data().map_err(io)?;
+        } else if recovery.torn_bytes > 0 {
             log::warn!(
                 "journal {}: cut off a torn last line of {} bytes (the process stopped while writing it)",
                 path.display(),
@@ -146,9 +176,9 @@ impl Journal {
         self.line.clear();
         serde_json::to_writer(&mut self.line, &event).expect("events serialise");
         self.line.push(b'\n');
-        let io = |source| JournalError::Io {
+        let io = |cause| JournalError::Io {
             path: self.path.clone(),
-            source,
+            cause,
         };
         self.file.write_all(&self.line).map_err(io)?;
         self.file.sync_data().map_err(io)?;
@@ -156,24 +186,13 @@ impl Journal {
         Ok(())
     }
 
-    /// Every complete event in a journal file (for tools and tests).
+    /// Every event in a journal file (for tools and tests): corrupt lines and a torn last
+    /// line are skipped, as [`Journal::open`] skips them.
     pub fn read(path: &Path) -> Result<Vec<JournalEvent>, JournalError> {
-        let text = std::fs::read(path).map_err(|source| JournalError::Io {
+        let text = std::fs::read(path).map_err(|cause| JournalError::Io {
             path: path.into(),
-            source,
+            cause,
         })?;
-        let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        text[..complete]
-            .split(|&b| b == b'\n')
-            .enumerate()
-            .filter(|(_, l)| !l.is_empty())
-            .map(|(i, l)| {
-                serde_json::from_slice(l).map_err(|e| JournalError::Corrupt {
-                    path: path.into(),
-                    line: i + 1,
-                    problem: e.to_string(),
-                })
-            })
-            .collect()
+        Ok(parse_journal(&text).0)
     }
 }

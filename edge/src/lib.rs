@@ -13,6 +13,7 @@
 //! - [`watchdog`]: systemd readiness and watchdog notifications.
 
 pub mod alarm;
+pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod demo;

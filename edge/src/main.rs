@@ -238,6 +238,7 @@ fn run(cli: Cli) -> Result<()> {
                     bundle_dir.display()
                 );
             }
+            let class_names = bundle.artifact.class_names.clone();
             let mut engine = Engine::new(bundle)?;
             engine.set_scaled_jpeg(cfg.camera.scaled_jpeg_decode);
             let outputs = outputs_from(&cfg)?;
@@ -265,7 +266,14 @@ fn run(cli: Cli) -> Result<()> {
                     Event::BadFrame(e) => service.frame(Err(e)),
                 }
                 if let (Event::Record(r), Some(w)) = (&event, sink.as_mut()) {
-                    serde_json::to_writer(&mut *w, r).map_err(std::io::Error::other)?;
+                    let line = RecordLine {
+                        record: r,
+                        nearest_class_name: r
+                            .nearest_class
+                            .and_then(|c| class_names.get(c))
+                            .map(String::as_str),
+                    };
+                    serde_json::to_writer(&mut *w, &line).map_err(std::io::Error::other)?;
                     w.write_all(b"\n")?;
                 }
                 if let Event::Record(r) = event {
@@ -291,7 +299,8 @@ fn run(cli: Cli) -> Result<()> {
             print_summary(
                 &summary,
                 cfg.output.records.as_deref() == Some(Path::new("-")),
-            )
+            )?;
+            source_ending(&spec, cfg.camera.looped, &summary)
         }
         Command::Check { bundle } => {
             let b = Bundle::load(&bundle)?;
@@ -576,6 +585,37 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
     ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed))
         .context("installing the Ctrl-C handler")?;
     Ok(stop)
+}
+
+/// One line of `--records`: the frame's record and its nearest class by name.
+#[derive(serde::Serialize)]
+struct RecordLine<'a> {
+    #[serde(flatten)]
+    record: &'a oodmon_edge::FrameRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nearest_class_name: Option<&'a str>,
+}
+
+/// A live source (camera, pipe) or a looped file that runs out of frames is a failure, so
+/// that a supervisor (`Restart=on-failure`) restarts the pipeline; a file read once may end.
+fn source_ending(spec: &SourceSpec, looped: bool, summary: &RunSummary) -> Result<()> {
+    if summary.ending != runner::Ending::SourceEnded {
+        return Ok(());
+    }
+    let live = matches!(spec, SourceSpec::V4l { .. } | SourceSpec::Stdin { .. });
+    if live || looped {
+        anyhow::bail!(
+            "the frame source ended after {} frames ({}): a {} must not end; exiting with an error so that a supervisor restarts the pipeline",
+            summary.frames,
+            if live { "the camera or pipe stopped delivering" } else { "the looped file cannot be read again" },
+            if live { "live source" } else { "looped source" },
+        );
+    }
+    eprintln!(
+        "oodmon-edge: the file source ended after {} frames (no --loop)",
+        summary.frames
+    );
+    Ok(())
 }
 
 fn print_summary(s: &RunSummary, to_stderr: bool) -> Result<()> {

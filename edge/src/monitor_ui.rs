@@ -11,6 +11,14 @@ use oodmon_protocol::AlarmState;
 use crate::monitor::{Monitor, MonitorEvent};
 use crate::service::now_ms;
 
+/// The serial port stopped working (unplugged, or the other end closed): the monitor can
+/// no longer see the link, which is itself an alarm, so it ends with an error.
+#[derive(Debug, thiserror::Error)]
+#[error("serial port lost: {problem}; the link is not being watched any more")]
+pub struct PortLost {
+    problem: String,
+}
+
 /// Reads what arrived (waiting at most the port's timeout), feeds it to the monitor and
 /// checks the heartbeat age; returns the local time used.
 fn poll(
@@ -18,8 +26,10 @@ fn poll(
     monitor: &mut Monitor,
     buf: &mut [u8],
     events: &mut Vec<MonitorEvent>,
-) -> std::io::Result<u64> {
-    let n = read_some(port, buf)?;
+) -> Result<u64, PortLost> {
+    let n = read_some(port, buf).map_err(|e| PortLost {
+        problem: e.to_string(),
+    })?;
     let now = now_ms();
     monitor.feed(&buf[..n], now, events);
     monitor.check_link(now, events);
@@ -28,6 +38,7 @@ fn poll(
 
 fn read_some(port: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     match port.read(buf) {
+        // 0 bytes: the classic-termios fallback's read timeout
         Ok(n) => Ok(n),
         Err(e)
             if matches!(
@@ -49,8 +60,8 @@ pub fn clock(ms: u64) -> String {
         .to_string()
 }
 
-/// Decodes the link and prints one line per event until `stop`, the deadline, or the
-/// port closes.
+/// Decodes the link and prints one line per event until `stop` or the deadline; a port that
+/// stops working ends it with [`PortLost`] after the summary line.
 pub fn plain(
     mut port: Box<dyn crate::output::SerialIo>,
     heartbeat_ms: u64,
@@ -61,8 +72,16 @@ pub fn plain(
     let mut monitor = Monitor::new(2 * heartbeat_ms);
     let mut buf = [0u8; 256];
     let mut events = Vec::new();
+    let mut lost = None;
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
-        let now = poll(&mut port, &mut monitor, &mut buf, &mut events)?;
+        let now = match poll(&mut port, &mut monitor, &mut buf, &mut events) {
+            Ok(now) => now,
+            Err(e) => {
+                writeln!(out, "{} ERROR: {e}", clock(now_ms()))?;
+                lost = Some(e);
+                break;
+            }
+        };
         for e in events.drain(..) {
             writeln!(out, "{} {e}", clock(now))?;
         }
@@ -70,10 +89,19 @@ pub fn plain(
     }
     writeln!(
         out,
-        "{} messages, {} bad frames ({} CRC errors), {} lost",
-        monitor.messages, monitor.bad_frames, monitor.crc_errors, monitor.lost_messages
+        "{} messages, {} bad frames ({} CRC errors), {} lost, {} duplicate or stale, {} sender restart(s)",
+        monitor.messages,
+        monitor.bad_frames,
+        monitor.crc_errors,
+        monitor.lost_messages,
+        monitor.stale_messages,
+        monitor.restarts
     )?;
-    Ok(())
+    out.flush()?;
+    match lost {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// The terminal UI; `q` or Ctrl-C quits.
@@ -115,12 +143,13 @@ pub fn tui(
                 .areas(f.area());
                 let (state, reason) = match monitor.state {
                     Some((s, r)) => (s.name(), r.name()),
+                    None if monitor.no_traffic => ("NO TRAFFIC", ""),
                     None => ("(waiting)", ""),
                 };
-                let colour = match monitor.state.map(|s| s.0) {
-                    Some(AlarmState::Ok) => Color::Green,
-                    Some(AlarmState::Ood) => Color::Yellow,
-                    _ => Color::Red,
+                let colour = match monitor.effective_state() {
+                    AlarmState::Ok => Color::Green,
+                    AlarmState::Ood => Color::Yellow,
+                    AlarmState::Fault => Color::Red,
                 };
                 let age = monitor
                     .heartbeat_age(now)
@@ -131,10 +160,12 @@ pub fn tui(
                         state.bold().fg(colour),
                         format!("  ({reason})").into(),
                         if monitor.link_lost { "  LINK LOST".bold().fg(Color::Red) } else { "".into() },
+                        if monitor.unreliable { "  LINK UNRELIABLE".bold().fg(Color::Red) } else { "".into() },
                     ]),
                     Line::from(format!(
-                        "heartbeat age {age}   messages {}   CRC errors {}   bad frames {}   lost {}",
-                        monitor.messages, monitor.crc_errors, monitor.bad_frames, monitor.lost_messages
+                        "heartbeat age {age}   messages {}   CRC errors {}   bad frames {}   lost {}   stale {}   restarts {}",
+                        monitor.messages, monitor.crc_errors, monitor.bad_frames, monitor.lost_messages,
+                        monitor.stale_messages, monitor.restarts
                     )),
                 ])
                 .block(Block::bordered().title(format!(" oodmon monitor: {name} (q quits) ")));

@@ -81,9 +81,23 @@ impl LatencyStats {
     }
 }
 
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    /// The source had no more frames.
+    #[default]
+    SourceEnded,
+    /// `max_frames` frames were processed.
+    MaxFrames,
+    /// Asked to stop (Ctrl-C, SIGTERM).
+    Stopped,
+}
+
 /// What a run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunSummary {
+    pub ending: Ending,
     pub frames: u64,
     pub ood_frames: u64,
     pub bad_frames: u64,
@@ -122,12 +136,17 @@ pub fn run(
     let mut summary = RunSummary::default();
     let mut bad_in_a_row = 0u32;
     let start = Instant::now();
+    summary.ending = Ending::Stopped;
     while !stop.load(Ordering::Relaxed) {
         if limits.max_frames.is_some_and(|m| summary.frames >= m) {
+            summary.ending = Ending::MaxFrames;
             break;
         }
         let outcome = match source.next_frame() {
-            Ok(None) => break,
+            Ok(None) => {
+                summary.ending = Ending::SourceEnded;
+                break;
+            }
             Ok(Some(frame)) => engine.process(&frame),
             Err(e) if e.is_transient() => Err(e.into()),
             Err(e) => return Err(e.into()),

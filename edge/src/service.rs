@@ -2,6 +2,8 @@
 //! protocol frames on the link, journal lines and the GPIO level, with a heartbeat that
 //! keeps going when frames stop (which is itself a fault). A second thread, the software
 //! watchdog, drives the GPIO line to alarm if the service itself stops making progress.
+//! Every timer runs on the [`Clock`]'s monotonic time; the wall clock only labels journal
+//! lines and messages. An output that cannot deliver holds FAULT until it delivers again.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -11,18 +13,25 @@ use std::time::Duration;
 
 use oodmon_protocol::{AlarmState, Message, Packet, Reason, MAX_FRAME};
 
-use crate::alarm::{AlarmConfig, AlarmMachine, DecisionRule, FrameOutcome, Transition};
+use crate::alarm::{AlarmConfig, AlarmMachine, DecisionRule, FrameOutcome, Output, Transition};
+use crate::clock::{Clock, SystemClock};
 use crate::engine::FrameRecord;
 use crate::error::EdgeError;
 use crate::journal::{Journal, JournalEvent};
 use crate::output::{AlarmLine, AlarmLink};
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch (a label; timers use a [`Clock`]'s monotonic time).
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::wall_now_ms()
+}
+
+/// A fresh protocol session id: random (the OS seeds `RandomState`), never 0.
+pub fn new_session_id() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let v = h.finish();
+    ((v >> 32) as u32 ^ v as u32).max(1)
 }
 
 /// What the service writes to.
@@ -35,6 +44,8 @@ pub struct Outputs {
     pub scores: bool,
     /// Software watchdog period for the GPIO line (0: none).
     pub watchdog_ms: u64,
+    /// Time for every timer (`None`: the system's monotonic and wall clocks).
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 /// A frame's result as the frame loop hands it over.
@@ -63,12 +74,17 @@ pub struct ServiceReport {
     pub transitions: Vec<Transition>,
     pub messages_sent: u64,
     pub send_errors: u64,
+    /// The protocol session id this run sent under.
+    pub session: u32,
     pub final_state: Option<(AlarmState, Reason)>,
 }
 
 /// A running alarm service; dropping the sender (via [`AlarmService::finish`]) stops it.
 pub struct AlarmService {
     current: Arc<std::sync::atomic::AtomicU16>,
+    /// Frame events handed over, and those the service has judged.
+    handed: AtomicU64,
+    judged: Arc<AtomicU64>,
     tx: Option<SyncSender<LoopEvent>>,
     handle: Option<JoinHandle<ServiceReport>>,
     watchdog: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
@@ -86,20 +102,27 @@ impl AlarmService {
             ((AlarmState::Fault as u16) << 8) | Reason::Starting as u16,
         ));
         let current2 = current.clone();
+        let judged = Arc::new(AtomicU64::new(0));
+        let judged2 = judged.clone();
         let (tx, rx) = sync_channel(QUEUE);
-        let alive = Arc::new(AtomicU64::new(now_ms()));
+        let clock: Arc<dyn Clock> = outputs
+            .clock
+            .take()
+            .unwrap_or_else(|| Arc::new(SystemClock::new()));
+        let alive = Arc::new(AtomicU64::new(clock.monotonic_ms()));
         let line = outputs.line.take().map(|l| Arc::new(Mutex::new(l)));
         let watchdog = match (&line, outputs.watchdog_ms) {
             (Some(line), ms) if ms > 0 => {
-                let (line, alive, stop) = (
+                let (line, alive, stop, clock) = (
                     line.clone(),
                     alive.clone(),
                     Arc::new(AtomicBool::new(false)),
+                    clock.clone(),
                 );
                 let stop2 = stop.clone();
                 let h = std::thread::Builder::new()
                     .name("oodmon-watchdog".into())
-                    .spawn(move || watchdog_loop(line, alive, ms, stop2))
+                    .spawn(move || watchdog_loop(line, alive, ms, stop2, clock))
                     .expect("spawn watchdog thread");
                 Some((stop, h))
             }
@@ -108,22 +131,32 @@ impl AlarmService {
         let handle = std::thread::Builder::new()
             .name("oodmon-alarm".into())
             .spawn(move || {
+                let session = new_session_id();
                 let mut s = Service {
-                    machine: AlarmMachine::new(config, now_ms()),
+                    machine: AlarmMachine::new(config, clock.monotonic_ms()),
                     outputs,
                     line,
                     alive,
+                    session,
                     sequence: 0,
                     last_frame: None,
                     link_failed: false,
-                    report: ServiceReport::default(),
+                    line_failed: false,
+                    report: ServiceReport {
+                        session,
+                        ..Default::default()
+                    },
                     current: current2,
+                    judged: judged2,
+                    clock,
                 };
                 s.run(rx)
             })
             .expect("spawn alarm thread");
         Self {
             current,
+            handed: AtomicU64::new(0),
+            judged,
             tx: Some(tx),
             handle: Some(handle),
             watchdog,
@@ -138,8 +171,24 @@ impl AlarmService {
             Err(e) => LoopEvent::from_error(e),
         };
         if let Some(tx) = &self.tx {
-            let _ = tx.send(event);
+            if tx.send(event).is_ok() {
+                self.handed.fetch_add(1, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// Waits (at most `limit`) until every frame handed over has been judged, so that
+    /// [`AlarmService::current`] is the state the outputs carry after it.
+    pub fn wait_judged(&self, limit: Duration) -> bool {
+        let handed = self.handed.load(Ordering::Relaxed);
+        let start = std::time::Instant::now();
+        while self.judged.load(Ordering::Acquire) < handed {
+            if start.elapsed() >= limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        true
     }
 
     /// The alarm state now.
@@ -177,11 +226,16 @@ pub(crate) fn watchdog_loop(
     alive: Arc<AtomicU64>,
     ms: u64,
     stop: Arc<AtomicBool>,
+    clock: Arc<dyn Clock>,
 ) {
     let tick = Duration::from_millis((ms / 4).max(1));
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(tick);
-        if now_ms().saturating_sub(alive.load(Ordering::Relaxed)) > ms {
+        if clock
+            .monotonic_ms()
+            .saturating_sub(alive.load(Ordering::Relaxed))
+            > ms
+        {
             log::error!("alarm service stalled for more than {ms} ms: releasing the alarm line");
             if let Ok(mut l) = line.lock() {
                 let _ = l.set_alarm(true);
@@ -195,31 +249,39 @@ struct Service {
     outputs: Outputs,
     line: Option<Arc<Mutex<Box<dyn AlarmLine>>>>,
     alive: Arc<AtomicU64>,
+    session: u32,
+    /// The sequence number the next message gets, sent or not.
     sequence: u32,
     last_frame: Option<u64>,
     link_failed: bool,
+    line_failed: bool,
     report: ServiceReport,
     current: Arc<std::sync::atomic::AtomicU16>,
+    judged: Arc<AtomicU64>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Service {
     fn run(&mut self, rx: Receiver<LoopEvent>) -> ServiceReport {
         let heartbeat = self.machine.config().heartbeat_ms;
         let (state, reason) = self.machine.state();
-        self.journal(state, reason, f64::NAN, now_ms());
+        self.journal(state, reason, f64::NAN);
         self.drive_line();
         self.heartbeat();
-        let mut next_heartbeat = now_ms() + heartbeat;
+        let mut next_heartbeat = self.clock.monotonic_ms() + heartbeat;
         loop {
-            let now = now_ms();
+            let now = self.clock.monotonic_ms();
             self.alive.store(now, Ordering::Relaxed);
             let wait = Duration::from_millis(next_heartbeat.saturating_sub(now));
             match rx.recv_timeout(wait) {
-                Ok(event) => self.on_event(event),
+                Ok(event) => {
+                    self.on_event(event);
+                    self.judged.fetch_add(1, Ordering::Release);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            let now = now_ms();
+            let now = self.clock.monotonic_ms();
             if now >= next_heartbeat {
                 if let Some(t) = self.machine.on_tick(now) {
                     self.apply(t);
@@ -234,7 +296,7 @@ impl Service {
             state: AlarmState::Fault,
             reason: Reason::Stopping,
             score: f64::NAN,
-            at_ms: now_ms(),
+            at_ms: self.clock.monotonic_ms(),
         };
         self.apply(t);
         self.report.final_state = Some((t.state, t.reason));
@@ -242,8 +304,8 @@ impl Service {
     }
 
     fn on_event(&mut self, event: LoopEvent) {
-        let now = now_ms();
-        let outcome = match event {
+        let now = self.clock.monotonic_ms();
+        let (outcome, frame_ms) = match event {
             LoopEvent::Scored(r) => {
                 self.last_frame = Some(r.sequence);
                 let ood = match self.machine.config().decision {
@@ -259,17 +321,19 @@ impl Service {
                         ood,
                     });
                 }
-                FrameOutcome::Scored {
+                let outcome = FrameOutcome::Scored {
                     ood,
                     score: r.score,
                     fingerprint: r.fingerprint,
-                }
+                };
+                // files carry media time; live frames are timed as they arrive
+                (outcome, r.media_us.map_or(now, |us| us / 1000))
             }
-            LoopEvent::NonFinite => FrameOutcome::NonFinite,
-            LoopEvent::InferenceError => FrameOutcome::InferenceError,
-            LoopEvent::BadFrame => FrameOutcome::BadFrame,
+            LoopEvent::NonFinite => (FrameOutcome::NonFinite, now),
+            LoopEvent::InferenceError => (FrameOutcome::InferenceError, now),
+            LoopEvent::BadFrame => (FrameOutcome::BadFrame, now),
         };
-        if let Some(t) = self.machine.on_frame(outcome, now) {
+        if let Some(t) = self.machine.on_frame_at(outcome, frame_ms, now) {
             self.apply(t);
         }
     }
@@ -280,6 +344,7 @@ impl Service {
             .store(((state as u16) << 8) | reason as u16, Ordering::Relaxed);
     }
 
+    /// A transition reaches every output: log, journal, line and link.
     fn apply(&mut self, t: Transition) {
         self.publish();
         log::info!(
@@ -293,7 +358,7 @@ impl Service {
             }
         );
         self.report.transitions.push(t);
-        self.journal(t.state, t.reason, t.score, t.at_ms);
+        self.journal(t.state, t.reason, t.score);
         self.drive_line();
         self.send(Message::StateChange {
             state: t.state,
@@ -302,7 +367,8 @@ impl Service {
         });
     }
 
-    fn journal(&mut self, state: AlarmState, reason: Reason, score: f64, at: u64) {
+    fn journal(&mut self, state: AlarmState, reason: Reason, score: f64) {
+        let at = self.clock.wall_ms();
         if let Some(j) = &mut self.outputs.journal {
             let event = JournalEvent::new(at, state, reason, score, self.last_frame, 0);
             if let Err(e) = j.append(event) {
@@ -311,70 +377,89 @@ impl Service {
         }
     }
 
-    /// Healthy level only while OK.
+    /// Healthy level only while OK. A line that cannot be driven holds FAULT.
     fn drive_line(&mut self) {
         let alarm = self.machine.state().0 != AlarmState::Ok;
-        let failed = match &self.line {
+        let result = match &self.line {
             Some(line) => match line.lock() {
-                Ok(mut l) => l.set_alarm(alarm).err(),
-                Err(_) => Some(std::io::Error::other("line lock poisoned")),
+                Ok(mut l) => l.set_alarm(alarm),
+                Err(_) => Err(std::io::Error::other("line lock poisoned")),
             },
-            None => None,
+            None => return,
         };
-        if let Some(e) = failed {
-            log::error!("alarm line: {e}");
-            if let Some(t) = self.machine.on_output_error(now_ms()) {
-                self.publish();
-                self.report.transitions.push(t);
-                self.journal(t.state, t.reason, t.score, t.at_ms);
+        match result {
+            Ok(()) if self.line_failed => {
+                self.line_failed = false;
+                log::warn!("alarm line delivers again");
+                self.machine.on_output_restored(Output::Line);
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if !self.line_failed {
+                    self.line_failed = true;
+                    log::error!("alarm line: {e}; FAULT until it can be driven again");
+                }
+                let now = self.clock.monotonic_ms();
+                if let Some(t) = self.machine.on_output_error(Output::Line, now) {
+                    self.apply(t);
+                }
             }
         }
     }
 
     fn heartbeat(&mut self) {
         let (state, reason) = self.machine.state();
-        self.send(Message::Heartbeat { state, reason });
+        let period_ms = self.machine.config().heartbeat_ms.min(u16::MAX as u64) as u16;
+        self.send(Message::Heartbeat {
+            state,
+            reason,
+            period_ms,
+        });
     }
 
+    /// Sends one message. Its sequence number is used up whether or not it reaches the
+    /// wire, so a receiver sees a gap where a message was lost. A link that cannot be
+    /// written holds FAULT until it can.
     fn send(&mut self, message: Message) {
         let Some(link) = self.outputs.link.as_mut() else {
             return;
         };
         let reopened = link.take_reconnected();
         let packet = Packet {
+            session: self.session,
             sequence: self.sequence,
-            timestamp_ms: now_ms(),
+            timestamp_ms: self.clock.wall_ms(),
             message,
         };
+        self.sequence = self.sequence.wrapping_add(1);
         let mut frame = [0u8; MAX_FRAME];
         let n = packet.encode(&mut frame);
         match link.send(&frame[..n]) {
             Ok(()) => {
-                self.sequence = self.sequence.wrapping_add(1);
                 self.report.messages_sent += 1;
+                let reopened = reopened || link.take_reconnected();
                 if self.link_failed {
                     self.link_failed = false;
-                    self.machine.on_output_restored();
+                    log::warn!("alarm link {} delivers again", link.describe());
+                    self.machine.on_output_restored(Output::Link);
                 }
                 // after a reconnection the controller hears the current state at once
-                if reopened || link.take_reconnected() {
-                    let (state, reason) = self.machine.state();
-                    if !matches!(message, Message::Heartbeat { .. }) {
-                        self.send(Message::Heartbeat { state, reason });
-                    }
+                if reopened && !matches!(message, Message::Heartbeat { .. }) {
+                    self.heartbeat();
                 }
             }
             Err(e) => {
                 self.report.send_errors += 1;
                 if !self.link_failed {
-                    log::error!("alarm link {}: {e}", link.describe());
                     self.link_failed = true;
-                    if let Some(t) = self.machine.on_output_error(now_ms()) {
-                        self.publish();
-                        self.report.transitions.push(t);
-                        self.journal(t.state, t.reason, t.score, t.at_ms);
-                        self.drive_line();
-                    }
+                    log::error!(
+                        "alarm link {}: {e}; FAULT until it delivers again",
+                        link.describe()
+                    );
+                }
+                let now = self.clock.monotonic_ms();
+                if let Some(t) = self.machine.on_output_error(Output::Link, now) {
+                    self.apply(t);
                 }
             }
         }
@@ -391,13 +476,15 @@ mod tests {
         let fake = FakeLine::default();
         let line: Arc<Mutex<Box<dyn AlarmLine>>> = Arc::new(Mutex::new(Box::new(fake.clone())));
         line.lock().unwrap().set_alarm(false).unwrap();
-        let alive = Arc::new(AtomicU64::new(now_ms()));
+        let clock = crate::clock::FakeClock::new();
+        let alive = Arc::new(AtomicU64::new(clock.monotonic_ms()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (l, a, s) = (line.clone(), alive.clone(), stop.clone());
-        let h = std::thread::spawn(move || watchdog_loop(l, a, 40, s));
-        // progress reported: the line stays healthy
-        for _ in 0..10 {
-            alive.store(now_ms(), Ordering::Relaxed);
+        let (l, a, s, c) = (line.clone(), alive.clone(), stop.clone(), clock.clone());
+        let h = std::thread::spawn(move || watchdog_loop(l, a, 40, s, Arc::new(c)));
+        // progress reported: the line stays healthy, whatever the wall clock does
+        for i in 0..10 {
+            clock.step_wall(if i % 2 == 0 { -3_600_000 } else { 7_200_000 });
+            alive.store(clock.monotonic_ms(), Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(fake.alarm(), Some(false));

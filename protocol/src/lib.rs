@@ -3,9 +3,11 @@
 //! The alarm link between the edge and a safety controller, written down in `PROTOCOL.md`
 //! so that a PLC or microcontroller programmer can implement it without this code.
 //!
-//! A message is a 14-byte header (version, type, sequence number, millisecond timestamp),
-//! a payload of fixed size per type and a CRC-32C over both, all little-endian; on the
-//! wire it is COBS-encoded and ends with one zero byte. Encoding writes into a caller's
+//! A message is an 18-byte header (version, type, session id, sequence number, wall-clock
+//! label), a payload of fixed size per type and a CRC-32C over both, all little-endian; on
+//! the wire it is COBS-encoded and ends with one zero byte. [`receiver`] holds the rules a
+//! receiver applies: sender restarts, duplicates and lost messages told apart by session
+//! and sequence, link loss after two heartbeat periods, and the CRC error-rate limit. Encoding writes into a caller's
 //! fixed buffer and decoding keeps one frame in a `heapless` buffer: no allocation, no
 //! `std`, so the same code runs on a microcontroller. The decoder never panics on any
 //! byte sequence and resynchronises at the next zero byte.
@@ -14,10 +16,14 @@
 
 use crc::{Crc, CRC_32_ISCSI};
 
-/// Protocol version carried in every message.
-pub const VERSION: u8 = 1;
-/// Header bytes: version (1), type (1), sequence (4), timestamp in ms (8).
-pub const HEADER_LEN: usize = 14;
+pub mod receiver;
+
+/// Protocol version carried in every message (version 1 had no session id and no heartbeat
+/// period; its receivers refuse version 2 frames by their version byte, and ours refuse
+/// version 1 the same way).
+pub const VERSION: u8 = 2;
+/// Header bytes: version (1), type (1), session (4), sequence (4), timestamp in ms (8).
+pub const HEADER_LEN: usize = 18;
 /// CRC-32C (Castagnoli, as iSCSI) over header and payload.
 pub const CRC_LEN: usize = 4;
 /// Largest payload (SCORE).
@@ -126,6 +132,28 @@ impl Reason {
     }
 }
 
+impl AlarmState {
+    /// Whether `reason` may accompany this state; a receiver rejects other pairs.
+    pub fn allows(self, reason: Reason) -> bool {
+        use Reason::*;
+        match self {
+            AlarmState::Ok => reason == Cleared,
+            AlarmState::Ood => reason == OodFrames,
+            AlarmState::Fault => matches!(
+                reason,
+                NoFrames
+                    | FrozenCamera
+                    | InferenceError
+                    | NonFiniteScore
+                    | BadFrames
+                    | OutputError
+                    | Starting
+                    | Stopping
+            ),
+        }
+    }
+}
+
 /// Message type codes.
 pub const HEARTBEAT: u8 = 1;
 pub const STATE_CHANGE: u8 = 2;
@@ -134,10 +162,15 @@ pub const SCORE: u8 = 3;
 /// The messages of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Message {
-    /// Sent every heartbeat period: the current state, so a silent link is itself a fault.
-    Heartbeat { state: AlarmState, reason: Reason },
-    /// Sent at once when the state changes; `score` is the frame score that caused it
-    /// (NaN when no frame did).
+    /// Sent every heartbeat period: the current state, so a silent link is itself a fault;
+    /// `period_ms` is that period, so a receiver knows when silence means a lost link.
+    Heartbeat {
+        state: AlarmState,
+        reason: Reason,
+        period_ms: u16,
+    },
+    /// Sent at once when the state or its reason changes; `score` is the frame score that
+    /// caused it (NaN when no frame did).
     StateChange {
         state: AlarmState,
         reason: Reason,
@@ -165,7 +198,7 @@ impl Message {
 
     fn payload_len(type_code: u8) -> Option<usize> {
         match type_code {
-            HEARTBEAT => Some(2),
+            HEARTBEAT => Some(4),
             STATE_CHANGE => Some(6),
             SCORE => Some(13),
             _ => None,
@@ -176,9 +209,13 @@ impl Message {
 /// A message with its header fields.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Packet {
-    /// Increments by one per message sent (wrapping); a gap means lost messages.
+    /// Chosen at random (never 0) each time the sender starts: a new value is a restart.
+    pub session: u32,
+    /// 0 for the first message of a session, +1 per message the sender tries to send
+    /// (wrapping), sent or not: a gap means lost messages.
     pub sequence: u32,
-    /// Sender's clock, milliseconds since the Unix epoch.
+    /// Sender's wall clock, milliseconds since the Unix epoch: a label, never a timer
+    /// (it may step when the sender's clock is set).
     pub timestamp_ms: u64,
     pub message: Message,
 }
@@ -198,8 +235,27 @@ pub enum DecodeError {
     Version(u8),
     /// Unknown message type.
     Type(u8),
-    /// A state or reason code this version does not define.
+    /// A state or reason code this version does not define, a reason that does not go
+    /// with its state, or a session id of 0.
     Value,
+}
+
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DecodeError::TooLong => write!(f, "frame longer than any valid frame"),
+            DecodeError::Cobs => write!(f, "not valid COBS"),
+            DecodeError::Length => write!(f, "wrong length for its message type"),
+            DecodeError::Crc => write!(f, "CRC mismatch"),
+            DecodeError::Version(v) => write!(
+                f,
+                "the sender speaks protocol version {v}, this receiver version {VERSION}: \
+                 run the same oodmon version on both ends"
+            ),
+            DecodeError::Type(t) => write!(f, "unknown message type {t}"),
+            DecodeError::Value => write!(f, "undefined state, reason or session value"),
+        }
+    }
 }
 
 impl Packet {
@@ -207,14 +263,20 @@ impl Packet {
     pub fn to_bytes(&self, out: &mut [u8; MAX_MESSAGE]) -> usize {
         out[0] = VERSION;
         out[1] = self.message.type_code();
-        out[2..6].copy_from_slice(&self.sequence.to_le_bytes());
-        out[6..14].copy_from_slice(&self.timestamp_ms.to_le_bytes());
+        out[2..6].copy_from_slice(&self.session.to_le_bytes());
+        out[6..10].copy_from_slice(&self.sequence.to_le_bytes());
+        out[10..18].copy_from_slice(&self.timestamp_ms.to_le_bytes());
         let p = &mut out[HEADER_LEN..];
         let len = match self.message {
-            Message::Heartbeat { state, reason } => {
+            Message::Heartbeat {
+                state,
+                reason,
+                period_ms,
+            } => {
                 p[0] = state as u8;
                 p[1] = reason as u8;
-                2
+                p[2..4].copy_from_slice(&period_ms.to_le_bytes());
+                4
             }
             Message::StateChange {
                 state,
@@ -258,7 +320,9 @@ impl Packet {
 
     /// Parses an unencoded message (header, payload, CRC).
     pub fn from_bytes(raw: &[u8]) -> Result<Self, DecodeError> {
-        if raw.len() < HEADER_LEN + CRC_LEN {
+        // CRC and version come first and need only their own bytes, so that a frame of
+        // another version (whose header may be shorter) is refused as such
+        if raw.len() < 1 + CRC_LEN {
             return Err(DecodeError::Length);
         }
         let body = raw.len() - CRC_LEN;
@@ -269,28 +333,48 @@ impl Packet {
         if raw[0] != VERSION {
             return Err(DecodeError::Version(raw[0]));
         }
+        if raw.len() < HEADER_LEN + CRC_LEN {
+            return Err(DecodeError::Length);
+        }
         let type_code = raw[1];
         let want = Message::payload_len(type_code).ok_or(DecodeError::Type(type_code))?;
         let p = &raw[HEADER_LEN..body];
         if p.len() != want {
             return Err(DecodeError::Length);
         }
-        let sequence = u32::from_le_bytes([raw[2], raw[3], raw[4], raw[5]]);
+        let session = u32::from_le_bytes([raw[2], raw[3], raw[4], raw[5]]);
+        if session == 0 {
+            return Err(DecodeError::Value);
+        }
+        let sequence = u32::from_le_bytes([raw[6], raw[7], raw[8], raw[9]]);
         let mut ts = [0u8; 8];
-        ts.copy_from_slice(&raw[6..14]);
+        ts.copy_from_slice(&raw[10..18]);
         let f32_at = |i: usize| f32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
-        let state = |v: u8| AlarmState::from_u8(v).ok_or(DecodeError::Value);
-        let reason = |v: u8| Reason::from_u8(v).ok_or(DecodeError::Value);
+        let pair = |s: u8, r: u8| match (AlarmState::from_u8(s), Reason::from_u8(r)) {
+            (Some(s), Some(r)) if s.allows(r) => Ok((s, r)),
+            _ => Err(DecodeError::Value),
+        };
         let message = match type_code {
-            HEARTBEAT => Message::Heartbeat {
-                state: state(p[0])?,
-                reason: reason(p[1])?,
-            },
-            STATE_CHANGE => Message::StateChange {
-                state: state(p[0])?,
-                reason: reason(p[1])?,
-                score: f32_at(2),
-            },
+            HEARTBEAT => {
+                let (state, reason) = pair(p[0], p[1])?;
+                let period_ms = u16::from_le_bytes([p[2], p[3]]);
+                if period_ms == 0 {
+                    return Err(DecodeError::Value);
+                }
+                Message::Heartbeat {
+                    state,
+                    reason,
+                    period_ms,
+                }
+            }
+            STATE_CHANGE => {
+                let (state, reason) = pair(p[0], p[1])?;
+                Message::StateChange {
+                    state,
+                    reason,
+                    score: f32_at(2),
+                }
+            }
             _ => Message::Score {
                 score: f32_at(0),
                 threshold: f32_at(4),
@@ -304,6 +388,7 @@ impl Packet {
             },
         };
         Ok(Packet {
+            session,
             sequence,
             timestamp_ms: u64::from_le_bytes(ts),
             message,

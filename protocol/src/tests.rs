@@ -24,19 +24,22 @@ fn decode_all(wire: &[u8]) -> Vec<Result<Packet, DecodeError>> {
 fn same(a: &Packet, b: &Packet) -> bool {
     // NaN-aware equality
     let f = |x: f32, y: f32| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan());
-    a.sequence == b.sequence
+    a.session == b.session
+        && a.sequence == b.sequence
         && a.timestamp_ms == b.timestamp_ms
         && match (a.message, b.message) {
             (
                 Message::Heartbeat {
                     state: s1,
                     reason: r1,
+                    period_ms: h1,
                 },
                 Message::Heartbeat {
                     state: s2,
                     reason: r2,
+                    period_ms: h2,
                 },
-            ) => s1 == s2 && r1 == r2,
+            ) => s1 == s2 && r1 == r2 && h1 == h2,
             (
                 Message::StateChange {
                     state: s1,
@@ -75,25 +78,29 @@ fn same(a: &Packet, b: &Packet) -> bool {
         }
 }
 
-fn state() -> impl Strategy<Value = AlarmState> {
-    prop_oneof![
-        Just(AlarmState::Ok),
-        Just(AlarmState::Ood),
-        Just(AlarmState::Fault)
-    ]
-}
-
-fn reason() -> impl Strategy<Value = Reason> {
-    (0u8..=10).prop_map(|v| Reason::from_u8(v).unwrap())
+/// Every (state, reason) pair the protocol allows.
+fn state_reason() -> impl Strategy<Value = (AlarmState, Reason)> {
+    let pairs: Vec<(AlarmState, Reason)> = [AlarmState::Ok, AlarmState::Ood, AlarmState::Fault]
+        .into_iter()
+        .flat_map(|s| (0u8..=10).map(move |r| (s, Reason::from_u8(r).unwrap())))
+        .filter(|(s, r)| s.allows(*r))
+        .collect();
+    proptest::sample::select(pairs)
 }
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (state(), reason()).prop_map(|(state, reason)| Message::Heartbeat { state, reason }),
-        (state(), reason(), any::<f32>()).prop_map(|(state, reason, score)| Message::StateChange {
+        (state_reason(), 1u16..).prop_map(|((state, reason), period_ms)| Message::Heartbeat {
             state,
             reason,
-            score
+            period_ms
+        }),
+        (state_reason(), any::<f32>()).prop_map(|((state, reason), score)| {
+            Message::StateChange {
+                state,
+                reason,
+                score,
+            }
         }),
         (
             any::<f32>(),
@@ -113,11 +120,14 @@ fn message() -> impl Strategy<Value = Message> {
 }
 
 fn packet() -> impl Strategy<Value = Packet> {
-    (any::<u32>(), any::<u64>(), message()).prop_map(|(sequence, timestamp_ms, message)| Packet {
-        sequence,
-        timestamp_ms,
-        message,
-    })
+    (1u32.., any::<u32>(), any::<u64>(), message()).prop_map(
+        |(session, sequence, timestamp_ms, message)| Packet {
+            session,
+            sequence,
+            timestamp_ms,
+            message,
+        },
+    )
 }
 
 proptest! {
@@ -190,11 +200,13 @@ pub(crate) fn examples() -> [(Packet, &'static str, &'static str); 3] {
     [
         (
             Packet {
-                sequence: 1,
+                session: 0x2a5c_91e3,
+                sequence: 0,
                 timestamp_ms: 1_764_288_000_000,
                 message: Message::Heartbeat {
-                    state: AlarmState::Ok,
-                    reason: Reason::None,
+                    state: AlarmState::Fault,
+                    reason: Reason::Starting,
+                    period_ms: 200,
                 },
             },
             RAW_HEARTBEAT,
@@ -202,7 +214,8 @@ pub(crate) fn examples() -> [(Packet, &'static str, &'static str); 3] {
         ),
         (
             Packet {
-                sequence: 2,
+                session: 0x2a5c_91e3,
+                sequence: 1,
                 timestamp_ms: 1_764_288_000_250,
                 message: Message::StateChange {
                     state: AlarmState::Ood,
@@ -215,7 +228,8 @@ pub(crate) fn examples() -> [(Packet, &'static str, &'static str); 3] {
         ),
         (
             Packet {
-                sequence: 3,
+                session: 0x2a5c_91e3,
+                sequence: 2,
                 timestamp_ms: 1_764_288_000_300,
                 message: Message::Score {
                     score: 0.625,
@@ -231,15 +245,16 @@ pub(crate) fn examples() -> [(Packet, &'static str, &'static str); 3] {
     ]
 }
 
-const RAW_HEARTBEAT: &str = "01 01 01 00 00 00 00 70 c2 c7 9a 01 00 00 00 00 38 fc f1 bc";
-const WIRE_HEARTBEAT: &str = "04 01 01 01 01 01 01 06 70 c2 c7 9a 01 01 01 01 05 38 fc f1 bc 00";
+const RAW_HEARTBEAT: &str =
+    "02 01 e3 91 5c 2a 00 00 00 00 00 70 c2 c7 9a 01 00 00 02 09 c8 00 52 9d 46 27";
+const WIRE_HEARTBEAT: &str =
+    "07 02 01 e3 91 5c 2a 01 01 01 01 06 70 c2 c7 9a 01 01 04 02 09 c8 05 52 9d 46 27 00";
 const RAW_STATE_CHANGE: &str =
-    "01 02 02 00 00 00 fa 70 c2 c7 9a 01 00 00 01 01 00 00 20 3f 95 08 22 68";
+    "02 02 e3 91 5c 2a 01 00 00 00 fa 70 c2 c7 9a 01 00 00 01 01 00 00 20 3f f4 04 cc 67";
 const WIRE_STATE_CHANGE: &str =
-    "04 01 02 02 01 01 07 fa 70 c2 c7 9a 01 01 03 01 01 01 07 20 3f 95 08 22 68 00";
-const RAW_SCORE: &str =
-    "01 03 03 00 00 00 2c 71 c2 c7 9a 01 00 00 00 00 20 3f 00 00 00 3f 03 00 01 33 03 35 7a 32 67";
-const WIRE_SCORE: &str = "04 01 03 03 01 01 07 2c 71 c2 c7 9a 01 01 01 01 03 20 3f 01 01 03 3f 03 08 01 33 03 35 7a 32 67 00";
+    "08 02 02 e3 91 5c 2a 01 01 01 07 fa 70 c2 c7 9a 01 01 03 01 01 01 07 20 3f f4 04 cc 67 00";
+const RAW_SCORE: &str = "02 03 e3 91 5c 2a 02 00 00 00 2c 71 c2 c7 9a 01 00 00 00 00 20 3f 00 00 00 3f 03 00 01 33 03 9e 14 4d 06";
+const WIRE_SCORE: &str = "08 02 03 e3 91 5c 2a 02 01 01 07 2c 71 c2 c7 9a 01 01 01 01 03 20 3f 01 01 03 3f 03 08 01 33 03 9e 14 4d 06 00";
 
 fn hex(bytes: &[u8]) -> std::string::String {
     let parts: Vec<std::string::String> = bytes.iter().map(|b| std::format!("{b:02x}")).collect();
@@ -282,11 +297,13 @@ fn overlong_and_bad_frames_have_typed_errors() {
     assert_eq!(d.push(0), Some(Err(DecodeError::Length)));
     // wrong version, with a correct CRC
     let p = Packet {
+        session: 1,
         sequence: 0,
         timestamp_ms: 0,
         message: Message::Heartbeat {
             state: AlarmState::Ood,
             reason: Reason::OodFrames,
+            period_ms: 200,
         },
     };
     let mut raw = [0u8; MAX_MESSAGE];
@@ -295,9 +312,70 @@ fn overlong_and_bad_frames_have_typed_errors() {
     let crc = CRC32C.checksum(&raw[..n - 4]);
     raw[n - 4..n].copy_from_slice(&crc.to_le_bytes());
     assert_eq!(Packet::from_bytes(&raw[..n]), Err(DecodeError::Version(9)));
+    let resign = |raw: &mut [u8; MAX_MESSAGE]| {
+        let crc = CRC32C.checksum(&raw[..n - 4]);
+        raw[n - 4..n].copy_from_slice(&crc.to_le_bytes());
+    };
     raw[0] = VERSION;
     raw[HEADER_LEN] = 7; // no such state
-    let crc = CRC32C.checksum(&raw[..n - 4]);
-    raw[n - 4..n].copy_from_slice(&crc.to_le_bytes());
+    resign(&mut raw);
     assert_eq!(Packet::from_bytes(&raw[..n]), Err(DecodeError::Value));
+    raw[HEADER_LEN] = AlarmState::Ok as u8; // OK with reason ood_frames: not a valid pair
+    resign(&mut raw);
+    assert_eq!(Packet::from_bytes(&raw[..n]), Err(DecodeError::Value));
+    raw[HEADER_LEN] = AlarmState::Ood as u8;
+    raw[2..6].copy_from_slice(&[0; 4]); // session 0 is never sent
+    resign(&mut raw);
+    assert_eq!(Packet::from_bytes(&raw[..n]), Err(DecodeError::Value));
+    raw[2] = 1;
+    raw[HEADER_LEN + 2..HEADER_LEN + 4].copy_from_slice(&[0, 0]); // heartbeat period 0
+    resign(&mut raw);
+    assert_eq!(Packet::from_bytes(&raw[..n]), Err(DecodeError::Value));
+}
+
+/// Version 1's first worked example (PROTOCOL.md of version 1): a version 2 receiver refuses
+/// it by its version byte, with a message that says what to do.
+const V1_HEARTBEAT_WIRE: &str = "04 01 01 01 01 01 01 06 70 c2 c7 9a 01 01 01 01 05 38 fc f1 bc 00";
+
+fn unhex(text: &str) -> Vec<u8> {
+    text.split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_version_1_frame_is_refused_by_its_version_byte() {
+    let got = decode_all(&unhex(V1_HEARTBEAT_WIRE));
+    assert_eq!(got, [Err(DecodeError::Version(1))]);
+    let text = std::format!("{}", DecodeError::Version(1));
+    assert!(
+        text.contains("version 1") && text.contains("version 2"),
+        "{text}"
+    );
+}
+
+/// What a version 1 receiver did with a frame (its `from_bytes` up to the version check):
+/// the CRC still covers the whole message and the version is still byte 0, so it reports a
+/// version mismatch rather than noise.
+fn v1_receiver_verdict(raw: &[u8]) -> Result<(), u8> {
+    let body = raw.len() - 4;
+    let crc = u32::from_le_bytes([raw[body], raw[body + 1], raw[body + 2], raw[body + 3]]);
+    assert_eq!(
+        CRC32C.checksum(&raw[..body]),
+        crc,
+        "a v1 receiver sees a sound CRC"
+    );
+    if raw[0] != 1 {
+        return Err(raw[0]);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_version_1_receiver_refuses_version_2_frames_by_their_version_byte() {
+    for (packet, _, _) in examples() {
+        let mut raw = [0u8; MAX_MESSAGE];
+        let n = packet.to_bytes(&mut raw);
+        assert_eq!(v1_receiver_verdict(&raw[..n]), Err(2));
+    }
 }

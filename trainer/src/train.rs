@@ -30,30 +30,35 @@ use oodmon_calibration::preprocess::{PixelFormat, Preprocessor};
 pub enum TrainError {
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    // messages carry their cause and name no `source`, so an error chain prints it once
     #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
-    #[error("{path}: {source}")]
+    Torch(tch::TchError),
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{path}: not a run configuration: {source}")]
+    #[error("{path}: not a run configuration: {cause}")]
     Config {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error("invalid training setting: {0}")]
     Invalid(String),
 }
 
+impl From<tch::TchError> for TrainError {
+    fn from(e: tch::TchError) -> Self {
+        TrainError::Torch(e)
+    }
+}
+
 pub type Result<T> = std::result::Result<T, TrainError>;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
+    move |cause| TrainError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -136,7 +141,7 @@ impl RunDir {
     pub fn load_config(&self) -> Result<TrainConfig> {
         let p = self.config();
         let text = std::fs::read_to_string(&p).map_err(io(&p))?;
-        serde_json::from_str(&text).map_err(|source| TrainError::Config { path: p, source })
+        serde_json::from_str(&text).map_err(|cause| TrainError::Config { path: p, cause })
     }
 }
 
@@ -399,7 +404,7 @@ pub fn train(
         let st = run.state();
         let text = std::fs::read_to_string(&st).map_err(io(&st))?;
         start = serde_json::from_str::<State>(&text)
-            .map_err(|source| TrainError::Config { path: st, source })?;
+            .map_err(|cause| TrainError::Config { path: st, cause })?;
     }
     write_json(&run.config(), &cfg)?;
     let (w, h) = (train_ds.width, train_ds.height);

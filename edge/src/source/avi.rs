@@ -165,6 +165,15 @@ impl AviSource {
         self.frame_us
     }
 
+    /// The header's frame interval, or 30 frames/s when the header gives none.
+    fn frame_interval_or_default(&self) -> u32 {
+        if self.frame_us > 0 {
+            self.frame_us
+        } else {
+            crate::frame::NOMINAL_FRAME_US
+        }
+    }
+
     pub fn frame_count(&self) -> u32 {
         self.frames
     }
@@ -219,7 +228,12 @@ impl AviSource {
             }
             let skip = pos + size as u64 + (size & 1) as u64;
             if skip > self.len {
-                return Ok(false);
+                // a corrupt size or a truncated file: say so, then end
+                let _ = self.reader.seek(SeekFrom::End(0));
+                return Err(self.bad(format!(
+                    "chunk {:?} of {size} bytes runs past the end of the file (truncated or corrupt)",
+                    String::from_utf8_lossy(&id)
+                )));
             }
             self.reader
                 .seek(SeekFrom::Start(skip))
@@ -305,6 +319,8 @@ impl FrameSource for AviSource {
             stride: None,
             format: FrameFormat::Jpeg,
             timestamp_us: now_us(),
+            // media time from the file's frame rate, running on across loops
+            media_us: Some((self.sequence - 1) * self.frame_interval_or_default() as u64),
             sequence: self.sequence - 1,
         }))
     }

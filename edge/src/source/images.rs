@@ -87,6 +87,8 @@ impl FrameSource for ImageFiles {
             stride: None,
             format: FrameFormat::Encoded,
             timestamp_us: now_us(),
+            // image files have no frame rate: they are timed at a nominal 30 frames/s
+            media_us: Some((self.sequence - 1) * crate::frame::NOMINAL_FRAME_US as u64),
             sequence: self.sequence - 1,
         }))
     }

@@ -127,6 +127,13 @@ impl std::str::FromStr for SourceSpec {
                 if !matches!(format, FrameFormat::Raw(_)) {
                     return Err("stdin: raw formats only (rgb, bgr, gray, yuyv)".into());
                 }
+                if format == FrameFormat::Raw(oodmon_calibration::preprocess::PixelFormat::Yuyv)
+                    && w % 2 == 1
+                {
+                    return Err(format!(
+                        "stdin: YUYV frames have an even width (two pixels share one U and V); {w} is odd"
+                    ));
+                }
                 Ok(SourceSpec::Stdin {
                     width: w as usize,
                     height: h as usize,

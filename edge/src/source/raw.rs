@@ -86,6 +86,7 @@ impl<R: Read> FrameSource for RawStream<R> {
             stride: None,
             format: self.format,
             timestamp_us: now_us(),
+            media_us: None,
             sequence: self.sequence - 1,
         }))
     }

@@ -208,6 +208,7 @@ impl FrameSource for V4l2Camera {
                     stride: matches!(open.format, FrameFormat::Raw(_)).then_some(open.stride),
                     format: open.format,
                     timestamp_us: now_us(),
+                    media_us: None,
                     sequence: self.sequence,
                 }))
             }

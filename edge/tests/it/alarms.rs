@@ -108,6 +108,7 @@ impl Rig {
                 journal: Some(journal),
                 scores: true,
                 watchdog_ms: 0,
+                clock: None,
             },
         );
         Self {
@@ -153,6 +154,7 @@ impl Rig {
             stride: None,
             format: FrameFormat::Raw(PixelFormat::Rgb8),
             timestamp_us: 0,
+            media_us: None,
             sequence: 0,
         };
         let result = self.engine.process(&frame);
@@ -309,51 +311,92 @@ fn an_unplugged_port_is_a_fault_and_the_state_is_resent_when_it_comes_back() {
     }
     assert!(unplugged.elapsed() <= Duration::from_millis(2 * heartbeat_ms() + 50));
     assert_eq!(rig.gpio.alarm(), Some(true));
-    // plugged in again: the edge reopens the port and says where it stands at once
+    // while the port stays gone, neither in-distribution nor OOD frames leave FAULT: the
+    // controller cannot hear the state, so the GPIO line must read alarm throughout
+    let outage = Instant::now();
+    let mut i = 0;
+    while outage.elapsed() < Duration::from_millis(5 * heartbeat_ms()) {
+        if i % 20 < 10 {
+            ok_frames(&mut rig, 1, 800 + i);
+        } else {
+            rig.frame(&ood_image(40, 30));
+        }
+        i += 1;
+        assert_eq!(
+            rig.service().current(),
+            (AlarmState::Fault, Reason::OutputError),
+            "left FAULT while the link was down"
+        );
+        assert_eq!(rig.gpio.alarm(), Some(true));
+    }
+    // plugged in again: the edge reopens the port and says where it stands at once, and
+    // frames vouch for a state again
     let link = rig.line.link.clone();
     rig.line = Line::plug(&link);
     rig.monitor = Monitor::new(2 * heartbeat_ms());
     rig.events.clear();
     let replugged = Instant::now();
-    ok_frames(&mut rig, 8, 700);
-    rig.wait_for(AlarmState::Ok, Reason::Cleared, 20 * heartbeat_ms());
-    assert!(replugged.elapsed() < Duration::from_millis(20 * heartbeat_ms()));
+    let mut seed = 700;
+    while rig.monitor.state != Some((AlarmState::Ok, Reason::Cleared)) {
+        assert!(
+            replugged.elapsed() < Duration::from_millis(20 * heartbeat_ms()),
+            "no OK after the port came back; monitor saw {:?}",
+            rig.states()
+        );
+        ok_frames(&mut rig, 1, seed);
+        seed += 1;
+    }
     assert_eq!(rig.monitor.crc_errors, 0);
     assert_eq!(rig.gpio.alarm(), Some(false));
     rig.service.take().unwrap().finish();
     let journal = Journal::read(&rig.journal).unwrap();
-    assert!(
-        journal.iter().any(|e| e.reason == "output_error"),
-        "{journal:?}"
+    let fault = journal
+        .iter()
+        .position(|e| e.reason == "output_error")
+        .unwrap_or_else(|| panic!("no output_error in {journal:?}"));
+    // after the output_error the next state journalled is the recovery, nothing between
+    assert_eq!(
+        journal[fault + 1].state,
+        "OK",
+        "the state changed during the outage: {journal:?}"
     );
+}
+
+fn heartbeat(session: u32, sequence: u32, state: AlarmState, reason: Reason) -> Vec<u8> {
+    use oodmon_protocol::{Message, Packet, MAX_FRAME};
+    let p = Packet {
+        session,
+        sequence,
+        timestamp_ms: 1000 + sequence as u64,
+        message: Message::Heartbeat {
+            state,
+            reason,
+            period_ms: 50,
+        },
+    };
+    let mut f = [0u8; MAX_FRAME];
+    let n = p.encode(&mut f);
+    f[..n].to_vec()
 }
 
 #[test]
 fn the_monitor_warns_when_heartbeats_stop_and_messages_are_lost() {
     use oodmon_protocol::{Message, Packet, MAX_FRAME};
-    let mut m = Monitor::new(100);
+    let mut m = Monitor::new(1000);
     let mut events = Vec::new();
     let mut wire = Vec::new();
     for seq in [0u32, 1, 2, 5] {
-        let p = Packet {
-            sequence: seq,
-            timestamp_ms: 1000 + seq as u64,
-            message: Message::Heartbeat {
-                state: AlarmState::Ok,
-                reason: Reason::None,
-            },
-        };
-        let mut f = [0u8; MAX_FRAME];
-        let n = p.encode(&mut f);
-        wire.extend_from_slice(&f[..n]);
+        wire.extend(heartbeat(7, seq, AlarmState::Ok, Reason::Cleared));
     }
     // a frame corrupted on the line (one bit of its state byte), between two good ones
     let p = Packet {
+        session: 7,
         sequence: 99,
         timestamp_ms: 1,
         message: Message::Heartbeat {
             state: AlarmState::Ok,
-            reason: Reason::None,
+            reason: Reason::Cleared,
+            period_ms: 50,
         },
     };
     let mut raw = [0u8; oodmon_protocol::MAX_MESSAGE];
@@ -366,12 +409,15 @@ fn the_monitor_warns_when_heartbeats_stop_and_messages_are_lost() {
     m.feed(&wire, 1000, &mut events);
     assert!(
         events.contains(&MonitorEvent::Lost {
+            lost: 2,
             expected: 3,
             got: 5
         }),
         "{events:?}"
     );
     assert_eq!(m.crc_errors, 1, "{events:?}");
+    // the heartbeat period comes from the wire (50 ms): lost after 100 ms of silence
+    assert_eq!(m.link_timeout_ms(), 100);
     m.check_link(1050, &mut events);
     assert!(!m.link_lost);
     m.check_link(1101, &mut events);
@@ -379,6 +425,84 @@ fn the_monitor_warns_when_heartbeats_stop_and_messages_are_lost() {
     assert!(events
         .iter()
         .any(|e| matches!(e, MonitorEvent::LinkLost { .. })));
+}
+
+#[test]
+fn the_monitor_tells_a_restart_from_lost_messages_and_ignores_duplicates() {
+    let mut m = Monitor::new(1000);
+    let mut events = Vec::new();
+    let mut wire = Vec::new();
+    for seq in 70..=76 {
+        wire.extend(heartbeat(0xaaaa, seq, AlarmState::Ok, Reason::Cleared));
+    }
+    // a duplicate, then a step back
+    wire.extend(heartbeat(0xaaaa, 76, AlarmState::Ok, Reason::Cleared));
+    wire.extend(heartbeat(0xaaaa, 60, AlarmState::Ood, Reason::OodFrames));
+    // the sender restarts: a new session counting from 0
+    wire.extend(heartbeat(0xbbbb, 0, AlarmState::Fault, Reason::Starting));
+    wire.extend(heartbeat(0xbbbb, 1, AlarmState::Fault, Reason::Starting));
+    m.feed(&wire, 1000, &mut events);
+    assert_eq!(m.lost_messages, 0, "{events:?}");
+    assert_eq!(m.stale_messages, 2, "{events:?}");
+    assert_eq!(m.restarts, 1, "{events:?}");
+    assert!(events.contains(&MonitorEvent::Restart {
+        previous: 0xaaaa,
+        session: 0xbbbb,
+        lost_at_start: 0
+    }));
+    // the step back did not change the state
+    assert_eq!(m.state, Some((AlarmState::Fault, Reason::Starting)));
+    assert!(!events.iter().any(|e| matches!(
+        e,
+        MonitorEvent::State {
+            state: AlarmState::Ood,
+            ..
+        }
+    )));
+    let text: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    assert!(
+        text.iter().any(|t| t.contains("the sender restarted")),
+        "{text:?}"
+    );
+    assert!(
+        !text.iter().any(|t| t.contains("lost")),
+        "a restart is not a loss: {text:?}"
+    );
+    // a restart whose first messages were lost counts those
+    let mut events = Vec::new();
+    m.feed(
+        &heartbeat(0xcccc, 3, AlarmState::Fault, Reason::Starting),
+        1001,
+        &mut events,
+    );
+    assert_eq!(m.lost_messages, 3);
+}
+
+#[test]
+fn the_monitor_reports_no_traffic_and_an_unreliable_link() {
+    let mut m = Monitor::new(400);
+    let mut events = Vec::new();
+    m.check_link(0, &mut events);
+    m.check_link(399, &mut events);
+    assert!(events.is_empty());
+    m.check_link(401, &mut events);
+    assert_eq!(events, [MonitorEvent::NoTraffic { silent_ms: 401 }]);
+    assert_eq!(m.effective_state(), AlarmState::Fault);
+    // three rejected frames among the last 100: unreliable, treated as FAULT
+    let mut events = Vec::new();
+    let good = heartbeat(1, 0, AlarmState::Ok, Reason::Cleared);
+    m.feed(&good, 500, &mut events);
+    assert_eq!(m.effective_state(), AlarmState::Ok);
+    for seq in 1..4 {
+        let mut bad = heartbeat(1, seq, AlarmState::Ok, Reason::Cleared);
+        bad[3] ^= 0x10;
+        m.feed(&bad, 500, &mut events);
+    }
+    assert!(m.unreliable);
+    assert_eq!(m.effective_state(), AlarmState::Fault);
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, MonitorEvent::Unreliable { rejected: 3 })));
 }
 
 /// Helper process for the kill -9 test: appends events as fast as it can.
@@ -475,7 +599,233 @@ fn journal_survives_kill_9_and_skips_a_torn_last_line() {
     let after = Journal::read(&path).unwrap();
     assert_eq!(after.len(), recovery.events + 1);
     assert_eq!(after.last().unwrap().sequence, recovery.events as u64);
-    // garbage in the middle is not silently skipped
-    std::fs::write(&path, "{\"oops\": 1}\n").unwrap();
-    assert!(Journal::open(&path).is_err());
+}
+
+fn event_line(sequence: u64) -> String {
+    let mut e = JournalEvent::new(
+        1000 + sequence,
+        AlarmState::Ood,
+        Reason::OodFrames,
+        0.5,
+        Some(sequence),
+        0,
+    );
+    e.sequence = sequence;
+    serde_json::to_string(&e).unwrap()
+}
+
+#[test]
+fn a_corrupt_line_in_the_middle_is_reported_and_skipped_and_nothing_after_it_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.jsonl");
+    let text = format!(
+        "{}\n{}\n{{\"oops\": 1}}\n\u{0}\u{0}garbage\n{}\n{}\n",
+        event_line(0),
+        event_line(1),
+        event_line(2),
+        event_line(3)
+    );
+    std::fs::write(&path, &text).unwrap();
+    let (mut journal, recovery) = Journal::open(&path).unwrap();
+    assert_eq!(recovery.corrupt_lines, vec![3, 4]);
+    assert_eq!(recovery.events, 4);
+    assert_eq!(recovery.last_sequence, Some(3));
+    assert_eq!(recovery.torn_bytes, 0);
+    journal
+        .append(JournalEvent::new(
+            9,
+            AlarmState::Ok,
+            Reason::Cleared,
+            0.1,
+            None,
+            0,
+        ))
+        .unwrap();
+    let events = Journal::read(&path).unwrap();
+    let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, vec![0, 1, 2, 3, 4]);
+    // the corrupt lines are left where they are, for a person to look at
+    assert!(std::fs::read_to_string(&path).unwrap().contains("oops"));
+}
+
+#[test]
+fn a_complete_last_event_without_its_newline_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.jsonl");
+    std::fs::write(&path, format!("{}\n{}", event_line(0), event_line(1))).unwrap();
+    let (mut journal, recovery) = Journal::open(&path).unwrap();
+    assert!(recovery.completed_last_line, "{recovery:?}");
+    assert_eq!(recovery.torn_bytes, 0);
+    assert_eq!(recovery.events, 2);
+    journal
+        .append(JournalEvent::new(
+            9,
+            AlarmState::Ok,
+            Reason::Cleared,
+            0.1,
+            None,
+            0,
+        ))
+        .unwrap();
+    let sequences: Vec<u64> = Journal::read(&path)
+        .unwrap()
+        .iter()
+        .map(|e| e.sequence)
+        .collect();
+    assert_eq!(sequences, vec![0, 1, 2]);
+}
+
+/// Bytes the service wrote, shared with the test.
+#[derive(Clone, Default)]
+struct Wire(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn record(i: u64, ood: bool) -> oodmon_edge::FrameRecord {
+    oodmon_edge::FrameRecord {
+        sequence: i,
+        timestamp_us: 0,
+        media_us: None,
+        score: if ood { 0.9 } else { 0.1 },
+        nearest: 0,
+        nearest_class: None,
+        p_value: None,
+        threshold: 0.5,
+        ood,
+        latency: Default::default(),
+        fingerprint: i,
+    }
+}
+
+fn fake_service(
+    clock: &oodmon_edge::clock::FakeClock,
+    line: &FakeLine,
+    wire: &Wire,
+    journal: &Path,
+) -> AlarmService {
+    let (journal, _) = Journal::open(journal).unwrap();
+    AlarmService::start(
+        AlarmConfig {
+            heartbeat_ms: 50,
+            stall_ms: 150,
+            ..config()
+        },
+        Outputs {
+            link: Some(Box::new(oodmon_edge::output::WriterLink::new(
+                wire.clone(),
+                "wire",
+            ))),
+            line: Some(Box::new(line.clone())),
+            journal: Some(journal),
+            scores: false,
+            watchdog_ms: 0,
+            clock: Some(std::sync::Arc::new(clock.clone())),
+        },
+    )
+}
+
+#[test]
+fn wall_clock_steps_leave_heartbeats_and_stall_detection_alone() {
+    use oodmon_edge::clock::FakeClock;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("alarms.jsonl");
+    let (clock, line, wire) = (FakeClock::new(), FakeLine::default(), Wire::default());
+    let service = fake_service(&clock, &line, &wire, &journal);
+    let start = Instant::now();
+    let mut i = 0;
+    let mut stepped = (false, false);
+    while start.elapsed() < Duration::from_millis(1000) {
+        if !stepped.0 && start.elapsed() > Duration::from_millis(300) {
+            clock.step_wall(-3_600_000); // NTP sets the clock an hour back
+            stepped.0 = true;
+        }
+        if !stepped.1 && start.elapsed() > Duration::from_millis(600) {
+            clock.step_wall(7_200_000); // and two hours forward
+            stepped.1 = true;
+        }
+        service.frame(Ok(&record(i, false)));
+        i += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(service.current(), (AlarmState::Ok, Reason::Cleared));
+    // time passes on the monotonic clock with no frame: a stall, at the next heartbeat
+    clock.advance(1000);
+    std::thread::sleep(Duration::from_millis(120));
+    assert_eq!(service.current(), (AlarmState::Fault, Reason::NoFrames));
+    let report = service.finish();
+    let states: Vec<_> = report.transitions.iter().map(|t| t.reason).collect();
+    assert_eq!(
+        states,
+        [Reason::Cleared, Reason::NoFrames, Reason::Stopping],
+        "the wall-clock steps caused a transition"
+    );
+    // heartbeats every 50 ms throughout, in one session with no gap
+    let mut monitor = Monitor::new(1000);
+    let mut events = Vec::new();
+    monitor.feed(&wire.0.lock().unwrap(), 0, &mut events);
+    assert_eq!(monitor.lost_messages, 0, "{events:?}");
+    assert_eq!(monitor.restarts, 0);
+    assert!(monitor.messages >= 18, "{} messages", monitor.messages);
+    // the journal's wall-clock labels show the steps; the alarm did not care
+    let labels: Vec<u64> = Journal::read(&journal)
+        .unwrap()
+        .iter()
+        .map(|e| e.time_ms)
+        .collect();
+    assert!(
+        labels.windows(2).any(|w| w[1] > w[0] + 3_000_000),
+        "{labels:?}"
+    );
+}
+
+#[test]
+fn a_gpio_line_that_cannot_be_driven_holds_fault_until_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("alarms.jsonl");
+    let clock = oodmon_edge::clock::FakeClock::new();
+    let (line, wire) = (FakeLine::default(), Wire::default());
+    let service = fake_service(&clock, &line, &wire, &journal);
+    let feed = |from: u64, n: u64, ood: bool| {
+        for i in from..from + n {
+            service.frame(Ok(&record(i, ood)));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        service.wait_judged(Duration::from_millis(500));
+    };
+    feed(0, 10, false);
+    assert_eq!(service.current(), (AlarmState::Ok, Reason::Cleared));
+    line.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    // the line is driven at every heartbeat: within two the failure is a FAULT
+    std::thread::sleep(Duration::from_millis(120));
+    assert_eq!(service.current(), (AlarmState::Fault, Reason::OutputError));
+    feed(10, 20, false);
+    feed(30, 10, true);
+    feed(40, 20, false);
+    assert_eq!(service.current(), (AlarmState::Fault, Reason::OutputError));
+    line.fail.store(false, std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(120));
+    feed(60, 2, false);
+    assert_eq!(service.current(), (AlarmState::Ok, Reason::Cleared));
+    assert_eq!(line.alarm(), Some(false));
+    service.finish();
+    // the controller heard the fault on the serial link too
+    let mut monitor = Monitor::new(1000);
+    let mut events = Vec::new();
+    monitor.feed(&wire.0.lock().unwrap(), 0, &mut events);
+    assert!(events.iter().any(|e| matches!(
+        e,
+        MonitorEvent::State {
+            state: AlarmState::Fault,
+            reason: Reason::OutputError,
+            ..
+        }
+    )));
 }

@@ -62,6 +62,7 @@ fn preprocessing_and_scoring_do_not_allocate_per_frame() {
             stride: None,
             format: FrameFormat::Raw(format),
             timestamp_us: 0,
+            media_us: None,
             sequence: 0,
         };
         // the first frame of a geometry plans the preprocessing

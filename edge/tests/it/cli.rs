@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::Stdio;
 
 use crate::util::{
-    assert_fails_cleanly, edge, edge_command, id_image, save_image, write_tiny_bundle,
+    assert_fails_cleanly, avi, edge, edge_command, id_image, jpeg, save_image, write_tiny_bundle,
 };
 
 #[test]
@@ -48,9 +48,11 @@ fn check_accepts_a_good_bundle_and_names_what_is_wrong_with_bad_ones() {
     let new = oodmon_calibration::io::sha256_bytes(&junk);
     std::fs::write(d.join("calib.json"), calib.replace(&old, &new)).unwrap();
     std::fs::write(d.join("encoder.onnx"), &junk).unwrap();
-    assert_fails_cleanly(
-        &edge(dir.path(), &["check", "--bundle", "corrupt"]),
-        &["encoder.onnx"],
+    let out = edge(dir.path(), &["check", "--bundle", "corrupt"]);
+    assert_fails_cleanly(&out, &["encoder.onnx", "not a usable ONNX encoder"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains(".npy"),
+        "an ONNX file named as another kind"
     );
     // unknown schema version
     let d = copy("schema");
@@ -61,6 +63,16 @@ fn check_accepts_a_good_bundle_and_names_what_is_wrong_with_bad_ones() {
     )
     .unwrap();
     assert_fails_cleanly(&edge(dir.path(), &["check", "--bundle", "schema"]), &["99"]);
+    // a schema version written as a string gets its own message
+    std::fs::write(
+        d.join("calib.json"),
+        calib.replace("\"schema_version\": 1", "\"schema_version\": \"1\""),
+    )
+    .unwrap();
+    assert_fails_cleanly(
+        &edge(dir.path(), &["check", "--bundle", "schema"]),
+        &["schema_version \"1\" is not a whole number"],
+    );
     // calibration made for another input size
     let d = copy("size");
     let calib = std::fs::read_to_string(d.join("calib.json")).unwrap();
@@ -75,10 +87,14 @@ fn check_accepts_a_good_bundle_and_names_what_is_wrong_with_bad_ones() {
         &edge(dir.path(), &["check", "--bundle", "size"]),
         &["48x48"],
     );
-    // no bundle at all
-    assert_fails_cleanly(
-        &edge(dir.path(), &["check", "--bundle", "nowhere"]),
-        &["nowhere"],
+    // no bundle at all: the cause is said once
+    let out = edge(dir.path(), &["check", "--bundle", "nowhere"]);
+    assert_fails_cleanly(&out, &["nowhere"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
     );
 }
 
@@ -99,6 +115,14 @@ fn run_fails_at_start_up_on_bad_settings_before_opening_anything() {
             ],
         ),
         &["video-oodmon-missing"],
+    );
+    // YUYV frames of an odd width do not exist
+    assert_fails_cleanly(
+        &edge(
+            dir.path(),
+            &["run", "--bundle", "b", "--source", "stdin:63x64:yuyv"],
+        ),
+        &["even width", "63"],
     );
     // a malformed source
     assert_fails_cleanly(
@@ -244,12 +268,49 @@ fn run_reads_raw_frames_from_standard_input() {
         }
     }
     let out = child.wait_with_output().unwrap();
+    // every frame was scored; then the pipe closed, which a live source must not do:
+    // a non-zero exit, so that a supervisor restarts the pipeline
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    assert_fails_cleanly(&out, &["ended after 3 frames", "live source"]);
+}
+
+#[test]
+fn files_may_end_unless_looped_and_a_corrupt_avi_chunk_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bundle(&dir.path().join("b"));
+    let frames: Vec<Vec<u8>> = (0..4)
+        .map(|i| jpeg(&id_image(i % 3, 48, 40, i as u64), 48, 40))
+        .collect();
+    let mut bytes = avi(&frames, 48, 40);
+    // an index chunk after the frames, whose size runs far past the end of the file
+    bytes.extend_from_slice(b"idx1");
+    bytes.extend_from_slice(&0x7fff_0000u32.to_le_bytes());
+    bytes.extend_from_slice(&[0u8; 16]);
+    std::fs::write(dir.path().join("bad.avi"), &bytes).unwrap();
+    let args = ["run", "--bundle", "b", "--source", "avi:bad.avi"];
+    let out = edge(dir.path(), &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("runs past the end of the file"), "{stderr}");
+    assert!(
+        stderr.contains("the file source ended after 4 frames (no --loop)"),
+        "{stderr}"
+    );
+    // looped, it starts again after the damaged end
+    let out = edge(
+        dir.path(),
+        &[
+            &args[..],
+            &["--loop", "--max-frames", "10", "--records", "-"],
+        ]
+        .concat(),
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 10);
 }
 
 #[test]
@@ -267,8 +328,15 @@ fn demo_runs_from_any_directory_and_reproduces_its_scenario() {
 }
 
 fn pty() -> (serialport::TTYPort, serialport::TTYPort, String) {
+    use std::os::unix::io::AsRawFd;
     let (mut master, slave) = serialport::TTYPort::pair().expect("pseudo-terminal pair");
     serialport::SerialPort::set_timeout(&mut master, std::time::Duration::from_millis(20)).unwrap();
+    // serialport opens the pair without close-on-exec: a child would inherit the master and
+    // keep the line up after the test drops it
+    for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
+        // SAFETY: fcntl on a descriptor this process owns
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     let name = serialport::SerialPort::name(&slave).unwrap();
     (master, slave, name)
 }
@@ -364,6 +432,7 @@ fn monitor_plain_prints_states_and_warns_about_gaps_and_silence() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let send = |master: &mut serialport::TTYPort, seq: u32, message: Message| {
         let p = Packet {
+            session: 0x5eed,
             sequence: seq,
             timestamp_ms: 1_764_288_000_000,
             message,
@@ -378,6 +447,7 @@ fn monitor_plain_prints_states_and_warns_about_gaps_and_silence() {
         Message::Heartbeat {
             state: AlarmState::Ok,
             reason: Reason::Cleared,
+            period_ms: 100,
         },
     );
     send(
@@ -395,6 +465,7 @@ fn monitor_plain_prints_states_and_warns_about_gaps_and_silence() {
         Message::Heartbeat {
             state: AlarmState::Ood,
             reason: Reason::OodFrames,
+            period_ms: 100,
         },
     );
     // then silence: the link is lost after two heartbeat periods
@@ -413,4 +484,64 @@ fn monitor_plain_prints_states_and_warns_about_gaps_and_silence() {
     assert!(stdout.contains("2 message(s) lost"), "{stdout}");
     assert!(stdout.contains("link lost"), "{stdout}");
     assert!(stdout.contains("3 messages, 0 bad frames"), "{stdout}");
+}
+
+#[test]
+fn monitor_plain_says_when_no_traffic_comes_and_fails_loudly_when_its_port_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    // nothing on the line at all
+    let (_master, _slave, name) = pty();
+    let out = edge(
+        dir.path(),
+        &[
+            "monitor",
+            "--port",
+            &name,
+            "--plain",
+            "--heartbeat-ms",
+            "100",
+            "--seconds",
+            "1",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("no traffic yet"), "{stdout}");
+    // the port disappears mid-session
+    let (mut master, slave, name) = pty();
+    let child = edge_command(
+        dir.path(),
+        &["monitor", "--port", &name, "--plain", "--seconds", "30"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let p = oodmon_protocol::Packet {
+        session: 9,
+        sequence: 0,
+        timestamp_ms: 1_764_288_000_000,
+        message: oodmon_protocol::Message::Heartbeat {
+            state: oodmon_protocol::AlarmState::Ok,
+            reason: oodmon_protocol::Reason::Cleared,
+            period_ms: 200,
+        },
+    };
+    let mut f = [0u8; oodmon_protocol::MAX_FRAME];
+    let n = p.encode(&mut f);
+    master.write_all(&f[..n]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(master);
+    drop(slave);
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the monitor noticed the lost port only at its deadline"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("state OK (cleared)"), "{stdout}");
+    assert!(stdout.contains("serial port lost"), "{stdout}");
+    assert_fails_cleanly(&out, &["serial port lost"]);
 }

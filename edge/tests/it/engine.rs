@@ -32,6 +32,7 @@ fn frame(data: &[u8], w: usize, h: usize, format: FrameFormat) -> Frame<'_> {
         stride: None,
         format,
         timestamp_us: 1,
+        media_us: None,
         sequence: 7,
     }
 }
@@ -198,6 +199,7 @@ fn malformed_frames_are_typed_errors() {
             stride: None,
             format: FrameFormat::Jpeg,
             timestamp_us: 0,
+            media_us: None,
             sequence: 0,
         };
         let err = engine.process(&frame).unwrap_err();
@@ -233,6 +235,7 @@ impl FrameSource for Broken {
             stride: None,
             format: FrameFormat::Jpeg,
             timestamp_us: 0,
+            media_us: None,
             sequence: self.frames,
         }))
     }
