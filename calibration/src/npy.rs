@@ -148,6 +148,11 @@ fn strip_quotes(s: &str) -> Option<&str> {
 
 fn read_raw(path: &Path) -> Result<RawArray> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    raw_from_bytes(path, bytes)
+}
+
+/// Parses a whole `.npy` file's bytes; `path` only names it in errors.
+fn raw_from_bytes(path: &Path, bytes: Vec<u8>) -> Result<RawArray> {
     let header = parse_header(path, &bytes)?;
     if header.size == 0 {
         return Err(bad(
@@ -227,7 +232,15 @@ impl RawArray {
 /// infinite values are refused, naming the row.
 pub fn read_embeddings(path: impl AsRef<Path>) -> Result<Embeddings> {
     let path = path.as_ref();
-    let raw = read_raw(path)?;
+    embeddings_from_raw(path, read_raw(path)?)
+}
+
+/// [`read_embeddings`] on a file's bytes already in memory (`name` labels errors).
+pub fn parse_embeddings(name: &Path, bytes: Vec<u8>) -> Result<Embeddings> {
+    embeddings_from_raw(name, raw_from_bytes(name, bytes)?)
+}
+
+fn embeddings_from_raw(path: &Path, raw: RawArray) -> Result<Embeddings> {
     if raw.header.kind != Kind::Float {
         return Err(Error::WrongDtype {
             what: path.display().to_string(),
@@ -272,7 +285,15 @@ pub fn read_embeddings(path: impl AsRef<Path>) -> Result<Embeddings> {
 /// whole numbers are accepted too, since some tools save labels as floats.
 pub fn read_labels(path: impl AsRef<Path>) -> Result<Vec<i64>> {
     let path = path.as_ref();
-    let raw = read_raw(path)?;
+    labels_from_raw(path, read_raw(path)?)
+}
+
+/// [`read_labels`] on a file's bytes already in memory (`name` labels errors).
+pub fn parse_labels(name: &Path, bytes: Vec<u8>) -> Result<Vec<i64>> {
+    labels_from_raw(name, raw_from_bytes(name, bytes)?)
+}
+
+fn labels_from_raw(path: &Path, raw: RawArray) -> Result<Vec<i64>> {
     match raw.header.shape[..] {
         [_] | [_, 1] => {}
         _ => {

@@ -32,6 +32,8 @@ pub const MAX_PAYLOAD: usize = 13;
 pub const MAX_MESSAGE: usize = HEADER_LEN + MAX_PAYLOAD + CRC_LEN;
 /// Largest frame on the wire, COBS overhead and the zero delimiter included.
 pub const MAX_FRAME: usize = corncobs::max_encoded_len(MAX_MESSAGE);
+/// Most bytes a valid frame has before its delimiter; a receiver rejects longer ones.
+pub const MAX_ENCODED: usize = MAX_FRAME - 1;
 
 const CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
 
@@ -416,7 +418,7 @@ fn p_value_f32(v: u16) -> f32 {
 /// Reassembles frames from a byte stream, one byte at a time, in a fixed buffer.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    buf: heapless::Vec<u8, MAX_FRAME>,
+    buf: heapless::Vec<u8, MAX_ENCODED>,
     overflow: bool,
 }
 

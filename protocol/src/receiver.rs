@@ -15,8 +15,8 @@ pub enum Arrival {
     /// Another session id: the sender restarted. `lost_at_start` messages of the new
     /// session (which starts at sequence 0) never arrived.
     Restart { previous: u32, lost_at_start: u32 },
-    /// A sequence number already passed in this session: a duplicate or a step back.
-    /// Ignore its content.
+    /// A sequence number already passed in this session (a duplicate or a step back), or a
+    /// late frame of the session before this one. Ignore its content.
     Stale,
 }
 
@@ -24,6 +24,8 @@ pub enum Arrival {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SequenceTracker {
     session: Option<u32>,
+    /// The session before the current one: its late frames are stale, not a restart.
+    previous: Option<u32>,
     next: u32,
 }
 
@@ -31,6 +33,7 @@ impl SequenceTracker {
     pub const fn new() -> Self {
         Self {
             session: None,
+            previous: None,
             next: 0,
         }
     }
@@ -41,10 +44,14 @@ impl SequenceTracker {
     pub fn observe(&mut self, session: u32, sequence: u32) -> Arrival {
         let arrival = match self.session {
             None => Arrival::First,
-            Some(s) if s != session => Arrival::Restart {
-                previous: s,
-                lost_at_start: sequence,
-            },
+            Some(_) if self.previous == Some(session) => return Arrival::Stale,
+            Some(s) if s != session => {
+                self.previous = Some(s);
+                Arrival::Restart {
+                    previous: s,
+                    lost_at_start: sequence,
+                }
+            }
             Some(_) => match sequence.wrapping_sub(self.next) as i32 {
                 0 => Arrival::InOrder,
                 d if d > 0 => Arrival::Gap { lost: d as u32 },
@@ -137,6 +144,9 @@ mod tests {
             }
         );
         assert_eq!(t.observe(9, 1), Arrival::InOrder);
+        // a late frame of the old session is stale, not another restart
+        assert_eq!(t.observe(7, 46), Arrival::Stale);
+        assert_eq!(t.observe(9, 2), Arrival::InOrder);
         // a restart whose first messages were lost
         assert_eq!(
             t.observe(11, 3),

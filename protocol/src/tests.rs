@@ -288,6 +288,11 @@ fn overlong_and_bad_frames_have_typed_errors() {
         assert!(d.push(7).is_none());
     }
     assert_eq!(d.push(0), Some(Err(DecodeError::TooLong)));
+    // exactly one byte more than the longest valid frame holds is too long as well
+    for _ in 0..MAX_ENCODED + 1 {
+        assert!(d.push(7).is_none());
+    }
+    assert_eq!(d.push(0), Some(Err(DecodeError::TooLong)));
     // two delimiters in a row: nothing
     assert_eq!(d.push(0), None);
     // a valid COBS frame that is too short

@@ -8,7 +8,8 @@ use crate::error::SourceError;
 use crate::frame::{now_us, Frame, FrameFormat};
 use crate::source::FrameSource;
 
-trait ReadSeek: Read + Seek {}
+/// A reader that can seek: what an AVI source reads from.
+pub trait ReadSeek: Read + Seek {}
 impl<T: Read + Seek> ReadSeek for T {}
 
 /// Largest frame chunk accepted (a 4K JPEG is a few MB).
@@ -59,7 +60,8 @@ impl AviSource {
         Self::from_reader(Box::new(std::io::Cursor::new(bytes)), name, looped)
     }
 
-    fn from_reader(
+    /// Reads an AVI from any seekable reader (a file, bytes in memory).
+    pub fn from_reader(
         mut reader: Box<dyn ReadSeek + Send>,
         name: &str,
         looped: bool,

@@ -9,7 +9,7 @@ mod v4l2;
 
 use std::time::Duration;
 
-pub use avi::AviSource;
+pub use avi::{AviSource, ReadSeek};
 pub use images::ImageFiles;
 pub use raw::RawStream;
 #[cfg(all(feature = "v4l2", target_os = "linux"))]

@@ -289,3 +289,25 @@ fn the_built_in_demo_reproduces_its_scenario() {
     assert_eq!(summary.segments[2].ood_frames, 0, "{text}");
     assert!(text.contains("scenario reproduced"), "{text}");
 }
+
+#[test]
+fn records_name_the_nearest_class_through_the_cluster_to_class_map() {
+    // the built-in bundle has 3 k-means clusters per class: cluster index != class index
+    let bundle = oodmon_edge::demo::bundle().unwrap();
+    let map = bundle.artifact.model.cluster_class.clone();
+    assert!(map.len() > bundle.artifact.class_names.len());
+    let mut engine = Engine::new(bundle).unwrap();
+    let mut source = oodmon_edge::demo::scenario(false).unwrap();
+    let mut frames = 0;
+    while let Some(frame) = source.next_frame().unwrap() {
+        let r = engine.process(&frame).unwrap();
+        assert_eq!(r.nearest_class, map[r.nearest], "frame {}", r.sequence);
+        let class = r
+            .nearest_class
+            .expect("every cluster of this bundle has a class");
+        assert!(engine.class_name(class).is_some_and(|n| !n.is_empty()));
+        assert_eq!(engine.cluster_class(r.nearest), Some(class));
+        frames += 1;
+    }
+    assert_eq!(frames, 72);
+}

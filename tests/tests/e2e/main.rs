@@ -3,6 +3,7 @@
 
 mod onnx;
 mod preprocess;
+mod protocol;
 mod reference;
 mod trainer;
 mod util;
