@@ -29,8 +29,10 @@ fn main() -> ExitCode {
         Some("bench-edge") => bench_edge(&args[1..]),
         Some("study") => study(&args[1..]),
         Some("v4l2-bindings") => v4l2_bindings(),
+        Some("fuzz") => fuzz(&args[1..]),
+        Some("soak") => soak(&args[1..]),
         _ => Err(
-            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick] | bench-edge [--quick] [--model FILE.onnx ...] [--video FILE.avi] | study --data DIR [--out DIR] [--epochs N] [--losses ce,supcon,simclr] | v4l2-bindings>"
+            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick] | bench-edge [--quick] [--model FILE.onnx ...] [--video FILE.avi] | study --data DIR [--out DIR] [--epochs N] [--losses ce,supcon,simclr] | v4l2-bindings | fuzz [--seconds N] [--target NAME] | soak [--frames N]>"
                 .into(),
         ),
     };
@@ -416,6 +418,122 @@ fn v4l2_bindings() -> Result {
             .env("V4L2_SYS_BINDINGS_OUT", dir.join(format!("{arch}.rs"))))?;
     }
     Ok(())
+}
+
+/// The soak test (bench/soak.py): `oodmon-edge run` on the looped built-in scenario for
+/// `--frames` frames (default 1,000,000) with serial, monitor and journal, memory and file
+/// descriptors sampled; fails when memory grows, a descriptor leaks, or the journal or the
+/// link are not whole at the end.
+fn soak(args: &[String]) -> Result {
+    let frames = match args {
+        [] => "1000000".to_string(),
+        [flag, n] if flag == "--frames" && n.parse::<u64>().is_ok() => n.clone(),
+        _ => return Err("soak [--frames N]".into()),
+    };
+    step("building oodmon-edge (release)");
+    run(cargo().args(["build", "--release", "-p", "oodmon-edge"]))?;
+    let edge = target_dir().join("release/oodmon-edge");
+    step(&format!("soak: {frames} frames"));
+    run(Command::new("python3")
+        .arg(root().join("bench/soak.py"))
+        .arg(&edge)
+        .arg(root().join("edge/demo/bundle"))
+        .arg(root().join("edge/demo/scenario.avi"))
+        .arg(&frames))
+}
+
+/// The fuzz targets (fuzz/fuzz_targets) with the longest input each is given.
+const FUZZ_TARGETS: &[(&str, usize)] = &[
+    ("protocol_decoder", 4096),
+    ("npy", 4096),
+    ("avi", 65_536),
+    ("calib_json", 16_384),
+    ("edge_toml", 4096),
+    ("raw_frames", 16_384),
+];
+
+/// Runs every parser that takes outside bytes under libFuzzer (cargo-fuzz, nightly) for a
+/// fixed budget each, growing the committed corpus in fuzz/corpus/; prints executions and
+/// crashes per target. A crash fails the command (its input is in fuzz/artifacts/).
+fn fuzz(args: &[String]) -> Result {
+    let mut seconds = 60u64;
+    let mut only: Option<String> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seconds" => {
+                seconds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--seconds N")?
+            }
+            "--target" => only = Some(it.next().ok_or("--target NAME")?.clone()),
+            other => return Err(format!("fuzz: unknown argument {other:?}")),
+        }
+    }
+    if !works("rustup", &["run", "nightly", "rustc", "--version"]) {
+        return Err("fuzzing needs a nightly toolchain: `rustup toolchain install nightly`".into());
+    }
+    if !works("cargo", &["fuzz", "--version"]) {
+        step("installing cargo-fuzz");
+        run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let dir = root().join("fuzz");
+    let mut rows = Vec::new();
+    let mut crashed = Vec::new();
+    for (target, max_len) in FUZZ_TARGETS {
+        if only.as_deref().is_some_and(|o| o != *target) {
+            continue;
+        }
+        step(&format!("fuzzing {target} for {seconds} s"));
+        let corpus = dir.join("corpus").join(target);
+        std::fs::create_dir_all(&corpus).map_err(|e| e.to_string())?;
+        let before = std::fs::read_dir(&corpus).map_or(0, |d| d.count());
+        let out = Command::new("cargo")
+            .current_dir(&dir)
+            .args(["+nightly", "fuzz", "run", "-s", "none", "--dev", target])
+            .arg(&corpus)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg(format!("-max_len={max_len}"))
+            .arg("-print_final_stats=1")
+            .arg("-timeout=10")
+            .output()
+            .map_err(|e| format!("cargo fuzz: {e}"))?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        let stat = |key: &str| {
+            log.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let executions = stat("stat::number_of_executed_units:").unwrap_or(0);
+        let after = std::fs::read_dir(&corpus).map_or(0, |d| d.count());
+        let ok = out.status.success();
+        if !ok {
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            crashed.push(*target);
+        }
+        eprintln!(
+            "    {target}: {executions} executions, corpus {before} -> {after}, {}",
+            if ok { "no crash" } else { "CRASH" }
+        );
+        rows.push(format!(
+            "| `{target}` | {seconds} | {executions} | {before} -> {after} | {} |",
+            if ok { "0" } else { "1 (see fuzz/artifacts)" }
+        ));
+    }
+    step("results (paste into TESTING.md)");
+    println!("| target | seconds | executions | corpus files | crashes |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    if crashed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("crashes in {}", crashed.join(", ")))
+    }
 }
 
 /// The newest `GLIBC_x.y` symbol version a binary imports (`objdump -T`).
