@@ -54,9 +54,12 @@ def main():
             os.write(mon_master, data)
 
     threading.Thread(target=relay, daemon=True).start()
+    # the monitor's lines go to a file: a pipe nobody drains would fill, block the monitor,
+    # stop it reading the line, and the edge would (rightly) go FAULT output_error
+    monitor_log = open(os.path.join(work, "monitor.log"), "w")
     monitor = subprocess.Popen(
         [edge, "monitor", "--port", os.ttyname(mon_slave), "--plain", "--heartbeat-ms", "200"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=monitor_log, stderr=subprocess.STDOUT, text=True)
     time.sleep(0.5)
     run = subprocess.Popen(
         [edge, "run", "--bundle", bundle, "--source", f"avi:{scenario}", "--loop",
@@ -75,7 +78,9 @@ def main():
     err = run.stderr.read()
     time.sleep(1.0)
     monitor.send_signal(2)  # Ctrl-C: the monitor prints its summary and exits
-    mon_out, _ = monitor.communicate(timeout=30)
+    monitor.wait(timeout=30)
+    monitor_log.close()
+    mon_out = open(os.path.join(work, "monitor.log")).read()
     events = [json.loads(l) for l in open(journal)]
     sequences = [e["sequence"] for e in events]
     raises = sum(1 for e in events if e["state"] == "OOD")
@@ -105,6 +110,7 @@ def main():
         "serial_bytes": relayed[0],
         "monitor_summary": summary_line[-1] if summary_line else mon_out[-300:],
         "stderr_tail": err[-500:],
+        "work_dir": work,
     }
     ok = (run.returncode == 0 and result["journal_sequences_contiguous"]
           and abs(raises - loops) <= 1
