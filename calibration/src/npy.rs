@@ -92,7 +92,8 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
                 .map_err(|_| bad(path, format!("bad shape entry {part:?}")))?,
         );
     }
-    let (endian, rest) = descr.split_at(1.min(descr.len()));
+    // the first character, whatever its UTF-8 length (a fuzzed header had a 2-byte one)
+    let (endian, rest) = descr.split_at(descr.chars().next().map_or(0, char::len_utf8));
     let big_endian = match endian {
         "<" | "|" | "=" => cfg!(target_endian = "big") && endian == "=",
         ">" => true,
@@ -415,6 +416,20 @@ pub fn write_f64_vector(path: impl AsRef<Path>, values: &[f64]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `npy` fuzz target: a dtype whose first character is two bytes long
+    /// panicked on a split inside that character.
+    #[test]
+    fn a_dtype_starting_with_a_multibyte_character_is_an_error() {
+        let header = "{'descr': '\u{299}4', 'fortran_order': False, 'shape': (2,), }";
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend((header.len() as u16).to_le_bytes());
+        bytes.extend(header.as_bytes());
+        bytes.extend([0u8; 8]);
+        let err = parse_embeddings(Path::new("x.npy"), bytes.clone()).unwrap_err();
+        assert!(err.to_string().contains("unsupported dtype"), "{err}");
+        assert!(parse_labels(Path::new("x.npy"), bytes).is_err());
+    }
 
     #[test]
     fn round_trip_embeddings_and_labels() {

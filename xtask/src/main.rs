@@ -507,15 +507,24 @@ fn fuzz(args: &[String]) -> Result {
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
         let executions = stat("stat::number_of_executed_units:").unwrap_or(0);
-        let after = std::fs::read_dir(&corpus).map_or(0, |d| d.count());
         let ok = out.status.success();
+        // keep the committed corpus small: the inputs that cover what the whole set covers
+        if ok {
+            run(Command::new("cargo")
+                .current_dir(&dir)
+                .args(["+nightly", "fuzz", "cmin", "-s", "none", "--dev", target])
+                .arg(&corpus)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()))?;
+        }
+        let after = std::fs::read_dir(&corpus).map_or(0, |d| d.count());
         if !ok {
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
             eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
             crashed.push(*target);
         }
         eprintln!(
-            "    {target}: {executions} executions, corpus {before} -> {after}, {}",
+            "    {target}: {executions} executions, corpus {before} -> {after} (minimised), {}",
             if ok { "no crash" } else { "CRASH" }
         );
         rows.push(format!(

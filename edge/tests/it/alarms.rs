@@ -829,3 +829,36 @@ fn a_gpio_line_that_cannot_be_driven_holds_fault_until_it_can() {
         }
     )));
 }
+
+#[test]
+fn the_state_after_a_frame_is_the_one_the_wire_carries_for_it() {
+    // what the demo's status line shows: once a frame is judged, `current` is the state
+    // the outputs carry after it, never the one before
+    let dir = tempfile::tempdir().unwrap();
+    let clock = oodmon_edge::clock::FakeClock::new();
+    let (line, wire) = (FakeLine::default(), Wire::default());
+    let service = fake_service(&clock, &line, &wire, &dir.path().join("j.jsonl"));
+    let mut i = 0;
+    for round in 0..20 {
+        let ood = round % 2 == 1;
+        if !ood {
+            std::thread::sleep(Duration::from_millis(25)); // past the 20 ms hold
+        }
+        for k in 1..=8 {
+            service.frame(Ok(&record(i, ood)));
+            i += 1;
+            assert!(service.wait_judged(Duration::from_secs(5)));
+            // raise_k 3 of window_n 5 raises at the 3rd OOD frame; clear_m 5 clears at the
+            // 5th in-distribution one
+            let want = match (ood, k) {
+                (true, k) if k >= 3 => AlarmState::Ood,
+                (true, _) => AlarmState::Ok,
+                (false, k) if k >= 5 => AlarmState::Ok,
+                (false, _) if round == 0 => AlarmState::Fault,
+                (false, _) => AlarmState::Ood,
+            };
+            assert_eq!(service.current().0, want, "round {round}, frame {k}");
+        }
+    }
+    service.finish();
+}
