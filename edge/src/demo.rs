@@ -199,7 +199,13 @@ pub fn play_with_alarms(
     out: &mut dyn Write,
 ) -> Result<DemoSummary> {
     let service = crate::service::AlarmService::start(
-        crate::alarm::AlarmConfig::default(),
+        crate::alarm::AlarmConfig {
+            // the scenario is about OK -> OOD -> OK, timed on its media time; a slow host
+            // (a debug build under emulation takes ~0.5 s a frame) must not turn it into
+            // stall faults, which the run command's tests cover
+            stall_ms: 10_000,
+            ..crate::alarm::AlarmConfig::default()
+        },
         crate::service::Outputs {
             scores: link.is_some(),
             link,

@@ -525,7 +525,7 @@ fn run(cli: Cli) -> Result<()> {
             let summary =
                 demo::play_with_alarms(frame_delay_ms, quiet, link, &mut std::io::stdout().lock())?;
             if !summary.passed() {
-                anyhow::bail!("the demo's frames were not classified as the scenario says");
+                anyhow::bail!("the demo did not reproduce its scenario (see the line above)");
             }
             Ok(())
         }
