@@ -85,9 +85,15 @@ def main():
     sequences = [e["sequence"] for e in events]
     raises = sum(1 for e in events if e["state"] == "OOD")
     loops = frames // 72
+    # after the first minute: the bundle, source, port and journal are open and the
+    # allocator has its working set
     steady = [s for s in samples if s[0] >= 60] or samples
     rss = [s[1] for s in steady]
-    fds = [s[2] for s in samples]
+    fds = [s[2] for s in steady]
+    with open(os.path.join(work, "samples.tsv"), "w") as f:
+        f.write("seconds\trss_bytes\tfds\n")
+        for t, r, n in samples:
+            f.write(f"{t}\t{r}\t{n}\n")
     summary_line = [l for l in mon_out.splitlines() if " messages, " in l]
     result = {
         "frames": frames,
@@ -99,6 +105,8 @@ def main():
         "rss_min_mb": round(min(rss) / 2**20, 2) if rss else None,
         "rss_max_mb": round(max(rss) / 2**20, 2) if rss else None,
         "rss_last_mb": round(rss[-1] / 2**20, 2) if rss else None,
+        "rss_every_tenth_sample_mb": [round(s[1] / 2**20, 2) for s in samples[::10]],
+        "fds_at_start": samples[0][2] if samples else None,
         "fds_first": fds[0] if fds else None,
         "fds_max": max(fds) if fds else None,
         "fds_last": fds[-1] if fds else None,
