@@ -288,7 +288,7 @@ fn run(cli: Cli) -> Result<()> {
             let report = service.finish();
             log::info!(
                 "alarm service: {} transitions, {} messages sent, {} send errors",
-                report.transitions.len(),
+                report.transition_count,
                 report.messages_sent,
                 report.send_errors
             );

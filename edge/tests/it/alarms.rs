@@ -862,3 +862,33 @@ fn the_state_after_a_frame_is_the_one_the_wire_carries_for_it() {
     }
     service.finish();
 }
+
+#[test]
+fn the_service_report_keeps_a_bounded_number_of_transitions() {
+    // a long run must not grow memory with every transition (the soak found it)
+    let dir = tempfile::tempdir().unwrap();
+    let clock = oodmon_edge::clock::FakeClock::new();
+    let (line, wire) = (FakeLine::default(), Wire::default());
+    let service = fake_service(&clock, &line, &wire, &dir.path().join("j.jsonl"));
+    let nan = oodmon_edge::EdgeError::NonFinite("score".into());
+    let mut i = 0;
+    for _ in 0..600 {
+        service.frame(Err(&nan)); // FAULT (non_finite_score) at once
+        for _ in 0..5 {
+            service.frame(Ok(&record(i, false))); // OK (cleared) after clear_m
+            i += 1;
+        }
+    }
+    assert!(service.wait_judged(Duration::from_secs(30)));
+    let report = service.finish();
+    assert!(
+        report.transition_count >= 1200,
+        "{}",
+        report.transition_count
+    );
+    assert_eq!(
+        report.transitions.len(),
+        oodmon_edge::service::REPORTED_TRANSITIONS
+    );
+    assert_eq!(report.transitions.back().unwrap().reason, Reason::Stopping);
+}
