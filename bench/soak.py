@@ -2,7 +2,7 @@
 
 Loops the built-in scenario (cat, coins, cat: one OK -> OOD -> OK cycle per loop at its
 10 frames/s media time) through the built-in bundle for N frames, with the alarm service
-on a pseudo-terminal watched by `oodmon-edge monitor --plain`, and a journal. Samples the
+on a pseudo-terminal watched by `oodmon-monitor --plain`, and a journal. Samples the
 edge's resident memory and open file descriptors every few seconds. At the end checks that
 memory stayed flat, no descriptor leaked, the journal is whole (one sequence, no gap) and
 holds one OOD raise per loop, and the monitor saw no lost message and no CRC error.
@@ -31,8 +31,9 @@ def proc_status(pid):
 
 
 def main():
-    edge, bundle, scenario, frames = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    every = float(sys.argv[5]) if len(sys.argv) > 5 else 5.0
+    edge, monitor_bin, bundle, scenario = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    frames = int(sys.argv[5])
+    every = float(sys.argv[6]) if len(sys.argv) > 6 else 5.0
     work = tempfile.mkdtemp(prefix="oodmon-soak-")
     journal = os.path.join(work, "alarms.jsonl")
     # two pseudo-terminals and a relay: the edge writes to one, the monitor reads the other
@@ -58,7 +59,7 @@ def main():
     # stop it reading the line, and the edge would (rightly) go FAULT output_error
     monitor_log = open(os.path.join(work, "monitor.log"), "w")
     monitor = subprocess.Popen(
-        [edge, "monitor", "--port", os.ttyname(mon_slave), "--plain", "--heartbeat-ms", "200"],
+        [monitor_bin, "--port", os.ttyname(mon_slave), "--plain", "--heartbeat-ms", "200"],
         stdout=monitor_log, stderr=subprocess.STDOUT, text=True)
     time.sleep(0.5)
     run = subprocess.Popen(

@@ -63,18 +63,16 @@ impl Default for AlarmConfig {
 }
 
 impl AlarmConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), crate::error::ParseError> {
         if self.window_n == 0 || self.window_n > MAX_WINDOW {
-            return Err(format!(
-                "window_n {} is not in 1..={MAX_WINDOW}",
-                self.window_n
-            ));
+            return Err(format!("window_n {} is not in 1..={MAX_WINDOW}", self.window_n).into());
         }
         if self.raise_k == 0 || self.raise_k > self.window_n {
             return Err(format!(
                 "raise_k {} is not in 1..=window_n ({})",
                 self.raise_k, self.window_n
-            ));
+            )
+            .into());
         }
         if self.clear_m == 0 {
             return Err("clear_m must be at least 1".into());
@@ -83,20 +81,18 @@ impl AlarmConfig {
             return Err("max_bad_frames must be at least 1".into());
         }
         if !(10..=60_000).contains(&self.heartbeat_ms) {
-            return Err(format!(
-                "heartbeat_ms {} is not in 10..=60000",
-                self.heartbeat_ms
-            ));
+            return Err(format!("heartbeat_ms {} is not in 10..=60000", self.heartbeat_ms).into());
         }
         if self.stall_ms < self.heartbeat_ms {
             return Err(format!(
                 "stall_ms {} is shorter than heartbeat_ms {}",
                 self.stall_ms, self.heartbeat_ms
-            ));
+            )
+            .into());
         }
         if let DecisionRule::PValue { alpha } = self.decision {
             if !(alpha > 0.0 && alpha < 1.0) {
-                return Err(format!("decision alpha {alpha} is not in (0, 1)"));
+                return Err(format!("decision alpha {alpha} is not in (0, 1)").into());
             }
         }
         Ok(())

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use oodmon_calibration::bundle::Bundle;
 use oodmon_calibration::preprocess::PixelFormat;
 use oodmon_calibration::CalibrationArtifact;
+use oodmon_runtime::Bundle;
 use serde::Deserialize;
 
 use crate::engine::{Engine, FrameRecord};

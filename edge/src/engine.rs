@@ -2,17 +2,15 @@
 //! tensor, run tract, and score against the clusters. Everything but tract's own run is
 //! allocation-free once the first frame of a given geometry has been seen.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use oodmon_calibration::bundle::Bundle;
 use oodmon_calibration::preprocess::{PixelFormat, Preprocessor};
 use oodmon_calibration::{Detector, PreprocessSpec, Scratch};
+use oodmon_runtime::{Bundle, Session};
 use serde::Serialize;
-use tract_onnx::prelude::*;
 
 use crate::decode::{FrameDecoder, Pixels};
-use crate::error::{EdgeError, Result};
+use crate::error::Result;
 use crate::frame::Frame;
 
 /// Time spent in each stage of one frame, microseconds.
@@ -63,9 +61,7 @@ fn micros(since: Instant) -> u32 {
 /// A loaded bundle, ready to process frames of any geometry (one preprocessing plan is
 /// kept and replanned only when the frame size or format changes).
 pub struct Engine {
-    state: TypedSimpleState,
-    input: Arc<Tensor>,
-    embedding: Vec<f32>,
+    session: Session,
     spec: PreprocessSpec,
     preprocessor: Option<Preprocessor>,
     decoder: FrameDecoder,
@@ -78,26 +74,17 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Engine({:?})", self.input.shape())
+        write!(f, "Engine({:?})", self.session)
     }
 }
 
 impl Engine {
     pub fn new(bundle: Bundle) -> Result<Self> {
         let spec = bundle.preprocessing().clone();
-        let (w, h) = bundle.encoder.input_size();
-        let state = bundle
-            .encoder
-            .plan()
-            .spawn()
-            .map_err(|e| EdgeError::Inference(format!("{e:#}")))?;
-        let input = Tensor::zero::<f32>(&[1, 3, h, w])
-            .map_err(|e| EdgeError::Inference(format!("{e:#}")))?;
+        let session = bundle.encoder.session()?;
         let scratch = bundle.detector.scorer.scratch(1);
         Ok(Self {
-            state,
-            input: Arc::new(input),
-            embedding: vec![0.0; bundle.encoder.dim()],
+            session,
             spec: spec.clone(),
             preprocessor: None,
             decoder: FrameDecoder::new(&spec, true),
@@ -155,14 +142,21 @@ impl Engine {
         let pixels = self.decoder.decode(frame)?;
         let decode_us = micros(t);
         let t = Instant::now();
-        preprocess_into(&mut self.preprocessor, &self.spec, &pixels, &mut self.input)?;
+        preprocess_into(
+            &mut self.preprocessor,
+            &self.spec,
+            &pixels,
+            &mut self.session,
+        )?;
         Ok((decode_us, micros(t)))
     }
 
     /// Scores the last embedding (allocation-free); sequence, timestamp and latency are
     /// left for the caller.
     pub fn score(&mut self) -> Result<FrameRecord> {
-        let d = self.detector.decide(&self.embedding, &mut self.scratch)?;
+        let d = self
+            .detector
+            .decide(self.session.embedding(), &mut self.scratch)?;
         Ok(FrameRecord {
             sequence: 0,
             timestamp_us: 0,
@@ -180,75 +174,19 @@ impl Engine {
 
     /// The encoder's input tensor as the preprocessing last wrote it (`3 x H x W`).
     pub fn input_tensor(&self) -> &[f32] {
-        self.input
-            .as_plain_ram()
-            .and_then(|v| v.as_slice::<f32>().ok())
-            .unwrap_or(&[])
+        self.session.input()
     }
 
     /// The last embedding.
     pub fn embedding(&self) -> &[f32] {
-        &self.embedding
+        self.session.embedding()
     }
 
     /// Runs the encoder on the input tensor into the embedding.
     pub fn infer(&mut self) -> Result<()> {
-        let out = self
-            .state
-            .run(tvec!(TValue::from_const(self.input.clone())))
-            .map_err(|e| EdgeError::Inference(format!("{e:#}")))?;
-        let view = out[0]
-            .try_as_plain_ram()
-            .map_err(|e| EdgeError::Inference(format!("{e:#}")))?;
-        let values = view
-            .as_slice::<f32>()
-            .map_err(|e| EdgeError::Inference(format!("{e:#}")))?;
-        if values.len() != self.embedding.len() {
-            return Err(EdgeError::Inference(format!(
-                "{} outputs, expected {}",
-                values.len(),
-                self.embedding.len()
-            )));
-        }
-        self.embedding.copy_from_slice(values);
-        if self.embedding.iter().any(|v| !v.is_finite()) {
-            return Err(EdgeError::NonFinite("embedding".into()));
-        }
+        self.session.run()?;
         Ok(())
     }
-}
-
-/// Times `runs` inferences of an encoder alone, the way the engine runs it (one session,
-/// one preallocated input), after `warmup` untimed runs; microseconds per run.
-pub fn time_inference(
-    encoder: &oodmon_calibration::onnx::TractEncoder,
-    warmup: usize,
-    runs: usize,
-) -> Result<Vec<u32>> {
-    let (w, h) = encoder.input_size();
-    let err = |e: TractError| EdgeError::Inference(format!("{e:#}"));
-    let mut state = encoder.plan().spawn().map_err(err)?;
-    let mut input = Tensor::zero::<f32>(&[1, 3, h, w]).map_err(err)?;
-    // a fixed non-trivial input (zeros can take shortcuts in some kernels)
-    if let Ok(mut view) = input.try_as_plain_ram_mut() {
-        if let Ok(values) = view.as_slice_mut::<f32>() {
-            for (i, v) in values.iter_mut().enumerate() {
-                *v = ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
-            }
-        }
-    }
-    let input = Arc::new(input);
-    let mut times = Vec::with_capacity(runs);
-    for i in 0..warmup + runs {
-        let t = Instant::now();
-        state
-            .run(tvec!(TValue::from_const(input.clone())))
-            .map_err(err)?;
-        if i >= warmup {
-            times.push(micros(t));
-        }
-    }
-    Ok(times)
 }
 
 /// Writes the preprocessed frame into the input tensor, replanning the preprocessing only
@@ -257,33 +195,18 @@ fn preprocess_into(
     slot: &mut Option<Preprocessor>,
     spec: &PreprocessSpec,
     pixels: &Pixels<'_>,
-    input: &mut Arc<Tensor>,
+    session: &mut Session,
 ) -> Result<()> {
-    let fits = slot
-        .as_ref()
-        .is_some_and(|p| p.source() == (pixels.width, pixels.height, pixels.format));
-    if !fits {
-        *slot = Some(Preprocessor::new(
+    let pre = match slot {
+        Some(p) if p.source() == (pixels.width, pixels.height, pixels.format) => p,
+        _ => slot.insert(Preprocessor::new(
             spec,
             pixels.width,
             pixels.height,
             pixels.format,
-        )?);
-    }
-    let pre = slot.as_mut().expect("planned above");
-    // tract has released the previous input after its run; if anything still holds it,
-    // a fresh tensor is made rather than writing under a reader
-    if Arc::get_mut(input).is_none() {
-        *input = Arc::new((**input).clone());
-    }
-    let tensor = Arc::get_mut(input).expect("unique after the check above");
-    let mut view = tensor
-        .try_as_plain_ram_mut()
-        .map_err(|e| EdgeError::Inference(format!("{e:#}")))?;
-    let out = view
-        .as_slice_mut::<f32>()
-        .map_err(|e| EdgeError::Inference(format!("{e:#}")))?;
-    pre.run(pixels.data, pixels.stride, out)?;
+        )?),
+    };
+    session.with_input(|out| pre.run(pixels.data, pixels.stride, out))??;
     Ok(())
 }
 

@@ -39,11 +39,35 @@ impl SourceError {
     }
 }
 
+/// Text that does not parse (a source or format specification, a setting, a file
+/// header); the message says what is wrong and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+impl From<String> for ParseError {
+    fn from(s: String) -> Self {
+        ParseError(s)
+    }
+}
+
+impl From<&str> for ParseError {
+    fn from(s: &str) -> Self {
+        ParseError(s.to_string())
+    }
+}
+
 /// Errors of the edge runtime.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
     #[error(transparent)]
     Calibration(#[from] oodmon_calibration::Error),
+    /// The encoder or the bundle could not be loaded.
+    #[error(transparent)]
+    Runtime(#[from] oodmon_runtime::Error),
+    /// One run of the encoder failed (the frame loop counts it as a bad frame).
+    #[error("inference failed: {0}")]
+    Inference(#[from] oodmon_runtime::InferenceError),
     #[error(transparent)]
     Source(#[from] SourceError),
     /// A frame that could not be decoded (e.g. a corrupt JPEG).
@@ -52,15 +76,16 @@ pub enum EdgeError {
     /// A frame whose size or format does not match what it claims.
     #[error("malformed frame: {0}")]
     Frame(String),
-    #[error("inference failed: {0}")]
-    Inference(String),
-    /// The encoder produced NaN or infinite values.
-    #[error("non-finite {0}")]
-    NonFinite(String),
     #[error("configuration {path}: {problem}")]
     Config { path: PathBuf, problem: String },
     #[error("invalid setting {what}: {problem}")]
     Invalid { what: String, problem: String },
+    #[error(transparent)]
+    Serial(#[from] oodmon_serial::SerialError),
+    #[error("{line}: {problem}")]
+    Gpio { line: String, problem: String },
+    #[error(transparent)]
+    Parse(#[from] ParseError),
     #[error("writing output: {0}")]
     Io(std::io::Error),
     #[error("{0} consecutive bad frames (limit {1}): the source is faulty")]

@@ -15,8 +15,8 @@ pub enum FrameFormat {
 }
 
 impl std::str::FromStr for FrameFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::error::ParseError;
+    fn from_str(s: &str) -> Result<Self, crate::error::ParseError> {
         Ok(match s.to_ascii_lowercase().as_str() {
             "rgb" | "rgb8" | "rgb24" => FrameFormat::Raw(PixelFormat::Rgb8),
             "bgr" | "bgr8" | "bgr24" => FrameFormat::Raw(PixelFormat::Bgr8),
@@ -26,7 +26,8 @@ impl std::str::FromStr for FrameFormat {
             other => {
                 return Err(format!(
                     "unknown frame format {other:?} (rgb, bgr, gray, yuyv or mjpeg)"
-                ))
+                )
+                .into())
             }
         })
     }

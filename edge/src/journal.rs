@@ -88,10 +88,9 @@ fn parse_journal(text: &[u8]) -> (Vec<JournalEvent>, Vec<usize>, usize, bool) {
         }
     }
     let tail = &text[complete..];
-    let tail_is_event = !tail.is_empty() && serde_json::from_slice::<JournalEvent>(tail).is_ok();
-    if tail_is_event {
-        events.push(serde_json::from_slice(tail).expect("checked just above"));
-    }
+    let tail_event = serde_json::from_slice::<JournalEvent>(tail).ok();
+    let tail_is_event = !tail.is_empty() && tail_event.is_some();
+    events.extend(tail_event);
     (events, corrupt, complete, tail_is_event)
 }
 
@@ -174,6 +173,7 @@ impl Journal {
     pub fn append(&mut self, mut event: JournalEvent) -> Result<(), JournalError> {
         event.sequence = self.next_sequence;
         self.line.clear();
+        #[allow(clippy::expect_used)] // a plain struct into a Vec: serde_json cannot fail
         serde_json::to_writer(&mut self.line, &event).expect("events serialise");
         self.line.push(b'\n');
         let io = |cause| JournalError::Io {

@@ -21,8 +21,6 @@ pub mod engine;
 pub mod error;
 pub mod frame;
 pub mod journal;
-pub mod monitor;
-pub mod monitor_ui;
 pub mod output;
 pub mod runner;
 pub mod service;

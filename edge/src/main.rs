@@ -5,21 +5,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use oodmon_calibration::bundle::Bundle;
+use oodmon_cli::say;
 use oodmon_edge::config::EdgeConfig;
 use oodmon_edge::runner::{self, Event, RunLimits, RunSummary};
 use oodmon_edge::source::{self, SourceSpec};
 use oodmon_edge::{demo, Engine};
-
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        writeln!(std::io::stdout().lock(), $($arg)*)?
-    }};
-}
+use oodmon_runtime::{Bundle, Encoder};
 
 #[derive(Parser)]
 #[command(
@@ -139,47 +133,16 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Watch an alarm link: live state, score sparkline, heartbeat age, CRC errors and
-    /// alarm history; warns when heartbeats stop or messages are lost.
-    Monitor {
-        /// Serial device the edge (or a tap on its line) is connected to.
-        #[arg(long)]
-        port: String,
-        #[arg(long, default_value_t = 115_200)]
-        baud: u32,
-        /// One line per event instead of the terminal UI (for logs).
-        #[arg(long)]
-        plain: bool,
-        /// Heartbeat period of the edge; the link counts as lost after two.
-        #[arg(long, default_value_t = 200)]
-        heartbeat_ms: u64,
-        /// Stop after this many seconds (default: until Ctrl-C).
-        #[arg(long)]
-        seconds: Option<f64>,
-    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // the demo and the monitor UI own the terminal: only warnings from them by default
-    let default_filter = match cli.command {
-        Command::Demo { .. } | Command::Monitor { .. } => "warn,oodmon_edge::service=error",
+    // the demo owns the terminal: only warnings from it by default
+    let default_log = match cli.command {
+        Command::Demo { .. } => "warn,oodmon_edge::service=error",
         _ => "warn,oodmon_edge=info",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
-        .init();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            if let Some(e) = err.downcast_ref::<std::io::Error>() {
-                if e.kind() == std::io::ErrorKind::BrokenPipe {
-                    return ExitCode::SUCCESS;
-                }
-            }
-            eprintln!("oodmon-edge: error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    oodmon_cli::main("oodmon-edge", default_log, || run(cli))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -252,7 +215,7 @@ fn run(cli: Cli) -> Result<()> {
                     std::fs::File::create(p).with_context(|| p.display().to_string())?,
                 ))),
             };
-            let stop = stop_flag()?;
+            let stop = oodmon_cli::stop_flag()?;
             let mut notifier = oodmon_edge::watchdog::SystemdNotifier::from_env();
             notifier.ready();
             let limits = RunLimits {
@@ -333,8 +296,9 @@ fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             if let Some(model) = model {
-                let enc = oodmon_calibration::onnx::TractEncoder::load(&model)?;
-                let mut times = oodmon_edge::engine::time_inference(&enc, 50, frames as usize)?;
+                let mut times = Encoder::load(&model)?
+                    .session()?
+                    .time(50, frames as usize)?;
                 times.sort_unstable();
                 let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
                 let (p50, p99) = (at(0.5), at(0.99));
@@ -475,35 +439,6 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Monitor {
-            port,
-            baud,
-            plain,
-            heartbeat_ms,
-            seconds,
-        } => {
-            let stop = stop_flag()?;
-            let opened = oodmon_edge::output::open_serial(
-                &port,
-                baud,
-                serialport::Parity::None,
-                std::time::Duration::from_millis(100),
-            )
-            .map_err(anyhow::Error::msg)?;
-            let deadline =
-                seconds.map(|s| std::time::Instant::now() + std::time::Duration::from_secs_f64(s));
-            if plain {
-                oodmon_edge::monitor_ui::plain(
-                    opened,
-                    heartbeat_ms,
-                    &stop,
-                    deadline,
-                    &mut std::io::stdout().lock(),
-                )
-            } else {
-                oodmon_edge::monitor_ui::tui(opened, &port, heartbeat_ms, &stop, deadline)
-            }
-        }
         Command::Demo {
             frame_delay_ms,
             quiet,
@@ -577,14 +512,6 @@ fn outputs_from(cfg: &EdgeConfig) -> Result<oodmon_edge::service::Outputs> {
         outputs.journal = Some(journal);
     }
     Ok(outputs)
-}
-
-fn stop_flag() -> Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed))
-        .context("installing the Ctrl-C handler")?;
-    Ok(stop)
 }
 
 /// One line of `--records`: the frame's record and its nearest class by name.

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::error::{EdgeError, ParseError};
+
 /// A byte link to the controller (a serial port in the field, anything in tests).
 pub trait AlarmLink: Send {
     /// Writes one protocol frame completely, or fails.
@@ -48,124 +50,25 @@ impl Default for SerialConfig {
 }
 
 impl SerialConfig {
-    pub fn parity(&self) -> Result<serialport::Parity, String> {
+    pub fn parity(&self) -> Result<serialport::Parity, ParseError> {
         match self.parity.as_str() {
             "none" => Ok(serialport::Parity::None),
             "odd" => Ok(serialport::Parity::Odd),
             "even" => Ok(serialport::Parity::Even),
-            other => Err(format!("serial parity {other:?}: none, odd or even")),
+            other => Err(format!("serial parity {other:?}: none, odd or even").into()),
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ParseError> {
         self.parity()?;
         if !(300..=4_000_000).contains(&self.baud) {
-            return Err(format!("serial baud {} is not in 300..=4000000", self.baud));
+            return Err(format!("serial baud {} is not in 300..=4000000", self.baud).into());
         }
         Ok(())
     }
 }
 
-/// A byte stream to and from a serial device.
-pub trait SerialIo: std::io::Read + Write + Send {}
-impl<T: std::io::Read + Write + Send> SerialIo for T {}
-
-/// Opens a serial device through `serialport`; where its `termios2` ioctls are missing
-/// (e.g. under qemu-user emulation) falls back to classic termios via libc. Reads time
-/// out after `timeout` (then return `Ok(0)` or a `TimedOut` error).
-pub fn open_serial(
-    device: &str,
-    baud: u32,
-    parity: serialport::Parity,
-    timeout: Duration,
-) -> Result<Box<dyn SerialIo>, String> {
-    match serialport::new(device, baud)
-        .parity(parity)
-        .timeout(timeout)
-        .open()
-    {
-        Ok(p) => Ok(Box::new(p)),
-        Err(e) => match open_classic_tty(device, baud, parity, timeout) {
-            Ok(f) => {
-                log::debug!("{device}: serialport failed ({e}); using classic termios");
-                Ok(Box::new(f))
-            }
-            Err(_) => Err(format!("serial port {device}: {e}")),
-        },
-    }
-}
-
-#[cfg(unix)]
-fn open_classic_tty(
-    device: &str,
-    baud: u32,
-    parity: serialport::Parity,
-    timeout: Duration,
-) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::io::AsRawFd;
-    let speed = match baud {
-        9600 => libc::B9600,
-        19200 => libc::B19200,
-        38400 => libc::B38400,
-        57600 => libc::B57600,
-        115_200 => libc::B115200,
-        230_400 => libc::B230400,
-        460_800 => libc::B460800,
-        921_600 => libc::B921600,
-        other => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                format!("{other} baud needs termios2"),
-            ))
-        }
-    };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY)
-        .open(device)?;
-    let fd = file.as_raw_fd();
-    // SAFETY: `fd` is an open descriptor owned by `file` for the whole block, and `t` is a
-    // plain C struct that tcgetattr fills before it is read.
-    unsafe {
-        if libc::isatty(fd) != 1 {
-            return Err(std::io::Error::other("not a terminal device"));
-        }
-        let mut t: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(fd, &mut t) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        libc::cfmakeraw(&mut t);
-        libc::cfsetispeed(&mut t, speed);
-        libc::cfsetospeed(&mut t, speed);
-        t.c_cflag |= libc::CLOCAL | libc::CREAD;
-        match parity {
-            serialport::Parity::None => t.c_cflag &= !libc::PARENB,
-            serialport::Parity::Odd => t.c_cflag |= libc::PARENB | libc::PARODD,
-            serialport::Parity::Even => {
-                t.c_cflag |= libc::PARENB;
-                t.c_cflag &= !libc::PARODD;
-            }
-        }
-        t.c_cc[libc::VMIN] = 0;
-        t.c_cc[libc::VTIME] = (timeout.as_millis() / 100).clamp(1, 255) as u8;
-        if libc::tcsetattr(fd, libc::TCSANOW, &t) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(file)
-}
-
-#[cfg(not(unix))]
-fn open_classic_tty(
-    _device: &str,
-    _baud: u32,
-    _parity: serialport::Parity,
-    _timeout: Duration,
-) -> std::io::Result<std::fs::File> {
-    Err(std::io::Error::other("no fallback on this platform"))
-}
+pub use oodmon_serial::{open_serial, SerialIo};
 
 /// A serial port that is reopened with back-off when it disappears (USB adapter unplugged)
 /// and comes back.
@@ -181,8 +84,11 @@ pub struct SerialLink {
 
 impl SerialLink {
     /// Opens the port now; a port missing at start-up is an error.
-    pub fn open(config: &SerialConfig) -> Result<Self, String> {
-        let device = config.device.clone().ok_or("no serial device configured")?;
+    pub fn open(config: &SerialConfig) -> Result<Self, EdgeError> {
+        let device = config
+            .device
+            .clone()
+            .ok_or_else(|| EdgeError::invalid("serial.device", "no serial device configured"))?;
         let parity = config.parity()?;
         let mut link = Self {
             device,
@@ -198,7 +104,7 @@ impl SerialLink {
         Ok(link)
     }
 
-    fn connect(&self) -> Result<Box<dyn SerialIo>, String> {
+    fn connect(&self) -> Result<Box<dyn SerialIo>, oodmon_serial::SerialError> {
         open_serial(
             &self.device,
             self.baud,
@@ -231,7 +137,12 @@ impl AlarmLink for SerialLink {
                 }
             }
         }
-        let port = self.port.as_mut().expect("connected above");
+        let Some(port) = self.port.as_mut() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!("{} is not open", self.device),
+            ));
+        };
         let result = port.write_all(frame).and_then(|()| port.flush());
         if let Err(e) = &result {
             log::warn!("serial port {}: {e}; reopening", self.device);
@@ -317,8 +228,11 @@ pub struct GpioLine {
 
 #[cfg(all(feature = "gpio", target_os = "linux"))]
 impl GpioLine {
-    pub fn open(config: &GpioConfig) -> Result<Self, String> {
-        let chip = config.chip.clone().ok_or("no GPIO chip configured")?;
+    pub fn open(config: &GpioConfig) -> Result<Self, EdgeError> {
+        let chip = config
+            .chip
+            .clone()
+            .ok_or_else(|| EdgeError::invalid("gpio.chip", "no GPIO chip configured"))?;
         let mut builder = gpiocdev::Request::builder();
         builder
             .on_chip(chip.as_str())
@@ -330,9 +244,10 @@ impl GpioLine {
         } else {
             builder.as_active_high();
         }
-        let request = builder
-            .request()
-            .map_err(|e| format!("GPIO {chip} line {}: {e}", config.line))?;
+        let request = builder.request().map_err(|e| EdgeError::Gpio {
+            line: format!("GPIO {chip} line {}", config.line),
+            problem: e.to_string(),
+        })?;
         Ok(Self {
             request,
             offset: config.line,
@@ -387,50 +302,5 @@ impl AlarmLine for FakeLine {
     }
     fn describe(&self) -> String {
         "fake line".into()
-    }
-}
-
-#[cfg(all(test, unix))]
-mod tests {
-    use std::io::{Read, Write};
-
-    use super::*;
-
-    #[test]
-    fn the_classic_termios_fallback_carries_bytes_both_ways() {
-        let (mut master, slave) = serialport::TTYPort::pair().unwrap();
-        serialport::SerialPort::set_timeout(&mut master, Duration::from_millis(200)).unwrap();
-        let name = serialport::SerialPort::name(&slave).unwrap();
-        let mut tty = open_classic_tty(
-            &name,
-            115_200,
-            serialport::Parity::Even,
-            Duration::from_millis(100),
-        )
-        .unwrap();
-        tty.write_all(&[1, 0, 255, 13, 10]).unwrap();
-        let mut got = [0u8; 5];
-        master.read_exact(&mut got).unwrap();
-        assert_eq!(got, [1, 0, 255, 13, 10], "raw mode: no translation");
-        master.write_all(b"ok").unwrap();
-        let mut back = [0u8; 2];
-        tty.read_exact(&mut back).unwrap();
-        assert_eq!(&back, b"ok");
-        // nothing to read: the read times out with 0 bytes instead of blocking
-        assert_eq!(tty.read(&mut back).unwrap(), 0);
-        assert!(open_classic_tty(
-            "/nonexistent",
-            115_200,
-            serialport::Parity::None,
-            Duration::from_millis(100)
-        )
-        .is_err());
-        assert!(open_classic_tty(
-            &name,
-            123,
-            serialport::Parity::None,
-            Duration::from_millis(100)
-        )
-        .is_err());
     }
 }

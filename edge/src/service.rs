@@ -61,8 +61,10 @@ impl LoopEvent {
     /// Classifies an engine error.
     pub fn from_error(e: &EdgeError) -> Self {
         match e {
+            EdgeError::Inference(oodmon_runtime::InferenceError::NonFinite { .. }) => {
+                LoopEvent::NonFinite
+            }
             EdgeError::Inference(_) => LoopEvent::InferenceError,
-            EdgeError::NonFinite(_) => LoopEvent::NonFinite,
             _ => LoopEvent::BadFrame,
         }
     }
@@ -127,6 +129,9 @@ impl AlarmService {
                     clock.clone(),
                 );
                 let stop2 = stop.clone();
+                // thread creation fails only when the OS is out of threads or memory at
+                // start-up: there is no service to fall back to, and a supervisor restarts
+                #[allow(clippy::expect_used)]
                 let h = std::thread::Builder::new()
                     .name("oodmon-watchdog".into())
                     .spawn(move || watchdog_loop(line, alive, ms, stop2, clock))
@@ -135,6 +140,7 @@ impl AlarmService {
             }
             _ => None,
         };
+        #[allow(clippy::expect_used)] // as the watchdog thread above
         let handle = std::thread::Builder::new()
             .name("oodmon-alarm".into())
             .spawn(move || {

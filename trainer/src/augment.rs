@@ -85,6 +85,7 @@ pub fn simclr_view(img: &[u8], w: usize, h: usize, rng: &mut impl Rng, out: &mut
         std: [1.0 / 255.0; 3],
         layout: Layout::Nhwc,
     };
+    #[allow(clippy::expect_used)] // crop sizes are checked above, the spec is the run's own
     Preprocessor::new(&spec, cw, ch, PixelFormat::Rgb8)
         .and_then(|mut p| p.run(&crop, None, out))
         .expect("crop sizes are valid by construction");

@@ -1,4 +1,4 @@
 //! The dataset readers live in the calibration core (so that calibration can read image data
 //! without libtorch); the trainer uses them from here.
 
-pub use oodmon_calibration::datasets::*;
+pub use oodmon_data::datasets::*;

@@ -2,8 +2,8 @@
 //! into the convolutions, the embedding as the output, the preprocessing spec and the run's
 //! provenance as metadata. The projection or classifier head is not exported.
 
-use oodmon_calibration::onnx::{fold_batch_norm, OnnxBuilder, META_PREPROCESSING};
 use oodmon_calibration::PreprocessSpec;
+use oodmon_onnx::{fold_batch_norm, OnnxBuilder, META_PREPROCESSING};
 use tch::{Device, Kind, Tensor};
 
 use crate::model::{ConvBn, Net};
@@ -85,6 +85,7 @@ pub fn export_onnx(
     }
     b.metadata(
         META_PREPROCESSING,
+        #[allow(clippy::expect_used)] // a plain struct: serde_json cannot fail
         &serde_json::to_string(preprocessing).expect("serialisable"),
     );
     b.metadata("oodmon.provenance", provenance);

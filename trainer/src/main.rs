@@ -9,15 +9,15 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use oodmon_calibration::artifact::InputChecksum;
-use oodmon_calibration::bundle::Bundle;
-use oodmon_calibration::embed::for_each_input;
 use oodmon_calibration::io::sha256_file;
-use oodmon_calibration::onnx::{quantize, to_f16, QuantForm, RangeMethod, TractEncoder};
-use oodmon_calibration::preprocess::{PixelFormat, Preprocessor};
 use oodmon_calibration::{
     calibrate, npy, CalibrationArtifact, ClusterSpec, Embeddings, FitConfig, Metric,
     PreprocessSpec, Provenance, ThresholdMode,
 };
+use oodmon_data::embed::{dataset_inputs, embed_loaded, for_each_input};
+use oodmon_onnx::{quantize, to_f16, QuantForm, RangeMethod};
+use oodmon_runtime::Bundle;
+use oodmon_runtime::Encoder;
 use oodmon_trainer::data::{self, DataSpec, Split};
 use oodmon_trainer::export;
 use oodmon_trainer::loss::LossKind;
@@ -238,11 +238,12 @@ struct Bar {
 impl Progress for Bar {
     fn epoch_start(&mut self, epoch: usize, steps: usize) {
         let bar = ProgressBar::new(steps as u64);
-        bar.set_style(
+        // a constant template: it parses, or the default style is as good
+        if let Ok(style) =
             ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
-                .expect("template")
-                .progress_chars("=> "),
-        );
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
         bar.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
         self.bar = Some(bar);
     }
@@ -363,10 +364,10 @@ fn run(cli: Cli) -> Result<()> {
             enum Backend {
                 // the layers share the loaded weights' storage; the var store may go
                 Torch(Box<oodmon_trainer::model::Net>, tch::Device),
-                Tract(TractEncoder),
+                Tract(Encoder),
             }
             let backend = match &model {
-                Some(m) => Backend::Tract(TractEncoder::load(m)?),
+                Some(m) => Backend::Tract(Encoder::load(m)?),
                 None => {
                     let device = train::parse_device(&device)?;
                     let (mut vs, net) = train::build(&cfg.model, device);
@@ -388,18 +389,9 @@ fn run(cli: Cli) -> Result<()> {
                         Backend::Torch(net, device) => {
                             train::embed_dataset(net, &ds, &cfg.preprocessing, *device, 256)?
                         }
-                        Backend::Tract(enc) => {
-                            let mut values = Vec::with_capacity(ds.len() * dim);
-                            let mut e = vec![0f32; dim];
-                            let rows: Vec<usize> = (0..ds.len()).collect();
-                            for chunk in rows.chunks(1024) {
-                                for t in dataset_inputs(&ds, chunk, &cfg.preprocessing)? {
-                                    enc.embed(&t, &mut e)?;
-                                    values.extend_from_slice(&e);
-                                }
-                            }
-                            values
-                        }
+                        Backend::Tract(enc) => embed_loaded(enc, &cfg.preprocessing, &ds)?
+                            .as_slice()
+                            .to_vec(),
                     };
                     (e, ds.labels)
                 }
@@ -427,7 +419,7 @@ fn run(cli: Cli) -> Result<()> {
                             (e, l)
                         }
                         Backend::Tract(enc) => {
-                            let e = oodmon_calibration::embed::embed_dataset(
+                            let e = oodmon_data::embed::embed_dataset(
                                 enc,
                                 &cfg.preprocessing,
                                 &spec,
@@ -578,26 +570,20 @@ fn run(cli: Cli) -> Result<()> {
                         quant.form.into(),
                     )?;
                 }
-                let enc = TractEncoder::from_bytes(&bytes, &out.join("encoder.onnx"))?;
+                let enc = Encoder::from_bytes(&bytes, &out.join("encoder.onnx"))?;
                 Some((bytes, enc))
             } else {
                 None
             };
             let embed = |ds: &data::Dataset| -> Result<Embeddings> {
-                let e = match &encoder {
-                    Some((_, enc)) => {
-                        let rows: Vec<usize> = (0..ds.len()).collect();
-                        let mut values = Vec::with_capacity(ds.len() * dim);
-                        let mut e = vec![0f32; dim];
-                        for x in dataset_inputs(ds, &rows, &cfg.preprocessing)? {
-                            enc.embed(&x, &mut e)?;
-                            values.extend_from_slice(&e);
-                        }
-                        values
-                    }
-                    None => train::embed_dataset(&net, ds, &cfg.preprocessing, device, 256)?,
-                };
-                Ok(Embeddings::new(ds.len(), dim, e)?)
+                Ok(match &encoder {
+                    Some((_, enc)) => embed_loaded(enc, &cfg.preprocessing, ds)?,
+                    None => Embeddings::new(
+                        ds.len(),
+                        dim,
+                        train::embed_dataset(&net, ds, &cfg.preprocessing, device, 256)?,
+                    )?,
+                })
             };
             let (train_e, calib_e) = (embed(&train_ds)?, embed(&val_ds)?);
             let mode = ThresholdMode::from_options(target_tpr, alpha, per_cluster);
@@ -667,21 +653,4 @@ fn parse_range(range: &str) -> Result<RangeMethod> {
             None => bail!("--range {other:?}: expected minmax, entropy or percentile:P"),
         },
     })
-}
-
-/// Encoder input tensors of the given rows through the shared preprocessing.
-fn dataset_inputs(
-    ds: &data::Dataset,
-    rows: &[usize],
-    spec: &PreprocessSpec,
-) -> Result<Vec<Vec<f32>>> {
-    let mut p = Preprocessor::new(spec, ds.width, ds.height, PixelFormat::Rgb8)?;
-    let n = p.tensor_len();
-    rows.iter()
-        .map(|&i| {
-            let mut t = vec![0f32; n];
-            p.run(ds.image(i), None, &mut t)?;
-            Ok(t)
-        })
-        .collect()
 }

@@ -21,8 +21,8 @@ use crate::data::{Dataset, Split};
 use crate::loss::{cross_entropy, nt_xent, supcon, LossKind};
 use crate::model::{Head, ModelConfig, Net};
 use crate::optim::Sgd;
-use oodmon_calibration::embed::for_each_input;
 use oodmon_calibration::preprocess::{PixelFormat, Preprocessor};
+use oodmon_data::embed::for_each_input;
 
 /// What went wrong while training or loading a run.
 #[derive(Debug, thiserror::Error)]
@@ -361,7 +361,8 @@ pub fn splits(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).expect("serialisable");
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| TrainError::Invalid(e.to_string()))?;
     oodmon_calibration::io::write_atomic(path, |w| w.write_all(text.as_bytes()))
         .map_err(|e| TrainError::Invalid(e.to_string()))
 }
@@ -532,6 +533,7 @@ pub fn train(
             lr,
             seconds,
         };
+        #[allow(clippy::expect_used)] // a plain struct: serde_json cannot fail
         let mut line = serde_json::to_string(&log).expect("serialisable");
         line.push('\n');
         let logp = run.log();

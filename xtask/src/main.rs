@@ -11,8 +11,13 @@ const AARCH64: &str = "aarch64-unknown-linux-gnu";
 /// Crates that must build and pass their tests on aarch64.
 const AARCH64_CRATES: &[&str] = &[
     "oodmon-calibration",
+    "oodmon-runtime",
+    "oodmon-data",
+    "oodmon-calibrate",
     "oodmon-protocol",
+    "oodmon-serial",
     "oodmon-edge",
+    "oodmon-monitor",
     "v4l2-sys-mit",
 ];
 /// Newest glibc the shipped edge binary may need: JetPack 6 has 2.35 (JetPack 5's 2.31
@@ -430,13 +435,21 @@ fn soak(args: &[String]) -> Result {
         [flag, n] if flag == "--frames" && n.parse::<u64>().is_ok() => n.clone(),
         _ => return Err("soak [--frames N]".into()),
     };
-    step("building oodmon-edge (release)");
-    run(cargo().args(["build", "--release", "-p", "oodmon-edge"]))?;
+    step("building oodmon-edge and oodmon-monitor (release)");
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "oodmon-edge",
+        "-p",
+        "oodmon-monitor",
+    ]))?;
     let edge = target_dir().join("release/oodmon-edge");
     step(&format!("soak: {frames} frames"));
     run(Command::new("python3")
         .arg(root().join("bench/soak.py"))
         .arg(&edge)
+        .arg(target_dir().join("release/oodmon-monitor"))
         .arg(root().join("edge/demo/bundle"))
         .arg(root().join("edge/demo/scenario.avi"))
         .arg(&frames))

@@ -39,7 +39,7 @@ impl std::fmt::Debug for AviSource {
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     b.get(at..at + 4)
-        .map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes")))
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 impl AviSource {
@@ -86,7 +86,7 @@ impl AviSource {
             reader
                 .read_exact(&mut ch)
                 .map_err(|_| err("no 'movi' list: no frames".into()))?;
-            let size = u32_at(&ch, 4).expect("8 bytes");
+            let size = u32::from_le_bytes([ch[4], ch[5], ch[6], ch[7]]);
             let pos = reader.stream_position().map_err(io)?;
             let mut kind = [0u8; 4];
             if &ch[..4] == b"LIST" {
@@ -118,7 +118,7 @@ impl AviSource {
                         &mut frames,
                         &mut video_stream,
                     )
-                    .map_err(err)?;
+                    .map_err(|e| err(e.0))?;
                 } else {
                     reader
                         .seek(SeekFrom::Start(pos + size as u64 + (size & 1) as u64))
@@ -196,12 +196,12 @@ impl AviSource {
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
                 Err(e) => return Err(self.bad(e.to_string())),
             }
-            let size = u32_at(&ch, 4).expect("8 bytes");
+            let size = u32::from_le_bytes([ch[4], ch[5], ch[6], ch[7]]);
             let pos = self
                 .reader
                 .stream_position()
                 .map_err(|e| self.bad(e.to_string()))?;
-            let id: [u8; 4] = ch[..4].try_into().expect("4 bytes");
+            let id = [ch[0], ch[1], ch[2], ch[3]];
             if &id == b"LIST" || &id == b"RIFF" {
                 // descend into movi / rec / AVIX lists, skip any other list
                 let mut kind = [0u8; 4];
@@ -251,12 +251,12 @@ fn parse_hdrl(
     frame_us: &mut u32,
     frames: &mut u32,
     video: &mut Option<(usize, [u8; 4])>,
-) -> Result<(), String> {
+) -> Result<(), crate::error::ParseError> {
     let mut at = 0;
     let mut stream = 0;
     while at + 8 <= hdrl.len() {
         let id = &hdrl[at..at + 4];
-        let size = u32_at(hdrl, at + 4).expect("in bounds") as usize;
+        let size = u32_at(hdrl, at + 4).ok_or("truncated header chunk")? as usize;
         let body = hdrl
             .get(at + 8..at + 8 + size)
             .ok_or("header chunk runs past its list")?;
@@ -273,7 +273,7 @@ fn parse_hdrl(
                 let (mut kind, mut handler, mut compression) = ([0u8; 4], [0u8; 4], [0u8; 4]);
                 while inner + 8 <= body.len() {
                     let cid = &body[inner..inner + 4];
-                    let csize = u32_at(body, inner + 4).expect("in bounds") as usize;
+                    let csize = u32_at(body, inner + 4).ok_or("truncated stream chunk")? as usize;
                     let c = body.get(inner + 8..inner + 8 + csize).unwrap_or(&[]);
                     if cid == b"strh" && c.len() >= 8 {
                         kind.copy_from_slice(&c[..4]);

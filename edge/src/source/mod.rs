@@ -64,8 +64,8 @@ fn parse_size(s: &str) -> Option<(u32, u32)> {
 }
 
 impl std::str::FromStr for SourceSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::error::ParseError;
+    fn from_str(s: &str) -> Result<Self, crate::error::ParseError> {
         let (kind, rest) = s
             .split_once(':')
             .ok_or_else(|| format!("source {s:?}: expected KIND:..., e.g. v4l:/dev/video0, images:DIR/*.png, avi:FILE or stdin:640x480:yuyv"))?;
@@ -105,7 +105,7 @@ impl std::str::FromStr for SourceSpec {
                     format = Some(f);
                 }
                 if parts.next().is_some() {
-                    return Err(format!("v4l: too many fields in {s:?}"));
+                    return Err(format!("v4l: too many fields in {s:?}").into());
                 }
                 Ok(SourceSpec::V4l {
                     device,
@@ -132,7 +132,7 @@ impl std::str::FromStr for SourceSpec {
                 {
                     return Err(format!(
                         "stdin: YUYV frames have an even width (two pixels share one U and V); {w} is odd"
-                    ));
+                    ).into());
                 }
                 Ok(SourceSpec::Stdin {
                     width: w as usize,
@@ -140,9 +140,9 @@ impl std::str::FromStr for SourceSpec {
                     format,
                 })
             }
-            _ => Err(format!(
-                "source {s:?}: unknown kind {kind:?} (v4l, images, avi or stdin)"
-            )),
+            _ => Err(
+                format!("source {s:?}: unknown kind {kind:?} (v4l, images, avi or stdin)").into(),
+            ),
         }
     }
 }

@@ -184,7 +184,9 @@ impl FrameSource for V4l2Camera {
                 Err(e) => return Err(self.disconnected(format!("reconnecting: {e}"))),
             }
         }
-        let open = self.open.as_mut().expect("opened above");
+        let Some(open) = self.open.as_mut() else {
+            return Err(self.disconnected("the device is not open".into()));
+        };
         // Copied out of the mapped buffer (a memcpy into a buffer reused for every frame):
         // the buffer goes back to the driver on the next call, and the copy lets a
         // disconnect drop the stream while a frame is still being processed.
@@ -199,7 +201,9 @@ impl FrameSource for V4l2Camera {
         };
         match result {
             Ok(sequence) => {
-                let open = self.open.as_ref().expect("opened above");
+                let Some(open) = self.open.as_ref() else {
+                    return Err(self.disconnected("the device is not open".into()));
+                };
                 self.sequence = sequence as u64;
                 Ok(Some(Frame {
                     data: &self.frame,

@@ -6,15 +6,15 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use oodmon_calibration::bundle::Bundle;
 use oodmon_calibration::preprocess::PixelFormat;
 use oodmon_edge::alarm::{AlarmConfig, DecisionRule};
 use oodmon_edge::journal::{Journal, JournalEvent};
-use oodmon_edge::monitor::{Monitor, MonitorEvent};
 use oodmon_edge::output::{FakeLine, SerialConfig, SerialLink};
 use oodmon_edge::service::{now_ms, AlarmService, Outputs};
 use oodmon_edge::{Engine, Frame, FrameFormat};
+use oodmon_monitor::monitor::{Monitor, MonitorEvent};
 use oodmon_protocol::{AlarmState, Reason};
+use oodmon_runtime::Bundle;
 use serialport::TTYPort;
 
 use crate::util::{id_image, ood_image, write_nan_bundle, write_tiny_bundle};
@@ -872,7 +872,10 @@ fn the_service_report_keeps_a_bounded_number_of_transitions() {
     let clock = oodmon_edge::clock::FakeClock::new();
     let (line, wire) = (FakeLine::default(), Wire::default());
     let service = fake_service(&clock, &line, &wire, &dir.path().join("j.jsonl"));
-    let nan = oodmon_edge::EdgeError::NonFinite("score".into());
+    let nan = oodmon_edge::EdgeError::Inference(oodmon_runtime::InferenceError::NonFinite {
+        index: 0,
+        value: f32::NAN,
+    });
     let mut i = 0;
     for _ in 0..600 {
         service.frame(Err(&nan)); // FAULT (non_finite_score) at once

@@ -1,13 +1,14 @@
 //! Bounded memory in the frame loop: preprocessing and scoring allocate nothing per frame
 //! once the geometry is known, and a whole frame (tract's run included) leaves no memory
 //! behind. Counted per thread by a counting global allocator.
+#![allow(unsafe_code)] // a GlobalAlloc is an unsafe trait
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use oodmon_calibration::bundle::Bundle;
 use oodmon_calibration::preprocess::PixelFormat;
 use oodmon_edge::{Engine, Frame, FrameFormat};
+use oodmon_runtime::Bundle;
 
 use crate::util::{id_image, write_tiny_bundle};
 

@@ -328,17 +328,7 @@ fn demo_runs_from_any_directory_and_reproduces_its_scenario() {
 }
 
 fn pty() -> (serialport::TTYPort, serialport::TTYPort, String) {
-    use std::os::unix::io::AsRawFd;
-    let (mut master, slave) = serialport::TTYPort::pair().expect("pseudo-terminal pair");
-    serialport::SerialPort::set_timeout(&mut master, std::time::Duration::from_millis(20)).unwrap();
-    // serialport opens the pair without close-on-exec: a child would inherit the master and
-    // keep the line up after the test drops it
-    for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
-        // SAFETY: fcntl on a descriptor this process owns
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
-    let name = serialport::SerialPort::name(&slave).unwrap();
-    (master, slave, name)
+    oodmon_serial::pty_pair().expect("pseudo-terminal pair")
 }
 
 #[test]
@@ -361,7 +351,7 @@ fn demo_sends_its_alarms_over_a_serial_line() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    let mut monitor = oodmon_edge::monitor::Monitor::new(10_000);
+    let mut monitor = oodmon_monitor::monitor::Monitor::new(10_000);
     let mut events = Vec::new();
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 512];
@@ -393,7 +383,7 @@ fn demo_sends_its_alarms_over_a_serial_line() {
     let states: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
-            oodmon_edge::monitor::MonitorEvent::State { state, .. } => Some(*state),
+            oodmon_monitor::monitor::MonitorEvent::State { state, .. } => Some(*state),
             _ => None,
         })
         .collect();
@@ -404,144 +394,4 @@ fn demo_sends_its_alarms_over_a_serial_line() {
     assert!(monitor.scores.len() >= 70, "SCORE per frame");
     assert_eq!(monitor.crc_errors, 0);
     assert_eq!(monitor.lost_messages, 0);
-}
-
-#[test]
-fn monitor_plain_prints_states_and_warns_about_gaps_and_silence() {
-    use oodmon_protocol::{AlarmState, Message, Packet, Reason, MAX_FRAME};
-    use std::io::Write as _;
-    let dir = tempfile::tempdir().unwrap();
-    let (mut master, _slave, name) = pty();
-    let child = edge_command(
-        dir.path(),
-        &[
-            "monitor",
-            "--port",
-            &name,
-            "--plain",
-            "--heartbeat-ms",
-            "100",
-            "--seconds",
-            "3",
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let send = |master: &mut serialport::TTYPort, seq: u32, message: Message| {
-        let p = Packet {
-            session: 0x5eed,
-            sequence: seq,
-            timestamp_ms: 1_764_288_000_000,
-            message,
-        };
-        let mut f = [0u8; MAX_FRAME];
-        let n = p.encode(&mut f);
-        master.write_all(&f[..n]).unwrap();
-    };
-    send(
-        &mut master,
-        0,
-        Message::Heartbeat {
-            state: AlarmState::Ok,
-            reason: Reason::Cleared,
-            period_ms: 100,
-        },
-    );
-    send(
-        &mut master,
-        1,
-        Message::StateChange {
-            state: AlarmState::Ood,
-            reason: Reason::OodFrames,
-            score: 0.7,
-        },
-    );
-    send(
-        &mut master,
-        4,
-        Message::Heartbeat {
-            state: AlarmState::Ood,
-            reason: Reason::OodFrames,
-            period_ms: 100,
-        },
-    );
-    // then silence: the link is lost after two heartbeat periods
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("state OK (cleared)"), "{stdout}");
-    assert!(
-        stdout.contains("state OOD (ood_frames)") && stdout.contains("score 0.7000"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("2 message(s) lost"), "{stdout}");
-    assert!(stdout.contains("link lost"), "{stdout}");
-    assert!(stdout.contains("3 messages, 0 bad frames"), "{stdout}");
-}
-
-#[test]
-fn monitor_plain_says_when_no_traffic_comes_and_fails_loudly_when_its_port_goes() {
-    let dir = tempfile::tempdir().unwrap();
-    // nothing on the line at all
-    let (_master, _slave, name) = pty();
-    let out = edge(
-        dir.path(),
-        &[
-            "monitor",
-            "--port",
-            &name,
-            "--plain",
-            "--heartbeat-ms",
-            "100",
-            "--seconds",
-            "1",
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("no traffic yet"), "{stdout}");
-    // the port disappears mid-session
-    let (mut master, slave, name) = pty();
-    let child = edge_command(
-        dir.path(),
-        &["monitor", "--port", &name, "--plain", "--seconds", "30"],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let p = oodmon_protocol::Packet {
-        session: 9,
-        sequence: 0,
-        timestamp_ms: 1_764_288_000_000,
-        message: oodmon_protocol::Message::Heartbeat {
-            state: oodmon_protocol::AlarmState::Ok,
-            reason: oodmon_protocol::Reason::Cleared,
-            period_ms: 200,
-        },
-    };
-    let mut f = [0u8; oodmon_protocol::MAX_FRAME];
-    let n = p.encode(&mut f);
-    master.write_all(&f[..n]).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    drop(master);
-    drop(slave);
-    let started = std::time::Instant::now();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(20),
-        "the monitor noticed the lost port only at its deadline"
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("state OK (cleared)"), "{stdout}");
-    assert!(stdout.contains("serial port lost"), "{stdout}");
-    assert_fails_cleanly(&out, &["serial port lost"]);
 }

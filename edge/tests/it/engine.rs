@@ -3,13 +3,13 @@
 
 use std::sync::atomic::AtomicBool;
 
-use oodmon_calibration::bundle::Bundle;
-use oodmon_calibration::datasets::{DataSpec, Split};
-use oodmon_calibration::embed::for_each_input;
 use oodmon_calibration::preprocess::PixelFormat;
+use oodmon_data::datasets::{DataSpec, Split};
+use oodmon_data::embed::for_each_input;
 use oodmon_edge::runner::{self, RunLimits};
 use oodmon_edge::source::{FrameSource, ImageFiles};
 use oodmon_edge::{EdgeError, Engine, Frame, FrameFormat, SourceError};
+use oodmon_runtime::Bundle;
 
 use crate::util::{id_image, jpeg, ood_image, save_image, write_tiny_bundle, SIZE};
 

@@ -1,4 +1,6 @@
 //! oodmon-edge integration tests (one binary; shared helpers in `util`).
+// tests and benches fail loudly on any broken assumption
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod alarms;
 mod alloc;

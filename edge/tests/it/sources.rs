@@ -72,7 +72,7 @@ fn source_specs_parse_and_bad_ones_say_why() {
         ("images:", "unknown kind"),
     ] {
         let err = bad.parse::<SourceSpec>().unwrap_err();
-        assert!(err.contains(needle), "{bad}: {err}");
+        assert!(err.0.contains(needle), "{bad}: {err}");
     }
 }
 

@@ -4,13 +4,14 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use oodmon_calibration::bundle::Bundle;
-use oodmon_calibration::onnx::{OnnxBuilder, TractEncoder, META_PREPROCESSING};
 use oodmon_calibration::preprocess::{PixelFormat, Preprocessor};
 use oodmon_calibration::{
     calibrate, CalibrationArtifact, ClusterSpec, Embeddings, FitConfig, Metric, PreprocessSpec,
     Provenance, ThresholdMode,
 };
+use oodmon_onnx::{OnnxBuilder, META_PREPROCESSING};
+use oodmon_runtime::Bundle;
+use oodmon_runtime::Encoder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -91,18 +92,17 @@ pub fn write_nan_bundle(dir: &Path) {
 fn write_bundle(dir: &Path, deployed: Option<Vec<u8>>) {
     let bytes = tiny_encoder();
     let spec = PreprocessSpec::cifar(SIZE as u32);
-    let enc = TractEncoder::from_bytes(&bytes, Path::new("tiny.onnx")).unwrap();
+    let enc = Encoder::from_bytes(&bytes, Path::new("tiny.onnx")).unwrap();
     let mut pre = Preprocessor::new(&spec, SIZE, SIZE, PixelFormat::Rgb8).unwrap();
     let embed = |n: usize, seed: u64, pre: &mut Preprocessor| {
         let mut rows = Vec::new();
         let mut labels = Vec::new();
         let mut t = vec![0f32; pre.tensor_len()];
-        let mut e = vec![0f32; enc.dim()];
+        let mut session = enc.session().unwrap();
         for i in 0..n {
             pre.run(&id_image(i % 3, SIZE, SIZE, seed + i as u64), None, &mut t)
                 .unwrap();
-            enc.embed(&t, &mut e).unwrap();
-            rows.extend_from_slice(&e);
+            rows.extend_from_slice(session.embed(&t).unwrap());
             labels.push((i % 3) as i64);
         }
         (Embeddings::new(n, enc.dim(), rows).unwrap(), labels)

@@ -1,5 +1,7 @@
 //! End-to-end tests across oodmon's crates and against reference implementations
 //! (NumPy, scikit-learn) in the Python environment the test command sets up.
+// tests and benches fail loudly on any broken assumption
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod onnx;
 mod preprocess;

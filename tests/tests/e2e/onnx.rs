@@ -1,8 +1,9 @@
 //! The exported ONNX encoder passes the ONNX checker and gives the same embeddings in
 //! onnxruntime as in tract.
 
-use oodmon_calibration::onnx::{quantize, to_f16, QuantForm, RangeMethod, TractEncoder};
 use oodmon_calibration::{npy, Embeddings, PreprocessSpec};
+use oodmon_onnx::{quantize, to_f16, QuantForm, RangeMethod};
+use oodmon_runtime::Encoder;
 use oodmon_trainer::model::{Arch, Head, ModelConfig};
 use oodmon_trainer::train;
 use tch::Device;
@@ -24,7 +25,7 @@ fn onnxruntime_and_the_checker_agree_with_tract_on_float_int8_and_f16_exports() 
     let bytes = oodmon_trainer::export::export_onnx(&net, &spec, "{}", false).unwrap();
     let model = dir.path().join("encoder.onnx");
     std::fs::write(&model, &bytes).unwrap();
-    let enc = TractEncoder::load(&model).unwrap();
+    let enc = Encoder::load(&model).unwrap();
     let n = 4;
     let inputs: Vec<f32> = (0..n * 3 * 32 * 32)
         .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
@@ -43,11 +44,10 @@ fn onnxruntime_and_the_checker_agree_with_tract_on_float_int8_and_f16_exports() 
         ],
     );
     let ort = npy::read_embeddings(dir.path().join("ort.npy")).unwrap();
-    let mut ours = vec![0f32; enc.dim()];
+    let mut session = enc.session().unwrap();
     let mut float_rows = Vec::new();
     for i in 0..n {
-        enc.embed(&inputs[i * 3072..(i + 1) * 3072], &mut ours)
-            .unwrap();
+        let ours = session.embed(&inputs[i * 3072..(i + 1) * 3072]).unwrap();
         let err = ours
             .iter()
             .zip(ort.row(i))
@@ -57,7 +57,7 @@ fn onnxruntime_and_the_checker_agree_with_tract_on_float_int8_and_f16_exports() 
             err <= 1e-4,
             "row {i}: tract and onnxruntime differ by {err}"
         );
-        float_rows.push(ours.clone());
+        float_rows.push(ours.to_vec());
     }
 
     // int8 in both forms and float16: the checker and onnxruntime accept them, and both
@@ -97,12 +97,11 @@ fn onnxruntime_and_the_checker_agree_with_tract_on_float_int8_and_f16_exports() 
             &[&path, &dir.path().join("inputs.npy"), &out],
         );
         let ort = npy::read_embeddings(&out).unwrap();
-        let q = TractEncoder::load(&path).unwrap();
+        let mut q = Encoder::load(&path).unwrap().session().unwrap();
         let (mut tract_cos, mut ort_cos) = (0.0, 0.0);
         for i in 0..n {
-            q.embed(&inputs[i * 3072..(i + 1) * 3072], &mut ours)
-                .unwrap();
-            tract_cos += cosine(&ours, &float_rows[i]) / n as f64;
+            let ours = q.embed(&inputs[i * 3072..(i + 1) * 3072]).unwrap();
+            tract_cos += cosine(ours, &float_rows[i]) / n as f64;
             ort_cos += cosine(ort.row(i), &float_rows[i]) / n as f64;
         }
         eprintln!("{name} vs float mean cosine: tract {tract_cos:.6}, onnxruntime {ort_cos:.6}");

@@ -4,7 +4,7 @@
 //! session, a restart whose first messages were lost, CRC errors, a version 1 frame and an
 //! over-long frame.
 
-use oodmon_edge::monitor::{Monitor, MonitorEvent};
+use oodmon_monitor::monitor::{Monitor, MonitorEvent};
 use oodmon_protocol::{AlarmState, DecodeError, Message, Packet, Reason, MAX_FRAME};
 
 use crate::util::run_python;

@@ -1,5 +1,7 @@
 //! The trainer end to end on a tiny generated dataset: every loss learns, interrupted runs
 //! resume, bad settings are errors.
+// tests and benches fail loudly on any broken assumption
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -271,7 +273,7 @@ fn the_edge_encoder_stays_well_under_a_million_parameters() {
 #[test]
 fn exported_onnx_in_tract_matches_the_tch_forward_pass() {
     let _torch = torch_lock();
-    use oodmon_calibration::onnx::TractEncoder;
+    use oodmon_runtime::Encoder;
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 16);
     let out = dir.path().join("run");
@@ -288,20 +290,20 @@ fn exported_onnx_in_tract_matches_the_tch_forward_pass() {
             let bytes =
                 oodmon_trainer::export::export_onnx(&net, &saved.preprocessing, "{}", dynamic)
                     .unwrap();
-            let enc = TractEncoder::from_bytes(&bytes, std::path::Path::new("test.onnx")).unwrap();
+            let enc = Encoder::from_bytes(&bytes, std::path::Path::new("test.onnx")).unwrap();
             assert_eq!(enc.input_size(), (16, 16));
             assert_eq!(enc.preprocessing(), Some(&saved.preprocessing));
-            let mut got = vec![0f32; enc.dim()];
+            let mut session = enc.session().unwrap();
             for seed in 0..3 {
                 tch::manual_seed(seed);
                 let x = tch::Tensor::randn([1, 3, 16, 16], (tch::Kind::Float, Device::Cpu));
                 let want: Vec<f32> = Vec::try_from(net.embed(&x, false).flatten(0, -1)).unwrap();
                 let input: Vec<f32> = Vec::try_from(x.flatten(0, -1)).unwrap();
-                enc.embed(&input, &mut got).unwrap();
+                let got = session.embed(&input).unwrap();
                 let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
                 let err = want
                     .iter()
-                    .zip(&got)
+                    .zip(got)
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0f32, f32::max);
                 assert!(
@@ -317,11 +319,11 @@ fn exported_onnx_in_tract_matches_the_tch_forward_pass() {
 #[test]
 fn corrupt_onnx_is_an_error_naming_the_file() {
     let _torch = torch_lock();
-    use oodmon_calibration::onnx::TractEncoder;
+    use oodmon_runtime::Encoder;
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("broken.onnx");
     std::fs::write(&p, b"\x08\x01garbage that is not protobuf").unwrap();
-    let err = TractEncoder::load(&p).unwrap_err().to_string();
+    let err = Encoder::load(&p).unwrap_err().to_string();
     assert!(err.contains("broken.onnx"), "{err}");
     let (vs, net) = train::build(
         &ModelConfig {
@@ -336,7 +338,7 @@ fn corrupt_onnx_is_an_error_naming_the_file() {
     let bytes =
         oodmon_trainer::export::export_onnx(&net, &PreprocessSpec::cifar(16), "{}", false).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-    let err = TractEncoder::load(&p).unwrap_err().to_string();
+    let err = Encoder::load(&p).unwrap_err().to_string();
     assert!(err.contains("broken.onnx"), "{err}");
 }
 
@@ -345,8 +347,8 @@ fn corrupt_onnx_is_an_error_naming_the_file() {
 #[test]
 fn trainer_and_calibration_entry_points_embed_images_alike() {
     let _torch = torch_lock();
-    use oodmon_calibration::datasets::{DataSpec, Split};
-    use oodmon_calibration::onnx::TractEncoder;
+    use oodmon_data::datasets::{DataSpec, Split};
+    use oodmon_runtime::Encoder;
     let dir = tempfile::tempdir().unwrap();
     // an image folder with odd sizes, so resizing and cropping are exercised
     for (class, (w, h)) in [("a", (40u32, 30u32)), ("b", (23, 57))] {
@@ -374,9 +376,8 @@ fn trainer_and_calibration_entry_points_embed_images_alike() {
     assert_eq!(labels, vec![0, 0, 0, 1, 1, 1]);
     assert_eq!(names, vec!["a", "b"]);
     let bytes = oodmon_trainer::export::export_onnx(&net, &spec, "{}", false).unwrap();
-    let enc = TractEncoder::from_bytes(&bytes, std::path::Path::new("e.onnx")).unwrap();
-    let theirs =
-        oodmon_calibration::embed::embed_dataset(&enc, &spec, &data, Split::Train, None).unwrap();
+    let enc = Encoder::from_bytes(&bytes, std::path::Path::new("e.onnx")).unwrap();
+    let theirs = oodmon_data::embed::embed_dataset(&enc, &spec, &data, Split::Train, None).unwrap();
     assert_eq!(theirs.labels, labels);
     for (i, (a, b)) in ours
         .chunks(8)
@@ -433,7 +434,7 @@ fn fit_bundle_writes_a_loadable_int8_bundle() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let bundle = oodmon_calibration::bundle::Bundle::load(dir.path().join("bundle")).unwrap();
+    let bundle = oodmon_runtime::Bundle::load(dir.path().join("bundle")).unwrap();
     assert_eq!(bundle.encoder.dim(), 16);
     assert_eq!(bundle.preprocessing(), &PreprocessSpec::cifar(16));
     let onnx = std::fs::read(dir.path().join("bundle/encoder.onnx")).unwrap();

@@ -1,0 +1,206 @@
+//! The paper's study in one call: every combination of clustering, metric, normalisation
+//! and threshold rule, evaluated on held-out ID data and each OOD set.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use oodmon_calibration::fit::{fit_clusters, fit_metric, ClusterSpec, FitConfig};
+use oodmon_calibration::kmeans::KMeansConfig;
+use oodmon_calibration::metrics::{ood_metrics, OodMetrics};
+use oodmon_calibration::model::{Metric, Scorer};
+use oodmon_calibration::threshold::{ThresholdMode, Thresholds};
+use oodmon_calibration::{Embeddings, Error, Result};
+
+/// The data of a study.
+pub struct GridData<'a> {
+    pub train: &'a Embeddings,
+    pub labels: Option<&'a [i64]>,
+    pub calib: &'a Embeddings,
+    pub test: &'a Embeddings,
+    pub ood: &'a [(String, Embeddings)],
+}
+
+/// Which combinations to run.
+#[derive(Debug, Clone)]
+pub struct GridConfig {
+    pub clusters: Vec<ClusterSpec>,
+    pub metrics: Vec<Metric>,
+    pub normalize: Vec<bool>,
+    pub thresholds: Vec<ThresholdMode>,
+    pub kmeans: KMeansConfig,
+    pub knn_bank: Option<usize>,
+}
+
+/// One line of the study's table.
+#[derive(Debug, Clone)]
+pub struct GridRow {
+    pub clusters: String,
+    pub metric: String,
+    pub normalize: bool,
+    pub threshold: String,
+    pub ood_set: String,
+    pub metrics: OodMetrics,
+    /// Fraction of held-out ID test samples flagged at the calibrated rule.
+    pub id_false_alarm: f64,
+    /// Fraction of OOD samples flagged at the calibrated rule.
+    pub ood_detection: f64,
+}
+
+/// Runs every combination; `progress` hears about each one as it starts.
+pub fn run_grid(
+    data: &GridData<'_>,
+    cfg: &GridConfig,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<GridRow>> {
+    for (name, e) in data
+        .ood
+        .iter()
+        .map(|(n, e)| (n.as_str(), e))
+        .chain([("calibration", data.calib), ("test", data.test)])
+    {
+        if e.dim() != data.train.dim() {
+            return Err(Error::DimensionMismatch {
+                what: format!("{name} embeddings"),
+                expected: data.train.dim(),
+                found: e.dim(),
+            });
+        }
+    }
+    let mut rows = Vec::new();
+    for &clusters in &cfg.clusters {
+        for &normalize in &cfg.normalize {
+            let started = Instant::now();
+            let mut fc = FitConfig::new(clusters, Metric::Euclidean);
+            fc.normalize = normalize;
+            fc.kmeans = cfg.kmeans;
+            fc.knn_bank = cfg.knn_bank;
+            progress(&format!(
+                "clusters {} (normalize={normalize})",
+                clusters.name()
+            ));
+            let fitted_clusters = fit_clusters(data.train, data.labels, &fc)?;
+            log::info!(
+                "fitted {} in {:.1}s",
+                clusters.name(),
+                started.elapsed().as_secs_f64()
+            );
+            for &metric in &cfg.metrics {
+                progress(&format!(
+                    "  metric {} on {} (normalize={normalize})",
+                    metric.name(),
+                    clusters.name()
+                ));
+                fc.metric = metric;
+                let model = fit_metric(&fitted_clusters, &fc)?;
+                let scorer = Scorer::new(&model)?;
+                let cal = scorer.score_batch(data.calib)?;
+                let test = scorer.score_batch(data.test)?;
+                let oods = data
+                    .ood
+                    .iter()
+                    .map(|(n, e)| Ok((n.clone(), scorer.score_batch(e)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                for &mode in &cfg.thresholds {
+                    let t = Thresholds::fit(mode, &cal, model.clusters())?;
+                    // Per-cluster rules rank by the margin over the cluster's threshold.
+                    let rank = |s: &oodmon_calibration::model::Score| match mode {
+                        ThresholdMode::PerCluster { .. } => t.margin(s),
+                        _ => s.score,
+                    };
+                    let id_scores: Vec<f64> = test.iter().map(rank).collect();
+                    let id_false_alarm = test.iter().filter(|s| t.is_ood(s)).count() as f64
+                        / test.len().max(1) as f64;
+                    for (name, scores) in &oods {
+                        let o: Vec<f64> = scores.iter().map(rank).collect();
+                        rows.push(GridRow {
+                            clusters: clusters.name(),
+                            metric: metric.name(),
+                            normalize,
+                            threshold: mode.name().into(),
+                            ood_set: name.clone(),
+                            metrics: ood_metrics(&id_scores, &o),
+                            id_false_alarm,
+                            ood_detection: scores.iter().filter(|s| t.is_ood(s)).count() as f64
+                                / scores.len().max(1) as f64,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+const COLUMNS: [&str; 12] = [
+    "clusters",
+    "metric",
+    "normalize",
+    "threshold",
+    "ood_set",
+    "auroc",
+    "aupr_in",
+    "aupr_out",
+    "fpr_at_95_tpr",
+    "detection_error",
+    "id_false_alarm",
+    "ood_detection",
+];
+
+fn cells(r: &GridRow, pct: bool) -> Vec<String> {
+    let f = |v: f64| {
+        if pct {
+            format!("{:.2}", 100.0 * v)
+        } else {
+            format!("{v:.6}")
+        }
+    };
+    vec![
+        r.clusters.clone(),
+        r.metric.clone(),
+        r.normalize.to_string(),
+        r.threshold.clone(),
+        r.ood_set.clone(),
+        f(r.metrics.auroc),
+        f(r.metrics.aupr_in),
+        f(r.metrics.aupr_out),
+        f(r.metrics.fpr_at_95_tpr),
+        f(r.metrics.detection_error),
+        f(r.id_false_alarm),
+        f(r.ood_detection),
+    ]
+}
+
+/// The table as CSV (fractions, 6 decimals).
+pub fn to_csv(rows: &[GridRow]) -> String {
+    let mut out = COLUMNS.join(",");
+    out.push('\n');
+    for r in rows {
+        out.push_str(&cells(r, false).join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// The table as Markdown (percentages), best AUROC per OOD set in bold.
+pub fn to_markdown(rows: &[GridRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "All metrics in percent. AUROC, AUPR and FPR@95TPR are threshold-free (per-cluster rows rank by the margin over each cluster's threshold); `id_false_alarm` and `ood_detection` are measured at the calibrated rule.\n"
+    );
+    let _ = writeln!(out, "| {} |", COLUMNS.join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(COLUMNS.len()));
+    for r in rows {
+        let best = rows
+            .iter()
+            .filter(|o| o.ood_set == r.ood_set)
+            .map(|o| o.metrics.auroc)
+            .fold(f64::MIN, f64::max);
+        let mut c = cells(r, true);
+        if r.metrics.auroc == best {
+            c[5] = format!("**{}**", c[5]);
+        }
+        let _ = writeln!(out, "| {} |", c.join(" | "));
+    }
+    out
+}

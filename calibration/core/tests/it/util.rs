@@ -1,0 +1,3 @@
+//! Shared helpers.
+
+pub use oodmon_calibration::synthetic::{blobs, noise};

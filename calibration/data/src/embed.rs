@@ -1,0 +1,109 @@
+//! Embedding image data sets through the deployed encoder (tract) with the shared
+//! preprocessing: every image goes from its stored size and format straight into the
+//! encoder's input tensor, exactly as a camera frame does on the edge.
+
+use oodmon_calibration::preprocess::{PixelFormat, PreprocessSpec, Preprocessor};
+use oodmon_calibration::Embeddings;
+use oodmon_runtime::Encoder;
+
+use crate::datasets::{visit, DataError, DataSpec, Dataset, Split};
+
+/// Embeddings, labels and class names of one split of a data set.
+pub struct Embedded {
+    pub embeddings: Embeddings,
+    pub labels: Vec<i64>,
+    pub class_names: Vec<String>,
+}
+
+/// Hands each image of a split to `f` as the encoder's input tensor (`3 x H x W`, laid out
+/// as the spec says), computed by the shared [`Preprocessor`] straight from the stored
+/// image, exactly as a camera frame is on the edge; stops after `limit` images.
+pub fn for_each_input(
+    spec: &PreprocessSpec,
+    data: &DataSpec,
+    split: Split,
+    limit: Option<usize>,
+    mut f: impl FnMut(&[f32], i64) -> std::result::Result<(), DataError>,
+) -> std::result::Result<Vec<String>, DataError> {
+    let mut planned: Option<((usize, usize, PixelFormat), Preprocessor)> = None;
+    let mut tensor = vec![0f32; 3 * spec.width as usize * spec.height as usize];
+    let mut seen = 0usize;
+    let mut sink = |img: &[u8], w: usize, h: usize, format: PixelFormat, label: i64| {
+        if limit.is_some_and(|l| seen >= l) {
+            return Ok(());
+        }
+        let key = (w, h, format);
+        let p = match &mut planned {
+            Some((k, p)) if *k == key => p,
+            _ => {
+                &mut planned
+                    .insert((key, Preprocessor::new(spec, w, h, format)?))
+                    .1
+            }
+        };
+        p.run(img, None, &mut tensor)?;
+        seen += 1;
+        f(&tensor, label)
+    };
+    visit(data, split, &mut sink)
+}
+
+/// Embeds up to `limit` images of a split (all when `None`) through the encoder.
+pub fn embed_dataset(
+    encoder: &Encoder,
+    spec: &PreprocessSpec,
+    data: &DataSpec,
+    split: Split,
+    limit: Option<usize>,
+) -> std::result::Result<Embedded, DataError> {
+    let dim = encoder.dim();
+    let mut session = encoder.session()?;
+    let mut values = Vec::new();
+    let mut labels = Vec::new();
+    let class_names = for_each_input(spec, data, split, limit, |tensor, label| {
+        values.extend_from_slice(session.embed(tensor)?);
+        labels.push(label);
+        Ok(())
+    })?;
+    let rows = labels.len();
+    Ok(Embedded {
+        embeddings: Embeddings::new(rows, dim, values).map_err(DataError::from)?,
+        labels,
+        class_names,
+    })
+}
+
+/// Encoder input tensors of the given rows of a loaded data set, through the shared
+/// preprocessing (e.g. the calibration images of int8 quantization).
+pub fn dataset_inputs(
+    ds: &Dataset,
+    rows: &[usize],
+    spec: &PreprocessSpec,
+) -> std::result::Result<Vec<Vec<f32>>, DataError> {
+    let mut p = Preprocessor::new(spec, ds.width, ds.height, PixelFormat::Rgb8)?;
+    let n = p.tensor_len();
+    rows.iter()
+        .map(|&i| {
+            let mut t = vec![0f32; n];
+            p.run(ds.image(i), None, &mut t)?;
+            Ok(t)
+        })
+        .collect()
+}
+
+/// Embeds every image of a loaded data set through the encoder: one session, one
+/// preprocessing plan, rows in order.
+pub fn embed_loaded(
+    encoder: &Encoder,
+    spec: &PreprocessSpec,
+    ds: &Dataset,
+) -> std::result::Result<Embeddings, DataError> {
+    let mut p = Preprocessor::new(spec, ds.width, ds.height, PixelFormat::Rgb8)?;
+    let mut session = encoder.session()?;
+    let mut values = Vec::with_capacity(ds.len() * encoder.dim());
+    for i in 0..ds.len() {
+        session.with_input(|t| p.run(ds.image(i), None, t))??;
+        values.extend_from_slice(session.run()?);
+    }
+    Embeddings::new(ds.len(), encoder.dim(), values).map_err(DataError::from)
+}

@@ -1,0 +1,23 @@
+//! # oodmon-runtime
+//!
+//! The one place oodmon runs a model: an ONNX encoder is loaded and optimised once by tract
+//! ([`Encoder`]), then run frame after frame in a [`Session`] that owns its preallocated
+//! input tensor. The edge's frame loop, workstation calibration and the trainer's tract
+//! embedding all go through it, so calibration embeds exactly what is deployed.
+//!
+//! - [`session`]: [`Encoder`] and [`Session`].
+//! - [`bundle`]: the deployable bundle (`encoder.onnx` + `calib.json`), cross-checked on load.
+//! - [`probe`]: intermediate activations, for int8 calibration of the quantizer.
+//! - [`error`]: load errors and the typed [`InferenceError`].
+
+pub mod bundle;
+pub mod error;
+pub mod probe;
+pub mod session;
+
+pub use bundle::Bundle;
+pub use error::{Error, InferenceError, Result};
+pub use session::{Encoder, Session};
+
+/// Metadata key under which an encoder carries its preprocessing spec as JSON.
+pub use oodmon_calibration::preprocess::ONNX_METADATA_KEY as META_PREPROCESSING;
