@@ -3,8 +3,6 @@
 //! an NTP step or a board without a battery-backed clock cannot move; the wall clock is
 //! read only to label records, journal lines and protocol messages.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// A source of time for the alarm service and the frame loop.
@@ -48,51 +46,5 @@ impl Clock for SystemClock {
     }
     fn wall_ms(&self) -> u64 {
         wall_now_ms()
-    }
-}
-
-/// A clock for tests: real time plus offsets the test controls. Stepping the wall clock
-/// simulates an NTP step; advancing the monotonic clock makes time pass without waiting.
-#[derive(Debug, Clone)]
-pub struct FakeClock {
-    origin: Instant,
-    monotonic_offset_ms: Arc<AtomicI64>,
-    wall_offset_ms: Arc<AtomicI64>,
-}
-
-impl FakeClock {
-    pub fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            monotonic_offset_ms: Arc::new(AtomicI64::new(0)),
-            wall_offset_ms: Arc::new(AtomicI64::new(0)),
-        }
-    }
-
-    /// Steps the wall clock by `ms` (negative: backwards), as NTP or a user might.
-    pub fn step_wall(&self, ms: i64) {
-        self.wall_offset_ms.fetch_add(ms, Ordering::SeqCst);
-    }
-
-    /// Moves the monotonic clock forwards by `ms` at once.
-    pub fn advance(&self, ms: u64) {
-        self.monotonic_offset_ms
-            .fetch_add(ms as i64, Ordering::SeqCst);
-    }
-}
-
-impl Default for FakeClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for FakeClock {
-    fn monotonic_ms(&self) -> u64 {
-        (self.origin.elapsed().as_millis() as i64 + self.monotonic_offset_ms.load(Ordering::SeqCst))
-            .max(0) as u64
-    }
-    fn wall_ms(&self) -> u64 {
-        (wall_now_ms() as i64 + self.wall_offset_ms.load(Ordering::SeqCst)).max(0) as u64
     }
 }

@@ -86,6 +86,15 @@ pub enum EdgeError {
     Gpio { line: String, problem: String },
     #[error(transparent)]
     Parse(#[from] ParseError),
+    #[error(transparent)]
+    Journal(#[from] crate::output::journal::JournalError),
+    /// A live or looped source ran out of frames: a failure, so a supervisor restarts.
+    #[error("the frame source ended after {frames} frames ({why}): a {kind} must not end; exiting with an error so that a supervisor restarts the pipeline")]
+    SourceEnded {
+        frames: u64,
+        why: &'static str,
+        kind: &'static str,
+    },
     #[error("writing output: {0}")]
     Io(std::io::Error),
     #[error("{0} consecutive bad frames (limit {1}): the source is faulty")]

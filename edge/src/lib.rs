@@ -1,32 +1,35 @@
 //! # oodmon-edge
 //!
-//! The runtime that ships on the vehicle: frames from a camera (or files, or a pipe) go
-//! through the deployed bundle's encoder in tract and the calibration core's scoring, one
-//! record per frame, with bounded memory and typed errors for every bad input.
+//! The runtime that ships on the vehicle, one folder per stage of a frame's path:
 //!
-//! - [`source`]: the [`source::FrameSource`] trait and its V4L2, image-file, AVI and raw
-//!   stream implementations.
-//! - [`decode`]: JPEG and raw frames to pixels.
-//! - [`engine`]: preprocessing, inference and scoring of one frame.
-//! - [`runner`]: the frame loop, its fault counting and statistics.
-//! - [`config`]: the TOML configuration, validated before any device is opened.
-//! - [`watchdog`]: systemd readiness and watchdog notifications.
+//! - [`source`]: camera (V4L2), image files, MJPEG AVI and raw pipes as [`FrameSource`]s;
+//!   frames and their decoding to pixels.
+//! - [`inference`]: the [`Engine`] (preprocessing straight into the encoder session's
+//!   input, the session run by `oodmon-runtime`), the scoring stage and the frame loop.
+//! - [`alarm`]: the debouncing state machine, the service thread that drives the outputs
+//!   with heartbeats, and the GPIO software watchdog.
+//! - [`output`]: the serial link, the GPIO line, the journal and systemd notifications,
+//!   one trait per hardware boundary.
+//! - [`app`]: what the binary's commands do (run, check, bench, demo, false-alarms), as
+//!   functions; `main.rs` only parses arguments.
+//!
+//! Around them: [`config`] (the TOML settings, validated before any device opens),
+//! [`clock`] (monotonic and wall time behind a trait), [`backoff`] (reconnection delays),
+//! [`error`]. Fakes for the hardware boundaries are in `testing` (feature `test-support`).
 
 pub mod alarm;
+pub mod app;
+pub mod backoff;
 pub mod clock;
 pub mod config;
-pub mod decode;
-pub mod demo;
-pub mod engine;
 pub mod error;
-pub mod frame;
-pub mod journal;
+pub mod inference;
 pub mod output;
-pub mod runner;
-pub mod service;
 pub mod source;
-pub mod watchdog;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 
-pub use engine::{Engine, FrameRecord, StageLatency};
-pub use error::{EdgeError, Result, SourceError};
-pub use frame::{Frame, FrameFormat};
+pub use error::{EdgeError, ParseError, Result, SourceError};
+pub use inference::{Engine, FrameRecord, StageLatency};
+pub use source::frame::{Frame, FrameFormat};
+pub use source::FrameSource;

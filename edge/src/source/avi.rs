@@ -5,7 +5,7 @@
 use std::io::{Read, Seek, SeekFrom};
 
 use crate::error::SourceError;
-use crate::frame::{now_us, Frame, FrameFormat};
+use crate::source::frame::{now_us, Frame, FrameFormat};
 use crate::source::FrameSource;
 
 /// A reader that can seek: what an AVI source reads from.
@@ -172,7 +172,7 @@ impl AviSource {
         if self.frame_us > 0 {
             self.frame_us
         } else {
-            crate::frame::NOMINAL_FRAME_US
+            crate::source::frame::NOMINAL_FRAME_US
         }
     }
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::error::SourceError;
-use crate::frame::{now_us, Frame, FrameFormat};
+use crate::source::frame::{now_us, Frame, FrameFormat};
 use crate::source::FrameSource;
 
 #[derive(Debug)]
@@ -88,7 +88,7 @@ impl FrameSource for ImageFiles {
             format: FrameFormat::Encoded,
             timestamp_us: now_us(),
             // image files have no frame rate: they are timed at a nominal 30 frames/s
-            media_us: Some((self.sequence - 1) * crate::frame::NOMINAL_FRAME_US as u64),
+            media_us: Some((self.sequence - 1) * crate::source::frame::NOMINAL_FRAME_US as u64),
             sequence: self.sequence - 1,
         }))
     }

@@ -2,6 +2,8 @@
 //! raw frames on standard input behind it, so the frame loop and its tests do not care.
 
 mod avi;
+pub mod decode;
+pub mod frame;
 mod images;
 mod raw;
 #[cfg(all(feature = "v4l2", target_os = "linux"))]
@@ -16,7 +18,7 @@ pub use raw::RawStream;
 pub use v4l2::V4l2Camera;
 
 use crate::error::SourceError;
-use crate::frame::{Frame, FrameFormat};
+use crate::source::frame::{Frame, FrameFormat};
 
 /// A stream of frames. `Ok(None)` ends the stream; transient errors (timeout, a bad frame,
 /// a disconnected camera that is being reopened) let the caller try again.

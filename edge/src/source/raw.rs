@@ -4,7 +4,7 @@
 use std::io::Read;
 
 use crate::error::SourceError;
-use crate::frame::{now_us, Frame, FrameFormat};
+use crate::source::frame::{now_us, Frame, FrameFormat};
 use crate::source::FrameSource;
 
 pub struct RawStream<R> {

@@ -3,7 +3,7 @@
 //! unplugged and comes back. Needs real hardware; the frame loop is tested through the
 //! other sources.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use oodmon_calibration::preprocess::PixelFormat;
 use v4l::buffer::Type;
@@ -12,8 +12,9 @@ use v4l::io::traits::CaptureStream;
 use v4l::video::Capture;
 use v4l::{Device, FourCC};
 
+use crate::backoff::Backoff;
 use crate::error::SourceError;
-use crate::frame::{now_us, Frame, FrameFormat};
+use crate::source::frame::{now_us, Frame, FrameFormat};
 use crate::source::{FrameSource, SourceOptions};
 
 const BUFFERS: u32 = 4;
@@ -35,8 +36,7 @@ pub struct V4l2Camera {
     format: Option<FrameFormat>,
     options: SourceOptions,
     open: Option<Open>,
-    backoff: Duration,
-    retry_at: Instant,
+    backoff: Backoff,
     sequence: u64,
     frame: Vec<u8>,
 }
@@ -132,8 +132,7 @@ impl V4l2Camera {
             format,
             options: options.clone(),
             open: Some(open),
-            backoff: Duration::from_millis(100),
-            retry_at: Instant::now(),
+            backoff: Backoff::new(Duration::from_millis(100), options.max_backoff),
             sequence: 0,
             frame: Vec::new(),
         })
@@ -147,8 +146,7 @@ impl V4l2Camera {
                 log::warn!("v4l:{}: the stream could not be stopped cleanly", self.path);
             }
         }
-        self.retry_at = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(self.options.max_backoff);
+        self.backoff.failed();
         SourceError::Disconnected {
             source_name: format!("v4l:{}", self.path),
             problem,
@@ -159,10 +157,9 @@ impl V4l2Camera {
 impl FrameSource for V4l2Camera {
     fn next_frame(&mut self) -> Result<Option<Frame<'_>>, SourceError> {
         if self.open.is_none() {
-            let now = Instant::now();
-            if now < self.retry_at {
-                std::thread::sleep((self.retry_at - now).min(self.options.timeout));
-                if Instant::now() < self.retry_at {
+            if let Some(wait) = self.backoff.wait_left() {
+                std::thread::sleep(wait.min(self.options.timeout));
+                if self.backoff.wait_left().is_some() {
                     return Err(SourceError::Timeout {
                         source_name: format!("v4l:{}", self.path),
                         timeout_ms: self.options.timeout.as_millis() as u64,
@@ -179,7 +176,7 @@ impl FrameSource for V4l2Camera {
                 Ok(open) => {
                     log::warn!("v4l:{}: reconnected", self.path);
                     self.open = Some(open);
-                    self.backoff = Duration::from_millis(100);
+                    self.backoff.succeeded();
                 }
                 Err(e) => return Err(self.disconnected(format!("reconnecting: {e}"))),
             }

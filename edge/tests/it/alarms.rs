@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use oodmon_calibration::preprocess::PixelFormat;
+use oodmon_edge::alarm::service::{now_ms, AlarmService, Outputs};
 use oodmon_edge::alarm::{AlarmConfig, DecisionRule};
-use oodmon_edge::journal::{Journal, JournalEvent};
-use oodmon_edge::output::{FakeLine, SerialConfig, SerialLink};
-use oodmon_edge::service::{now_ms, AlarmService, Outputs};
+use oodmon_edge::output::journal::{Journal, JournalEvent};
+use oodmon_edge::output::{SerialConfig, SerialLink};
+use oodmon_edge::testing::FakeLine;
 use oodmon_edge::{Engine, Frame, FrameFormat};
 use oodmon_monitor::monitor::{Monitor, MonitorEvent};
 use oodmon_protocol::{AlarmState, Reason};
@@ -708,7 +709,7 @@ fn record(i: u64, ood: bool) -> oodmon_edge::FrameRecord {
 }
 
 fn fake_service(
-    clock: &oodmon_edge::clock::FakeClock,
+    clock: &oodmon_edge::testing::FakeClock,
     line: &FakeLine,
     wire: &Wire,
     journal: &Path,
@@ -736,7 +737,7 @@ fn fake_service(
 
 #[test]
 fn wall_clock_steps_leave_heartbeats_and_stall_detection_alone() {
-    use oodmon_edge::clock::FakeClock;
+    use oodmon_edge::testing::FakeClock;
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("alarms.jsonl");
     let (clock, line, wire) = (FakeClock::new(), FakeLine::default(), Wire::default());
@@ -792,7 +793,7 @@ fn wall_clock_steps_leave_heartbeats_and_stall_detection_alone() {
 fn a_gpio_line_that_cannot_be_driven_holds_fault_until_it_can() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("alarms.jsonl");
-    let clock = oodmon_edge::clock::FakeClock::new();
+    let clock = oodmon_edge::testing::FakeClock::new();
     let (line, wire) = (FakeLine::default(), Wire::default());
     let service = fake_service(&clock, &line, &wire, &journal);
     let feed = |from: u64, n: u64, ood: bool| {
@@ -837,7 +838,7 @@ fn the_state_after_a_frame_is_the_one_the_wire_carries_for_it() {
     // what the demo's status line shows: once a frame is judged, `current` is the state
     // the outputs carry after it, never the one before
     let dir = tempfile::tempdir().unwrap();
-    let clock = oodmon_edge::clock::FakeClock::new();
+    let clock = oodmon_edge::testing::FakeClock::new();
     let (line, wire) = (FakeLine::default(), Wire::default());
     let service = fake_service(&clock, &line, &wire, &dir.path().join("j.jsonl"));
     let mut i = 0;
@@ -869,7 +870,7 @@ fn the_state_after_a_frame_is_the_one_the_wire_carries_for_it() {
 fn the_service_report_keeps_a_bounded_number_of_transitions() {
     // a long run must not grow memory with every transition (the soak found it)
     let dir = tempfile::tempdir().unwrap();
-    let clock = oodmon_edge::clock::FakeClock::new();
+    let clock = oodmon_edge::testing::FakeClock::new();
     let (line, wire) = (FakeLine::default(), Wire::default());
     let service = fake_service(&clock, &line, &wire, &dir.path().join("j.jsonl"));
     let nan = oodmon_edge::EdgeError::Inference(oodmon_runtime::InferenceError::NonFinite {
@@ -893,7 +894,7 @@ fn the_service_report_keeps_a_bounded_number_of_transitions() {
     );
     assert_eq!(
         report.transitions.len(),
-        oodmon_edge::service::REPORTED_TRANSITIONS
+        oodmon_edge::alarm::service::REPORTED_TRANSITIONS
     );
     assert_eq!(report.transitions.back().unwrap().reason, Reason::Stopping);
 }

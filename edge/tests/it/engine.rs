@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use oodmon_calibration::preprocess::PixelFormat;
 use oodmon_data::datasets::{DataSpec, Split};
 use oodmon_data::embed::for_each_input;
-use oodmon_edge::runner::{self, RunLimits};
+use oodmon_edge::inference::frame_loop::{self, RunLimits};
 use oodmon_edge::source::{FrameSource, ImageFiles};
 use oodmon_edge::{EdgeError, Engine, Frame, FrameFormat, SourceError};
 use oodmon_runtime::Bundle;
@@ -118,7 +118,7 @@ fn yuyv_bgr_gray_and_jpeg_frames_are_all_accepted() {
 
 #[test]
 fn scaled_jpeg_decoding_matches_full_decoding_closely() {
-    use oodmon_edge::decode::jpeg_reduction;
+    use oodmon_edge::source::decode::jpeg_reduction;
     // 640x480 to a 32x32 centre crop keeps >= 64 pixels of the 480 crop: 1/4 (120 rows)
     assert_eq!(jpeg_reduction(640, 480, (32, 32)), 4);
     assert_eq!(jpeg_reduction(1280, 720, (32, 32)), 8);
@@ -258,13 +258,13 @@ fn too_many_bad_frames_in_a_row_is_a_fault() {
             max_consecutive_bad_frames: 5,
         };
         let mut bad = 0;
-        let err = runner::run(
+        let err = frame_loop::run(
             &mut engine,
             &mut src,
             &limits,
             &AtomicBool::new(false),
             |e| {
-                if let runner::Event::BadFrame(_) = e {
+                if let frame_loop::Event::BadFrame(_) = e {
                     bad += 1;
                 }
                 Ok(())
@@ -280,7 +280,7 @@ fn too_many_bad_frames_in_a_row_is_a_fault() {
 #[test]
 fn the_built_in_demo_reproduces_its_scenario() {
     let mut out = Vec::new();
-    let summary = oodmon_edge::demo::play(Some(0), true, &mut out).unwrap();
+    let summary = oodmon_edge::app::demo::play(Some(0), true, &mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(summary.passed(), "{text}");
     assert_eq!(summary.run.frames, 72);
@@ -293,11 +293,11 @@ fn the_built_in_demo_reproduces_its_scenario() {
 #[test]
 fn records_name_the_nearest_class_through_the_cluster_to_class_map() {
     // the built-in bundle has 3 k-means clusters per class: cluster index != class index
-    let bundle = oodmon_edge::demo::bundle().unwrap();
+    let bundle = oodmon_edge::app::demo::bundle().unwrap();
     let map = bundle.artifact.model.cluster_class.clone();
     assert!(map.len() > bundle.artifact.class_names.len());
     let mut engine = Engine::new(bundle).unwrap();
-    let mut source = oodmon_edge::demo::scenario(false).unwrap();
+    let mut source = oodmon_edge::app::demo::scenario(false).unwrap();
     let mut frames = 0;
     while let Some(frame) = source.next_frame().unwrap() {
         let r = engine.process(&frame).unwrap();

@@ -148,8 +148,8 @@ fn non_avi_and_non_mjpeg_files_are_refused_at_open() {
 
 #[test]
 fn the_built_in_scenario_is_a_readable_mjpeg_stream() {
-    let meta = oodmon_edge::demo::scenario_meta().unwrap();
-    let mut src = oodmon_edge::demo::scenario(false).unwrap();
+    let meta = oodmon_edge::app::demo::scenario_meta().unwrap();
+    let mut src = oodmon_edge::app::demo::scenario(false).unwrap();
     assert_eq!(src.size(), (meta.width, meta.height));
     let mut n = 0;
     while let Some(f) = src.next_frame().unwrap() {

@@ -429,17 +429,6 @@ pub fn alarm_rate(
     r
 }
 
-/// A cheap fingerprint of a frame's preprocessed pixels (FNV-1a over the f32 bits), for
-/// frozen-camera detection.
-pub fn fingerprint(values: &[f32]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for v in values {
-        h ^= v.to_bits() as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,58 +1,17 @@
-//! The per-frame work: decode, preprocess straight into the encoder's preallocated input
-//! tensor, run tract, and score against the clusters. Everything but tract's own run is
+//! The per-frame work: decode, preprocess straight into the session's preallocated input
+//! tensor, run the encoder (`oodmon-runtime`), and score against the clusters ([`super::score`]). Everything but tract's own run is
 //! allocation-free once the first frame of a given geometry has been seen.
 
 use std::time::Instant;
 
 use oodmon_calibration::preprocess::{PixelFormat, Preprocessor};
-use oodmon_calibration::{Detector, PreprocessSpec, Scratch};
+use oodmon_calibration::PreprocessSpec;
 use oodmon_runtime::{Bundle, Session};
-use serde::Serialize;
 
-use crate::decode::{FrameDecoder, Pixels};
+use super::score::{fingerprint, FrameRecord, FrameScorer, StageLatency};
 use crate::error::Result;
-use crate::frame::Frame;
-
-/// Time spent in each stage of one frame, microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct StageLatency {
-    pub decode_us: u32,
-    pub preprocess_us: u32,
-    pub inference_us: u32,
-    pub scoring_us: u32,
-}
-
-impl StageLatency {
-    pub fn total_us(&self) -> u32 {
-        self.decode_us + self.preprocess_us + self.inference_us + self.scoring_us
-    }
-}
-
-/// What the monitor concluded about one frame.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct FrameRecord {
-    pub sequence: u64,
-    /// Capture time, microseconds since the Unix epoch (a label).
-    pub timestamp_us: u64,
-    /// Media time for frames from files (see [`Frame::media_us`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub media_us: Option<u64>,
-    /// Distance to the nearest cluster (higher = more out-of-distribution).
-    pub score: f64,
-    /// Nearest cluster.
-    pub nearest: usize,
-    /// The class of the nearest cluster (the calibration's cluster-to-class map), when the
-    /// clusters have classes.
-    pub nearest_class: Option<usize>,
-    /// Split-conformal p-value, when the calibration kept its scores.
-    pub p_value: Option<f64>,
-    pub threshold: f64,
-    pub ood: bool,
-    pub latency: StageLatency,
-    /// Fingerprint of the preprocessed frame: identical frames share it (frozen camera).
-    #[serde(skip)]
-    pub fingerprint: u64,
-}
+use crate::source::decode::{FrameDecoder, Pixels};
+use crate::source::frame::Frame;
 
 fn micros(since: Instant) -> u32 {
     since.elapsed().as_micros().min(u32::MAX as u128) as u32
@@ -65,11 +24,7 @@ pub struct Engine {
     spec: PreprocessSpec,
     preprocessor: Option<Preprocessor>,
     decoder: FrameDecoder,
-    detector: Detector,
-    scratch: Scratch,
-    has_p_values: bool,
-    class_names: Vec<String>,
-    cluster_class: Vec<Option<usize>>,
+    scorer: FrameScorer,
 }
 
 impl std::fmt::Debug for Engine {
@@ -82,17 +37,13 @@ impl Engine {
     pub fn new(bundle: Bundle) -> Result<Self> {
         let spec = bundle.preprocessing().clone();
         let session = bundle.encoder.session()?;
-        let scratch = bundle.detector.scorer.scratch(1);
+        let scorer = FrameScorer::new(bundle.detector, &bundle.artifact);
         Ok(Self {
             session,
             spec: spec.clone(),
             preprocessor: None,
             decoder: FrameDecoder::new(&spec, true),
-            has_p_values: !bundle.detector.thresholds.calibration_scores.is_empty(),
-            detector: bundle.detector,
-            scratch,
-            class_names: bundle.artifact.class_names.clone(),
-            cluster_class: bundle.artifact.model.cluster_class.clone(),
+            scorer,
         })
     }
 
@@ -105,12 +56,12 @@ impl Engine {
     /// The class a cluster belongs to, through the calibration's cluster-to-class map
     /// (`None` for clusters without a class, e.g. global k-means).
     pub fn cluster_class(&self, cluster: usize) -> Option<usize> {
-        self.cluster_class.get(cluster).copied().flatten()
+        self.scorer.cluster_class(cluster)
     }
 
     /// The name of a class, when the calibration has names.
     pub fn class_name(&self, class: usize) -> Option<&str> {
-        self.class_names.get(class).map(String::as_str)
+        self.scorer.class_name(class)
     }
 
     pub fn preprocessing(&self) -> &PreprocessSpec {
@@ -131,7 +82,7 @@ impl Engine {
         record.timestamp_us = frame.timestamp_us;
         record.media_us = frame.media_us;
         record.latency = latency;
-        record.fingerprint = crate::alarm::fingerprint(self.input_tensor());
+        record.fingerprint = fingerprint(self.input_tensor());
         Ok(record)
     }
 
@@ -154,22 +105,7 @@ impl Engine {
     /// Scores the last embedding (allocation-free); sequence, timestamp and latency are
     /// left for the caller.
     pub fn score(&mut self) -> Result<FrameRecord> {
-        let d = self
-            .detector
-            .decide(self.session.embedding(), &mut self.scratch)?;
-        Ok(FrameRecord {
-            sequence: 0,
-            timestamp_us: 0,
-            media_us: None,
-            score: d.score,
-            nearest: d.nearest,
-            nearest_class: self.cluster_class.get(d.nearest).copied().flatten(),
-            p_value: self.has_p_values.then_some(d.p_value),
-            threshold: d.threshold,
-            ood: d.ood,
-            latency: StageLatency::default(),
-            fingerprint: 0,
-        })
+        self.scorer.score(self.session.embedding())
     }
 
     /// The encoder's input tensor as the preprocessing last wrote it (`3 x H x W`).

@@ -10,7 +10,7 @@ use image::ImageDecoder;
 use oodmon_calibration::preprocess::{PixelFormat, PreprocessSpec};
 
 use crate::error::{EdgeError, Result};
-use crate::frame::{Frame, FrameFormat};
+use crate::source::frame::{Frame, FrameFormat};
 
 /// Pixels ready for the preprocessing.
 #[derive(Debug, Clone, Copy)]

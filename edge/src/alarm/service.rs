@@ -1,7 +1,8 @@
 //! The alarm service: a thread that turns frame outcomes into states, and states into
 //! protocol frames on the link, journal lines and the GPIO level, with a heartbeat that
 //! keeps going when frames stop (which is itself a fault). A second thread, the software
-//! watchdog, drives the GPIO line to alarm if the service itself stops making progress.
+//! watchdog ([`super::watchdog`]), drives the GPIO line to alarm if the service itself
+//! stops making progress.
 //! Every timer runs on the [`Clock`]'s monotonic time; the wall clock only labels journal
 //! lines and messages. An output that cannot deliver holds FAULT until it delivers again.
 
@@ -13,11 +14,12 @@ use std::time::Duration;
 
 use oodmon_protocol::{AlarmState, Message, Packet, Reason, MAX_FRAME};
 
-use crate::alarm::{AlarmConfig, AlarmMachine, DecisionRule, FrameOutcome, Output, Transition};
+use super::machine::{AlarmConfig, AlarmMachine, DecisionRule, FrameOutcome, Output, Transition};
+use super::watchdog::watchdog_loop;
 use crate::clock::{Clock, SystemClock};
-use crate::engine::FrameRecord;
 use crate::error::EdgeError;
-use crate::journal::{Journal, JournalEvent};
+use crate::inference::FrameRecord;
+use crate::output::journal::{Journal, JournalEvent};
 use crate::output::{AlarmLine, AlarmLink};
 
 /// Milliseconds since the Unix epoch (a label; timers use a [`Clock`]'s monotonic time).
@@ -231,29 +233,6 @@ impl AlarmService {
             let _ = h.join();
         }
         report
-    }
-}
-
-pub(crate) fn watchdog_loop(
-    line: Arc<Mutex<Box<dyn AlarmLine>>>,
-    alive: Arc<AtomicU64>,
-    ms: u64,
-    stop: Arc<AtomicBool>,
-    clock: Arc<dyn Clock>,
-) {
-    let tick = Duration::from_millis((ms / 4).max(1));
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(tick);
-        if clock
-            .monotonic_ms()
-            .saturating_sub(alive.load(Ordering::Relaxed))
-            > ms
-        {
-            log::error!("alarm service stalled for more than {ms} ms: releasing the alarm line");
-            if let Ok(mut l) = line.lock() {
-                let _ = l.set_alarm(true);
-            }
-        }
     }
 }
 
@@ -486,14 +465,14 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::FakeLine;
+    use crate::testing::FakeLine;
 
     #[test]
     fn the_software_watchdog_releases_the_line_when_progress_stops() {
         let fake = FakeLine::default();
         let line: Arc<Mutex<Box<dyn AlarmLine>>> = Arc::new(Mutex::new(Box::new(fake.clone())));
         line.lock().unwrap().set_alarm(false).unwrap();
-        let clock = crate::clock::FakeClock::new();
+        let clock = crate::testing::FakeClock::new();
         let alive = Arc::new(AtomicU64::new(clock.monotonic_ms()));
         let stop = Arc::new(AtomicBool::new(false));
         let (l, a, s, c) = (line.clone(), alive.clone(), stop.clone(), clock.clone());

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::engine::{Engine, FrameRecord, StageLatency};
+use super::engine::Engine;
+use super::score::{FrameRecord, StageLatency};
 use crate::error::{EdgeError, Result};
 use crate::source::FrameSource;
 

@@ -12,16 +12,18 @@ use oodmon_calibration::CalibrationArtifact;
 use oodmon_runtime::Bundle;
 use serde::Deserialize;
 
-use crate::engine::{Engine, FrameRecord};
+use super::monitor_frames;
+use crate::alarm::{AlarmConfig, AlarmService, Outputs, ServiceReport};
 use crate::error::{EdgeError, Result};
-use crate::frame::{now_us, Frame, FrameFormat};
-use crate::runner::{self, Event, RunLimits, RunSummary};
-use crate::source::AviSource;
+use crate::inference::{Engine, Event, FrameRecord, RunLimits, RunSummary};
+use crate::output::AlarmLink;
+use crate::source::frame::{now_us, Frame, FrameFormat};
+use crate::source::{AviSource, RawStream};
 
-pub const ENCODER: &[u8] = include_bytes!("../demo/bundle/encoder.onnx");
-pub const CALIBRATION: &str = include_str!("../demo/bundle/calib.json");
-pub const SCENARIO: &[u8] = include_bytes!("../demo/scenario.avi");
-pub const SCENARIO_META: &str = include_str!("../demo/scenario.json");
+pub const ENCODER: &[u8] = include_bytes!("../../demo/bundle/encoder.onnx");
+pub const CALIBRATION: &str = include_str!("../../demo/bundle/calib.json");
+pub const SCENARIO: &[u8] = include_bytes!("../../demo/scenario.avi");
+pub const SCENARIO_META: &str = include_str!("../../demo/scenario.json");
 
 /// The built-in bundle, checked like one loaded from disk.
 pub fn bundle() -> Result<Bundle> {
@@ -44,13 +46,13 @@ pub fn scenario(looped: bool) -> Result<AviSource> {
 
 /// An endless stream of synthetic YUYV camera frames of the given size (`WxH`): a moving
 /// gradient, so consecutive frames differ, for benchmarking the camera-native path.
-pub fn synthetic_yuyv(size: &str) -> Result<crate::source::RawStream<SyntheticYuyv>> {
+pub fn synthetic_yuyv(size: &str) -> Result<RawStream<SyntheticYuyv>> {
     let (w, h) = size
         .split_once('x')
         .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)))
         .filter(|&(w, h)| w > 0 && h > 0 && w % 2 == 0)
         .ok_or_else(|| EdgeError::invalid("--yuyv", format!("{size:?} is not WxH (even W)")))?;
-    Ok(crate::source::RawStream::new(
+    Ok(RawStream::new(
         SyntheticYuyv {
             frame: w * h * 2,
             width: w,
@@ -149,7 +151,7 @@ pub struct SegmentResult {
 pub struct DemoSummary {
     pub run: RunSummary,
     pub segments: Vec<SegmentResult>,
-    pub alarms: crate::service::ServiceReport,
+    pub alarms: ServiceReport,
 }
 
 impl DemoSummary {
@@ -191,22 +193,23 @@ pub fn play(frame_delay_ms: Option<u64>, quiet: bool, out: &mut dyn Write) -> Re
 }
 
 /// [`play`], with the alarm service debouncing the decisions (default rules) and sending
-/// its protocol frames to `link` when given.
+/// its protocol frames to `link` when given. The frames go through the same wiring as
+/// `oodmon-edge run` ([`monitor_frames`]).
 pub fn play_with_alarms(
     frame_delay_ms: Option<u64>,
     quiet: bool,
-    link: Option<Box<dyn crate::output::AlarmLink>>,
+    link: Option<Box<dyn AlarmLink>>,
     out: &mut dyn Write,
 ) -> Result<DemoSummary> {
-    let service = crate::service::AlarmService::start(
-        crate::alarm::AlarmConfig {
+    let service = AlarmService::start(
+        AlarmConfig {
             // the scenario is about OK -> OOD -> OK, timed on its media time; a slow host
             // (a debug build under emulation takes ~0.5 s a frame) must not turn it into
             // stall faults, which the run command's tests cover
             stall_ms: 10_000,
-            ..crate::alarm::AlarmConfig::default()
+            ..AlarmConfig::default()
         },
-        crate::service::Outputs {
+        Outputs {
             scores: link.is_some(),
             link,
             ..Default::default()
@@ -238,65 +241,104 @@ pub fn play_with_alarms(
         max_consecutive_bad_frames: 3,
     };
     let stop = AtomicBool::new(false);
-    // class names through the cluster-to-class map, looked up once
-    let class_name = |r: &FrameRecord| -> &str {
-        r.nearest_class
-            .and_then(|c| names.get(c))
-            .map_or("", String::as_str)
-    };
-    let run = runner::run(&mut engine, &mut source, &limits, &stop, |event| {
-        let Event::Record(r) = event else {
-            if let Event::BadFrame(e) = event {
-                service.frame(Err(e));
+    let (run, report) = monitor_frames(
+        &mut engine,
+        &mut source,
+        service,
+        &limits,
+        &stop,
+        |event, service| {
+            let Event::Record(r) = event else {
+                return Ok(());
+            };
+            if let Some(i) = meta
+                .segments
+                .iter()
+                .position(|s| (s.first..=s.last).contains(&r.sequence))
+            {
+                let s = &mut segments[i];
+                s.frames += 1;
+                s.ood_frames += r.ood as u64;
+                s.mean_score += (r.score - s.mean_score) / s.frames as f64;
             }
-            return Ok(());
-        };
-        service.frame(Ok(r));
-        let seg = meta
-            .segments
-            .iter()
-            .position(|s| (s.first..=s.last).contains(&r.sequence));
-        if let Some(i) = seg {
-            let s = &mut segments[i];
-            s.frames += 1;
-            s.ood_frames += r.ood as u64;
-            s.mean_score += (r.score - s.mean_score) / s.frames as f64;
-        }
-        if !quiet {
-            let bar_len = ((r.score / r.threshold.max(1e-9)) * 20.0).clamp(0.0, 40.0) as usize;
-            let bar: String = (0..40)
-                .map(|i| match i {
-                    20 => '|',
-                    i if i < bar_len => '#',
-                    _ => ' ',
-                })
-                .collect();
-            // the state the outputs carry once this frame is judged
-            service.wait_judged(Duration::from_millis(200));
-            let (state, reason) = service.current();
-            write!(
-                out,
-                "\rframe {:>3}  [{}] score {:.3} / {:.3}  nearest {:<10} (cluster {:>2})  {}  {:>5} us  alarm {:<5} ({:<13}) ",
-                r.sequence,
-                bar,
-                r.score,
-                r.threshold,
-                class_name(r),
-                r.nearest,
-                if r.ood { "OOD" } else { "ok " },
-                r.latency.total_us(),
-                state.name(),
-                reason.name()
-            )?;
-            out.flush()?;
-            std::thread::sleep(delay);
-        }
-        Ok(())
-    })?;
+            if !quiet {
+                // the state the outputs carry once this frame is judged
+                service.wait_judged(Duration::from_millis(200));
+                write_status_line(out, r, &names, service)?;
+                std::thread::sleep(delay);
+            }
+            Ok(())
+        },
+    );
+    let run = run?;
     if !quiet {
         writeln!(out)?;
     }
-    for s in &segments {
+    write_closing_summary(out, &segments, &run, &report)?;
+    let summary = DemoSummary {
+        run,
+        segments,
+        alarms: report,
+    };
+    writeln!(
+        out,
+        "{}",
+        match (summary.frames_match(), summary.alarm_followed_scenario()) {
+            (true, true) => "scenario reproduced: in-distribution frames pass, out-of-distribution frames are flagged, and the alarm went OK -> OOD -> OK",
+            (false, _) => "scenario NOT reproduced: the decisions do not match the scenario's labels",
+            (true, false) => "scenario NOT reproduced: the frames were classified as labelled, but the alarm did not go OK -> OOD -> OK",
+        }
+    )?;
+    Ok(summary)
+}
+
+/// The live line: score bar against the threshold, nearest class, decision, latency and
+/// the alarm's state.
+fn write_status_line(
+    out: &mut dyn Write,
+    r: &FrameRecord,
+    names: &[String],
+    service: &AlarmService,
+) -> Result<()> {
+    let bar_len = ((r.score / r.threshold.max(1e-9)) * 20.0).clamp(0.0, 40.0) as usize;
+    let bar: String = (0..40)
+        .map(|i| match i {
+            20 => '|',
+            i if i < bar_len => '#',
+            _ => ' ',
+        })
+        .collect();
+    let class_name = r
+        .nearest_class
+        .and_then(|c| names.get(c))
+        .map_or("", String::as_str);
+    let (state, reason) = service.current();
+    write!(
+        out,
+        "\rframe {:>3}  [{}] score {:.3} / {:.3}  nearest {:<10} (cluster {:>2})  {}  {:>5} us  alarm {:<5} ({:<13}) ",
+        r.sequence,
+        bar,
+        r.score,
+        r.threshold,
+        class_name,
+        r.nearest,
+        if r.ood { "OOD" } else { "ok " },
+        r.latency.total_us(),
+        state.name(),
+        reason.name()
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Per-segment results, latency and the alarm's path.
+fn write_closing_summary(
+    out: &mut dyn Write,
+    segments: &[SegmentResult],
+    run: &RunSummary,
+    report: &ServiceReport,
+) -> Result<()> {
+    for s in segments {
         writeln!(
             out,
             "{:<20} {:>3} frames, {:>3} flagged OOD, mean score {:.3}",
@@ -315,9 +357,7 @@ pub fn play_with_alarms(
         l.inference.p50_us,
         l.scoring.p50_us,
         l.total.p99_us
-    )
-    ?;
-    let report = service.finish();
+    )?;
     let path: Vec<String> = report
         .transitions
         .iter()
@@ -335,19 +375,5 @@ pub fn play_with_alarms(
             report.messages_sent, report.send_errors
         )?;
     }
-    let summary = DemoSummary {
-        run,
-        segments,
-        alarms: report,
-    };
-    writeln!(
-        out,
-        "{}",
-        match (summary.frames_match(), summary.alarm_followed_scenario()) {
-            (true, true) => "scenario reproduced: in-distribution frames pass, out-of-distribution frames are flagged, and the alarm went OK -> OOD -> OK",
-            (false, _) => "scenario NOT reproduced: the decisions do not match the scenario's labels",
-            (true, false) => "scenario NOT reproduced: the frames were classified as labelled, but the alarm did not go OK -> OOD -> OK",
-        }
-    )?;
-    Ok(summary)
+    Ok(())
 }

@@ -1,0 +1,83 @@
+//! `oodmon-edge bench`: per-stage latency (p50/p99), frames per second and peak memory of
+//! the pipeline on a frame source, or the inference latency of one encoder alone.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use oodmon_runtime::{Bundle, Encoder};
+use serde::Serialize;
+
+use super::demo;
+use crate::error::Result;
+use crate::inference::{self, peak_memory_bytes, Engine, RunLimits, RunSummary};
+use crate::source::{self, FrameSource, SourceOptions, SourceSpec};
+
+/// Where the benchmark's frames come from.
+#[derive(Debug, Clone)]
+pub enum BenchFrames {
+    /// The built-in MJPEG scenario (640x480 camera frames).
+    Scenario,
+    /// Synthetic YUYV camera frames of this size (`WxH`).
+    SyntheticYuyv(String),
+    /// Any source specification, looped.
+    Source(String),
+}
+
+/// Runs `frames` frames (after 20 warm-up frames that plan the preprocessing and fault in
+/// tract's buffers) of `source` through a bundle (the built-in one when `None`).
+pub fn pipeline(
+    bundle: Option<&Path>,
+    source: &BenchFrames,
+    frames: u64,
+    full_jpeg_decode: bool,
+) -> Result<RunSummary> {
+    let b = match bundle {
+        Some(dir) => Bundle::load(dir)?,
+        None => demo::bundle()?,
+    };
+    let mut engine = Engine::new(b)?;
+    engine.set_scaled_jpeg(!full_jpeg_decode);
+    let mut src: Box<dyn FrameSource> = match source {
+        BenchFrames::Source(s) => {
+            let spec: SourceSpec = s.parse()?;
+            let opts = SourceOptions {
+                looped: true,
+                ..Default::default()
+            };
+            source::open(&spec, &opts)?
+        }
+        BenchFrames::SyntheticYuyv(size) => Box::new(demo::synthetic_yuyv(size)?),
+        BenchFrames::Scenario => Box::new(demo::scenario(true)?),
+    };
+    let stop = AtomicBool::new(false);
+    let limits = |n| RunLimits {
+        max_frames: Some(n),
+        max_consecutive_bad_frames: 1,
+    };
+    inference::run(&mut engine, &mut src, &limits(20), &stop, |_| Ok(()))?;
+    inference::run(&mut engine, &mut src, &limits(frames), &stop, |_| Ok(()))
+}
+
+/// Inference latency of one encoder alone (no frames, no scoring).
+#[derive(Debug, Clone, Serialize)]
+pub struct InferenceTiming {
+    pub model: PathBuf,
+    pub runs: usize,
+    pub p50_us: u32,
+    pub p99_us: u32,
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// Times `runs` inferences of the encoder in one session, after 50 untimed ones.
+pub fn inference(model: &Path, runs: usize) -> Result<InferenceTiming> {
+    let mut times = Encoder::load(model)?.session()?.time(50, runs.max(1))?;
+    times.sort_unstable();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    Ok(InferenceTiming {
+        model: model.to_path_buf(),
+        runs: times.len(),
+        p50_us: at(0.5),
+        p99_us: at(0.99),
+        peak_memory_bytes: peak_memory_bytes(),
+    })
+}

@@ -1,0 +1,284 @@
+//! `oodmon-edge run`: the pipeline on the vehicle. Settings come from the TOML file with
+//! the command line's overrides; everything is checked before a device opens; a live or
+//! looped source that ends is a failure so that a supervisor restarts the pipeline.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use oodmon_runtime::Bundle;
+
+use super::monitor_frames;
+use crate::alarm::{AlarmService, DecisionRule, Outputs};
+use crate::config::EdgeConfig;
+use crate::error::{EdgeError, Result};
+use crate::inference::{Ending, Engine, Event, FrameRecord, RunLimits, RunSummary};
+use crate::output::journal::Journal;
+use crate::output::notify::SystemdNotifier;
+use crate::output::SerialLink;
+use crate::source::{self, SourceSpec};
+
+/// Command-line values that override the configuration file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub bundle: Option<PathBuf>,
+    pub source: Option<String>,
+    pub records: Option<PathBuf>,
+    pub max_frames: Option<u64>,
+    pub looped: bool,
+    pub max_bad_frames: Option<u32>,
+    pub serial: Option<String>,
+    pub baud: Option<u32>,
+    pub scores: bool,
+    pub journal: Option<PathBuf>,
+}
+
+/// The configuration file (or the defaults) with the overrides applied.
+pub fn settings(config: Option<&Path>, o: Overrides) -> Result<EdgeConfig> {
+    let mut cfg = match config {
+        Some(path) => EdgeConfig::load(path)?,
+        None => EdgeConfig::default(),
+    };
+    cfg.bundle = o.bundle.or(cfg.bundle);
+    cfg.source = o.source.or(cfg.source);
+    cfg.output.records = o.records.or(cfg.output.records);
+    cfg.output.max_frames = o.max_frames.or(cfg.output.max_frames);
+    cfg.camera.looped |= o.looped;
+    if let Some(m) = o.max_bad_frames {
+        cfg.faults.max_consecutive_bad_frames = m;
+    }
+    cfg.serial.device = o.serial.or(cfg.serial.device);
+    if let Some(b) = o.baud {
+        cfg.serial.baud = b;
+    }
+    cfg.serial.scores |= o.scores;
+    cfg.output.journal = o.journal.or(cfg.output.journal);
+    Ok(cfg)
+}
+
+/// Runs the pipeline until the source ends, `max_frames` or `stop`; the summary goes to
+/// `out` (to standard error when the records go to standard output).
+pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<RunSummary> {
+    // everything is checked before the bundle is loaded or a device opened
+    cfg.validate()?;
+    let bundle_dir = cfg.bundle.clone().ok_or_else(|| {
+        EdgeError::invalid(
+            "bundle",
+            "no bundle: give --bundle DIR or `bundle` in the config",
+        )
+    })?;
+    let spec: SourceSpec = cfg
+        .source
+        .as_deref()
+        .ok_or_else(|| {
+            EdgeError::invalid(
+                "source",
+                "no source: give --source or `source` in the config",
+            )
+        })?
+        .parse()?;
+    let bundle = Bundle::load(&bundle_dir)?;
+    if matches!(cfg.alarm.decision, DecisionRule::PValue { .. })
+        && bundle.detector.thresholds.calibration_scores.is_empty()
+    {
+        return Err(EdgeError::invalid(
+            "alarm.decision",
+            format!(
+                "p_value needs a calibration that kept its scores; {} has none",
+                bundle_dir.display()
+            ),
+        ));
+    }
+    let class_names = bundle.artifact.class_names.clone();
+    let mut engine = Engine::new(bundle)?;
+    engine.set_scaled_jpeg(cfg.camera.scaled_jpeg_decode);
+    let service = AlarmService::start(cfg.alarm.clone(), outputs(cfg)?);
+    let mut src = source::open(&spec, &cfg.source_options())?;
+    log::info!("reading {}", src.describe());
+    let records_to_stdout = cfg.output.records.as_deref() == Some(Path::new("-"));
+    let mut records = RecordSink::open(cfg.output.records.as_deref())?;
+    let mut notifier = SystemdNotifier::from_env();
+    notifier.ready();
+    let limits = RunLimits {
+        max_frames: cfg.output.max_frames,
+        max_consecutive_bad_frames: cfg.faults.max_consecutive_bad_frames,
+    };
+    let (summary, report) =
+        monitor_frames(&mut engine, &mut src, service, &limits, stop, |event, _| {
+            notifier.alive();
+            if let Event::Record(r) = event {
+                records.write(r, &class_names)?;
+            }
+            Ok(())
+        });
+    notifier.stopping();
+    log::info!(
+        "alarm service: {} transitions, {} messages sent, {} send errors",
+        report.transition_count,
+        report.messages_sent,
+        report.send_errors
+    );
+    records.flush()?;
+    let summary = summary?;
+    if records_to_stdout {
+        eprintln!("{}", summary_text(&summary));
+    } else {
+        writeln!(out, "{}", summary_text(&summary))?;
+    }
+    source_ending(&spec, cfg.camera.looped, &summary)?;
+    Ok(summary)
+}
+
+/// The alarm outputs the configuration asks for; each is opened now, so a missing serial
+/// port or GPIO chip stops start-up with a clear error.
+pub fn outputs(cfg: &EdgeConfig) -> Result<Outputs> {
+    let mut outputs = Outputs {
+        scores: cfg.serial.scores,
+        watchdog_ms: cfg.gpio.watchdog_ms,
+        ..Default::default()
+    };
+    if cfg.serial.device.is_some() {
+        let link = SerialLink::open(&cfg.serial)?;
+        log::info!("alarms to {}", crate::output::AlarmLink::describe(&link));
+        outputs.link = Some(Box::new(link));
+    }
+    if cfg.gpio.chip.is_some() {
+        #[cfg(all(feature = "gpio", target_os = "linux"))]
+        {
+            outputs.line = Some(Box::new(crate::output::GpioLine::open(&cfg.gpio)?));
+        }
+        #[cfg(not(all(feature = "gpio", target_os = "linux")))]
+        return Err(EdgeError::invalid(
+            "gpio.chip",
+            "this build has no GPIO support (feature gpio, Linux only)",
+        ));
+    }
+    if let Some(path) = &cfg.output.journal {
+        let (journal, recovery) = Journal::open(path)?;
+        log::info!(
+            "journal {}: {} events{}",
+            path.display(),
+            recovery.events,
+            if recovery.torn_bytes > 0 {
+                format!(
+                    ", a torn last line of {} bytes cut off",
+                    recovery.torn_bytes
+                )
+            } else {
+                String::new()
+            }
+        );
+        outputs.journal = Some(journal);
+    }
+    Ok(outputs)
+}
+
+/// Where `--records` go: nowhere, standard output (`-`) or a file, one JSON line a frame.
+pub struct RecordSink {
+    writer: Option<Box<dyn Write>>,
+}
+
+/// One line of `--records`: the frame's record and its nearest class by name.
+#[derive(serde::Serialize)]
+struct RecordLine<'a> {
+    #[serde(flatten)]
+    record: &'a FrameRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nearest_class_name: Option<&'a str>,
+}
+
+impl RecordSink {
+    pub fn open(path: Option<&Path>) -> Result<Self> {
+        let writer: Option<Box<dyn Write>> = match path {
+            None => None,
+            Some(p) if p == Path::new("-") => Some(Box::new(std::io::stdout().lock())),
+            Some(p) => {
+                let file = std::fs::File::create(p).map_err(|e| {
+                    EdgeError::Io(std::io::Error::new(
+                        e.kind(),
+                        format!("{}: {e}", p.display()),
+                    ))
+                })?;
+                Some(Box::new(std::io::BufWriter::new(file)))
+            }
+        };
+        Ok(Self { writer })
+    }
+
+    /// Writes one record, naming its nearest class from `class_names`.
+    pub fn write(&mut self, record: &FrameRecord, class_names: &[String]) -> Result<()> {
+        let Some(w) = self.writer.as_mut() else {
+            return Ok(());
+        };
+        let line = RecordLine {
+            record,
+            nearest_class_name: record
+                .nearest_class
+                .and_then(|c| class_names.get(c))
+                .map(String::as_str),
+        };
+        serde_json::to_writer(&mut *w, &line).map_err(std::io::Error::other)?;
+        w.write_all(b"\n")?;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        if let Some(w) = self.writer.as_mut() {
+            w.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// A live source (camera, pipe) or a looped file that runs out of frames is a failure, so
+/// that a supervisor (`Restart=on-failure`) restarts the pipeline; a file read once may end.
+pub fn source_ending(spec: &SourceSpec, looped: bool, summary: &RunSummary) -> Result<()> {
+    if summary.ending != Ending::SourceEnded {
+        return Ok(());
+    }
+    let live = matches!(spec, SourceSpec::V4l { .. } | SourceSpec::Stdin { .. });
+    if live || looped {
+        return Err(EdgeError::SourceEnded {
+            frames: summary.frames,
+            why: if live {
+                "the camera or pipe stopped delivering"
+            } else {
+                "the looped file cannot be read again"
+            },
+            kind: if live { "live source" } else { "looped source" },
+        });
+    }
+    log::warn!(
+        "the file source ended after {} frames (no --loop)",
+        summary.frames
+    );
+    Ok(())
+}
+
+/// The run's summary in three lines: frames, per-stage latency, peak memory.
+pub fn summary_text(s: &RunSummary) -> String {
+    let l = &s.latency;
+    format!(
+        "frames {} (OOD {}, bad {}) in {:.1} s, {:.1} frames/s\n\
+         latency p50/p99 us: decode {}/{}, preprocess {}/{}, inference {}/{}, scoring {}/{}, total {}/{}\n\
+         peak memory {}",
+        s.frames,
+        s.ood_frames,
+        s.bad_frames,
+        s.elapsed_s,
+        s.frames_per_second,
+        l.decode.p50_us,
+        l.decode.p99_us,
+        l.preprocess.p50_us,
+        l.preprocess.p99_us,
+        l.inference.p50_us,
+        l.inference.p99_us,
+        l.scoring.p50_us,
+        l.scoring.p99_us,
+        l.total.p50_us,
+        l.total.p99_us,
+        s.peak_memory_bytes
+            .map(|b| format!("{:.1} MB", b as f64 / 1e6))
+            .unwrap_or_else(|| "unknown".into()),
+    )
+}
