@@ -23,40 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Score frames from a camera, files or a pipe, one record per frame.
-    Run {
-        /// Bundle directory (encoder.onnx + calib.json); overrides the config's.
-        #[arg(long)]
-        bundle: Option<PathBuf>,
-        /// v4l:/dev/video0[:WxH@FPS[:yuyv|mjpeg]] | images:GLOB | avi:FILE | stdin:WxH:FORMAT
-        #[arg(long)]
-        source: Option<String>,
-        /// TOML settings (unknown keys are errors); command-line values override them.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Write per-frame records as JSON lines to this file (`-`: standard output).
-        #[arg(long)]
-        records: Option<PathBuf>,
-        /// Stop after this many frames.
-        #[arg(long)]
-        max_frames: Option<u64>,
-        /// Play file sources again from the start when they end.
-        #[arg(long = "loop")]
-        looped: bool,
-        /// Bad frames in a row after which the run stops with a fault.
-        #[arg(long)]
-        max_bad_frames: Option<u32>,
-        /// Send alarms over this serial device (protocol in PROTOCOL.md).
-        #[arg(long)]
-        serial: Option<String>,
-        #[arg(long)]
-        baud: Option<u32>,
-        /// Also send a SCORE message per frame.
-        #[arg(long)]
-        scores: bool,
-        /// Append every alarm state change to this JSON-lines journal.
-        #[arg(long)]
-        journal: Option<PathBuf>,
-    },
+    Run(RunArgs),
     /// Validate a bundle (hashes, shapes, schema) and run one inference.
     Check {
         #[arg(long)]
@@ -129,6 +96,42 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Bundle directory (encoder.onnx + calib.json); overrides the config's.
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// v4l:/dev/video0[:WxH@FPS[:yuyv|mjpeg]] | images:GLOB | avi:FILE | stdin:WxH:FORMAT
+    #[arg(long)]
+    source: Option<String>,
+    /// TOML settings (unknown keys are errors); command-line values override them.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Write per-frame records as JSON lines to this file (`-`: standard output).
+    #[arg(long)]
+    records: Option<PathBuf>,
+    /// Stop after this many frames.
+    #[arg(long)]
+    max_frames: Option<u64>,
+    /// Play file sources again from the start when they end.
+    #[arg(long = "loop")]
+    looped: bool,
+    /// Bad frames in a row after which the run stops with a fault.
+    #[arg(long)]
+    max_bad_frames: Option<u32>,
+    /// Send alarms over this serial device (protocol in PROTOCOL.md).
+    #[arg(long)]
+    serial: Option<String>,
+    #[arg(long)]
+    baud: Option<u32>,
+    /// Also send a SCORE message per frame.
+    #[arg(long)]
+    scores: bool,
+    /// Append every alarm state change to this JSON-lines journal.
+    #[arg(long)]
+    journal: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // the demo owns the terminal: only warnings from it by default
@@ -137,36 +140,7 @@ fn main() -> ExitCode {
         _ => "warn,oodmon_edge=info",
     };
     oodmon_cli::main("oodmon-edge", default_log, || match cli.command {
-        Command::Run {
-            bundle,
-            source,
-            config,
-            records,
-            max_frames,
-            looped,
-            max_bad_frames,
-            serial,
-            baud,
-            scores,
-            journal,
-        } => {
-            let overrides = app::run::Overrides {
-                bundle,
-                source,
-                records,
-                max_frames,
-                looped,
-                max_bad_frames,
-                serial,
-                baud,
-                scores,
-                journal,
-            };
-            let cfg = app::run::settings(config.as_deref(), overrides)?;
-            let stop = oodmon_cli::stop_flag()?;
-            app::run::run(&cfg, &stop, &mut std::io::stdout().lock())?;
-            Ok(())
-        }
+        Command::Run(a) => run_cmd(a),
         Command::Check { bundle } => {
             let report = app::check::check(&bundle)?;
             say!("bundle {}: OK\n{report}", bundle.display());
@@ -200,13 +174,7 @@ fn main() -> ExitCode {
                 hours,
                 seed,
             };
-            let replay = records
-                .as_deref()
-                .map(false_alarms::read_decisions)
-                .transpose()?;
-            let rows = false_alarms::study(&study, replay.as_deref())?;
-            say!("{}", false_alarms::to_markdown(&rows).trim_end());
-            Ok(())
+            false_alarms_cmd(&study, records.as_deref())
         }
         Command::Demo {
             frame_delay_ms,
@@ -272,5 +240,34 @@ fn demo(frame_delay_ms: Option<u64>, quiet: bool, serial: Option<String>, baud: 
     if !summary.passed() {
         anyhow::bail!("the demo did not reproduce its scenario (see the line above)");
     }
+    Ok(())
+}
+
+fn false_alarms_cmd(
+    study: &false_alarms::FalseAlarmStudy,
+    records: Option<&std::path::Path>,
+) -> Result<()> {
+    let replay = records.map(false_alarms::read_decisions).transpose()?;
+    let rows = false_alarms::study(study, replay.as_deref())?;
+    say!("{}", false_alarms::to_markdown(&rows).trim_end());
+    Ok(())
+}
+
+fn run_cmd(a: RunArgs) -> Result<()> {
+    let overrides = app::run::Overrides {
+        bundle: a.bundle,
+        source: a.source,
+        records: a.records,
+        max_frames: a.max_frames,
+        looped: a.looped,
+        max_bad_frames: a.max_bad_frames,
+        serial: a.serial,
+        baud: a.baud,
+        scores: a.scores,
+        journal: a.journal,
+    };
+    let cfg = app::run::settings(a.config.as_deref(), overrides)?;
+    let stop = oodmon_cli::stop_flag()?;
+    app::run::run(&cfg, &stop, &mut std::io::stdout().lock())?;
     Ok(())
 }

@@ -14,18 +14,8 @@ fn pty() -> (serialport::TTYPort, serialport::TTYPort, String) {
 
 /// The `oodmon-monitor` command, through `OODMON_TEST_RUNNER` (e.g. qemu) when set.
 fn monitor_command(dir: &Path, args: &[&str]) -> Command {
-    let bin = env!("CARGO_BIN_EXE_oodmon-monitor");
-    let runner = std::env::var("OODMON_TEST_RUNNER").unwrap_or_default();
-    let mut parts = runner.split_whitespace();
-    let mut cmd = match parts.next() {
-        Some(first) => {
-            let mut c = Command::new(first);
-            c.args(parts).arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    };
-    cmd.current_dir(dir).args(args).env("RUST_LOG", "warn");
+    let mut cmd = oodmon_testkit::command(env!("CARGO_BIN_EXE_oodmon-monitor"), dir, args);
+    cmd.env("RUST_LOG", "warn");
     cmd
 }
 

@@ -91,3 +91,71 @@ pub fn export_onnx(
     b.metadata("oodmon.provenance", provenance);
     Ok(b.finish(&e, enc.dim, env!("CARGO_PKG_VERSION")))
 }
+
+/// How the exported encoder is quantized to int8.
+#[derive(Debug, Clone)]
+pub struct Int8 {
+    /// How activation ranges are estimated.
+    pub range: oodmon_onnx::RangeMethod,
+    pub form: oodmon_onnx::QuantForm,
+    /// Images whose activations set the scales.
+    pub samples: usize,
+}
+
+/// The run's configuration and weights hash, stored in an exported model's metadata.
+pub fn provenance(rd: &crate::train::RunDir, cfg: &crate::train::TrainConfig) -> Result<String> {
+    Ok(serde_json::json!({
+        "run_config": cfg,
+        "weights_sha256": oodmon_calibration::io::sha256_file(&rd.weights())?,
+        "tool": format!("oodmon-trainer {}", env!("CARGO_PKG_VERSION")),
+    })
+    .to_string())
+}
+
+/// An exported encoder.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    pub bytes: Vec<u8>,
+    /// Calibration images the int8 scales came from, when quantized.
+    pub int8_images: Option<usize>,
+}
+
+/// The run's encoder as ONNX bytes, quantized to int8 with `int8` (scales from the train
+/// split of `calib_data`) or converted to float16 with `f16`.
+pub fn export_run(
+    run: &std::path::Path,
+    dynamic_batch: bool,
+    int8: Option<(&Int8, &str)>,
+    f16: bool,
+) -> Result<Exported> {
+    let rd = crate::train::RunDir(run.to_path_buf());
+    let cfg = rd.load_config()?;
+    let net = crate::embedding::load_net(&rd, &cfg.model, Device::Cpu)?;
+    let mut bytes = export_onnx(
+        &net,
+        &cfg.preprocessing,
+        &provenance(&rd, &cfg)?,
+        dynamic_batch,
+    )?;
+    let mut int8_images = None;
+    if let Some((q, calib_data)) = int8 {
+        let spec: crate::data::DataSpec = calib_data.parse()?;
+        let mut images = Vec::new();
+        oodmon_data::embed::for_each_input(
+            &cfg.preprocessing,
+            &spec,
+            crate::data::Split::Train,
+            Some(q.samples),
+            |t, _| {
+                images.push(t.to_vec());
+                Ok(())
+            },
+        )?;
+        bytes = oodmon_onnx::quantize(&bytes, &images, q.range, q.form)?;
+        int8_images = Some(images.len());
+    }
+    if f16 {
+        bytes = oodmon_onnx::to_f16(&bytes)?;
+    }
+    Ok(Exported { bytes, int8_images })
+}

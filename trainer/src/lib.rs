@@ -5,7 +5,10 @@
 //! models, losses and the training loop live in separate modules; the binary is thin.
 
 pub mod augment;
+pub mod calibrate;
 pub mod data;
+pub mod embedding;
+pub mod error;
 pub mod export;
 pub mod loss;
 pub mod model;

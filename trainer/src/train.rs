@@ -24,43 +24,8 @@ use crate::optim::Sgd;
 use oodmon_calibration::preprocess::{PixelFormat, Preprocessor};
 use oodmon_data::embed::for_each_input;
 
-/// What went wrong while training or loading a run.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TrainError {
-    #[error(transparent)]
-    Data(#[from] crate::data::DataError),
-    // messages carry their cause and name no `source`, so an error chain prints it once
-    #[error("libtorch: {0}")]
-    Torch(tch::TchError),
-    #[error("{path}: {cause}")]
-    Io {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
-    #[error("{path}: not a run configuration: {cause}")]
-    Config {
-        path: PathBuf,
-        cause: serde_json::Error,
-    },
-    #[error("invalid training setting: {0}")]
-    Invalid(String),
-}
-
-impl From<tch::TchError> for TrainError {
-    fn from(e: tch::TchError) -> Self {
-        TrainError::Torch(e)
-    }
-}
-
-pub type Result<T> = std::result::Result<T, TrainError>;
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |cause| TrainError::Io {
-        path: path.to_path_buf(),
-        cause,
-    }
-}
+use crate::error::io;
+pub use crate::error::{Result, TrainError};
 
 /// The full configuration of a run; written as `config.json` beside the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

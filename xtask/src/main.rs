@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+mod study;
+
 type Result<T = ()> = std::result::Result<T, String>;
 
 const AARCH64: &str = "aarch64-unknown-linux-gnu";
@@ -32,7 +34,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("bench-train") => bench_train(&args[1..]),
         Some("bench-edge") => bench_edge(&args[1..]),
-        Some("study") => study(&args[1..]),
+        Some("study") => study::study(&args[1..]),
         Some("v4l2-bindings") => v4l2_bindings(),
         Some("fuzz") => fuzz(&args[1..]),
         Some("soak") => soak(&args[1..]),
@@ -267,8 +269,8 @@ fn test(args: &[String]) -> Result {
     let aarch64 = !args.iter().any(|a| a == "--no-aarch64");
     let python = python_env()?;
     system_packages(aarch64)?;
-    step("oodmon-edge's build runs no bindgen (a machine as booted has no libclang)");
-    no_bindgen_in_edge(&[None, Some(AARCH64)])?;
+    step("dependency boundaries: no bindgen or UI in the edge, no tract in the monitor");
+    dependency_boundaries(&[None, Some(AARCH64)])?;
     step("cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--check"]))?;
     step("cargo clippy --all-targets -- -D warnings");
@@ -332,49 +334,84 @@ fn test(args: &[String]) -> Result {
     Ok(())
 }
 
-/// Fails when a crate in oodmon-edge's default build graph (normal and build dependencies)
-/// is bindgen or clang-sys: the demo must build on a machine without libclang.
-fn no_bindgen_in_edge(targets: &[Option<&str>]) -> Result {
-    for target in targets {
-        let mut cmd = cargo();
-        cmd.args([
-            "tree",
-            "-p",
-            "oodmon-edge",
-            "-e",
-            "build,normal",
-            "--prefix",
-            "none",
-        ]);
-        if let Some(t) = target {
-            cmd.args(["--target", t]);
-        }
-        let out = cmd.output().map_err(|e| format!("cargo tree: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "cargo tree failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let tree = String::from_utf8_lossy(&out.stdout);
-        let offenders: Vec<&str> = tree
-            .lines()
-            .filter(|l| l.starts_with("bindgen ") || l.starts_with("clang-sys "))
-            .collect();
-        if !offenders.is_empty() {
-            return Err(format!(
-                "oodmon-edge's build ({}) runs {}: it would need libclang",
+/// What each shipped crate must not pull in (normal and build dependencies): the edge
+/// builds no bindgen (a machine as booted has no libclang), no terminal UI and no ONNX
+/// writer or quantizer; the control-room monitor no model runtime.
+const FORBIDDEN_DEPENDENCIES: &[(&str, &[&str], &str)] = &[
+    (
+        "oodmon-edge",
+        &["bindgen", "clang-sys"],
+        "it would need libclang",
+    ),
+    (
+        "oodmon-edge",
+        &[
+            "ratatui",
+            "crossterm",
+            "oodmon-onnx",
+            "oodmon-data",
+            "oodmon-calibrate",
+        ],
+        "the robot's binary carries translate-time or control-room code",
+    ),
+    (
+        "oodmon-monitor",
+        &["tract-onnx", "tract-core", "oodmon-runtime"],
+        "a control-room laptop would need the model runtime",
+    ),
+];
+
+/// Fails when a crate's dependency tree (normal and build, for each target) holds one of
+/// its [`FORBIDDEN_DEPENDENCIES`].
+fn dependency_boundaries(targets: &[Option<&str>]) -> Result {
+    for (krate, forbidden, why) in FORBIDDEN_DEPENDENCIES {
+        for target in targets {
+            let tree = dependency_tree(krate, *target)?;
+            let offenders: Vec<&str> = tree
+                .lines()
+                .filter(|l| forbidden.iter().any(|f| l.split(' ').next() == Some(*f)))
+                .collect();
+            if !offenders.is_empty() {
+                return Err(format!(
+                    "{krate}'s build ({}) pulls in {}: {why}",
+                    target.unwrap_or("host"),
+                    offenders.join(", ")
+                ));
+            }
+            eprintln!(
+                "    {krate} ({}): {} crates, none of {}",
                 target.unwrap_or("host"),
-                offenders.join(", ")
-            ));
+                tree.lines().count(),
+                forbidden.join(", ")
+            );
         }
-        eprintln!(
-            "    {}: {} crates, none of them bindgen or clang-sys",
-            target.unwrap_or("host"),
-            tree.lines().count()
-        );
     }
     Ok(())
+}
+
+/// `cargo tree` of a crate's normal and build dependencies, one crate a line.
+fn dependency_tree(krate: &str, target: Option<&str>) -> Result<String> {
+    let mut cmd = cargo();
+    cmd.args([
+        "tree",
+        "-p",
+        krate,
+        "-e",
+        "build,normal",
+        "--prefix",
+        "none",
+    ]);
+    if let Some(t) = target {
+        cmd.args(["--target", t]);
+    }
+    let out = cmd.output().map_err(|e| format!("cargo tree: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Regenerates the committed V4L2 bindings (vendor/v4l2-sys-mit/src/bindings/) with the
@@ -498,52 +535,11 @@ fn fuzz(args: &[String]) -> Result {
         if only.as_deref().is_some_and(|o| o != *target) {
             continue;
         }
-        step(&format!("fuzzing {target} for {seconds} s"));
-        let corpus = dir.join("corpus").join(target);
-        std::fs::create_dir_all(&corpus).map_err(|e| e.to_string())?;
-        let before = std::fs::read_dir(&corpus).map_or(0, |d| d.count());
-        let out = Command::new("cargo")
-            .current_dir(&dir)
-            .args(["+nightly", "fuzz", "run", "-s", "none", "--dev", target])
-            .arg(&corpus)
-            .arg("--")
-            .arg(format!("-max_total_time={seconds}"))
-            .arg(format!("-max_len={max_len}"))
-            .arg("-print_final_stats=1")
-            .arg("-timeout=10")
-            .output()
-            .map_err(|e| format!("cargo fuzz: {e}"))?;
-        let log = String::from_utf8_lossy(&out.stderr);
-        let stat = |key: &str| {
-            log.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        let executions = stat("stat::number_of_executed_units:").unwrap_or(0);
-        let ok = out.status.success();
-        // keep the committed corpus small: the inputs that cover what the whole set covers
-        if ok {
-            run(Command::new("cargo")
-                .current_dir(&dir)
-                .args(["+nightly", "fuzz", "cmin", "-s", "none", "--dev", target])
-                .arg(&corpus)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null()))?;
-        }
-        let after = std::fs::read_dir(&corpus).map_or(0, |d| d.count());
+        let (row, ok) = fuzz_target(&dir, target, *max_len, seconds)?;
         if !ok {
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
             crashed.push(*target);
         }
-        eprintln!(
-            "    {target}: {executions} executions, corpus {before} -> {after} (minimised), {}",
-            if ok { "no crash" } else { "CRASH" }
-        );
-        rows.push(format!(
-            "| `{target}` | {seconds} | {executions} | {before} -> {after} | {} |",
-            if ok { "0" } else { "1 (see fuzz/artifacts)" }
-        ));
+        rows.push(row);
     }
     step("results (paste into TESTING.md)");
     println!("| target | seconds | executions | corpus files | crashes |");
@@ -556,6 +552,57 @@ fn fuzz(args: &[String]) -> Result {
     } else {
         Err(format!("crashes in {}", crashed.join(", ")))
     }
+}
+
+/// Fuzzes one target for `seconds` on its corpus, then minimises the corpus; returns the
+/// results table's row and whether it ran without a crash.
+fn fuzz_target(dir: &Path, target: &str, max_len: usize, seconds: u64) -> Result<(String, bool)> {
+    step(&format!("fuzzing {target} for {seconds} s"));
+    let corpus = dir.join("corpus").join(target);
+    std::fs::create_dir_all(&corpus).map_err(|e| e.to_string())?;
+    let before = std::fs::read_dir(&corpus).map_or(0, |d| d.count());
+    let out = Command::new("cargo")
+        .current_dir(dir)
+        .args(["+nightly", "fuzz", "run", "-s", "none", "--dev", target])
+        .arg(&corpus)
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .arg(format!("-max_len={max_len}"))
+        .arg("-print_final_stats=1")
+        .arg("-timeout=10")
+        .output()
+        .map_err(|e| format!("cargo fuzz: {e}"))?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    let stat = |key: &str| {
+        log.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let executions = stat("stat::number_of_executed_units:").unwrap_or(0);
+    let ok = out.status.success();
+    // keep the committed corpus small: the inputs that cover what the whole set covers
+    if ok {
+        run(Command::new("cargo")
+            .current_dir(dir)
+            .args(["+nightly", "fuzz", "cmin", "-s", "none", "--dev", target])
+            .arg(&corpus)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()))?;
+    }
+    let after = std::fs::read_dir(&corpus).map_or(0, |d| d.count());
+    if !ok {
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    eprintln!(
+        "    {target}: {executions} executions, corpus {before} -> {after} (minimised), {}",
+        if ok { "no crash" } else { "CRASH" }
+    );
+    let row = format!(
+        "| `{target}` | {seconds} | {executions} | {before} -> {after} | {} |",
+        if ok { "0" } else { "1 (see fuzz/artifacts)" }
+    );
+    Ok((row, ok))
 }
 
 /// The newest `GLIBC_x.y` symbol version a binary imports (`objdump -T`).
@@ -740,12 +787,20 @@ fn bench_edge(args: &[String]) -> Result {
     step("building oodmon-edge (release)");
     run(cargo().args(["build", "--release", "-p", "oodmon-edge"]))?;
     let edge = target_dir().join("release/oodmon-edge");
+    bench_edge_inference(&edge, &python, &models, runs)?;
+    println!();
+    let frames = if quick { "200" } else { "2000" };
+    bench_edge_pipeline(&edge, &edge_bench_sources(args)?, frames)
+}
+
+/// tract (`oodmon-edge bench --model`) against onnxruntime on one thread, per model.
+fn bench_edge_inference(edge: &Path, python: &Path, models: &[PathBuf], runs: &str) -> Result {
     println!("| model | tract p50 (us) | tract p99 (us) | onnxruntime p50 (us) | onnxruntime p99 (us) | tract speed vs onnxruntime |");
     println!("|---|---|---|---|---|---|");
-    for model in &models {
+    for model in models {
         step(&format!("{}: tract, then onnxruntime", model.display()));
         let ours = output_text(
-            Command::new(&edge)
+            Command::new(edge)
                 .args(["bench", "--json", "--frames", runs, "--model"])
                 .arg(model)
                 .env("RUST_LOG", "warn")
@@ -754,7 +809,7 @@ fn bench_edge(args: &[String]) -> Result {
             "oodmon-edge bench --model",
         )?;
         let theirs = output_text(
-            Command::new(&python)
+            Command::new(python)
                 .arg(root().join("bench/edge_reference.py"))
                 .arg(runs)
                 .arg(model)
@@ -771,10 +826,12 @@ fn bench_edge(args: &[String]) -> Result {
             t50 / o50
         );
     }
-    println!();
-    println!("| pipeline (built-in bundle) | frames/s | total p50 (us) | inference p50 (us) | decode + preprocess + scoring p50 (us) | overhead share | peak memory (MB) |");
-    println!("|---|---|---|---|---|---|---|");
-    let frames = if quick { "200" } else { "2000" };
+    Ok(())
+}
+
+/// The frame sources of the pipeline benchmark: the built-in scenario, synthetic YUYV
+/// camera frames, and a real recording when `--video FILE.avi` is given.
+fn edge_bench_sources(args: &[String]) -> Result<Vec<(String, Vec<String>)>> {
     let mut sources: Vec<(String, Vec<String>)> = vec![
         ("built-in MJPEG scenario, 320x240".into(), vec![]),
         (
@@ -811,12 +868,19 @@ fn bench_edge(args: &[String]) -> Result {
             ));
         }
     }
+    Ok(sources)
+}
+
+/// The whole pipeline per source: frames per second, per-stage latency, peak memory.
+fn bench_edge_pipeline(edge: &Path, sources: &[(String, Vec<String>)], frames: &str) -> Result {
+    println!("| pipeline (built-in bundle) | frames/s | total p50 (us) | inference p50 (us) | decode + preprocess + scoring p50 (us) | overhead share | peak memory (MB) |");
+    println!("|---|---|---|---|---|---|---|");
     for (name, extra) in sources {
         step(&format!("pipeline: {name}"));
         let out = output_text(
-            Command::new(&edge)
+            Command::new(edge)
                 .args(["bench", "--json", "--frames", frames])
-                .args(&extra)
+                .args(extra)
                 .env("RUST_LOG", "warn")
                 .output()
                 .map_err(|e| e.to_string())?,
@@ -837,250 +901,5 @@ fn bench_edge(args: &[String]) -> Result {
             json_number(&out, "peak_memory_bytes").unwrap_or(f64::NAN) / 1e6
         );
     }
-    Ok(())
-}
-
-/// The paper's study on real data (issue 7): trains the edge encoder with each loss, embeds
-/// ID and OOD data through the float model (libtorch) and the int8 export (tract), and runs
-/// every clustering x metric x threshold rule. Each step's output is cached under `--out`,
-/// so a rerun continues where the last one stopped (training resumes mid-run).
-fn study(args: &[String]) -> Result {
-    let mut data: Option<PathBuf> = None;
-    let mut out = target_dir().join("study");
-    let mut epochs = 15usize;
-    let mut losses = "ce,supcon,simclr".to_string();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || it.next().cloned().ok_or(format!("{a} needs a value"));
-        match a.as_str() {
-            "--data" => data = Some(PathBuf::from(value()?)),
-            "--out" => out = PathBuf::from(value()?),
-            "--epochs" => epochs = value()?.parse().map_err(|e| format!("--epochs: {e}"))?,
-            "--losses" => losses = value()?,
-            other => return Err(format!("study: unknown option {other}")),
-        }
-    }
-    let data = data.ok_or("study needs --data DIR (e.g. ../shared/data)")?;
-    let data = data
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", data.display()))?;
-    let python = python_env()?;
-    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-    step("building oodmon-trainer and oodmon-calibrate (release)");
-    run(cargo_with_torch(&python).args([
-        "build",
-        "--release",
-        "-p",
-        "oodmon-trainer",
-        "-p",
-        "oodmon-calibration",
-    ]))?;
-    let trainer = target_dir().join("release/oodmon-trainer");
-    let calibrate = target_dir().join("release/oodmon-calibrate");
-    let bins = out.join("cifar10-bins");
-    if !bins.join("test_batch.bin").exists() {
-        step("CIFAR-10 binary batches from the JPEG archive (checked against BINS.sha256)");
-        run(Command::new(&python)
-            .arg(data.join("cifar10/to_bins.py"))
-            .arg(&bins))?;
-    }
-    let id = format!("cifar10:{}", bins.display());
-    let oods = [
-        ("mnist", format!("idx:{}", data.join("mnist").display())),
-        (
-            "dtd10",
-            format!(
-                "cifar10:{}",
-                data.join("dtd10/dtd10_test_32x32.bin").display()
-            ),
-        ),
-        ("noise", "noise:uniform:2000:7".to_string()),
-    ];
-    let losses: Vec<&str> = losses.split(',').map(str::trim).collect();
-    let total = losses.len() * 4;
-    let mut done = 0;
-    let mut progress = |what: &str| {
-        done += 1;
-        step(&format!("[{done}/{total}] {what}"));
-    };
-    for loss in &losses {
-        let run_dir = out.join(format!("runs/edge-{loss}"));
-        progress(&format!("train edge encoder, {loss}, {epochs} epochs"));
-        let finished = std::fs::read_to_string(run_dir.join("state.json"))
-            .ok()
-            .and_then(|s| json_number(&s.replace(' ', ""), "epoch"))
-            .is_some_and(|e| e as usize >= epochs);
-        if finished {
-            eprintln!("cached: {}", run_dir.display());
-        } else {
-            let mut cmd = Command::new(&trainer);
-            cmd.args(["train", "--data", &id, "--arch", "edge", "--loss", loss])
-                .args([
-                    "--epochs",
-                    &epochs.to_string(),
-                    "--batch",
-                    "128",
-                    "--device",
-                    "cpu",
-                ])
-                .arg("--out")
-                .arg(&run_dir);
-            if run_dir.join("config.json").exists() {
-                cmd.arg("--resume");
-            }
-            run(&mut cmd)?;
-        }
-        let int8 = run_dir.join("encoder-int8.onnx");
-        if !int8.exists() {
-            run(Command::new(&trainer)
-                .args(["export", "--run"])
-                .arg(&run_dir)
-                .args([
-                    "--int8",
-                    "--calib-data",
-                    &id,
-                    "--calib-samples",
-                    "512",
-                    "--out",
-                ])
-                .arg(&int8))?;
-        }
-        for variant in ["float", "int8"] {
-            progress(&format!("embeddings, {loss}, {variant}"));
-            let dir = out.join(format!("embeddings/{loss}-{variant}"));
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            let mut sets: Vec<(String, String, &str, bool)> = vec![
-                ("train".into(), id.clone(), "train", true),
-                ("calib".into(), id.clone(), "val", false),
-                ("test".into(), id.clone(), "test", true),
-            ];
-            for (name, spec) in &oods {
-                sets.push((name.to_string(), spec.clone(), "test", false));
-            }
-            for (name, spec, split, labels) in sets {
-                let file = dir.join(format!("{name}.npy"));
-                if file.exists() {
-                    continue;
-                }
-                let mut cmd = Command::new(&trainer);
-                cmd.args(["embed", "--run"])
-                    .arg(&run_dir)
-                    .args([
-                        "--data", &spec, "--split", split, "--device", "cpu", "--out",
-                    ])
-                    .arg(dir.join(format!("{name}.tmp.npy")));
-                if labels {
-                    cmd.arg("--labels")
-                        .arg(dir.join(format!("{name}_labels.npy")));
-                }
-                if variant == "int8" {
-                    cmd.arg("--model").arg(&int8);
-                }
-                run(&mut cmd)?;
-                std::fs::rename(dir.join(format!("{name}.tmp.npy")), &file)
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        for variant in ["float", "int8"] {
-            progress(&format!("grid, {loss}, {variant}"));
-            let dir = out.join(format!("embeddings/{loss}-{variant}"));
-            let grid = out.join(format!("grid/{loss}-{variant}"));
-            if grid.join("grid.csv").exists() {
-                eprintln!("cached: {}", grid.display());
-                continue;
-            }
-            let mut cmd = Command::new(&calibrate);
-            cmd.arg("grid")
-                .arg("--train")
-                .arg(dir.join("train.npy"))
-                .arg("--labels")
-                .arg(dir.join("train_labels.npy"))
-                .arg("--calib")
-                .arg(dir.join("calib.npy"))
-                .arg("--test")
-                .arg(dir.join("test.npy"));
-            for (name, _) in &oods {
-                cmd.arg("--ood").arg(format!(
-                    "{name}={}",
-                    dir.join(format!("{name}.npy")).display()
-                ));
-            }
-            cmd.args([
-                "--clusters",
-                "class,kmeans:10,kmeans:50,kmeans-per-class:3",
-                "--metrics",
-                "euclidean,cosine,mahalanobis,knn:50",
-                "--thresholds",
-                "global,per-cluster,conformal",
-                "--out",
-            ])
-            .arg(&grid);
-            run(&mut cmd)?;
-        }
-    }
-    step("report");
-    let report = output_text(
-        Command::new(&python)
-            .arg(root().join("bench/study_report.py"))
-            .arg(&out)
-            .output()
-            .map_err(|e| e.to_string())?,
-        "study_report.py",
-    )?;
-    std::fs::write(out.join("report.md"), &report).map_err(|e| e.to_string())?;
-    println!("{report}");
-    // figures (ROC, score histograms) for the candidate default, from its int8 embeddings
-    if let Ok(text) = std::fs::read_to_string(out.join("default.args")) {
-        let mut lines = text.lines();
-        let loss = lines.next().unwrap_or_default().to_string();
-        let rule: Vec<&str> = lines.collect();
-        step(&format!(
-            "figures for the candidate default ({loss}, int8: {})",
-            rule.join(" ")
-        ));
-        let emb = out.join(format!("embeddings/{loss}-int8"));
-        let dir = out.join("default");
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        // the calibration is fitted on the int8 encoder's own tract embeddings of the run's
-        // training and held-out splits, and written with that encoder as a bundle
-        let encoder = out.join(format!("runs/edge-{loss}/encoder-int8.onnx"));
-        let bundle = dir.join("bundle");
-        std::fs::create_dir_all(&bundle).map_err(|e| e.to_string())?;
-        run(Command::new(&calibrate)
-            .arg("fit")
-            .arg("--train")
-            .arg(emb.join("train.npy"))
-            .arg("--labels")
-            .arg(emb.join("train_labels.npy"))
-            .arg("--calib")
-            .arg(emb.join("calib.npy"))
-            .args(&rule)
-            .arg("--class-names")
-            .arg(bins.join("batches.meta.txt"))
-            .arg("--encoder")
-            .arg(&encoder)
-            .arg("--out")
-            .arg(dir.join("calib.json")))?;
-        std::fs::copy(&encoder, bundle.join("encoder.onnx")).map_err(|e| e.to_string())?;
-        std::fs::copy(dir.join("calib.json"), bundle.join("calib.json"))
-            .map_err(|e| e.to_string())?;
-        let mut eval = Command::new(&calibrate);
-        eval.arg("eval")
-            .arg("--calib")
-            .arg(dir.join("calib.json"))
-            .arg("--id")
-            .arg(emb.join("test.npy"));
-        for (name, _) in &oods {
-            eval.arg("--ood").arg(format!(
-                "{name}={}",
-                emb.join(format!("{name}.npy")).display()
-            ));
-        }
-        run(eval.arg("--report").arg(dir.join("report")))?;
-    }
-    eprintln!(
-        "\nstudy results under {} (report.md; the default's bundle in default/bundle)",
-        out.display()
-    );
     Ok(())
 }

@@ -204,3 +204,57 @@ pub fn to_markdown(rows: &[GridRow]) -> String {
     }
     out
 }
+
+/// The files of a grid run: ID training, calibration and test embeddings and the OOD
+/// sets (`FILE` or `NAME=FILE`).
+#[derive(Debug, Clone)]
+pub struct GridFiles {
+    pub train: std::path::PathBuf,
+    pub labels: Option<std::path::PathBuf>,
+    pub calib: std::path::PathBuf,
+    pub test: std::path::PathBuf,
+    pub ood: Vec<String>,
+}
+
+/// Loads and checks the files, runs the grid and writes `grid.md` and `grid.csv` into
+/// `out` atomically; returns the rows.
+pub fn run_files(
+    files: &GridFiles,
+    cfg: &GridConfig,
+    out: &std::path::Path,
+    progress: impl FnMut(&str),
+) -> crate::error::Result<Vec<GridRow>> {
+    use crate::error::Error;
+    use crate::inputs::{load_embeddings, load_labels, named_sets, same_dim};
+    use oodmon_calibration::io::write_atomic;
+    let train = load_embeddings(&files.train)?;
+    let of = files.train.display().to_string();
+    let labels = match &files.labels {
+        Some(p) => Some(load_labels(p, train.rows(), &files.train)?),
+        None => None,
+    };
+    if labels.is_none() && cfg.clusters.iter().any(|c| c.needs_labels()) {
+        return Err(Error::input(
+            "--labels is needed for class and kmeans-per-class clusterings",
+        ));
+    }
+    let calib = load_embeddings(&files.calib)?;
+    same_dim(&files.calib, &calib, train.dim(), &of)?;
+    let test = load_embeddings(&files.test)?;
+    same_dim(&files.test, &test, train.dim(), &of)?;
+    let ood = named_sets(&files.ood, train.dim(), &of)?;
+    let data = GridData {
+        train: &train,
+        labels: labels.as_deref(),
+        calib: &calib,
+        test: &test,
+        ood: &ood,
+    };
+    let rows = run_grid(&data, cfg, progress)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let md = format!("# OOD grid\n\n{}", to_markdown(&rows));
+    write_atomic(&out.join("grid.md"), |w| w.write_all(md.as_bytes()))?;
+    let csv = to_csv(&rows);
+    write_atomic(&out.join("grid.csv"), |w| w.write_all(csv.as_bytes()))?;
+    Ok(rows)
+}

@@ -26,6 +26,28 @@ pub enum RangeMethod {
     Entropy,
 }
 
+impl RangeMethod {
+    /// `minmax`, `entropy` or `percentile:P` (e.g. `percentile:99.99`).
+    pub fn parse(text: &str) -> Result<Self> {
+        Ok(match text {
+            "minmax" => RangeMethod::MinMax,
+            "entropy" => RangeMethod::Entropy,
+            other => match other
+                .strip_prefix("percentile:")
+                .and_then(|p| p.parse().ok())
+            {
+                Some(percentile) => RangeMethod::Percentile { percentile },
+                None => {
+                    return Err(Error::invalid(
+                        "activation range",
+                        format!("{other:?}: expected minmax, entropy or percentile:P"),
+                    ))
+                }
+            },
+        })
+    }
+}
+
 /// Clip bin (exclusive end) of a magnitude histogram minimising KL(P || Q), where P is the
 /// histogram clipped at the candidate bin (outliers folded into its last bin) and Q is P
 /// quantized to `levels` levels and expanded back.

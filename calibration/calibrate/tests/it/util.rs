@@ -29,19 +29,7 @@ pub fn calibrate(dir: &Path, args: &[&str]) -> Output {
 
 /// The `oodmon-calibrate` command line, through the cross-test runner when there is one.
 pub fn calibrate_command(dir: &Path, args: &[&str]) -> Command {
-    let bin = env!("CARGO_BIN_EXE_oodmon-calibrate");
-    let runner = std::env::var("OODMON_TEST_RUNNER").unwrap_or_default();
-    let mut parts = runner.split_whitespace();
-    let mut cmd = match parts.next() {
-        Some(first) => {
-            let mut c = Command::new(first);
-            c.args(parts).arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    };
-    cmd.current_dir(dir).args(args);
-    cmd
+    oodmon_testkit::command(env!("CARGO_BIN_EXE_oodmon-calibrate"), dir, args)
 }
 
 /// Asserts a clean failure: exit code 1 (not a panic), one line naming `file` and `problem`.
