@@ -336,8 +336,12 @@ impl Service {
             .store(((state as u16) << 8) | reason as u16, Ordering::Relaxed);
     }
 
-    /// A transition reaches every output: log, journal, line and link.
+    /// A transition reaches every output: the line first (the fail-safe level reaches the
+    /// controller before anything else, and whoever reads the published state finds the
+    /// line already driven), then log, journal and link. A line that fails to drive makes
+    /// a transition of its own, applied after this one so the order stays as it happened.
     fn apply(&mut self, t: Transition) {
+        let follow_up = self.set_line();
         self.publish();
         log::info!(
             "alarm: {} ({}){}",
@@ -355,12 +359,14 @@ impl Service {
         self.report.transitions.push_back(t);
         self.report.transition_count += 1;
         self.journal(t.state, t.reason, t.score);
-        self.drive_line();
         self.send(Message::StateChange {
             state: t.state,
             reason: t.reason,
             score: t.score as f32,
         });
+        if let Some(next) = follow_up {
+            self.apply(next);
+        }
     }
 
     fn journal(&mut self, state: AlarmState, reason: Reason, score: f64) {
@@ -375,30 +381,36 @@ impl Service {
 
     /// Healthy level only while OK. A line that cannot be driven holds FAULT.
     fn drive_line(&mut self) {
+        if let Some(t) = self.set_line() {
+            self.apply(t);
+        }
+    }
+
+    /// Drives the line to the machine's state; returns the transition a failure makes.
+    fn set_line(&mut self) -> Option<Transition> {
         let alarm = self.machine.state().0 != AlarmState::Ok;
         let result = match &self.line {
             Some(line) => match line.lock() {
                 Ok(mut l) => l.set_alarm(alarm),
                 Err(_) => Err(std::io::Error::other("line lock poisoned")),
             },
-            None => return,
+            None => return None,
         };
         match result {
             Ok(()) if self.line_failed => {
                 self.line_failed = false;
                 log::warn!("alarm line delivers again");
                 self.machine.on_output_restored(Output::Line);
+                None
             }
-            Ok(()) => {}
+            Ok(()) => None,
             Err(e) => {
                 if !self.line_failed {
                     self.line_failed = true;
                     log::error!("alarm line: {e}; FAULT until it can be driven again");
                 }
                 let now = self.clock.monotonic_ms();
-                if let Some(t) = self.machine.on_output_error(Output::Line, now) {
-                    self.apply(t);
-                }
+                self.machine.on_output_error(Output::Line, now)
             }
         }
     }
