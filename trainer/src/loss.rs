@@ -13,13 +13,15 @@ pub enum LossKind {
 }
 
 impl std::str::FromStr for LossKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::error::TrainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "ce" => Ok(LossKind::Ce),
             "supcon" => Ok(LossKind::Supcon),
             "simclr" => Ok(LossKind::Simclr),
-            _ => Err(format!("unknown loss {s:?} (ce, supcon or simclr)")),
+            _ => Err(crate::error::TrainError::Invalid(format!(
+                "unknown loss {s:?} (ce, supcon or simclr)"
+            ))),
         }
     }
 }

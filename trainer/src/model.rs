@@ -15,12 +15,14 @@ pub enum Arch {
 }
 
 impl std::str::FromStr for Arch {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::error::TrainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "resnet18" => Ok(Arch::Resnet18),
             "edge" => Ok(Arch::Edge),
-            _ => Err(format!("unknown architecture {s:?} (resnet18 or edge)")),
+            _ => Err(crate::error::TrainError::Invalid(format!(
+                "unknown architecture {s:?} (resnet18 or edge)"
+            ))),
         }
     }
 }

@@ -99,12 +99,14 @@ fn cargo() -> Command {
 /// (tch's `LIBTORCH_USE_PYTORCH`), that interpreter first on PATH.
 fn cargo_with_torch(python: &Path) -> Command {
     let mut c = cargo();
-    let bin = python.parent().expect("python lives in a bin folder");
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut paths = vec![bin.to_path_buf()];
+    let mut paths: Vec<PathBuf> = python.parent().map(Path::to_path_buf).into_iter().collect();
     paths.extend(std::env::split_paths(&path));
+    // a PATH entry with a `:` cannot be joined; the venv's folder is then left out and the
+    // interpreter is still named by OODMON_PYTHON
+    let joined = std::env::join_paths(&paths).unwrap_or(path);
     c.env("LIBTORCH_USE_PYTORCH", "1")
-        .env("PATH", std::env::join_paths(paths).expect("valid PATH"))
+        .env("PATH", joined)
         .env("OODMON_PYTHON", python);
     c
 }

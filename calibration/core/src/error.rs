@@ -13,8 +13,6 @@ pub enum Error {
         path: PathBuf,
         cause: std::io::Error,
     },
-    #[error("{path}: not a usable ONNX encoder: {problem}")]
-    Onnx { path: PathBuf, problem: String },
     #[error("{path}: not a valid .npy file: {problem}")]
     Npy { path: PathBuf, problem: String },
     #[error("{what}: expected {expected}, found {found}")]
