@@ -86,6 +86,8 @@ macro_rules! stored_matrix {
                         bytes.len()
                     )));
                 }
+                // chunks_exact yields slices of exactly $size bytes: the conversion cannot fail
+                #[allow(clippy::expect_used)]
                 let data = bytes
                     .chunks_exact($size)
                     .map(|c| <$elem>::from_le_bytes(c.try_into().expect("chunk size")))

@@ -12,7 +12,7 @@ use oodmon_calibration::CalibrationArtifact;
 use oodmon_runtime::Bundle;
 use serde::Deserialize;
 
-use super::monitor_frames;
+use super::frames_to_alarms;
 use crate::alarm::{AlarmConfig, AlarmService, Outputs, ServiceReport};
 use crate::error::{EdgeError, Result};
 use crate::inference::{Engine, Event, FrameRecord, RunLimits, RunSummary};
@@ -194,7 +194,7 @@ pub fn play(frame_delay_ms: Option<u64>, quiet: bool, out: &mut dyn Write) -> Re
 
 /// [`play`], with the alarm service debouncing the decisions (default rules) and sending
 /// its protocol frames to `link` when given. The frames go through the same wiring as
-/// `oodmon-edge run` ([`monitor_frames`]).
+/// `oodmon-edge run` ([`frames_to_alarms`]).
 pub fn play_with_alarms(
     frame_delay_ms: Option<u64>,
     quiet: bool,
@@ -241,7 +241,7 @@ pub fn play_with_alarms(
         max_consecutive_bad_frames: 3,
     };
     let stop = AtomicBool::new(false);
-    let (run, report) = monitor_frames(
+    let (run, report) = frames_to_alarms(
         &mut engine,
         &mut source,
         service,

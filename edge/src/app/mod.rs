@@ -2,7 +2,7 @@
 //! arguments: [`run`] (the vehicle's pipeline), [`check`] (a bundle's smoke test),
 //! [`bench`] (latency and throughput), [`demo`] (the embedded default) and
 //! [`false_alarms`] (what debouncing buys). `run` and the demo share one wiring,
-//! [`monitor_frames`].
+//! [`frames_to_alarms`].
 
 pub mod bench;
 pub mod check;
@@ -21,7 +21,7 @@ use crate::source::FrameSource;
 /// `engine`; every outcome (record or bad frame) goes to the alarm `service` first, then to
 /// `on_event`. The service is finished here and its report returned beside the run's
 /// outcome, so its transitions are kept even when the run fails.
-pub fn monitor_frames(
+pub fn frames_to_alarms(
     engine: &mut Engine,
     source: &mut dyn FrameSource,
     service: AlarmService,

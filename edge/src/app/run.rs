@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use oodmon_runtime::Bundle;
 
-use super::monitor_frames;
+use super::frames_to_alarms;
 use crate::alarm::{AlarmService, DecisionRule, Outputs};
 use crate::config::EdgeConfig;
 use crate::error::{EdgeError, Result};
@@ -104,7 +104,7 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
         max_consecutive_bad_frames: cfg.faults.max_consecutive_bad_frames,
     };
     let (summary, report) =
-        monitor_frames(&mut engine, &mut src, service, &limits, stop, |event, _| {
+        frames_to_alarms(&mut engine, &mut src, service, &limits, stop, |event, _| {
             notifier.alive();
             if let Event::Record(r) = event {
                 records.write(r, &class_names)?;
