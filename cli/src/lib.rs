@@ -12,19 +12,20 @@ use std::sync::Arc;
 
 /// Starts logging (`RUST_LOG` overrides `default_log`), runs `run` and maps its outcome to
 /// the exit code, printing the error chain as `name: error: outer: inner: ...`.
+/// Any error that shows its chain works: `anyhow::Error` and boxed errors alike.
 pub fn main<E>(name: &str, default_log: &str, run: impl FnOnce() -> Result<(), E>) -> ExitCode
 where
-    E: Into<Box<dyn Error + Send + Sync>>,
+    E: AsRef<dyn Error + Send + Sync + 'static>,
 {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log)).init();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let err: Box<dyn Error + Send + Sync> = err.into();
-            if is_broken_pipe(err.as_ref()) {
+            let err: &(dyn Error + 'static) = err.as_ref();
+            if is_broken_pipe(err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("{name}: error: {}", chain(err.as_ref()));
+            eprintln!("{name}: error: {}", chain(err));
             ExitCode::FAILURE
         }
     }
