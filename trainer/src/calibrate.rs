@@ -93,7 +93,7 @@ pub fn fit_run(r: FitRequest) -> Result<FitOutcome> {
             Some((_, enc)) => embed_loaded(enc, spec, ds)?,
             None => Embeddings::new(
                 ds.len(),
-                net.encoder.dim,
+                net.encoder.dim(),
                 train::embed_dataset(&net, ds, spec, device, 256)?,
             )?,
         })

@@ -55,7 +55,7 @@ pub fn embed_run(r: &EmbedRequest) -> Result<(Embeddings, Vec<i64>)> {
             let e = match &backend {
                 Backend::Torch(net, device) => {
                     let v = train::embed_dataset(net, &ds, spec, *device, 256)?;
-                    Embeddings::new(ds.len(), net.encoder.dim, v)?
+                    Embeddings::new(ds.len(), net.encoder.dim(), v)?
                 }
                 Backend::Tract(enc) => embed_loaded(enc, spec, &ds)?,
             };
@@ -76,7 +76,7 @@ pub fn embed_run(r: &EmbedRequest) -> Result<(Embeddings, Vec<i64>)> {
                 Backend::Torch(net, device) => {
                     let (v, labels, _) =
                         train::embed_images(net, &data, which, spec, *device, 256)?;
-                    Ok((Embeddings::new(labels.len(), net.encoder.dim, v)?, labels))
+                    Ok((Embeddings::new(labels.len(), net.encoder.dim(), v)?, labels))
                 }
                 Backend::Tract(enc) => {
                     let e = embed_images_tract(enc, spec, &data, which, None)?;

@@ -52,7 +52,14 @@ pub fn export_onnx(
     provenance: &str,
     dynamic_batch: bool,
 ) -> Result<Vec<u8>> {
-    let enc = &net.encoder;
+    let enc = match &net.encoder {
+        crate::model::Encoder::Cifar(e) => e,
+        crate::model::Encoder::Lite(_) => {
+            return Err(TrainError::Invalid(
+                "ONNX export of EfficientNet-Lite needs depthwise convolution and asymmetric padding in the writer: not built yet".into(),
+            ))
+        }
+    };
     let mut b = OnnxBuilder::new(
         preprocessing.height as usize,
         preprocessing.width as usize,

@@ -7,10 +7,12 @@
 pub mod augment;
 pub mod calibrate;
 pub mod data;
+pub mod efficientnet;
 pub mod embedding;
 pub mod error;
 pub mod export;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod pretrained;
 pub mod train;

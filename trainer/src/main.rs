@@ -17,6 +17,7 @@ use oodmon_trainer::embedding::{embed_run, EmbedRequest};
 use oodmon_trainer::export::{export_run, Int8};
 use oodmon_trainer::loss::LossKind;
 use oodmon_trainer::model::{Arch, Head, ModelConfig};
+use oodmon_trainer::pretrained::{import, ImportRequest};
 use oodmon_trainer::train::{self, EpochLog, Progress, TrainConfig};
 
 #[derive(Parser)]
@@ -74,6 +75,52 @@ enum Command {
     Bench(BenchArgs),
     /// Embed the run's ID training and held-out splits and fit a calibration in one step.
     Fit(FitArgs),
+    /// Import an ImageNet-pretrained backbone (a PyTorch state dict, e.g. EfficientNet-Lite0's
+    /// `efficientnet-lite0-57934424.pth`) into a run: frozen features that `embed`, `fit` and
+    /// `export` use at once, or the start of fine-tuning.
+    ImportPretrained(ImportArgs),
+    /// The most likely classes of an image under a run's classifier head (for an imported
+    /// ImageNet backbone: a check that the weights arrived whole).
+    Classify(ClassifyArgs),
+}
+
+#[derive(clap::Args)]
+struct ClassifyArgs {
+    #[arg(long)]
+    run: PathBuf,
+    #[arg(long)]
+    image: PathBuf,
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Also write the encoder's input [1, 3*H*W] and the logits [1, C] as .npy, with
+    /// this prefix (PREFIX-input.npy, PREFIX-logits.npy).
+    #[arg(long)]
+    dump: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    #[arg(long, default_value = "efficientnet-lite0")]
+    arch: Arch,
+    /// The checkpoint: `.pth` (converted with PyTorch, tensors only) or `.npz`.
+    #[arg(long)]
+    weights: PathBuf,
+    /// The in-distribution data of the run: cifar10:DIR | cifar100:DIR | idx:DIR | folder:DIR
+    #[arg(long)]
+    data: String,
+    /// Square input size (the preprocessing brings every image or frame to it).
+    #[arg(long, default_value_t = 224)]
+    input_size: u32,
+    /// Fraction of each class held out for calibration.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Python with PyTorch, to read `.pth` files (default: $OODMON_PYTHON, else python3).
+    #[arg(long)]
+    python: Option<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -286,6 +333,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => export(a),
         Command::Bench(a) => bench(a),
         Command::Fit(a) => fit(a),
+        Command::ImportPretrained(a) => import_pretrained(a),
+        Command::Classify(a) => classify_cmd(a),
     }
 }
 
@@ -489,5 +538,49 @@ fn fit(a: FitArgs) -> Result<()> {
         command: std::env::args().collect(),
     };
     say!("{}", fit_run(request)?);
+    Ok(())
+}
+
+fn import_pretrained(a: ImportArgs) -> Result<()> {
+    let python = a
+        .python
+        .or_else(|| std::env::var_os("OODMON_PYTHON").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let request = ImportRequest {
+        arch: a.arch,
+        weights: a.weights,
+        data: a.data,
+        input_size: a.input_size,
+        val_fraction: a.val_fraction,
+        seed: a.seed,
+        python,
+        out: a.out,
+    };
+    let imported = import(&request)?;
+    say!(
+        "imported {} tensors ({} parameters, a {}-class classifier) into {}",
+        imported.tensors,
+        imported.parameters,
+        imported.classes,
+        request.out.display()
+    );
+    Ok(())
+}
+
+fn classify_cmd(a: ClassifyArgs) -> Result<()> {
+    let c = oodmon_trainer::pretrained::classify(&a.run, &a.image, a.top)?;
+    for (class, p) in &c.top {
+        say!("{class}\t{p:.4}");
+    }
+    if let Some(prefix) = a.dump {
+        let with = |suffix: &str| {
+            let mut name = prefix.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        let one_row = |v: &[f32]| oodmon_calibration::Embeddings::new(1, v.len(), v.to_vec());
+        npy::write_embeddings(with("-input.npy"), &one_row(&c.input)?)?;
+        npy::write_embeddings(with("-logits.npy"), &one_row(&c.logits)?)?;
+    }
     Ok(())
 }

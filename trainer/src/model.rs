@@ -12,6 +12,8 @@ use tch::Tensor;
 pub enum Arch {
     Resnet18,
     Edge,
+    /// EfficientNet-Lite0, ImageNet-pretrained weights imported with `import-pretrained`.
+    EfficientnetLite0,
 }
 
 impl std::str::FromStr for Arch {
@@ -20,8 +22,9 @@ impl std::str::FromStr for Arch {
         match s {
             "resnet18" => Ok(Arch::Resnet18),
             "edge" => Ok(Arch::Edge),
+            "efficientnet-lite0" | "efficientnet_lite0" => Ok(Arch::EfficientnetLite0),
             _ => Err(crate::error::TrainError::Invalid(format!(
-                "unknown architecture {s:?} (resnet18 or edge)"
+                "unknown architecture {s:?} (resnet18, edge or efficientnet-lite0)"
             ))),
         }
     }
@@ -53,6 +56,7 @@ impl ModelConfig {
         match self.arch {
             Arch::Resnet18 => 512,
             Arch::Edge => self.embed_dim,
+            Arch::EfficientnetLite0 => crate::efficientnet::FEATURES as usize,
         }
     }
 }
@@ -121,7 +125,42 @@ impl Block {
 
 /// The exported part: image in, embedding out.
 #[derive(Debug)]
-pub struct Encoder {
+pub enum Encoder {
+    /// ResNet-18 (CIFAR form) or the compact edge encoder.
+    Cifar(CifarEncoder),
+    /// EfficientNet-Lite: the pooled 1280 head features (boxed: the layer list is large).
+    Lite(Box<crate::efficientnet::LiteEncoder>),
+}
+
+impl Encoder {
+    pub fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
+        match cfg.arch {
+            Arch::Resnet18 | Arch::Edge => Encoder::Cifar(CifarEncoder::new(p, cfg)),
+            Arch::EfficientnetLite0 => Encoder::Lite(Box::new(
+                crate::efficientnet::LiteEncoder::new(p, crate::efficientnet::LiteScale::LITE0),
+            )),
+        }
+    }
+
+    /// Embedding size.
+    pub fn dim(&self) -> usize {
+        match self {
+            Encoder::Cifar(e) => e.dim,
+            Encoder::Lite(_) => crate::efficientnet::FEATURES as usize,
+        }
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        match self {
+            Encoder::Cifar(e) => e.forward_t(x, train),
+            Encoder::Lite(e) => e.forward_t(x, train),
+        }
+    }
+}
+
+/// ResNet-18 in its CIFAR form, or the compact edge encoder.
+#[derive(Debug)]
+pub struct CifarEncoder {
     pub stem: ConvBn,
     pub blocks: Vec<Block>,
     /// Edge encoder only: pooled features to the embedding.
@@ -129,10 +168,12 @@ pub struct Encoder {
     pub dim: usize,
 }
 
-impl Encoder {
+impl CifarEncoder {
     pub fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
         let (stem_out, stages): (i64, Vec<(i64, usize, i64)>) = match cfg.arch {
-            Arch::Resnet18 => (64, vec![(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)]),
+            Arch::Resnet18 | Arch::EfficientnetLite0 => {
+                (64, vec![(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)])
+            }
             Arch::Edge => {
                 let w = |c: f64| ((c * cfg.width).round() as i64).max(4);
                 (
@@ -157,7 +198,7 @@ impl Encoder {
             }
         }
         let fc = match cfg.arch {
-            Arch::Resnet18 => None,
+            Arch::Resnet18 | Arch::EfficientnetLite0 => None,
             Arch::Edge => Some(nn::linear(
                 &p / "fc",
                 cin,
@@ -197,7 +238,7 @@ pub struct Net {
 impl Net {
     pub fn new(root: &nn::Path, config: ModelConfig) -> Self {
         let encoder = Encoder::new(root / "encoder", &config);
-        let d = encoder.dim as i64;
+        let d = encoder.dim() as i64;
         let h = root / "head";
         let head = match config.head {
             Head::Classifier { classes } => {

@@ -231,7 +231,7 @@ pub fn embed_dataset(
     device: Device,
     batch: usize,
 ) -> Result<Vec<f32>> {
-    let mut out = Vec::with_capacity(ds.len() * net.encoder.dim);
+    let mut out = Vec::with_capacity(ds.len() * net.encoder.dim());
     tch::no_grad(|| -> Result<()> {
         let rows: Vec<usize> = (0..ds.len()).collect();
         for chunk in rows.chunks(batch.max(1)) {
@@ -486,7 +486,7 @@ pub fn train(
                 &tr.labels,
                 &ve,
                 &val_ds.labels,
-                net.encoder.dim,
+                net.encoder.dim(),
             ))
         };
         let log = EpochLog {
@@ -523,6 +523,16 @@ fn mix(seed: u64, epoch: u64, step: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// A run that starts from given weights (imported, not trained here): the weights, then
+/// its configuration, each written to a temporary file and renamed.
+pub fn save_run(run: &RunDir, cfg: &TrainConfig, vs: &nn::VarStore) -> Result<()> {
+    let weights = run.weights();
+    let tmp = run.0.join(".model.tmp.safetensors");
+    vs.save(&tmp)?;
+    std::fs::rename(&tmp, &weights).map_err(io(&weights))?;
+    write_json(&run.config(), cfg)
 }
 
 /// Weights, optimiser state and position, each written to a temporary file and renamed,

@@ -38,8 +38,9 @@ fn main() -> ExitCode {
         Some("v4l2-bindings") => v4l2_bindings(),
         Some("fuzz") => fuzz(&args[1..]),
         Some("soak") => soak(&args[1..]),
+        Some("pretrained-check") => pretrained_check(&args[1..]),
         _ => Err(
-            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick] | bench-edge [--quick] [--model FILE.onnx ...] [--video FILE.avi] | study --data DIR [--out DIR] [--epochs N] [--losses ce,supcon,simclr] | v4l2-bindings | fuzz [--seconds N] [--target NAME] | soak [--frames N]>"
+            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick] | bench-edge [--quick] [--model FILE.onnx ...] [--video FILE.avi] | study --data DIR [--out DIR] [--epochs N] [--losses ce,supcon,simclr] | v4l2-bindings | fuzz [--seconds N] [--target NAME] | soak [--frames N] | pretrained-check --weights FILE.pth IMAGE...>"
                 .into(),
         ),
     };
@@ -492,6 +493,30 @@ fn soak(args: &[String]) -> Result {
         .arg(root().join("edge/demo/bundle"))
         .arg(root().join("edge/demo/scenario.avi"))
         .arg(&frames))
+}
+
+/// An imported ImageNet backbone against its reference port on the published weights
+/// (bench/pretrained_check.py): top-5 classes of natural images from both, and the largest
+/// logit difference on the same input tensors.
+fn pretrained_check(args: &[String]) -> Result {
+    let (weights, images) = match args {
+        [flag, weights, images @ ..] if flag == "--weights" && !images.is_empty() => {
+            (weights, images)
+        }
+        _ => return Err("pretrained-check --weights FILE.pth IMAGE...".into()),
+    };
+    let python = python_env()?;
+    step("building oodmon-trainer (release)");
+    run(cargo_with_torch(&python).args(["build", "--release", "-p", "oodmon-trainer"]))?;
+    let work = target_dir().join("pretrained-check");
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    step("import, classify, compare with the reference");
+    run(Command::new(&python)
+        .arg(root().join("bench/pretrained_check.py"))
+        .arg(target_dir().join("release/oodmon-trainer"))
+        .arg(weights)
+        .arg(&work)
+        .args(images))
 }
 
 /// The fuzz targets (fuzz/fuzz_targets) with the longest input each is given.

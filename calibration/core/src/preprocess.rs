@@ -70,6 +70,16 @@ impl PreprocessSpec {
         }
     }
 
+    /// ImageNet-trained backbones: the image's shorter side brought to `size`, centre crop,
+    /// ImageNet's channel mean and standard deviation.
+    pub fn imagenet(size: u32) -> Self {
+        Self {
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            ..Self::cifar(size)
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.width == 0 || self.height == 0 || self.width > 8192 || self.height > 8192 {
             return Err(Error::InvalidArtifact(format!(

@@ -525,3 +525,59 @@ fn embed_through_an_onnx_export_keeps_the_runs_splits() {
         }
     }
 }
+
+#[test]
+fn a_checkpoint_for_another_network_is_refused_by_name_and_shape() {
+    use oodmon_trainer::model::{Arch, Head, ModelConfig, Net};
+    use oodmon_trainer::pretrained::{load_into, read_checkpoint};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ModelConfig {
+        arch: Arch::EfficientnetLite0,
+        width: 1.0,
+        embed_dim: 1280,
+        head: Head::Classifier { classes: 10 },
+    };
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let _net = Net::new(&vs.root(), cfg);
+    // all of the network's variables, written and read back: accepted
+    let mut named: Vec<(String, tch::Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().copy()))
+        .collect();
+    let good = dir.path().join("good.npz");
+    tch::Tensor::write_npz(&named, &good).unwrap();
+    let read = read_checkpoint(std::path::Path::new("python3"), &good).unwrap();
+    assert_eq!(load_into(&vs, &read, &good).unwrap(), named.len());
+    // a name the network does not have, and one it lacks: refused, both named
+    named.retain(|(n, _)| n != "encoder._conv_head.weight");
+    named.push((
+        "encoder._conv_tail.weight".into(),
+        tch::Tensor::zeros([1], (tch::Kind::Float, Device::Cpu)),
+    ));
+    let bad = dir.path().join("bad.npz");
+    tch::Tensor::write_npz(&named, &bad).unwrap();
+    let read = read_checkpoint(std::path::Path::new("python3"), &bad).unwrap();
+    let err = load_into(&vs, &read, &bad).unwrap_err().to_string();
+    assert!(
+        err.contains("encoder._conv_head.weight") && err.contains("encoder._conv_tail.weight"),
+        "{err}"
+    );
+    // a tensor of the wrong shape: refused with both shapes
+    let shapes = vec![(
+        "encoder._conv_stem.weight".to_string(),
+        tch::Tensor::zeros([32, 3, 5, 5], (tch::Kind::Float, Device::Cpu)),
+    )];
+    let wrong = dir.path().join("wrong.npz");
+    tch::Tensor::write_npz(&shapes, &wrong).unwrap();
+    let read = read_checkpoint(std::path::Path::new("python3"), &wrong).unwrap();
+    let err = load_into(&vs, &read, &wrong).unwrap_err().to_string();
+    assert!(
+        err.contains("[32, 3, 5, 5]") && err.contains("[32, 3, 3, 3]"),
+        "{err}"
+    );
+    // not a checkpoint at all
+    let junk = dir.path().join("junk.npz");
+    std::fs::write(&junk, b"not a zip").unwrap();
+    assert!(read_checkpoint(std::path::Path::new("python3"), &junk).is_err());
+}
