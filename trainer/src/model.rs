@@ -123,21 +123,24 @@ impl Block {
     }
 }
 
-/// The exported part: image in, embedding out.
+/// The exported part: image in, embedding out. One encoder lives per network, so the
+/// variants' different sizes cost nothing worth a box.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Encoder {
     /// ResNet-18 (CIFAR form) or the compact edge encoder.
     Cifar(CifarEncoder),
-    /// EfficientNet-Lite: the pooled 1280 head features (boxed: the layer list is large).
-    Lite(Box<crate::efficientnet::LiteEncoder>),
+    /// EfficientNet-Lite: the pooled 1280 head features.
+    Lite(crate::efficientnet::LiteEncoder),
 }
 
 impl Encoder {
     pub fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
         match cfg.arch {
             Arch::Resnet18 | Arch::Edge => Encoder::Cifar(CifarEncoder::new(p, cfg)),
-            Arch::EfficientnetLite0 => Encoder::Lite(Box::new(
-                crate::efficientnet::LiteEncoder::new(p, crate::efficientnet::LiteScale::LITE0),
+            Arch::EfficientnetLite0 => Encoder::Lite(crate::efficientnet::LiteEncoder::new(
+                p,
+                crate::efficientnet::LiteScale::LITE0,
             )),
         }
     }
