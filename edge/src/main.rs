@@ -268,6 +268,9 @@ fn run_cmd(a: RunArgs) -> Result<()> {
     };
     let cfg = app::run::settings(a.config.as_deref(), overrides)?;
     let stop = oodmon_cli::stop_flag()?;
-    app::run::run(&cfg, &stop, &mut std::io::stdout().lock())?;
-    Ok(())
+    match app::run::run(&cfg, &stop, &mut std::io::stdout().lock()) {
+        // `--records - | head`: the reader went away, which ends the run, not a failure
+        Err(oodmon_edge::EdgeError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map(|_| ()).map_err(Into::into),
+    }
 }

@@ -395,3 +395,33 @@ fn demo_sends_its_alarms_over_a_serial_line() {
     assert_eq!(monitor.crc_errors, 0);
     assert_eq!(monitor.lost_messages, 0);
 }
+
+#[test]
+fn records_to_a_closed_pipe_end_the_run_without_an_error() {
+    // `oodmon-edge run --records - | head`: the reader goes away, the run ends, exit 0
+    let dir = tempfile::tempdir().unwrap();
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo");
+    let source = format!("avi:{}", demo.join("scenario.avi").display());
+    let bundle = demo.join("bundle");
+    let mut child = edge_command(
+        dir.path(),
+        &[
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--source",
+            &source,
+            "--records",
+            "-",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
