@@ -3,7 +3,7 @@
 //! provenance as metadata. The projection or classifier head is not exported.
 
 use oodmon_calibration::PreprocessSpec;
-use oodmon_onnx::{fold_batch_norm, OnnxBuilder, META_PREPROCESSING};
+use oodmon_onnx::{fold_batch_norm, ConvShape, OnnxBuilder, META_PREPROCESSING};
 use tch::{Device, Kind, Tensor};
 
 use crate::model::{ConvBn, Net};
@@ -54,10 +54,8 @@ pub fn export_onnx(
 ) -> Result<Vec<u8>> {
     let enc = match &net.encoder {
         crate::model::Encoder::Cifar(e) => e,
-        crate::model::Encoder::Lite(_) => {
-            return Err(TrainError::Invalid(
-                "ONNX export of EfficientNet-Lite needs depthwise convolution and asymmetric padding in the writer: not built yet".into(),
-            ))
+        crate::model::Encoder::Lite(e) => {
+            return export_lite(e, preprocessing, provenance, dynamic_batch)
         }
     };
     let mut b = OnnxBuilder::new(
@@ -97,6 +95,103 @@ pub fn export_onnx(
     );
     b.metadata("oodmon.provenance", provenance);
     Ok(b.finish(&e, enc.dim, env!("CARGO_PKG_VERSION")))
+}
+
+/// A "same"-padded convolution and its batch norm, folded into one ONNX convolution with
+/// the padding the reference computes for an input of `size` (height, width); returns the
+/// output and its size.
+fn same_conv_bn(
+    b: &mut OnnxBuilder,
+    x: &str,
+    conv: &crate::efficientnet::SameConv,
+    bn: &tch::nn::BatchNorm,
+    size: (i64, i64),
+) -> Result<(String, (i64, i64))> {
+    let dims = conv.conv.ws.size();
+    let (cout, per_group, k) = (dims[0], dims[1], dims[2]);
+    let gamma = match &bn.ws {
+        Some(w) => values(w)?,
+        None => vec![1.0; cout as usize],
+    };
+    let beta = match &bn.bs {
+        Some(b) => values(b)?,
+        None => vec![0.0; cout as usize],
+    };
+    let (w, bias) = fold_batch_norm(
+        &values(&conv.conv.ws)?,
+        None,
+        &gamma,
+        &beta,
+        &values(&bn.running_mean)?,
+        &values(&bn.running_var)?,
+        crate::efficientnet::BN_EPS,
+    );
+    let (top, bottom) = conv.padding(size.0);
+    let (left, right) = conv.padding(size.1);
+    let shape = ConvShape {
+        cin: (per_group * conv.groups) as usize,
+        k: k as usize,
+        stride: conv.stride as usize,
+        groups: conv.groups as usize,
+        pads: [top, left, bottom, right].map(|p| p as usize),
+    };
+    let y = b
+        .conv_with(x, &w, &bias, shape)
+        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let out = (
+        (size.0 + conv.stride - 1) / conv.stride,
+        (size.1 + conv.stride - 1) / conv.stride,
+    );
+    Ok((y, out))
+}
+
+/// EfficientNet-Lite as ONNX: folded convolutions with the reference's padding for the
+/// preprocessing's input size, ReLU6 as `Clip(0, 6)`, the residual `Add`s, and the pooled
+/// 1280 head features as the embedding.
+fn export_lite(
+    enc: &crate::efficientnet::LiteEncoder,
+    preprocessing: &PreprocessSpec,
+    provenance: &str,
+    dynamic_batch: bool,
+) -> Result<Vec<u8>> {
+    let mut size = (preprocessing.height as i64, preprocessing.width as i64);
+    let mut b = OnnxBuilder::new(size.0 as usize, size.1 as usize, dynamic_batch);
+    let input = b.input();
+    let (y, s) = same_conv_bn(&mut b, &input, &enc.stem.0, &enc.stem.1, size)?;
+    size = s;
+    let mut y = b.clip(&y, 0.0, 6.0);
+    for block in &enc.blocks {
+        let block_in = y.clone();
+        if let Some((conv, bn)) = &block.expand {
+            let (e, s) = same_conv_bn(&mut b, &y, conv, bn, size)?;
+            size = s;
+            y = b.clip(&e, 0.0, 6.0);
+        }
+        let (d, s) = same_conv_bn(&mut b, &y, &block.depthwise.0, &block.depthwise.1, size)?;
+        size = s;
+        y = b.clip(&d, 0.0, 6.0);
+        let (p, s) = same_conv_bn(&mut b, &y, &block.project.0, &block.project.1, size)?;
+        size = s;
+        y = if block.residual {
+            b.add(&p, &block_in)
+        } else {
+            p
+        };
+    }
+    let (h, _) = same_conv_bn(&mut b, &y, &enc.head.0, &enc.head.1, size)?;
+    let h = b.clip(&h, 0.0, 6.0);
+    let e = b.pool_flatten(&h);
+    b.metadata(
+        META_PREPROCESSING,
+        #[allow(clippy::expect_used)] // a plain struct: serde_json cannot fail
+        &serde_json::to_string(preprocessing).expect("serialisable"),
+    );
+    b.metadata("oodmon.provenance", provenance);
+    Ok(b.finish(
+        &e,
+        crate::efficientnet::FEATURES as usize,
+        env!("CARGO_PKG_VERSION"),
+    ))
 }
 
 /// How the exported encoder is quantized to int8.

@@ -15,5 +15,5 @@ pub mod writer;
 pub use error::{Error, Result};
 pub use quantize::{quantize, quantize_qdq, to_f16, QuantForm, RangeMethod};
 pub use writer::{
-    fold_batch_norm, OnnxBuilder, INPUT, IR_VERSION, META_PREPROCESSING, OPSET, OUTPUT,
+    fold_batch_norm, ConvShape, OnnxBuilder, INPUT, IR_VERSION, META_PREPROCESSING, OPSET, OUTPUT,
 };

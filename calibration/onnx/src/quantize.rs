@@ -150,6 +150,15 @@ fn activation_qparams(
     (lo, hi): (f32, f32),
     form: QuantForm,
 ) -> f32 {
+    // a tensor that is both a convolution's output and another's input gets one scale
+    if let Some(existing) = graph
+        .initializer
+        .iter()
+        .find(|t| t.name == format!("{name}_scale"))
+        .and_then(|t| f32_values(t).first().copied())
+    {
+        return existing;
+    }
     let (scale, data_type, zero_point) = if lo >= 0.0 {
         (
             (hi / 255.0).max(1e-12),
@@ -296,7 +305,7 @@ pub fn quantize(
         let w_scales = quantize_weights(graph, &wname)?;
         if form == QuantForm::Operator && conv.op_type == "Conv" {
             let out = conv.output[0].clone();
-            activation_qparams(graph, &out, ranges[&out], form);
+            let out_scale = activation_qparams(graph, &out, ranges[&out], form);
             let bias_name = conv.input.get(2).cloned();
             let mut inputs = vec![
                 act_q,
@@ -330,6 +339,8 @@ pub fn quantize(
                 inputs.push(format!("{bias_name}_q"));
             }
             let out_q = format!("{out}_q");
+            // a convolution that reads this output directly takes the int8 tensor as is
+            quantized.insert(out.clone(), (out_q.clone(), out_scale));
             nodes.push(pb::NodeProto {
                 name: out_q.clone(),
                 op_type: "QLinearConv".into(),

@@ -47,6 +47,17 @@ pub fn fold_batch_norm(
     (w, b)
 }
 
+/// The geometry of one convolution: input channels, square kernel, stride, groups and
+/// padding `[top, left, bottom, right]` (TensorFlow's "same" padding is asymmetric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    pub cin: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub groups: usize,
+    pub pads: [usize; 4],
+}
+
 /// Builds an encoder graph node by node; tensors are referred to by name.
 pub struct OnnxBuilder {
     graph: pb::GraphProto,
@@ -160,7 +171,8 @@ impl OnnxBuilder {
         out
     }
 
-    /// A square convolution with bias; `weight` is `[out, in, k, k]`.
+    /// A square convolution with bias and symmetric padding `k / 2`; `weight` is
+    /// `[out, in, k, k]`.
     pub fn conv(
         &mut self,
         x: &str,
@@ -170,28 +182,78 @@ impl OnnxBuilder {
         k: usize,
         stride: usize,
     ) -> Result<String> {
+        let pad = k / 2;
+        self.conv_with(
+            x,
+            weight,
+            bias,
+            ConvShape {
+                cin,
+                k,
+                stride,
+                groups: 1,
+                pads: [pad, pad, pad, pad],
+            },
+        )
+    }
+
+    /// A square convolution with bias, any grouping (depthwise: `groups == cin`) and any
+    /// padding; `weight` is `[out, cin / groups, k, k]`.
+    pub fn conv_with(
+        &mut self,
+        x: &str,
+        weight: &[f32],
+        bias: &[f32],
+        shape: ConvShape,
+    ) -> Result<String> {
+        let ConvShape {
+            cin,
+            k,
+            stride,
+            groups,
+            pads,
+        } = shape;
         let cout = bias.len();
-        if weight.len() != cout * cin * k * k {
+        if groups == 0 || cin % groups != 0 || cout % groups != 0 {
+            return Err(Error::invalid(
+                "convolution groups",
+                format!("{groups} groups for {cin} -> {cout} channels"),
+            ));
+        }
+        let per_group = cin / groups;
+        if weight.len() != cout * per_group * k * k {
             return Err(Error::invalid(
                 "convolution weights",
-                format!("{} values for [{cout}, {cin}, {k}, {k}]", weight.len()),
+                format!(
+                    "{} values for [{cout}, {per_group}, {k}, {k}]",
+                    weight.len()
+                ),
             ));
         }
         self.count += 1;
-        let w = self.initializer("conv_w", &[cout, cin, k, k], weight);
+        let w = self.initializer("conv_w", &[cout, per_group, k, k], weight);
         let b = self.initializer("conv_b", &[cout], bias);
-        let pad = (k / 2) as i64;
+        let [top, left, bottom, right] = pads.map(|p| p as i64);
         Ok(self.node(
             "Conv",
             vec![x.into(), w, b],
             vec![
                 ints("kernel_shape", &[k as i64, k as i64]),
                 ints("strides", &[stride as i64, stride as i64]),
-                ints("pads", &[pad, pad, pad, pad]),
+                // ONNX order: all beginnings, then all ends
+                ints("pads", &[top, left, bottom, right]),
                 ints("dilations", &[1, 1]),
-                int("group", 1),
+                int("group", groups as i64),
             ],
         ))
+    }
+
+    /// `min(max(x, lo), hi)`: ReLU6 is `clip(x, 0, 6)`.
+    pub fn clip(&mut self, x: &str, lo: f32, hi: f32) -> String {
+        self.count += 1;
+        let lo = self.initializer("clip_min", &[], &[lo]);
+        let hi = self.initializer("clip_max", &[], &[hi]);
+        self.node("Clip", vec![x.into(), lo, hi], vec![])
     }
 
     pub fn relu(&mut self, x: &str) -> String {

@@ -8,31 +8,73 @@ use oodmon_trainer::model::{Arch, Head, ModelConfig};
 use oodmon_trainer::train;
 use tch::Device;
 
-use crate::util::run_python;
+use crate::util::{run_python, torch_lock};
 
 #[test]
 fn onnxruntime_and_the_checker_agree_with_tract_on_float_int8_and_f16_exports() {
-    let dir = tempfile::tempdir().unwrap();
     let cfg = ModelConfig {
         arch: Arch::Edge,
         width: 0.5,
         embed_dim: 32,
         head: Head::Classifier { classes: 4 },
     };
+    let torch = torch_lock();
     tch::manual_seed(11);
     let (_vs, net) = train::build(&cfg, Device::Cpu);
+    drop(torch);
     let spec = PreprocessSpec::cifar(32);
     let bytes = oodmon_trainer::export::export_onnx(&net, &spec, "{}", false).unwrap();
+    exports_agree("edge", &bytes, 32 * 32, 0.99, true);
+}
+
+/// EfficientNet-Lite0 (depthwise and asymmetric-padded convolutions, Clip, residual adds):
+/// the same agreement, on random weights with non-trivial batch-norm statistics.
+#[test]
+fn onnxruntime_and_the_checker_agree_with_tract_on_efficientnet_lite0_exports() {
+    let cfg = ModelConfig {
+        arch: Arch::EfficientnetLite0,
+        width: 1.0,
+        embed_dim: 1280,
+        head: Head::Classifier { classes: 10 },
+    };
+    let torch = torch_lock();
+    tch::manual_seed(12);
+    let (vs, net) = train::build(&cfg, Device::Cpu);
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            if name.ends_with("running_mean") {
+                let r = t.rand_like() * 0.4 - 0.2;
+                t.copy_(&r);
+            } else if name.ends_with("running_var") {
+                let r = t.rand_like() + 0.5;
+                t.copy_(&r);
+            }
+        }
+    });
+    drop(torch);
+    let spec = PreprocessSpec::imagenet(64);
+    let bytes = oodmon_trainer::export::export_onnx(&net, &spec, "{}", false).unwrap();
+    // not the operator form: tract 0.23.9's AVX-512 AMX int32 kernel
+    // (`avx512amx_mmm_i32_16x16`) crashes on it now and then on this machine's CPU
+    // (EVALUATION.md); the form shipped is QDQ
+    exports_agree("efficientnet-lite0", &bytes, 64 * 64, 0.98, false);
+}
+
+/// The float export in onnxruntime equals tract's (and passes the checker); int8 (QDQ, and
+/// operator form when asked) and float16 stay within `min_cosine` (f16: 0.9999) of float
+/// in both runtimes.
+fn exports_agree(what: &str, bytes: &[u8], pixels: usize, min_cosine: f64, operator_form: bool) {
+    let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("encoder.onnx");
-    std::fs::write(&model, &bytes).unwrap();
+    std::fs::write(&model, bytes).unwrap();
     let enc = Encoder::load(&model).unwrap();
-    let n = 4;
-    let inputs: Vec<f32> = (0..n * 3 * 32 * 32)
+    let (n, len) = (4, 3 * pixels);
+    let inputs: Vec<f32> = (0..n * len)
         .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
         .collect();
     npy::write_embeddings(
         dir.path().join("inputs.npy"),
-        &Embeddings::new(n, 3 * 32 * 32, inputs.clone()).unwrap(),
+        &Embeddings::new(n, len, inputs.clone()).unwrap(),
     )
     .unwrap();
     run_python(
@@ -47,47 +89,43 @@ fn onnxruntime_and_the_checker_agree_with_tract_on_float_int8_and_f16_exports() 
     let mut session = enc.session().unwrap();
     let mut float_rows = Vec::new();
     for i in 0..n {
-        let ours = session.embed(&inputs[i * 3072..(i + 1) * 3072]).unwrap();
+        let ours = session.embed(&inputs[i * len..(i + 1) * len]).unwrap();
         let err = ours
             .iter()
             .zip(ort.row(i))
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
+        let scale = ours.iter().fold(1.0f32, |m, v| m.max(v.abs()));
         assert!(
-            err <= 1e-4,
-            "row {i}: tract and onnxruntime differ by {err}"
+            err <= 1e-4 * scale,
+            "{what} row {i}: tract and onnxruntime differ by {err}"
         );
         float_rows.push(ours.to_vec());
     }
-
-    // int8 in both forms and float16: the checker and onnxruntime accept them, and both
-    // runtimes stay close to float
     let calibration: Vec<Vec<f32>> = (0..16)
         .map(|k| {
-            (0..3072)
+            (0..len)
                 .map(|i| (((i + 131 * k) * 7919 % 1000) as f32 / 500.0) - 1.0)
                 .collect()
         })
         .collect();
-    let variants = [
+    let mut variants = vec![
         (
             "int8-qdq",
-            quantize(&bytes, &calibration, RangeMethod::MinMax, QuantForm::Qdq).unwrap(),
-            0.99,
+            quantize(bytes, &calibration, RangeMethod::MinMax, QuantForm::Qdq).unwrap(),
+            min_cosine,
         ),
-        (
-            "int8-operator",
-            quantize(
-                &bytes,
-                &calibration,
-                RangeMethod::MinMax,
-                QuantForm::Operator,
-            )
-            .unwrap(),
-            0.99,
-        ),
-        ("f16", to_f16(&bytes).unwrap(), 0.9999),
+        ("f16", to_f16(bytes).unwrap(), 0.9999),
     ];
+    if operator_form {
+        let model = quantize(
+            bytes,
+            &calibration,
+            RangeMethod::MinMax,
+            QuantForm::Operator,
+        );
+        variants.push(("int8-operator", model.unwrap(), min_cosine));
+    }
     for (name, model, min_cosine) in variants {
         let path = dir.path().join(format!("encoder-{name}.onnx"));
         std::fs::write(&path, &model).unwrap();
@@ -100,13 +138,18 @@ fn onnxruntime_and_the_checker_agree_with_tract_on_float_int8_and_f16_exports() 
         let mut q = Encoder::load(&path).unwrap().session().unwrap();
         let (mut tract_cos, mut ort_cos) = (0.0, 0.0);
         for i in 0..n {
-            let ours = q.embed(&inputs[i * 3072..(i + 1) * 3072]).unwrap();
+            let ours = q.embed(&inputs[i * len..(i + 1) * len]).unwrap();
             tract_cos += cosine(ours, &float_rows[i]) / n as f64;
             ort_cos += cosine(ort.row(i), &float_rows[i]) / n as f64;
         }
-        eprintln!("{name} vs float mean cosine: tract {tract_cos:.6}, onnxruntime {ort_cos:.6}");
-        assert!(tract_cos >= min_cosine, "tract {name}: {tract_cos}");
-        assert!(ort_cos >= min_cosine, "onnxruntime {name}: {ort_cos}");
+        eprintln!(
+            "{what} {name} vs float mean cosine: tract {tract_cos:.6}, onnxruntime {ort_cos:.6}"
+        );
+        assert!(tract_cos >= min_cosine, "tract {what} {name}: {tract_cos}");
+        assert!(
+            ort_cos >= min_cosine,
+            "onnxruntime {what} {name}: {ort_cos}"
+        );
     }
 }
 

@@ -70,3 +70,10 @@ pub fn gaussian_classes(n: usize, dim: usize, classes: usize, seed: u64) -> (Emb
     }
     (Embeddings::new(n, dim, data).unwrap(), labels)
 }
+
+/// Serialises tests that seed libtorch's global random generator, so that each sees the
+/// weights its seed promises whatever runs beside it.
+pub fn torch_lock() -> std::sync::MutexGuard<'static, ()> {
+    static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TORCH.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -581,3 +581,53 @@ fn a_checkpoint_for_another_network_is_refused_by_name_and_shape() {
     std::fs::write(&junk, b"not a zip").unwrap();
     assert!(read_checkpoint(std::path::Path::new("python3"), &junk).is_err());
 }
+
+/// EfficientNet-Lite0 exported as ONNX (depthwise convolutions, asymmetric "same" padding,
+/// ReLU6 as Clip, residual adds) gives tch's embedding in tract, on a non-square input
+/// whose sizes go odd on the way down.
+#[test]
+fn exported_efficientnet_lite0_in_tract_matches_the_tch_forward_pass() {
+    let _torch = torch_lock();
+    use oodmon_runtime::Encoder;
+    let cfg = ModelConfig {
+        arch: Arch::EfficientnetLite0,
+        width: 1.0,
+        embed_dim: 1280,
+        head: Head::Classifier { classes: 10 },
+    };
+    tch::manual_seed(5);
+    let (vs, net) = train::build(&cfg, Device::Cpu);
+    // batch norm with statistics that are not 0 and 1
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            if name.ends_with("running_mean") {
+                let r = t.rand_like() * 0.4 - 0.2;
+                t.copy_(&r);
+            } else if name.ends_with("running_var") {
+                let r = t.rand_like() + 0.5;
+                t.copy_(&r);
+            }
+        }
+    });
+    let mut spec = PreprocessSpec::imagenet(64);
+    spec.height = 72;
+    let bytes = oodmon_trainer::export::export_onnx(&net, &spec, "{}", false).unwrap();
+    let enc = Encoder::from_bytes(&bytes, std::path::Path::new("lite0.onnx")).unwrap();
+    assert_eq!((enc.input_size(), enc.dim()), ((64, 72), 1280));
+    let mut session = enc.session().unwrap();
+    for seed in 0..2 {
+        tch::manual_seed(seed);
+        let x = tch::Tensor::randn([1, 3, 72, 64], (tch::Kind::Float, Device::Cpu));
+        let want: Vec<f32> = Vec::try_from(net.embed(&x, false).flatten(0, -1)).unwrap();
+        let input: Vec<f32> = Vec::try_from(x.flatten(0, -1)).unwrap();
+        let got = session.embed(&input).unwrap();
+        let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let err = want
+            .iter()
+            .zip(got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("lite0 export: max |tract - tch| {err:.2e} (norm {norm:.2})");
+        assert!(err <= 1e-4 * norm, "max error {err} vs norm {norm}");
+    }
+}
