@@ -272,6 +272,16 @@ pub fn quantize(
         {
             activations.push(n.output[0].clone());
         }
+        // QDQ: both inputs of a residual Add are quantized too, so that a runtime can keep
+        // the whole block in int8 instead of leaving int8 at every Add
+        if form == QuantForm::Qdq && n.op_type == "Add" {
+            for i in &n.input {
+                let constant = graph.initializer.iter().any(|t| &t.name == i);
+                if !constant && !activations.contains(i) {
+                    activations.push(i.clone());
+                }
+            }
+        }
     }
     let ranges = activation_ranges(&proto, &activations, inputs, method)?;
     let graph = proto
@@ -282,6 +292,16 @@ pub fn quantize(
     // activation name -> (quantized name, scale)
     let mut quantized: HashMap<String, (String, f32)> = Default::default();
     for mut conv in std::mem::take(&mut graph.node) {
+        if form == QuantForm::Qdq && conv.op_type == "Add" {
+            for input in conv.input.iter_mut() {
+                let Some(&range) = ranges.get(input.as_str()) else {
+                    continue;
+                };
+                *input = qdq_pair(graph, &mut nodes, &mut quantized, input, range, form);
+            }
+            nodes.push(conv);
+            continue;
+        }
         if conv.op_type != "Conv" && conv.op_type != "Gemm" {
             nodes.push(conv);
             continue;
@@ -385,6 +405,41 @@ pub fn quantize(
         value: serde_json::json!({"form": form, "weights": "int8 per-channel symmetric", "activations": method, "calibration_images": inputs.len()}).to_string(),
     });
     Ok(proto.encode_to_vec())
+}
+
+/// `QuantizeLinear` then `DequantizeLinear` of activation `act` (each made once, however
+/// many nodes read it); returns the dequantized tensor's name for the reader.
+fn qdq_pair(
+    graph: &mut pb::GraphProto,
+    nodes: &mut Vec<pb::NodeProto>,
+    quantized: &mut HashMap<String, (String, f32)>,
+    act: &str,
+    range: (f32, f32),
+    form: QuantForm,
+) -> String {
+    let act_q = match quantized.get(act) {
+        Some((q, _)) => q.clone(),
+        None => {
+            let scale = activation_qparams(graph, act, range, form);
+            let q = format!("{act}_q");
+            nodes.push(node(
+                "QuantizeLinear",
+                vec![act.to_string(), format!("{act}_scale"), format!("{act}_zp")],
+                q.clone(),
+            ));
+            quantized.insert(act.to_string(), (q.clone(), scale));
+            q
+        }
+    };
+    let act_dq = format!("{act}_dq");
+    if !nodes.iter().any(|n| n.output.first() == Some(&act_dq)) {
+        nodes.push(node(
+            "DequantizeLinear",
+            vec![act_q, format!("{act}_scale"), format!("{act}_zp")],
+            act_dq.clone(),
+        ));
+    }
+    act_dq
 }
 
 /// A half-precision copy of a float encoder: every float initializer stored as float16,
@@ -585,4 +640,88 @@ fn activation_ranges(
         }
     }
     Ok(names.iter().cloned().zip(ranges).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writer::OnnxBuilder;
+
+    /// conv -> relu -> conv, plus the skip: `relu(conv(x)) + conv(relu(conv(x)))`.
+    fn residual_model() -> Vec<u8> {
+        let w = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i + seed) * 7919 % 1000) as f32 / 1000.0) - 0.5)
+                .collect()
+        };
+        let mut b = OnnxBuilder::new(8, 8, false);
+        let x = b.input();
+        let a = b.conv(&x, &w(4 * 3 * 9, 1), &w(4, 2), 3, 3, 1).unwrap();
+        let a = b.relu(&a);
+        let c = b.conv(&a, &w(4 * 4 * 9, 3), &w(4, 4), 4, 3, 1).unwrap();
+        let s = b.add(&a, &c);
+        let p = b.pool_flatten(&s);
+        b.finish(&p, 4, "test")
+    }
+
+    #[test]
+    fn qdq_quantizes_both_inputs_of_a_residual_add() {
+        let model = residual_model();
+        let inputs: Vec<Vec<f32>> = (0..8)
+            .map(|k| {
+                (0..192)
+                    .map(|i| ((i * 31 + k * 7) % 17) as f32 / 8.0 - 1.0)
+                    .collect()
+            })
+            .collect();
+        let q = quantize_qdq(&model, &inputs, RangeMethod::MinMax).unwrap();
+        let proto = pb::ModelProto::decode(q.as_slice()).unwrap();
+        let graph = proto.graph.unwrap();
+        let producer = |name: &str| {
+            graph
+                .node
+                .iter()
+                .find(|n| n.output.iter().any(|o| o == name))
+                .map(|n| n.op_type.clone())
+        };
+        let add = graph.node.iter().find(|n| n.op_type == "Add").unwrap();
+        for input in &add.input {
+            assert_eq!(
+                producer(input).as_deref(),
+                Some("DequantizeLinear"),
+                "{input}"
+            );
+        }
+        // each activation is quantized once however many nodes read it
+        let mut quantized: Vec<&str> = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "QuantizeLinear")
+            .map(|n| n.input[0].as_str())
+            .collect();
+        let all = quantized.len();
+        quantized.sort_unstable();
+        quantized.dedup();
+        assert_eq!(quantized.len(), all);
+        // and it still computes what the float model does
+        let path = Path::new("t.onnx");
+        let mut f = oodmon_runtime::Encoder::from_bytes(&model, path)
+            .unwrap()
+            .session()
+            .unwrap();
+        let mut g = oodmon_runtime::Encoder::from_bytes(&q, path)
+            .unwrap()
+            .session()
+            .unwrap();
+        for x in &inputs {
+            let (a, b) = (f.embed(x).unwrap().to_vec(), g.embed(x).unwrap().to_vec());
+            let err = a
+                .iter()
+                .zip(&b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            assert!(err <= 0.05 * scale, "int8 off by {err} of {scale}");
+        }
+    }
 }
