@@ -269,6 +269,28 @@ fn the_edge_encoder_stays_well_under_a_million_parameters() {
     }
 }
 
+/// The largest difference between tch's embedding (eval mode) and the exported encoder's
+/// in a tract session, on a random input of `shape` from `seed`, and the embedding's norm.
+fn tract_vs_tch(
+    net: &oodmon_trainer::model::Net,
+    session: &mut oodmon_runtime::Session,
+    shape: [i64; 4],
+    seed: i64,
+) -> (f32, f32) {
+    tch::manual_seed(seed);
+    let x = tch::Tensor::randn(shape, (tch::Kind::Float, Device::Cpu));
+    let want: Vec<f32> = Vec::try_from(net.embed(&x, false).flatten(0, -1)).unwrap();
+    let input: Vec<f32> = Vec::try_from(x.flatten(0, -1)).unwrap();
+    let got = session.embed(&input).unwrap();
+    let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let err = want
+        .iter()
+        .zip(got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    (err, norm)
+}
+
 /// tract's output for the exported float ONNX equals tch's forward pass (eval mode).
 #[test]
 fn exported_onnx_in_tract_matches_the_tch_forward_pass() {
@@ -295,17 +317,7 @@ fn exported_onnx_in_tract_matches_the_tch_forward_pass() {
             assert_eq!(enc.preprocessing(), Some(&saved.preprocessing));
             let mut session = enc.session().unwrap();
             for seed in 0..3 {
-                tch::manual_seed(seed);
-                let x = tch::Tensor::randn([1, 3, 16, 16], (tch::Kind::Float, Device::Cpu));
-                let want: Vec<f32> = Vec::try_from(net.embed(&x, false).flatten(0, -1)).unwrap();
-                let input: Vec<f32> = Vec::try_from(x.flatten(0, -1)).unwrap();
-                let got = session.embed(&input).unwrap();
-                let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
-                let err = want
-                    .iter()
-                    .zip(got)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0f32, f32::max);
+                let (err, norm) = tract_vs_tch(&net, &mut session, [1, 3, 16, 16], seed);
                 assert!(
                     err <= 1e-4 * norm,
                     "{arch:?} dynamic={dynamic}: max error {err} vs norm {norm}"
@@ -616,17 +628,7 @@ fn exported_efficientnet_lite0_in_tract_matches_the_tch_forward_pass() {
     assert_eq!((enc.input_size(), enc.dim()), ((64, 72), 1280));
     let mut session = enc.session().unwrap();
     for seed in 0..2 {
-        tch::manual_seed(seed);
-        let x = tch::Tensor::randn([1, 3, 72, 64], (tch::Kind::Float, Device::Cpu));
-        let want: Vec<f32> = Vec::try_from(net.embed(&x, false).flatten(0, -1)).unwrap();
-        let input: Vec<f32> = Vec::try_from(x.flatten(0, -1)).unwrap();
-        let got = session.embed(&input).unwrap();
-        let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
-        let err = want
-            .iter()
-            .zip(got)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let (err, norm) = tract_vs_tch(&net, &mut session, [1, 3, 72, 64], seed);
         eprintln!("lite0 export: max |tract - tch| {err:.2e} (norm {norm:.2})");
         assert!(err <= 1e-4 * norm, "max error {err} vs norm {norm}");
     }
