@@ -49,6 +49,18 @@ def scores(train, labels, queries, knn_k):
         per.append(np.einsum("nd,de,ne->n", dd, p, dd))
     out["mahalanobis_per_cluster"] = np.sqrt(np.stack(per, 1).min(1))
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    # Mahalanobis++ (Mueller & Hein 2025): tied Mahalanobis after L2 normalisation
+    mun = np.stack([xn[labels == c].mean(0) for c in classes])
+    precn = LedoitWolf(assume_centered=True).fit(xn - mun[np.searchsorted(classes, labels)]).precision_
+    diffn = qn[:, None, :] - mun[None]
+    out["mahalanobis_pp"] = np.sqrt(np.einsum("nkd,de,nke->nk", diffn, precn, diffn).min(1))
+    # relative Mahalanobis (Ren et al. 2021): squared class distance minus the squared
+    # distance to one Gaussian fitted on all training data
+    mu0 = x.mean(0)
+    prec0 = LedoitWolf(assume_centered=True).fit(x - mu0).precision_
+    md0 = np.einsum("nd,de,ne->n", q - mu0, prec0, q - mu0)
+    out["background_mahalanobis2"] = md0
+    out["relative_mahalanobis"] = np.einsum("nkd,de,nke->nk", diff, prec, diff).min(1) - md0
     dist = np.sqrt(np.maximum(((qn[:, None, :] - xn[None]) ** 2).sum(-1), 0))
     out["knn"] = np.sort(dist, axis=1)[:, knn_k - 1]
     return {k: v.tolist() for k, v in out.items()}

@@ -236,7 +236,8 @@ struct FitArgs {
     /// class | kmeans:K | kmeans-per-class:K
     #[arg(long, default_value = "class")]
     clusters: String,
-    /// euclidean | cosine | mahalanobis | mahalanobis-per-cluster | knn:K
+    /// euclidean | cosine | mahalanobis | mahalanobis-per-cluster | mahalanobis++ |
+    /// relative-mahalanobis | knn:K
     #[arg(long, default_value = "cosine")]
     metric: String,
     #[arg(long)]

@@ -241,7 +241,7 @@ fn grid(s: &Study, loss: &str, variant: &str) -> Result {
         "--clusters",
         "class,kmeans:10,kmeans:50,kmeans-per-class:3",
         "--metrics",
-        "euclidean,cosine,mahalanobis,knn:50",
+        "euclidean,cosine,mahalanobis,mahalanobis++,relative-mahalanobis,knn:50",
         "--thresholds",
         "global,per-cluster,conformal",
         "--out",

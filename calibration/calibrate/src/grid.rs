@@ -84,14 +84,30 @@ pub fn run_grid(
                 clusters.name(),
                 started.elapsed().as_secs_f64()
             );
+            let mut unit_clusters = None;
             for &metric in &cfg.metrics {
+                // Mahalanobis++ is only defined on normalised clusters: it runs once, in the
+                // normalised pass when the grid has one.
+                let unit_only = metric.needs_unit_norm() && !normalize;
+                if unit_only && cfg.normalize.contains(&true) {
+                    continue;
+                }
                 progress(&format!(
-                    "  metric {} on {} (normalize={normalize})",
+                    "  metric {} on {} (normalize={})",
                     metric.name(),
-                    clusters.name()
+                    clusters.name(),
+                    normalize || unit_only
                 ));
                 fc.metric = metric;
-                let model = fit_metric(&fitted_clusters, &fc)?;
+                let source = if unit_only {
+                    if unit_clusters.is_none() {
+                        unit_clusters = Some(fit_clusters(data.train, data.labels, &fc)?);
+                    }
+                    unit_clusters.as_ref().unwrap_or(&fitted_clusters)
+                } else {
+                    &fitted_clusters
+                };
+                let model = fit_metric(source, &fc)?;
                 let scorer = Scorer::new(&model)?;
                 let cal = scorer.score_batch(data.calib)?;
                 let test = scorer.score_batch(data.test)?;
@@ -115,7 +131,7 @@ pub fn run_grid(
                         rows.push(GridRow {
                             clusters: clusters.name(),
                             metric: metric.name(),
-                            normalize,
+                            normalize: model.normalize,
                             threshold: mode.name().into(),
                             ood_set: name.clone(),
                             metrics: ood_metrics(&id_scores, &o),

@@ -108,7 +108,8 @@ struct RuleArgs {
     /// class | kmeans:K | kmeans-per-class:K
     #[arg(long, default_value = "class")]
     clusters: String,
-    /// euclidean | cosine | mahalanobis | mahalanobis-per-cluster | knn:K
+    /// euclidean | cosine | mahalanobis | mahalanobis-per-cluster | mahalanobis++ |
+    /// relative-mahalanobis | knn:K
     #[arg(long, default_value = "cosine")]
     metric: String,
     /// L2-normalise embeddings before fitting and scoring.
@@ -218,7 +219,10 @@ struct GridArgs {
     #[arg(long, default_value = "class,kmeans:10,kmeans-per-class:3")]
     clusters: String,
     /// Comma-separated metrics.
-    #[arg(long, default_value = "euclidean,cosine,mahalanobis,knn:50")]
+    #[arg(
+        long,
+        default_value = "euclidean,cosine,mahalanobis,mahalanobis++,relative-mahalanobis,knn:50"
+    )]
     metrics: String,
     /// Comma-separated threshold rules: global, per-cluster, conformal.
     #[arg(long, default_value = "global,per-cluster,conformal")]

@@ -169,7 +169,7 @@ impl CalibrationArtifact {
                 found: self.model.dim,
             });
         }
-        if self.fit.metric != self.model.metric || self.fit.normalize != self.model.normalize {
+        if self.fit.metric != self.model.metric || self.fit.normalizes() != self.model.normalize {
             return Err(Error::InvalidArtifact(
                 "fit configuration and model disagree on metric or normalisation".into(),
             ));

@@ -9,7 +9,7 @@ use crate::embeddings::Embeddings;
 use crate::error::{Error, Result};
 use crate::kmeans::{cluster_sums, kmeans, KMeansConfig};
 use crate::matrix::{MatrixF32, MatrixF64};
-use crate::model::{cholesky_lower, Covariance, KnnBank, Metric, Model, Shrinkage};
+use crate::model::{cholesky_lower, Background, Covariance, KnnBank, Metric, Model, Shrinkage};
 
 /// How the in-distribution data is summarised as clusters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +77,12 @@ pub struct FitConfig {
 }
 
 impl FitConfig {
+    /// Whether the embeddings are L2-normalised: asked for, or required by the metric
+    /// (Mahalanobis++).
+    pub fn normalizes(&self) -> bool {
+        self.normalize || self.metric.needs_unit_norm()
+    }
+
     pub fn new(clusters: ClusterSpec, metric: Metric) -> Self {
         Self {
             clusters,
@@ -143,7 +149,8 @@ pub fn fit_model(train: &Embeddings, labels: Option<&[i64]>, cfg: &FitConfig) ->
     })
 }
 
-/// The clustering step of [`fit_model`]; `cfg.metric` is ignored.
+/// The clustering step of [`fit_model`]; `cfg.metric` only counts through
+/// [`FitConfig::normalizes`].
 pub fn fit_clusters(
     train: &Embeddings,
     labels: Option<&[i64]>,
@@ -164,7 +171,7 @@ pub fn fit_clusters(
         }
         None => None,
     };
-    let data = if cfg.normalize {
+    let data = if cfg.normalizes() {
         train.l2_normalized()
     } else {
         train.clone()
@@ -229,7 +236,7 @@ pub fn fit_clusters(
     };
     Ok(Clusters {
         data,
-        normalize: cfg.normalize,
+        normalize: cfg.normalizes(),
         centroids,
         assignment,
         cluster_class,
@@ -247,12 +254,24 @@ pub fn fit_metric(clusters: &Clusters, cfg: &FitConfig) -> Result<Model> {
     } = clusters;
     let d = data.dim();
     let k = centroids.len() / d.max(1);
-    let precision = match cfg.metric {
-        Metric::Mahalanobis {
-            covariance,
-            shrinkage,
-        } => fit_precision(data, centroids, assignment, k, covariance, shrinkage)?,
-        _ => Vec::new(),
+    if cfg.metric.needs_unit_norm() && !clusters.normalize {
+        return Err(Error::param(
+            "normalize",
+            format!(
+                "{} is defined on L2-normalised clusters; these were fitted without",
+                cfg.metric.name()
+            ),
+        ));
+    }
+    let precision = match cfg.metric.precision() {
+        Some((covariance, shrinkage)) => {
+            fit_precision(data, centroids, assignment, k, covariance, shrinkage)?
+        }
+        None => Vec::new(),
+    };
+    let background = match cfg.metric {
+        Metric::RelativeMahalanobis { shrinkage } => Some(fit_background(data, shrinkage)?),
+        _ => None,
     };
     let knn_bank = match cfg.metric {
         Metric::Knn { k: kk } => {
@@ -292,6 +311,27 @@ pub fn fit_metric(clusters: &Clusters, cfg: &FitConfig) -> Result<Model> {
         cluster_class: cluster_class.clone(),
         precision,
         knn_bank,
+        background,
+    })
+}
+
+/// One Gaussian over all training embeddings (the mean and shrunk precision), the
+/// background of relative Mahalanobis.
+fn fit_background(data: &Embeddings, shrinkage: Shrinkage) -> Result<Background> {
+    let d = data.dim();
+    let n = data.rows();
+    let mut sum = vec![0f64; d];
+    for i in 0..n {
+        for (s, &x) in sum.iter_mut().zip(data.row(i)) {
+            *s += x as f64;
+        }
+    }
+    let mean: Vec<f32> = sum.iter().map(|s| (s / n as f64) as f32).collect();
+    let all: Vec<usize> = (0..n).collect();
+    let (cov, fourth, nf) = scatter(data, &all, &mean, &vec![0; n]);
+    Ok(Background {
+        precision: shrunk_precision(&cov, fourth, nf, d, shrinkage, "the background covariance")?,
+        mean,
     })
 }
 
@@ -457,6 +497,17 @@ mod tests {
         assert!(ClusterSpec::parse("dbscan").is_err());
         assert_eq!(Metric::parse("knn:5").unwrap(), Metric::Knn { k: 5 });
         assert!(Metric::parse("knn:x").is_err());
+        for name in [
+            "euclidean",
+            "cosine",
+            "mahalanobis",
+            "mahalanobis-per-cluster",
+            "mahalanobis++",
+            "relative-mahalanobis",
+            "knn:3",
+        ] {
+            assert_eq!(Metric::parse(name).unwrap().name(), name);
+        }
     }
 
     #[test]

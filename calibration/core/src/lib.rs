@@ -8,7 +8,8 @@
 //!
 //! - [`npy`]: embeddings and labels in NumPy `.npy`.
 //! - [`fit`]: clusters (class centroids, k-means global or per class) and metric statistics.
-//! - [`model`]: Euclidean, cosine, Mahalanobis and k-NN scores (higher = more OOD).
+//! - [`model`]: Euclidean, cosine, Mahalanobis (tied, per cluster, ++ and relative) and k-NN
+//!   scores (higher = more OOD).
 //! - [`threshold`]: global, per-cluster and split-conformal decisions.
 //! - [`metrics`]: AUROC, AUPR-In/Out, FPR@95TPR, detection error, ROC points.
 //! - [`artifact`]: the versioned calibration file, written atomically and validated on load.
@@ -36,7 +37,7 @@ pub use error::{Error, Result};
 pub use fit::{fit_model, ClusterSpec, FitConfig, Fitted};
 pub use kmeans::{kmeans, KMeansConfig, KMeansFit};
 pub use metrics::{ood_metrics, OodMetrics};
-pub use model::{Covariance, Metric, Model, Score, Scorer, Scratch, Shrinkage};
+pub use model::{Background, Covariance, Metric, Model, Score, Scorer, Scratch, Shrinkage};
 pub use preprocess::PreprocessSpec;
 pub use threshold::{ThresholdMode, Thresholds};
 

@@ -6,6 +6,12 @@
 //! - Euclidean: `min_j ||x - c_j||`
 //! - cosine: `min_j 1 - cos(x, c_j)` (a zero vector has cosine 0 to everything)
 //! - Mahalanobis: `min_j sqrt((x - c_j)^T P (x - c_j))`, with `P` the tied or per-cluster precision
+//! - Mahalanobis++ (Mueller & Hein 2025): tied Mahalanobis on L2-normalised embeddings, so
+//!   that the feature norm, which varies wildly between inputs, cannot dominate the distance
+//! - relative Mahalanobis (Ren et al. 2021): `min_j (x - c_j)^T P (x - c_j) - (x - m)^T P_0 (x - m)`,
+//!   squared distances with a background Gaussian `(m, P_0)` fitted on all ID data taken
+//!   away, so directions every ID class varies along do not count (aimed at near-OOD); it
+//!   can be negative
 //! - k-NN (Sun et al. 2022): the Euclidean distance from `x/||x||` to its k-th nearest
 //!   neighbour among the L2-normalised training embeddings; the nearest cluster is the
 //!   cluster of the first neighbour.
@@ -50,20 +56,26 @@ pub enum Metric {
         covariance: Covariance,
         shrinkage: Shrinkage,
     },
+    /// Tied Mahalanobis on L2-normalised embeddings; the model is always normalised.
+    MahalanobisPlusPlus {
+        shrinkage: Shrinkage,
+    },
+    /// Squared tied Mahalanobis minus the squared distance to a background Gaussian.
+    RelativeMahalanobis {
+        shrinkage: Shrinkage,
+    },
     Knn {
         k: usize,
     },
 }
 
+const METRIC_NAMES: &str = "euclidean, cosine, mahalanobis, mahalanobis-per-cluster, \
+                            mahalanobis++, relative-mahalanobis or knn:K";
+
 impl Metric {
-    /// Parses `euclidean`, `cosine`, `mahalanobis`, `mahalanobis-per-cluster` or `knn:K`.
+    /// Parses one of the names in [`Metric::name`].
     pub fn parse(text: &str) -> Result<Self> {
-        let bad = || {
-            Error::param(
-                "metric",
-                format!("{text:?} (expected euclidean, cosine, mahalanobis, mahalanobis-per-cluster or knn:K)"),
-            )
-        };
+        let bad = || Error::param("metric", format!("{text:?} (expected {METRIC_NAMES})"));
         Ok(match text {
             "euclidean" => Metric::Euclidean,
             "cosine" => Metric::Cosine,
@@ -73,6 +85,12 @@ impl Metric {
             },
             "mahalanobis-per-cluster" => Metric::Mahalanobis {
                 covariance: Covariance::PerCluster,
+                shrinkage: Shrinkage::LedoitWolf,
+            },
+            "mahalanobis++" => Metric::MahalanobisPlusPlus {
+                shrinkage: Shrinkage::LedoitWolf,
+            },
+            "relative-mahalanobis" => Metric::RelativeMahalanobis {
                 shrinkage: Shrinkage::LedoitWolf,
             },
             _ => {
@@ -99,9 +117,38 @@ impl Metric {
                 covariance: Covariance::PerCluster,
                 ..
             } => "mahalanobis-per-cluster".into(),
+            Metric::MahalanobisPlusPlus { .. } => "mahalanobis++".into(),
+            Metric::RelativeMahalanobis { .. } => "relative-mahalanobis".into(),
             Metric::Knn { k } => format!("knn:{k}"),
         }
     }
+
+    /// True when the metric is defined on L2-normalised embeddings whatever `normalize` says.
+    pub fn needs_unit_norm(&self) -> bool {
+        matches!(self, Metric::MahalanobisPlusPlus { .. })
+    }
+
+    /// The covariance and shrinkage of the metrics that need precision matrices.
+    pub fn precision(&self) -> Option<(Covariance, Shrinkage)> {
+        match *self {
+            Metric::Mahalanobis {
+                covariance,
+                shrinkage,
+            } => Some((covariance, shrinkage)),
+            Metric::MahalanobisPlusPlus { shrinkage }
+            | Metric::RelativeMahalanobis { shrinkage } => Some((Covariance::Tied, shrinkage)),
+            _ => None,
+        }
+    }
+}
+
+/// The Gaussian fitted on all in-distribution embeddings that relative Mahalanobis subtracts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Background {
+    /// Mean of all training embeddings (after normalisation when the model normalises).
+    pub mean: Vec<f32>,
+    /// Shrunk precision of all training embeddings around `mean`.
+    pub precision: MatrixF64,
 }
 
 /// The stored neighbours of the k-NN score.
@@ -129,6 +176,9 @@ pub struct Model {
     pub precision: Vec<MatrixF64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knn_bank: Option<KnnBank>,
+    /// The background Gaussian of relative Mahalanobis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<Background>,
 }
 
 impl Model {
@@ -148,6 +198,12 @@ pub struct Score {
 enum Kind {
     /// Nearest centre by squared Euclidean distance in a (possibly transformed) space.
     Nearest { cosine: bool },
+    /// Tied Mahalanobis squared, minus the squared distance to the background Gaussian:
+    /// `bg_transform` is its Cholesky factor and `bg_center` its mean, transformed.
+    Relative {
+        bg_transform: Vec<f32>,
+        bg_center: Vec<f32>,
+    },
     /// Per-cluster Mahalanobis: `transforms` holds `k` lower Cholesky factors.
     PerCluster,
     Knn {
@@ -200,6 +256,32 @@ pub(crate) fn cholesky_lower(p: &MatrixF64) -> Option<Vec<f64>> {
     out.iter().all(|v| v.is_finite()).then_some(out)
 }
 
+/// Checks a stored precision matrix (shape, finite, symmetric, positive definite) and
+/// returns its lower Cholesky factor.
+fn precision_factor(p: &MatrixF64, d: usize, what: &str) -> Result<Vec<f64>> {
+    if p.rows != d || p.cols != d {
+        return Err(Error::DimensionMismatch {
+            what: what.into(),
+            expected: d,
+            found: if p.rows != d { p.rows } else { p.cols },
+        });
+    }
+    if !p.all_finite() {
+        return Err(Error::InvalidArtifact(format!(
+            "{what} holds NaN or infinite values"
+        )));
+    }
+    let sym = (0..d).all(|r| {
+        (0..r).all(|c| {
+            let (a, b) = (p.data[r * d + c], p.data[c * d + r]);
+            (a - b).abs() <= 1e-9 * (a.abs() + b.abs()).max(1e-300)
+        })
+    });
+    cholesky_lower(p)
+        .filter(|_| sym)
+        .ok_or_else(|| Error::NotPositiveDefinite { what: what.into() })
+}
+
 impl Scorer {
     /// Validates the model and precomputes what scoring needs.
     pub fn new(model: &Model) -> Result<Self> {
@@ -230,7 +312,9 @@ impl Scorer {
             )));
         }
         let mut centers = model.centroids.data.clone();
-        if model.normalize {
+        // Normalised models score against centres on the sphere; Mahalanobis++ keeps the
+        // class means of the normalised embeddings, as its covariance was fitted around them.
+        if model.normalize && !model.metric.needs_unit_norm() {
             centers.chunks_exact_mut(d).for_each(normalize_in_place);
         }
         let mut transforms = Vec::new();
@@ -240,7 +324,13 @@ impl Scorer {
                 centers.chunks_exact_mut(d).for_each(normalize_in_place);
                 Kind::Nearest { cosine: true }
             }
-            Metric::Mahalanobis { covariance, .. } => {
+            Metric::Mahalanobis { .. }
+            | Metric::MahalanobisPlusPlus { .. }
+            | Metric::RelativeMahalanobis { .. } => {
+                let covariance = model
+                    .metric
+                    .precision()
+                    .map_or(Covariance::Tied, |(c, _)| c);
                 let want = match covariance {
                     Covariance::Tied => 1,
                     Covariance::PerCluster => k,
@@ -251,40 +341,60 @@ impl Scorer {
                         model.precision.len()
                     )));
                 }
+                if model.metric.needs_unit_norm() && !model.normalize {
+                    return Err(Error::InvalidArtifact(format!(
+                        "{} needs a normalised model",
+                        model.metric.name()
+                    )));
+                }
                 for (i, p) in model.precision.iter().enumerate() {
-                    if p.rows != d || p.cols != d {
-                        return Err(Error::DimensionMismatch {
-                            what: format!("precision matrix {i}"),
-                            expected: d,
-                            found: if p.rows != d { p.rows } else { p.cols },
-                        });
-                    }
-                    if !p.all_finite() {
-                        return Err(Error::InvalidArtifact(format!(
-                            "precision matrix {i} holds NaN or infinite values"
-                        )));
-                    }
-                    let sym = (0..d).all(|r| {
-                        (0..r).all(|c| {
-                            let (a, b) = (p.data[r * d + c], p.data[c * d + r]);
-                            (a - b).abs() <= 1e-9 * (a.abs() + b.abs()).max(1e-300)
-                        })
-                    });
-                    let l = cholesky_lower(p).filter(|_| sym).ok_or_else(|| {
-                        Error::NotPositiveDefinite {
-                            what: format!("precision matrix {i}"),
-                        }
-                    })?;
+                    let l = precision_factor(p, d, &format!("precision matrix {i}"))?;
                     transforms.extend(l.iter().map(|&v| v as f32));
                 }
-                match covariance {
-                    Covariance::Tied => {
-                        let mut z = vec![0f32; k * d];
-                        matmul(&centers, k, &transforms, d, d, &mut z);
-                        centers = z;
+                let mut transformed = vec![0f32; k * d];
+                match (covariance, &model.metric) {
+                    (Covariance::PerCluster, _) => Kind::PerCluster,
+                    (Covariance::Tied, Metric::RelativeMahalanobis { .. }) => {
+                        let bg = model.background.as_ref().ok_or_else(|| {
+                            Error::InvalidArtifact(
+                                "relative Mahalanobis without a background Gaussian".into(),
+                            )
+                        })?;
+                        if bg.mean.len() != d {
+                            return Err(Error::DimensionMismatch {
+                                what: "background mean".into(),
+                                expected: d,
+                                found: bg.mean.len(),
+                            });
+                        }
+                        if bg.mean.iter().any(|v| !v.is_finite()) {
+                            return Err(Error::InvalidArtifact(
+                                "background mean holds NaN or infinite values".into(),
+                            ));
+                        }
+                        let l0: Vec<f32> =
+                            precision_factor(&bg.precision, d, "background precision")?
+                                .iter()
+                                .map(|&v| v as f32)
+                                .collect();
+                        let mut mean = bg.mean.clone();
+                        if model.normalize {
+                            normalize_in_place(&mut mean);
+                        }
+                        let mut bg_center = vec![0f32; d];
+                        matmul(&mean, 1, &l0, d, d, &mut bg_center);
+                        matmul(&centers, k, &transforms, d, d, &mut transformed);
+                        centers = transformed;
+                        Kind::Relative {
+                            bg_transform: l0,
+                            bg_center,
+                        }
+                    }
+                    (Covariance::Tied, _) => {
+                        matmul(&centers, k, &transforms, d, d, &mut transformed);
+                        centers = transformed;
                         Kind::Nearest { cosine: false }
                     }
-                    Covariance::PerCluster => Kind::PerCluster,
                 }
             }
             Metric::Knn { k: kk } => {
@@ -358,7 +468,7 @@ impl Scorer {
             rows,
             x: vec![0.0; rows * d],
             z: vec![0.0; rows * d],
-            w: if matches!(self.kind, Kind::PerCluster) {
+            w: if matches!(self.kind, Kind::PerCluster | Kind::Relative { .. }) {
                 vec![0.0; rows * d]
             } else {
                 Vec::new()
@@ -387,7 +497,7 @@ impl Scorer {
             Kind::Knn { bank_cluster, .. } => bank_cluster.len(),
             _ => self.k,
         };
-        let per_cluster = matches!(self.kind, Kind::PerCluster);
+        let per_cluster = matches!(self.kind, Kind::PerCluster | Kind::Relative { .. });
         if scratch.rows == 0
             || scratch.x.len() < self.dim
             || scratch.z.len() < self.dim
@@ -438,7 +548,7 @@ impl Scorer {
         let unit = match &self.kind {
             Kind::Nearest { cosine } => *cosine,
             Kind::Knn { .. } => true,
-            Kind::PerCluster => false,
+            Kind::PerCluster | Kind::Relative { .. } => false,
         };
         // Inputs are used in place unless they must be normalised first.
         let x: &[f32] = if self.normalize || unit {
@@ -458,6 +568,17 @@ impl Scorer {
                     &s.z[..m * d]
                 };
                 self.nearest_centres(target, m, *cosine, &mut s.dots, &mut s.candidates, out);
+            }
+            Kind::Relative {
+                bg_transform,
+                bg_center,
+            } => {
+                matmul(x, m, &self.transforms, d, d, &mut s.z[..m * d]);
+                self.nearest_centres(&s.z[..m * d], m, false, &mut s.dots, &mut s.candidates, out);
+                matmul(x, m, bg_transform, d, d, &mut s.w[..m * d]);
+                for (o, w) in out[..m].iter_mut().zip(s.w.chunks_exact(d)) {
+                    o.score = o.score * o.score - dist2(w, bg_center);
+                }
             }
             Kind::PerCluster => {
                 for o in out[..m].iter_mut() {

@@ -186,6 +186,43 @@ fn mahalanobis_per_cluster_matches_numpy_with_sklearn_ledoit_wolf() {
 }
 
 #[test]
+fn mahalanobis_plus_plus_matches_numpy_on_normalised_embeddings() {
+    assert_close(
+        "mahalanobis++",
+        &our_scores("mahalanobis++"),
+        &reference_vector("mahalanobis_pp"),
+        1e-5,
+    );
+}
+
+#[test]
+fn relative_mahalanobis_matches_numpy_with_a_background_gaussian() {
+    // a difference of two squared distances computed in f32: the error is relative to the
+    // squared distances it came from, not to the difference, which crosses zero. The tied
+    // test allows 1e-5 on a root, 2e-5 on its square; two squares make 4e-5, so 5e-5.
+    let ours = our_scores("relative-mahalanobis");
+    let reference = reference_vector("relative_mahalanobis");
+    let background = reference_vector("background_mahalanobis2");
+    assert!(
+        reference.iter().any(|&v| v < 0.0) && reference.iter().any(|&v| v > 0.0),
+        "the case should cover scores of both signs"
+    );
+    let mut worst = 0.0f64;
+    for (i, ((a, b), m)) in ours.iter().zip(&reference).zip(&background).enumerate() {
+        let err = (a - b).abs() / m.max(b.abs()).max(1e-12);
+        worst = worst.max(err);
+        assert!(
+            err <= 5e-5,
+            "row {i}: ours {a}, reference {b}, background distance {m} (error {err:.2e})"
+        );
+    }
+    eprintln!(
+        "relative-mahalanobis: worst error {worst:.2e} over {} rows",
+        ours.len()
+    );
+}
+
+#[test]
 fn knn_scores_match_numpy() {
     assert_close(
         "knn",

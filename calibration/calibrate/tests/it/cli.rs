@@ -139,7 +139,7 @@ fn fit_score_eval_grid_end_to_end() {
             "--clusters",
             "class,kmeans:3,kmeans-per-class:2",
             "--metrics",
-            "euclidean,cosine,mahalanobis,mahalanobis-per-cluster,knn:5",
+            "euclidean,cosine,mahalanobis,mahalanobis-per-cluster,mahalanobis++,relative-mahalanobis,knn:5",
             "--out",
             "grid",
         ],
@@ -150,8 +150,18 @@ fn fit_score_eval_grid_end_to_end() {
         String::from_utf8_lossy(&out.stderr)
     );
     let csv = std::fs::read_to_string(dir.path().join("grid/grid.csv")).unwrap();
-    // 3 clusterings x 2 normalisations x 5 metrics x 3 rules x 1 OOD set
-    assert_eq!(csv.lines().count(), 1 + 90);
+    // 3 clusterings x (2 normalisations x 6 metrics + mahalanobis++ once, normalised)
+    // x 3 rules x 1 OOD set
+    assert_eq!(csv.lines().count(), 1 + 117, "{csv}");
+    let plus = csv
+        .lines()
+        .filter(|l| l.contains(",mahalanobis++,"))
+        .count();
+    assert_eq!(plus, 9);
+    assert!(csv
+        .lines()
+        .filter(|l| l.contains(",mahalanobis++,"))
+        .all(|l| l.contains(",mahalanobis++,true,")));
     assert!(std::fs::read_to_string(dir.path().join("grid/grid.md"))
         .unwrap()
         .contains("| class | cosine |"));
@@ -181,6 +191,38 @@ fn conformal_and_per_cluster_fits() {
     );
     let a = CalibrationArtifact::load(dir.path().join("calib.json")).unwrap();
     assert_eq!(a.thresholds.per_cluster.len(), 6);
+    for metric in ["mahalanobis++", "relative-mahalanobis"] {
+        let out = calibrate(dir.path(), &fit_args(&["--metric", metric]));
+        assert!(
+            out.status.success(),
+            "{metric}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let a = CalibrationArtifact::load(dir.path().join("calib.json")).unwrap();
+        assert_eq!(a.fit.metric.name(), metric);
+        let out = calibrate(
+            dir.path(),
+            &[
+                "score",
+                "--calib",
+                "calib.json",
+                "--embeddings",
+                "ood.npy",
+                "--out",
+                "s.csv",
+            ],
+        );
+        assert!(out.status.success(), "{metric}");
+        let csv = std::fs::read_to_string(dir.path().join("s.csv")).unwrap();
+        let flagged = csv.lines().skip(1).filter(|l| l.ends_with(",1")).count();
+        // Relative Mahalanobis discounts the directions the classes spread along, so some
+        // uniform noise lands low (187 of 200 here; NumPy agrees, see e2e::reference).
+        let want = if metric == "mahalanobis++" { 200 } else { 180 };
+        assert!(
+            flagged >= want,
+            "{metric}: {flagged} of 200 noise rows flagged"
+        );
+    }
 }
 
 #[test]

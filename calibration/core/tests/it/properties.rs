@@ -236,6 +236,8 @@ fn batch_scoring_equals_one_at_a_time() {
         "cosine",
         "mahalanobis",
         "mahalanobis-per-cluster",
+        "mahalanobis++",
+        "relative-mahalanobis",
         "knn:7",
     ] {
         for normalize in [false, true] {
@@ -249,20 +251,100 @@ fn batch_scoring_equals_one_at_a_time() {
                 .model;
             let scorer = Scorer::new(&model).unwrap();
             let batch = scorer.score_batch(&queries).unwrap();
+            let tied = (metric == "relative-mahalanobis").then(|| {
+                cfg.metric = Metric::parse("mahalanobis").unwrap();
+                let m = oodmon_calibration::fit_model(&train, Some(&labels), &cfg).unwrap();
+                Scorer::new(&m.model)
+                    .unwrap()
+                    .score_batch(&queries)
+                    .unwrap()
+            });
             let mut scratch = scorer.scratch(1);
             for (i, b) in batch.iter().enumerate() {
                 let one = scorer.score_one(queries.row(i), &mut scratch).unwrap();
-                let exact = !metric.starts_with("mahalanobis");
+                let exact = !metric.contains("mahalanobis");
                 if exact {
                     assert_eq!(one, *b, "{metric} row {i}");
                 } else {
+                    // relative Mahalanobis is a difference of squared distances: its
+                    // rounding is relative to those (the class one bounds it), not to
+                    // the difference
+                    let floor = match &tied {
+                        Some(t) if metric == "relative-mahalanobis" => t[i].score.powi(2),
+                        _ => 1e-3,
+                    };
                     assert!(
-                        (one.score - b.score).abs() <= 1e-5 * b.score.abs().max(1e-3),
+                        (one.score - b.score).abs() <= 1e-5 * b.score.abs().max(floor),
                         "{metric} row {i}: {one:?} vs {b:?}"
                     );
                 }
             }
         }
+    }
+}
+
+/// The new members of the Mahalanobis family round-trip through the artifact and refuse
+/// what they cannot score: a missing or broken background, an un-normalised ++ model.
+#[test]
+fn mahalanobis_family_artifacts_round_trip_and_refuse_broken_parts() {
+    let (train, labels) = blobs(80, 4, 2, 5);
+    let (cal, _) = blobs(40, 4, 2, 6);
+    for name in ["mahalanobis++", "relative-mahalanobis"] {
+        let cfg = FitConfig::new(ClusterSpec::Class, Metric::parse(name).unwrap());
+        let (model, thresholds) = calibrate(
+            &train,
+            Some(&labels),
+            &cal,
+            &cfg,
+            ThresholdMode::Global { target_tpr: 0.95 },
+        )
+        .unwrap();
+        assert_eq!(model.normalize, name == "mahalanobis++", "{name}");
+        assert_eq!(model.background.is_some(), name == "relative-mahalanobis");
+        let a = CalibrationArtifact::new(
+            cfg,
+            model,
+            thresholds,
+            vec!["a".into(), "b".into()],
+            None,
+            None,
+            Provenance::now("test", vec![], vec![]),
+        )
+        .unwrap();
+        assert_eq!(CalibrationArtifact::from_json(&a.to_json()).unwrap(), a);
+        assert_eq!(a.fit.metric.name(), name);
+        if name == "mahalanobis++" {
+            let mut bad = a.clone();
+            bad.model.normalize = false;
+            bad.fit.metric = Metric::parse("mahalanobis").unwrap();
+            bad.model.metric = Metric::parse("mahalanobis++").unwrap();
+            assert!(CalibrationArtifact::from_json(&bad.to_json()).is_err());
+            continue;
+        }
+        let mut bad = a.clone();
+        bad.model.background = None;
+        assert!(matches!(
+            CalibrationArtifact::from_json(&bad.to_json()),
+            Err(oodmon_calibration::Error::InvalidArtifact(_))
+        ));
+        let mut bad = a.clone();
+        if let Some(bg) = bad.model.background.as_mut() {
+            bg.mean[1] = f32::NAN;
+        }
+        assert!(CalibrationArtifact::from_json(&bad.to_json()).is_err());
+        let mut bad = a.clone();
+        if let Some(bg) = bad.model.background.as_mut() {
+            bg.mean.pop();
+        }
+        assert!(matches!(
+            CalibrationArtifact::from_json(&bad.to_json()),
+            Err(oodmon_calibration::Error::DimensionMismatch { .. })
+        ));
+        let mut bad = a.clone();
+        if let Some(bg) = bad.model.background.as_mut() {
+            bg.precision.data[0] = -1.0;
+        }
+        assert!(CalibrationArtifact::from_json(&bad.to_json()).is_err());
     }
 }
 
