@@ -251,6 +251,11 @@ pub struct LiteEncoder {
     pub stem: (SameConv, nn::BatchNorm),
     pub blocks: Vec<MbConv>,
     pub head: (SameConv, nn::BatchNorm),
+    /// The stage each block belongs to.
+    block_stage: Vec<usize>,
+    /// Stages (with the stem) kept frozen in fine-tuning: their batch norms stay in eval
+    /// mode, so their running statistics keep the pretrained values.
+    frozen_stages: usize,
 }
 
 impl LiteEncoder {
@@ -261,6 +266,7 @@ impl LiteEncoder {
             batch_norm(&p / "_bn0", STEM_CHANNELS),
         );
         let mut blocks = Vec::new();
+        let mut block_stage = Vec::new();
         let last = STAGES.len() - 1;
         let mut cin = STEM_CHANNELS;
         for (i, stage) in STAGES.iter().enumerate() {
@@ -283,6 +289,7 @@ impl LiteEncoder {
                     stride,
                     stage.expand,
                 ));
+                block_stage.push(i);
                 cin = output;
             }
         }
@@ -290,14 +297,43 @@ impl LiteEncoder {
             SameConv::new(&p / "_conv_head", cin, FEATURES, 1, 1, 1),
             batch_norm(&p / "_bn1", FEATURES),
         );
-        Self { stem, blocks, head }
+        Self {
+            stem,
+            blocks,
+            head,
+            block_stage,
+            frozen_stages: 0,
+        }
+    }
+
+    /// Number of stages (blocks of one kernel, stride and width).
+    pub fn stages(&self) -> usize {
+        STAGES.len()
+    }
+
+    /// Freezes the stem and the first `stages` stages for fine-tuning; returns the variable
+    /// name prefixes (under `encoder.`) whose gradients the caller turns off. 0 freezes
+    /// nothing; the head convolution always trains.
+    pub fn freeze(&mut self, stages: usize) -> Vec<String> {
+        self.frozen_stages = stages.min(STAGES.len());
+        if stages == 0 {
+            return Vec::new();
+        }
+        let mut prefixes = vec!["_conv_stem.".to_string(), "_bn0.".to_string()];
+        for (i, &stage) in self.block_stage.iter().enumerate() {
+            if stage < self.frozen_stages {
+                prefixes.push(format!("_blocks.{i}."));
+            }
+        }
+        prefixes
     }
 
     /// The head's feature map, `[N, 1280, H/32, W/32]`.
     pub fn features_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y = relu6(&self.stem.0.forward(x).apply_t(&self.stem.1, train));
-        for b in &self.blocks {
-            y = b.forward_t(&y, train);
+        let stem_train = train && self.frozen_stages == 0;
+        let mut y = relu6(&self.stem.0.forward(x).apply_t(&self.stem.1, stem_train));
+        for (b, &stage) in self.blocks.iter().zip(&self.block_stage) {
+            y = b.forward_t(&y, train && stage >= self.frozen_stages);
         }
         relu6(&self.head.0.forward(&y).apply_t(&self.head.1, train))
     }

@@ -166,6 +166,16 @@ struct TrainArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Fine-tune: start the encoder from this run (made by `import-pretrained`).
+    #[arg(long)]
+    pretrained: Option<PathBuf>,
+    /// The encoder's learning rate as a fraction of --lr (the head's); default 0.1 when
+    /// fine-tuning, 1 otherwise.
+    #[arg(long)]
+    backbone_lr_scale: Option<f64>,
+    /// Keep the stem and the first N stages frozen (efficientnet-lite0, 0-7).
+    #[arg(long, default_value_t = 0)]
+    freeze_stages: usize,
     #[arg(long)]
     out: PathBuf,
 }
@@ -358,10 +368,19 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         seed,
         max_steps,
         resume,
+        pretrained,
+        backbone_lr_scale,
+        freeze_stages,
         out,
     } = a;
 
     data.parse::<DataSpec>()?;
+    let preprocessing = match arch {
+        Arch::EfficientnetLite0 => PreprocessSpec::imagenet(input_size),
+        _ => PreprocessSpec::cifar(input_size),
+    };
+    let backbone_lr_scale =
+        backbone_lr_scale.unwrap_or(if pretrained.is_some() { 0.1 } else { 1.0 });
     let head = match loss {
         LossKind::Ce => Head::Classifier { classes: 0 },
         _ => Head::Projection { dim: 128 },
@@ -384,8 +403,11 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         temperature,
         val_fraction,
         seed,
-        preprocessing: PreprocessSpec::cifar(input_size),
+        preprocessing,
         max_steps_per_epoch: max_steps,
+        pretrained,
+        backbone_lr_scale,
+        freeze_stages,
     };
     let device = train::parse_device(&device)?;
     let stop = Arc::new(AtomicBool::new(false));

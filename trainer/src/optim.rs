@@ -7,10 +7,13 @@ use std::path::Path;
 use tch::nn::VarStore;
 use tch::Tensor;
 
-/// Momentum SGD over every trainable variable of a var store.
+/// Momentum SGD over every trainable variable of a var store, each variable at the
+/// learning rate times its own scale (fine-tuning moves a pretrained backbone slower than
+/// a new head).
 pub struct Sgd {
     params: Vec<(String, Tensor)>,
     buffers: Vec<Option<Tensor>>,
+    scales: Vec<f64>,
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
@@ -18,6 +21,17 @@ pub struct Sgd {
 
 impl Sgd {
     pub fn new(vs: &VarStore, lr: f64, momentum: f64, weight_decay: f64) -> Self {
+        Self::with_lr_scale(vs, lr, momentum, weight_decay, |_| 1.0)
+    }
+
+    /// As [`Sgd::new`], with `scale(name)` multiplying the learning rate of each variable.
+    pub fn with_lr_scale(
+        vs: &VarStore,
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+        scale: impl Fn(&str) -> f64,
+    ) -> Self {
         let mut params: Vec<(String, Tensor)> = vs
             .variables()
             .into_iter()
@@ -25,9 +39,11 @@ impl Sgd {
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let buffers = (0..params.len()).map(|_| None).collect();
+        let scales = params.iter().map(|(n, _)| scale(n)).collect();
         Self {
             params,
             buffers,
+            scales,
             lr,
             momentum,
             weight_decay,
@@ -44,7 +60,12 @@ impl Sgd {
         }
         loss.backward();
         tch::no_grad(|| {
-            for ((_, p), buf) in self.params.iter().zip(self.buffers.iter_mut()) {
+            for (((_, p), buf), &scale) in self
+                .params
+                .iter()
+                .zip(self.buffers.iter_mut())
+                .zip(&self.scales)
+            {
                 let g = p.grad();
                 if !g.defined() {
                     continue;
@@ -67,7 +88,7 @@ impl Sgd {
                     }
                 };
                 let mut p = p.shallow_clone();
-                let _ = p.g_sub_(&(step * self.lr));
+                let _ = p.g_sub_(&(step * (self.lr * scale)));
             }
         });
     }

@@ -171,6 +171,9 @@ fn import_config(r: &ImportRequest, classes: usize) -> TrainConfig {
         seed: r.seed,
         preprocessing: PreprocessSpec::imagenet(r.input_size),
         max_steps_per_epoch: None,
+        pretrained: None,
+        backbone_lr_scale: 1.0,
+        freeze_stages: 0,
     }
 }
 

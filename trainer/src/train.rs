@@ -47,6 +47,19 @@ pub struct TrainConfig {
     /// Stop after this many optimiser steps per epoch (tests and smoke runs).
     #[serde(default)]
     pub max_steps_per_epoch: Option<usize>,
+    /// Fine-tuning: the run (from `import-pretrained`) whose encoder weights start this one.
+    #[serde(default)]
+    pub pretrained: Option<PathBuf>,
+    /// The encoder's learning rate relative to `lr` (the head's).
+    #[serde(default = "one")]
+    pub backbone_lr_scale: f64,
+    /// Stem and first stages kept frozen (EfficientNet-Lite only).
+    #[serde(default)]
+    pub freeze_stages: usize,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl TrainConfig {
@@ -65,6 +78,16 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
             return bad("val_fraction must be in [0, 1)");
+        }
+        if !non_negative(self.backbone_lr_scale) {
+            return bad("backbone_lr_scale must be non-negative");
+        }
+        let lite = self.model.arch == crate::model::Arch::EfficientnetLite0;
+        if self.freeze_stages > 0 && !lite {
+            return bad("freeze_stages applies to efficientnet-lite0 only");
+        }
+        if self.pretrained.is_some() && !lite {
+            return bad("pretrained weights are imported for efficientnet-lite0 only");
         }
         Ok(())
     }
@@ -354,8 +377,19 @@ pub fn train(
         model: model_cfg,
         ..cfg.clone()
     };
-    let (mut vs, net) = build(&cfg.model, device);
-    let mut opt = Sgd::new(&vs, cfg.lr, cfg.momentum, cfg.weight_decay);
+    let (mut vs, mut net) = build(&cfg.model, device);
+    if let (Some(source), false) = (&cfg.pretrained, resume) {
+        load_backbone(&vs, source)?;
+    }
+    freeze(&vs, &mut net, cfg.freeze_stages);
+    let scale = cfg.backbone_lr_scale;
+    let mut opt = Sgd::with_lr_scale(&vs, cfg.lr, cfg.momentum, cfg.weight_decay, |name| {
+        if name.starts_with("encoder.") {
+            scale
+        } else {
+            1.0
+        }
+    });
     let mut start = State { epoch: 0, step: 0 };
     if resume {
         let saved = run.load_config()?;
@@ -412,7 +446,8 @@ pub fn train(
                     let img = train_ds.image(i);
                     match cfg.loss {
                         LossKind::Simclr => simclr_view(img, w, h, &mut rng, &mut tmp),
-                        _ => crop_flip(img, w, h, 4, &mut rng, &mut tmp),
+                        // 4 px at CIFAR's 32, in proportion at larger inputs
+                        _ => crop_flip(img, w, h, (w / 8).max(1), &mut rng, &mut tmp),
                     }
                     let at = (v * batch + b) * px;
                     normalise_into(&tmp, w, h, &cfg.preprocessing, &mut xbuf[at..at + px]);
@@ -514,6 +549,76 @@ pub fn train(
         logs.push(log);
     }
     Ok(logs)
+}
+
+/// Copies the encoder of a pretrained run (`import-pretrained`) into `vs`: every encoder
+/// variable must be there with its shape; the head starts fresh.
+fn load_backbone(vs: &nn::VarStore, source: &Path) -> Result<()> {
+    let run = RunDir(source.to_path_buf());
+    let saved = run.load_config()?;
+    let mut variables = vs.variables();
+    if saved.model.arch != crate::model::Arch::EfficientnetLite0 {
+        return Err(TrainError::Invalid(format!(
+            "--pretrained {}: a {:?} run, not efficientnet-lite0",
+            source.display(),
+            saved.model.arch
+        )));
+    }
+    let weights = run.weights();
+    let tensors = Tensor::read_safetensors(&weights)?;
+    let mut loaded = 0usize;
+    tch::no_grad(|| -> Result<()> {
+        for (name, t) in &tensors {
+            if !name.starts_with("encoder.") {
+                continue;
+            }
+            let v = variables.get_mut(name).ok_or_else(|| {
+                TrainError::Invalid(format!(
+                    "{}: {name} is not in the network",
+                    weights.display()
+                ))
+            })?;
+            if v.size() != t.size() {
+                return Err(TrainError::Invalid(format!(
+                    "{}: {name} has shape {:?}, the network's is {:?}",
+                    weights.display(),
+                    t.size(),
+                    v.size()
+                )));
+            }
+            v.copy_(t);
+            loaded += 1;
+        }
+        Ok(())
+    })?;
+    let wanted = variables
+        .keys()
+        .filter(|n| n.starts_with("encoder."))
+        .count();
+    if loaded != wanted {
+        return Err(TrainError::Invalid(format!(
+            "{}: {loaded} of the encoder's {wanted} variables found",
+            weights.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Turns off the gradients of the frozen stages (and keeps their batch norms in eval).
+fn freeze(vs: &nn::VarStore, net: &mut Net, stages: usize) {
+    let crate::model::Encoder::Lite(lite) = &mut net.encoder else {
+        return;
+    };
+    let prefixes: Vec<String> = lite
+        .freeze(stages)
+        .into_iter()
+        .map(|p| format!("encoder.{p}"))
+        .collect();
+    for (name, t) in vs.variables() {
+        if prefixes.iter().any(|p| name.starts_with(p)) {
+            let _ = t.set_requires_grad(false);
+        }
+    }
 }
 
 /// A seed for one (run seed, epoch, step): splitmix64 over the three.

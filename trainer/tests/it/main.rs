@@ -72,6 +72,9 @@ fn config(data: String, loss: LossKind, epochs: usize) -> TrainConfig {
         seed: 1,
         preprocessing: PreprocessSpec::cifar(16),
         max_steps_per_epoch: None,
+        pretrained: None,
+        backbone_lr_scale: 1.0,
+        freeze_stages: 0,
     }
 }
 
@@ -632,4 +635,137 @@ fn exported_efficientnet_lite0_in_tract_matches_the_tch_forward_pass() {
         eprintln!("lite0 export: max |tract - tch| {err:.2e} (norm {norm:.2})");
         assert!(err <= 1e-4 * norm, "max error {err} vs norm {norm}");
     }
+}
+
+/// Fine-tuning from an imported backbone: the encoder starts from the import, the frozen
+/// stages (weights and batch-norm statistics) do not move, the rest does, and the
+/// backbone's first step is exactly its learning-rate scale times the unscaled one.
+#[test]
+fn fine_tuning_starts_from_the_import_keeps_frozen_stages_and_scales_the_backbone_lr() {
+    use oodmon_trainer::model::Net;
+    use oodmon_trainer::pretrained::{import, ImportRequest};
+    let _torch = torch_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 16);
+    // a made-up "ImageNet" checkpoint with a 7-class classifier, imported as a run
+    let lite = ModelConfig {
+        arch: Arch::EfficientnetLite0,
+        width: 1.0,
+        embed_dim: 1280,
+        head: Head::Classifier { classes: 7 },
+    };
+    tch::manual_seed(11);
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let _net = Net::new(&vs.root(), lite.clone());
+    let named: Vec<(String, tch::Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().copy()))
+        .collect();
+    let npz = dir.path().join("imagenet.npz");
+    tch::Tensor::write_npz(&named, &npz).unwrap();
+    let imported = dir.path().join("imported");
+    import(&ImportRequest {
+        arch: Arch::EfficientnetLite0,
+        weights: npz,
+        data: data.clone(),
+        input_size: 32,
+        val_fraction: 0.25,
+        seed: 1,
+        python: "python3".into(),
+        out: imported.clone(),
+    })
+    .unwrap();
+    let original: std::collections::HashMap<String, tch::Tensor> = named.into_iter().collect();
+
+    let fine_tune = |name: &str, scale: f64, freeze: usize, steps: usize| {
+        let mut cfg = config(data.clone(), LossKind::Ce, 1);
+        cfg.model = ModelConfig {
+            head: Head::Classifier { classes: 0 },
+            ..lite.clone()
+        };
+        cfg.preprocessing = PreprocessSpec::imagenet(32);
+        cfg.batch = 8;
+        cfg.lr = 0.05;
+        cfg.warmup_epochs = 0;
+        cfg.max_steps_per_epoch = Some(steps);
+        cfg.pretrained = Some(imported.clone());
+        cfg.backbone_lr_scale = scale;
+        cfg.freeze_stages = freeze;
+        let out = dir.path().join(name);
+        train::train(&cfg, &out, Device::Cpu, false, no_stop(), &mut ()).unwrap();
+        tch::Tensor::read_safetensors(RunDir(out).weights())
+            .unwrap()
+            .into_iter()
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let moved = |w: &std::collections::HashMap<String, tch::Tensor>, name: &str| {
+        (&w[name] - &original[name]).abs().max().double_value(&[])
+    };
+
+    // frozen stem and stages 0-1 (blocks 0-2) stay bit for bit, statistics included
+    let frozen = fine_tune("frozen", 0.1, 2, 3);
+    for name in [
+        "encoder._conv_stem.weight",
+        "encoder._bn0.running_mean",
+        "encoder._blocks.0._depthwise_conv.weight",
+        "encoder._blocks.2._project_conv.weight",
+        "encoder._blocks.2._bn2.running_var",
+    ] {
+        assert_eq!(moved(&frozen, name), 0.0, "{name} moved");
+    }
+    for name in [
+        "encoder._blocks.3._depthwise_conv.weight",
+        "encoder._blocks.3._bn1.running_mean",
+        "encoder._conv_head.weight",
+    ] {
+        assert!(moved(&frozen, name) > 0.0, "{name} did not train");
+    }
+
+    // one step: the backbone moves by exactly its scale times the unscaled step; the
+    // head (new, seeded alike) by the same step in both
+    let scaled = fine_tune("scaled", 0.1, 0, 1);
+    let full = fine_tune("full", 1.0, 0, 1);
+    for name in [
+        "encoder._conv_stem.weight",
+        "encoder._blocks.7._expand_conv.weight",
+        "encoder._conv_head.weight",
+    ] {
+        let a = (&scaled[name] - &original[name]).norm().double_value(&[]);
+        let b = (&full[name] - &original[name]).norm().double_value(&[]);
+        assert!(b > 0.0, "{name} did not move");
+        assert!((a / b - 0.1).abs() < 1e-3, "{name}: step ratio {}", a / b);
+    }
+    let head = (&scaled["head.0.weight"] - &full["head.0.weight"])
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(head < 1e-5, "head steps differ by {head}");
+
+    // fine-tuning options on a network they do not apply to are refused
+    let mut cfg = config(data.clone(), LossKind::Ce, 1);
+    cfg.freeze_stages = 1;
+    assert!(train::train(
+        &cfg,
+        &dir.path().join("bad"),
+        Device::Cpu,
+        false,
+        no_stop(),
+        &mut ()
+    )
+    .is_err());
+    let mut cfg = config(data, LossKind::Ce, 1);
+    cfg.model.arch = Arch::EfficientnetLite0;
+    cfg.pretrained = Some(dir.path().join("no-such-run"));
+    let err = train::train(
+        &cfg,
+        &dir.path().join("bad2"),
+        Device::Cpu,
+        false,
+        no_stop(),
+        &mut (),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("no-such-run"), "{err}");
 }
