@@ -4,9 +4,10 @@ public-domain / CC0 images in the scikit-image wheel (see README.md beside this 
 Usage: make_scenario.py SKIMAGE_DATA_DIR OUT.avi
 
 SKIMAGE_DATA_DIR is `skimage/data` from the scikit-image 0.26.0 wheel
-(`pip download scikit-image==0.26.0 --no-deps`, then unzip). The scenario is three
+(`pip download scikit-image==0.26.0 --no-deps`, then unzip). The scenario is four
 segments: in-distribution (a cat, as in CIFAR-10's `cat` class), out-of-distribution
-(ancient coins photographed in grey against a grey background, like no CIFAR-10 class),
+twice (a person, the astronaut Eileen Collins: CIFAR-10 has no person class; then ancient
+coins photographed in grey against a grey background, like no CIFAR-10 class),
 in-distribution again. Each segment moves a virtual camera slowly over
 the picture so consecutive frames differ like a real stream.
 """
@@ -26,6 +27,7 @@ QUALITY = 80
 # (image, label, crop box path: list of (cx, cy, half-width) in source pixels)
 SEGMENTS = [
     ("chelsea.png", "in-distribution", ((230, 150, 150), (270, 150, 135))),
+    ("astronaut.png", "out-of-distribution", ((256, 230, 230), (250, 190, 170))),
     ("coins.png", "out-of-distribution", ((192, 151, 190), (200, 151, 150))),
     ("chelsea.png", "in-distribution", ((270, 150, 135), (230, 150, 150))),
 ]
@@ -41,7 +43,7 @@ def frames(data_dir):
             frame = img.resize((W, H), Image.Resampling.BILINEAR, box=box)
             buf = io.BytesIO()
             frame.save(buf, format="JPEG", quality=QUALITY)
-            yield buf.getvalue(), label
+            yield buf.getvalue(), (label, name.rsplit(".", 1)[0])
 
 
 def chunk(fourcc, payload):
@@ -80,11 +82,10 @@ def main():
     data_dir, out = sys.argv[1:3]
     made = list(frames(data_dir))
     write_avi(out, [j for j, _ in made])
-    labels = [lab for _, lab in made]
     segments = []
-    for i, lab in enumerate(labels):
-        if not segments or segments[-1]["label"] != lab:
-            segments.append({"label": lab, "first": i, "last": i})
+    for i, (_, (lab, scene)) in enumerate(made):
+        if not segments or (segments[-1]["label"], segments[-1]["scene"]) != (lab, scene):
+            segments.append({"label": lab, "scene": scene, "first": i, "last": i})
         segments[-1]["last"] = i
     meta = {"width": W, "height": H, "fps": FPS, "frames": len(made), "segments": segments}
     with open(out.rsplit(".", 1)[0] + ".json", "w") as f:

@@ -26,6 +26,9 @@ pub struct EmbedRequest {
     pub device: String,
     /// An ONNX export of the run to embed through in tract instead.
     pub model: Option<PathBuf>,
+    /// At most this many rows: evenly spaced over the run's own train/val split, the
+    /// first ones of any other split.
+    pub max_rows: Option<usize>,
 }
 
 /// The model that embeds: the run's libtorch network or an ONNX encoder in tract.
@@ -51,7 +54,11 @@ pub fn embed_run(r: &EmbedRequest) -> Result<(Embeddings, Vec<i64>)> {
         "train" | "val" if r.data == cfg.data => {
             // the run's own stratified split of its training set
             let (tr, va) = train::splits(&cfg)?;
-            let ds = if r.split == "train" { tr } else { va };
+            let mut ds = if r.split == "train" { tr } else { va };
+            if let Some(max) = r.max_rows.filter(|&m| m < ds.len()) {
+                let rows: Vec<usize> = (0..max).map(|i| i * ds.len() / max).collect();
+                ds = ds.select(&rows);
+            }
             let e = match &backend {
                 Backend::Torch(net, device) => {
                     let v = train::embed_dataset(net, &ds, spec, *device, 256)?;
@@ -75,11 +82,11 @@ pub fn embed_run(r: &EmbedRequest) -> Result<(Embeddings, Vec<i64>)> {
             match &backend {
                 Backend::Torch(net, device) => {
                     let (v, labels, _) =
-                        train::embed_images(net, &data, which, spec, *device, 256)?;
+                        train::embed_images(net, &data, which, spec, *device, 256, r.max_rows)?;
                     Ok((Embeddings::new(labels.len(), net.encoder.dim(), v)?, labels))
                 }
                 Backend::Tract(enc) => {
-                    let e = embed_images_tract(enc, spec, &data, which, None)?;
+                    let e = embed_images_tract(enc, spec, &data, which, r.max_rows)?;
                     Ok((e.embeddings, e.labels))
                 }
             }

@@ -147,7 +147,8 @@ struct TrainArgs {
     /// Edge encoder channel multiplier.
     #[arg(long, default_value_t = 1.0)]
     width: f64,
-    /// Edge encoder embedding size.
+    /// Edge encoder embedding size: a linear layer on the pooled features; 0 takes the
+    /// pooled features themselves (128 x --width channels).
     #[arg(long, default_value_t = 128)]
     embed_dim: usize,
     /// Input size (square); images are brought to it by the preprocessing spec.
@@ -199,6 +200,10 @@ struct EmbedArgs {
     /// int8 model) instead of the libtorch model; the run still defines the splits.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// At most this many rows: evenly spaced over the run's own train/val split (all
+    /// classes keep their share), the first ones of any other split.
+    #[arg(long)]
+    max_rows: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -440,6 +445,7 @@ fn embed(a: EmbedArgs) -> Result<()> {
         out,
         labels,
         model,
+        max_rows,
     } = a;
 
     let request = EmbedRequest {
@@ -448,6 +454,7 @@ fn embed(a: EmbedArgs) -> Result<()> {
         split,
         device,
         model: model.clone(),
+        max_rows,
     };
     let (embeddings, ids) = embed_run(&request)?;
     npy::write_embeddings(&out, &embeddings)?;

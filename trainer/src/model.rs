@@ -46,7 +46,8 @@ pub struct ModelConfig {
     pub arch: Arch,
     /// Channel multiplier of the edge encoder (1.0: widths 16-32-64-128).
     pub width: f64,
-    /// Embedding size of the edge encoder (ResNet-18's is 512).
+    /// Embedding size of the edge encoder (ResNet-18's is 512); 0 takes the pooled
+    /// features of the last stage as the embedding, with no linear layer on top.
     pub embed_dim: usize,
     pub head: Head,
 }
@@ -55,10 +56,16 @@ impl ModelConfig {
     pub fn embedding_dim(&self) -> usize {
         match self.arch {
             Arch::Resnet18 => 512,
+            Arch::Edge if self.embed_dim == 0 => edge_width(128.0, self.width) as usize,
             Arch::Edge => self.embed_dim,
             Arch::EfficientnetLite0 => crate::efficientnet::FEATURES as usize,
         }
     }
+}
+
+/// Channels of an edge encoder stage of nominal width `c` at multiplier `width`.
+fn edge_width(c: f64, width: f64) -> i64 {
+    ((c * width).round() as i64).max(4)
 }
 
 /// Convolution (no bias) followed by batch norm; folded into one convolution at export.
@@ -178,7 +185,7 @@ impl CifarEncoder {
                 (64, vec![(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)])
             }
             Arch::Edge => {
-                let w = |c: f64| ((c * cfg.width).round() as i64).max(4);
+                let w = |c: f64| edge_width(c, cfg.width);
                 (
                     w(16.0),
                     vec![
@@ -202,6 +209,7 @@ impl CifarEncoder {
         }
         let fc = match cfg.arch {
             Arch::Resnet18 | Arch::EfficientnetLite0 => None,
+            Arch::Edge if cfg.embed_dim == 0 => None,
             Arch::Edge => Some(nn::linear(
                 &p / "fc",
                 cin,

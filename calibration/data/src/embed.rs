@@ -48,7 +48,8 @@ pub fn for_each_input(
     visit(data, split, &mut sink)
 }
 
-/// Embeds up to `limit` images of a split (all when `None`) through the encoder.
+/// Embeds up to `limit` images of a split (all when `None`) through the encoder, on every
+/// core (one tract session each; the order of the rows is kept).
 pub fn embed_dataset(
     encoder: &Encoder,
     spec: &PreprocessSpec,
@@ -57,20 +58,82 @@ pub fn embed_dataset(
     limit: Option<usize>,
 ) -> std::result::Result<Embedded, DataError> {
     let dim = encoder.dim();
-    let mut session = encoder.session()?;
+    let n = 3 * spec.width as usize * spec.height as usize;
+    let mut pool = SessionPool::new(encoder)?;
+    let chunk = 64 * pool.sessions.len();
+    let mut pending = Vec::with_capacity(chunk * n);
     let mut values = Vec::new();
     let mut labels = Vec::new();
     let class_names = for_each_input(spec, data, split, limit, |tensor, label| {
-        values.extend_from_slice(session.embed(tensor)?);
+        pending.extend_from_slice(tensor);
         labels.push(label);
+        if pending.len() == chunk * n {
+            pool.embed(&pending, n, dim, &mut values)?;
+            pending.clear();
+        }
         Ok(())
     })?;
+    pool.embed(&pending, n, dim, &mut values)?;
     let rows = labels.len();
     Ok(Embedded {
         embeddings: Embeddings::new(rows, dim, values).map_err(DataError::from)?,
         labels,
         class_names,
     })
+}
+
+/// One tract session per core, for embedding many inputs at once.
+struct SessionPool {
+    sessions: Vec<oodmon_runtime::Session>,
+}
+
+impl SessionPool {
+    fn new(encoder: &Encoder) -> std::result::Result<Self, DataError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(16));
+        let sessions = (0..threads)
+            .map(|_| encoder.session())
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(Self { sessions })
+    }
+
+    /// Embeds the rows of `inputs` (each `n` values), appending to `out` in order.
+    fn embed(
+        &mut self,
+        inputs: &[f32],
+        n: usize,
+        dim: usize,
+        out: &mut Vec<f32>,
+    ) -> std::result::Result<(), DataError> {
+        let rows = inputs.len() / n;
+        if rows == 0 {
+            return Ok(());
+        }
+        let start = out.len();
+        out.resize(start + rows * dim, 0.0);
+        let per = rows.div_ceil(self.sessions.len());
+        std::thread::scope(|scope| {
+            let jobs: Vec<_> = self
+                .sessions
+                .iter_mut()
+                .zip(
+                    inputs
+                        .chunks(per * n)
+                        .zip(out[start..].chunks_mut(per * dim)),
+                )
+                .map(|(session, (x, y))| {
+                    scope.spawn(move || -> std::result::Result<(), DataError> {
+                        for (xi, yi) in x.chunks_exact(n).zip(y.chunks_exact_mut(dim)) {
+                            yi.copy_from_slice(session.embed(xi)?);
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            // a panic in a worker is re-raised here, as if it had happened on this thread
+            jobs.into_iter()
+                .try_for_each(|j| j.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+        })
+    }
 }
 
 /// Encoder input tensors of the given rows of a loaded data set, through the shared
@@ -98,12 +161,19 @@ pub fn embed_loaded(
     spec: &PreprocessSpec,
     ds: &Dataset,
 ) -> std::result::Result<Embeddings, DataError> {
+    let n = 3 * spec.width as usize * spec.height as usize;
+    let dim = encoder.dim();
+    let mut pool = SessionPool::new(encoder)?;
     let mut p = Preprocessor::new(spec, ds.width, ds.height, PixelFormat::Rgb8)?;
-    let mut session = encoder.session()?;
-    let mut values = Vec::with_capacity(ds.len() * encoder.dim());
-    for i in 0..ds.len() {
-        session.with_input(|t| p.run(ds.image(i), None, t))??;
-        values.extend_from_slice(session.run()?);
+    let chunk = 64 * pool.sessions.len();
+    let mut inputs = vec![0f32; chunk * n];
+    let mut values = Vec::with_capacity(ds.len() * dim);
+    for start in (0..ds.len()).step_by(chunk) {
+        let rows = chunk.min(ds.len() - start);
+        for (r, slot) in inputs.chunks_exact_mut(n).take(rows).enumerate() {
+            p.run(ds.image(start + r), None, slot)?;
+        }
+        pool.embed(&inputs[..rows * n], n, dim, &mut values)?;
     }
     Embeddings::new(ds.len(), encoder.dim(), values).map_err(DataError::from)
 }

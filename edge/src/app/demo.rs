@@ -100,6 +100,9 @@ impl std::io::Read for SyntheticYuyv {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Segment {
     pub label: String,
+    /// What the frames show (the source image's name).
+    #[serde(default)]
+    pub scene: String,
     pub first: u64,
     pub last: u64,
 }
@@ -142,6 +145,7 @@ pub fn probe(engine: &mut Engine) -> Result<FrameRecord> {
 #[derive(Debug, Clone)]
 pub struct SegmentResult {
     pub label: String,
+    pub scene: String,
     pub frames: u64,
     pub ood_frames: u64,
     pub mean_score: f64,
@@ -167,11 +171,23 @@ impl DemoSummary {
         })
     }
 
-    /// Whether the alarm itself went OK -> OOD -> OK, in that order, as the scenario's
-    /// segments (in distribution, out of distribution, in distribution again) should make it.
+    /// Whether the alarm itself followed the scenario: OK for each run of in-distribution
+    /// segments, OOD for each run of out-of-distribution ones, in that order (OK -> OOD ->
+    /// OK for the built-in scenario).
     pub fn alarm_followed_scenario(&self) -> bool {
         use oodmon_protocol::AlarmState::{Ok, Ood};
-        let mut wanted = [Ok, Ood, Ok].into_iter().peekable();
+        let mut expected = Vec::new();
+        for s in &self.segments {
+            let state = if s.label == "out-of-distribution" {
+                Ood
+            } else {
+                Ok
+            };
+            if expected.last() != Some(&state) {
+                expected.push(state);
+            }
+        }
+        let mut wanted = expected.into_iter().peekable();
         for t in &self.alarms.transitions {
             if wanted.peek() == Some(&t.state) {
                 wanted.next();
@@ -231,6 +247,7 @@ pub fn play_with_alarms(
         .iter()
         .map(|s| SegmentResult {
             label: s.label.clone(),
+            scene: s.scene.clone(),
             frames: 0,
             ood_frames: 0,
             mean_score: 0.0,
@@ -339,10 +356,15 @@ fn write_closing_summary(
     report: &ServiceReport,
 ) -> Result<()> {
     for s in segments {
+        let name = if s.scene.is_empty() {
+            s.label.clone()
+        } else {
+            format!("{} ({})", s.label, s.scene)
+        };
         writeln!(
             out,
-            "{:<20} {:>3} frames, {:>3} flagged OOD, mean score {:.3}",
-            s.label, s.frames, s.ood_frames, s.mean_score
+            "{name:<32} {:>3} frames, {:>3} flagged OOD, mean score {:.3}",
+            s.frames, s.ood_frames, s.mean_score
         )?;
     }
     let l = &run.latency;

@@ -302,9 +302,12 @@ fn exported_onnx_in_tract_matches_the_tch_forward_pass() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 16);
     let out = dir.path().join("run");
-    for arch in [Arch::Edge, Arch::Resnet18] {
+    // the edge encoder with a linear embedding, with its pooled features (embed_dim 0),
+    // and ResNet-18
+    for (arch, embed_dim) in [(Arch::Edge, 16), (Arch::Edge, 0), (Arch::Resnet18, 16)] {
         let mut cfg = config(data.clone(), LossKind::Ce, 1);
         cfg.model.arch = arch;
+        cfg.model.embed_dim = embed_dim;
         // a trained step or two makes the batch-norm statistics non-trivial
         train::train(&cfg, &out, Device::Cpu, false, no_stop(), &mut ()).unwrap();
         let run = RunDir(out.clone());
@@ -317,6 +320,10 @@ fn exported_onnx_in_tract_matches_the_tch_forward_pass() {
                     .unwrap();
             let enc = Encoder::from_bytes(&bytes, std::path::Path::new("test.onnx")).unwrap();
             assert_eq!(enc.input_size(), (16, 16));
+            assert_eq!(enc.dim(), saved.model.embedding_dim());
+            if (arch, embed_dim) == (Arch::Edge, 0) {
+                assert_eq!(enc.dim(), 32, "width 0.25: 128 x 0.25 pooled channels");
+            }
             assert_eq!(enc.preprocessing(), Some(&saved.preprocessing));
             let mut session = enc.session().unwrap();
             for seed in 0..3 {
@@ -387,7 +394,7 @@ fn trainer_and_calibration_entry_points_embed_images_alike() {
     let (_vs, net) = train::build(&cfg, Device::Cpu);
     let spec = PreprocessSpec::cifar(24);
     let (ours, labels, names) =
-        train::embed_images(&net, &data, Split::Train, &spec, Device::Cpu, 4).unwrap();
+        train::embed_images(&net, &data, Split::Train, &spec, Device::Cpu, 4, None).unwrap();
     assert_eq!(labels, vec![0, 0, 0, 1, 1, 1]);
     assert_eq!(names, vec!["a", "b"]);
     let bytes = oodmon_trainer::export::export_onnx(&net, &spec, "{}", false).unwrap();
