@@ -84,6 +84,7 @@ pub fn simclr_view(img: &[u8], w: usize, h: usize, rng: &mut impl Rng, out: &mut
         mean: [0.0; 3],
         std: [1.0 / 255.0; 3],
         layout: Layout::Nhwc,
+        detail_size: None,
     };
     #[allow(clippy::expect_used)] // crop sizes are checked above, the spec is the run's own
     Preprocessor::new(&spec, cw, ch, PixelFormat::Rgb8)

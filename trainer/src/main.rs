@@ -111,6 +111,10 @@ struct ImportArgs {
     /// Square input size (the preprocessing brings every image or frame to it).
     #[arg(long, default_value_t = 224)]
     input_size: u32,
+    /// Bring every image or frame to this size first (e.g. 32 for CIFAR-10 data), so
+    /// camera frames carry no more detail than the training images.
+    #[arg(long)]
+    detail_size: Option<u32>,
     /// Fraction of each class held out for calibration.
     #[arg(long, default_value_t = 0.1)]
     val_fraction: f64,
@@ -154,6 +158,10 @@ struct TrainArgs {
     /// Input size (square); images are brought to it by the preprocessing spec.
     #[arg(long, default_value_t = 32)]
     input_size: u32,
+    /// Bring every image or frame to this size first (e.g. 32 for CIFAR-10 data), so
+    /// camera frames carry no more detail than the training images.
+    #[arg(long)]
+    detail_size: Option<u32>,
     /// Fraction of each class held out for validation and calibration.
     #[arg(long, default_value_t = 0.1)]
     val_fraction: f64,
@@ -368,6 +376,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         width,
         embed_dim,
         input_size,
+        detail_size,
         val_fraction,
         device,
         seed,
@@ -380,10 +389,11 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     } = a;
 
     data.parse::<DataSpec>()?;
-    let preprocessing = match arch {
+    let mut preprocessing = match arch {
         Arch::EfficientnetLite0 => PreprocessSpec::imagenet(input_size),
         _ => PreprocessSpec::cifar(input_size),
     };
+    preprocessing.detail_size = detail_size;
     let backbone_lr_scale =
         backbone_lr_scale.unwrap_or(if pretrained.is_some() { 0.1 } else { 1.0 });
     let head = match loss {
@@ -581,6 +591,7 @@ fn import_pretrained(a: ImportArgs) -> Result<()> {
         weights: a.weights,
         data: a.data,
         input_size: a.input_size,
+        detail_size: a.detail_size,
         val_fraction: a.val_fraction,
         seed: a.seed,
         python,

@@ -34,6 +34,8 @@ pub struct ImportRequest {
     pub data: String,
     /// Square input size the network sees (recorded in the preprocessing spec).
     pub input_size: u32,
+    /// Every input brought to this size first (see [`PreprocessSpec::detail_size`]).
+    pub detail_size: Option<u32>,
     pub val_fraction: f64,
     pub seed: u64,
     /// The Python interpreter with PyTorch, for `.pth` files.
@@ -169,7 +171,10 @@ fn import_config(r: &ImportRequest, classes: usize) -> TrainConfig {
         temperature: 0.1,
         val_fraction: r.val_fraction,
         seed: r.seed,
-        preprocessing: PreprocessSpec::imagenet(r.input_size),
+        preprocessing: PreprocessSpec {
+            detail_size: r.detail_size,
+            ..PreprocessSpec::imagenet(r.input_size)
+        },
         max_steps_per_epoch: None,
         pretrained: None,
         backbone_lr_scale: 1.0,

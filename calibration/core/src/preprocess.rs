@@ -53,6 +53,13 @@ pub struct PreprocessSpec {
     pub mean: [f32; 3],
     pub std: [f32; 3],
     pub layout: Layout,
+    /// When set, every input is first brought to `detail_size` x `detail_size` RGB bytes
+    /// (with this spec's resize policy, antialiased bilinear, rounded as a stored image
+    /// is), and only then to the input size: a camera frame then carries no more detail
+    /// than the training images had (CIFAR's 32x32 upscaled to the input, say), so that
+    /// frames and training images take the same path to the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail_size: Option<u32>,
 }
 
 impl PreprocessSpec {
@@ -67,6 +74,7 @@ impl PreprocessSpec {
             mean: [0.4914, 0.4822, 0.4465],
             std: [0.2470, 0.2435, 0.2616],
             layout: Layout::Nchw,
+            detail_size: None,
         }
     }
 
@@ -85,6 +93,12 @@ impl PreprocessSpec {
             return Err(Error::InvalidArtifact(format!(
                 "preprocessing input size {}x{} is out of range",
                 self.width, self.height
+            )));
+        }
+        if self.detail_size.is_some_and(|d| d == 0 || d > 8192) {
+            return Err(Error::InvalidArtifact(format!(
+                "preprocessing detail size {:?} is out of range",
+                self.detail_size
             )));
         }
         if self.mean.iter().any(|v| !v.is_finite())
@@ -317,6 +331,16 @@ pub struct Preprocessor {
     plan: Plan,
     /// One output row filtered vertically, still in the source's byte layout.
     row: Vec<f32>,
+    /// The first stage when the spec has a detail size: source to detail-size bytes.
+    detail: Option<Box<DetailStage>>,
+}
+
+/// Source to `detail_size` x `detail_size` RGB bytes, with buffers for one frame.
+#[derive(Debug, Clone)]
+struct DetailStage {
+    first: Preprocessor,
+    values: Vec<f32>,
+    bytes: Vec<u8>,
 }
 
 impl Preprocessor {
@@ -332,6 +356,35 @@ impl Preprocessor {
                 "source size",
                 format!("{src_width}x{src_height} is out of range"),
             ));
+        }
+        if let Some(d) = spec.detail_size {
+            // bytes in 0..255, RGB, pixel-interleaved: a stored image of the detail size
+            let to_detail = PreprocessSpec {
+                width: d,
+                height: d,
+                filter: ResizeFilter::Bilinear,
+                channel_order: ChannelOrder::Rgb,
+                mean: [0.0; 3],
+                std: [1.0 / 255.0; 3],
+                layout: Layout::Nhwc,
+                detail_size: None,
+                ..spec.clone()
+            };
+            let first = Preprocessor::new(&to_detail, src_width, src_height, format)?;
+            let second = PreprocessSpec {
+                detail_size: None,
+                ..spec.clone()
+            };
+            let d = d as usize;
+            let mut p = Preprocessor::new(&second, d, d, PixelFormat::Rgb8)?;
+            p.spec = spec.clone();
+            (p.src_width, p.src_height, p.format) = (src_width, src_height, format);
+            p.detail = Some(Box::new(DetailStage {
+                first,
+                values: vec![0.0; 3 * d * d],
+                bytes: vec![0; 3 * d * d],
+            }));
+            return Ok(p);
         }
         let (w, h) = (spec.width as usize, spec.height as usize);
         let (sx, sy, ox, oy) = match spec.resize {
@@ -387,6 +440,7 @@ impl Preprocessor {
             band,
             plan,
             row: vec![0.0; lanes],
+            detail: None,
         })
     }
 
@@ -440,6 +494,17 @@ impl Preprocessor {
                 format!("{} values, expected {}", out.len(), self.tensor_len()),
             ));
         }
+        let (frame, stride) = match &mut self.detail {
+            Some(stage) => {
+                stage.first.run(frame, Some(stride), &mut stage.values)?;
+                for (b, v) in stage.bytes.iter_mut().zip(&stage.values) {
+                    *b = v.round().clamp(0.0, 255.0) as u8;
+                }
+                let d = stage.first.spec.width as usize;
+                (&stage.bytes[..], 3 * d)
+            }
+            None => (frame, stride),
+        };
         resample(
             &self.plan,
             stride,
@@ -620,6 +685,59 @@ mod tests {
             self.height = h;
             self
         }
+    }
+
+    /// The detail stage is exactly: the frame to detail-size RGB bytes (same policy,
+    /// rounded), then those bytes to the input; and a source already of the detail size
+    /// (a CIFAR image) is unchanged by it.
+    #[test]
+    fn detail_size_reduces_first_then_resizes() {
+        let (sw, sh) = (97usize, 61usize);
+        let frame: Vec<u8> = (0..sw * sh * 3).map(|i| ((i * 37) % 251) as u8).collect();
+        let mut spec = PreprocessSpec::imagenet(24);
+        spec.detail_size = Some(8);
+        let mut two = Preprocessor::new(&spec, sw, sh, PixelFormat::Rgb8).unwrap();
+        assert_eq!(two.source(), (sw, sh, PixelFormat::Rgb8));
+        let mut out = vec![0f32; two.tensor_len()];
+        two.run(&frame, None, &mut out).unwrap();
+        // by hand: 8x8 bytes first, then to the input
+        let first_spec = PreprocessSpec {
+            mean: [0.0; 3],
+            std: [1.0 / 255.0; 3],
+            layout: Layout::Nhwc,
+            ..PreprocessSpec::imagenet(8)
+        };
+        let mut first = Preprocessor::new(&first_spec, sw, sh, PixelFormat::Rgb8).unwrap();
+        let mut small = vec![0f32; first.tensor_len()];
+        first.run(&frame, None, &mut small).unwrap();
+        let bytes: Vec<u8> = small
+            .iter()
+            .map(|v| v.round().clamp(0.0, 255.0) as u8)
+            .collect();
+        let mut second =
+            Preprocessor::new(&PreprocessSpec::imagenet(24), 8, 8, PixelFormat::Rgb8).unwrap();
+        let mut want = vec![0f32; second.tensor_len()];
+        second.run(&bytes, None, &mut want).unwrap();
+        assert_eq!(out, want);
+        // a wrong-sized frame is still refused against the real source size
+        assert!(two.run(&frame[..10], None, &mut out).is_err());
+        // a source of the detail size: the same tensor as without the stage
+        let mut direct =
+            Preprocessor::new(&PreprocessSpec::imagenet(24), 8, 8, PixelFormat::Rgb8).unwrap();
+        let mut staged = Preprocessor::new(&spec, 8, 8, PixelFormat::Rgb8).unwrap();
+        let (mut a, mut b) = (vec![0f32; 3 * 24 * 24], vec![0f32; 3 * 24 * 24]);
+        direct.run(&bytes, None, &mut a).unwrap();
+        staged.run(&bytes, None, &mut b).unwrap();
+        assert_eq!(a, b);
+        // old specs (no field) read as no detail stage; the field round-trips
+        let json = serde_json::to_string(&PreprocessSpec::imagenet(24)).unwrap();
+        assert!(!json.contains("detail_size"));
+        let back: PreprocessSpec =
+            serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+        assert_eq!(back.detail_size, Some(8));
+        let mut bad = spec.clone();
+        bad.detail_size = Some(0);
+        assert!(bad.validate().is_err());
     }
 
     #[test]

@@ -54,7 +54,11 @@ impl FrameDecoder {
     pub fn new(spec: &PreprocessSpec, scaled_jpeg: bool) -> Self {
         Self {
             buffer: Vec::new(),
-            scaled_for: scaled_jpeg.then_some((spec.width, spec.height)),
+            // with a detail stage the frame is reduced to the detail size first
+            scaled_for: scaled_jpeg.then_some(match spec.detail_size {
+                Some(d) => (d.min(spec.width), d.min(spec.height)),
+                None => (spec.width, spec.height),
+            }),
         }
     }
 

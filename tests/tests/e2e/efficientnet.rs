@@ -37,6 +37,7 @@ fn efficientnet_lite0_matches_the_reference_port_after_import() {
             weights: dir.path().join("model.pth"),
             data: "noise:uniform:20:1".into(),
             input_size: size as u32,
+            detail_size: None,
             val_fraction: 0.1,
             seed: 0,
             python: python(),

@@ -677,6 +677,7 @@ fn fine_tuning_starts_from_the_import_keeps_frozen_stages_and_scales_the_backbon
         weights: npz,
         data: data.clone(),
         input_size: 32,
+        detail_size: None,
         val_fraction: 0.25,
         seed: 1,
         python: "python3".into(),
