@@ -226,13 +226,17 @@ fn with_street_video(
     Ok(oods)
 }
 
-/// Trains (or resumes, or reuses a finished) edge encoder with `loss`.
-fn train(s: &Study, loss: &str, run_dir: &Path) -> Result {
-    let finished = std::fs::read_to_string(run_dir.join("state.json"))
+/// Whether the run in `run_dir` has trained `epochs` epochs.
+fn finished(run_dir: &Path, epochs: usize) -> bool {
+    std::fs::read_to_string(run_dir.join("state.json"))
         .ok()
         .and_then(|t| json_number(&t.replace(' ', ""), "epoch"))
-        .is_some_and(|e| e as usize >= s.epochs);
-    if finished {
+        .is_some_and(|e| e as usize >= epochs)
+}
+
+/// Trains (or resumes, or reuses a finished) edge encoder with `loss`.
+fn train(s: &Study, loss: &str, run_dir: &Path) -> Result {
+    if finished(run_dir, s.epochs) {
         eprintln!("cached: {}", run_dir.display());
         return Ok(());
     }
@@ -392,11 +396,7 @@ fn lite_runs(s: &Study) -> Result<Vec<LiteRun>> {
 /// learning rate, one warm-up epoch, cosine after it).
 fn fine_tune(s: &Study, loss: &str, size: u32, frozen: &Path, run_dir: &Path) -> Result {
     let lite = &s.lite;
-    let finished = std::fs::read_to_string(run_dir.join("state.json"))
-        .ok()
-        .and_then(|t| json_number(&t.replace(' ', ""), "epoch"))
-        .is_some_and(|e| e as usize >= lite.tune_epochs);
-    if finished {
+    if finished(run_dir, lite.tune_epochs) {
         eprintln!("cached: {}", run_dir.display());
         return Ok(());
     }

@@ -377,12 +377,10 @@ impl Scorer {
                                 .iter()
                                 .map(|&v| v as f32)
                                 .collect();
-                        let mut mean = bg.mean.clone();
-                        if model.normalize {
-                            normalize_in_place(&mut mean);
-                        }
+                        // the mean as fitted (of normalised embeddings when the model
+                        // normalises), since the precision was estimated around it
                         let mut bg_center = vec![0f32; d];
-                        matmul(&mean, 1, &l0, d, d, &mut bg_center);
+                        matmul(&bg.mean, 1, &l0, d, d, &mut bg_center);
                         matmul(&centers, k, &transforms, d, d, &mut transformed);
                         centers = transformed;
                         Kind::Relative {
