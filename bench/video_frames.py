@@ -3,7 +3,7 @@ embed a real camera stream like any other OOD set (`folder:OUT_DIR`).
 
 Usage: video_frames.py VIDEO OUT_DIR
 
-Writes OUT_DIR/test/<video name>/frame_NNNN.jpg (quality 95) for every frame OpenCV
+Writes OUT_DIR/<video name>/frame_NNNN.jpg (quality 95) for every frame OpenCV
 decodes (`vtest.avi` is MS-MPEG4v3, which the edge's MJPEG reader does not read), and
 OUT_DIR/frames.txt with the count. Needs opencv-python-headless.
 """
@@ -15,7 +15,7 @@ import cv2
 
 def main():
     video, out = Path(sys.argv[1]), Path(sys.argv[2])
-    folder = out / "test" / video.stem
+    folder = out / video.stem
     folder.mkdir(parents=True, exist_ok=True)
     capture = cv2.VideoCapture(str(video))
     n = 0

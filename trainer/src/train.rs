@@ -21,7 +21,7 @@ use crate::data::{Dataset, Split};
 use crate::loss::{cross_entropy, nt_xent, supcon, LossKind};
 use crate::model::{Head, ModelConfig, Net};
 use crate::optim::Sgd;
-use oodmon_calibration::preprocess::{PixelFormat, Preprocessor};
+
 use oodmon_data::embed::for_each_input;
 
 use crate::error::io;
@@ -177,9 +177,9 @@ pub fn learning_rate(cfg: &TrainConfig, epoch_f: f64) -> f64 {
 /// Normalised NCHW batch of the given rows through the shared [`Preprocessor`], exactly as
 /// calibration and the edge compute encoder inputs (no augmentation).
 pub fn eval_batch(ds: &Dataset, rows: &[usize], spec: &PreprocessSpec) -> Result<Tensor> {
-    let (w, h) = (ds.width, ds.height);
     let n = 3 * spec.width as usize * spec.height as usize;
-    let mut p = Preprocessor::new(spec, w, h, PixelFormat::Rgb8)
+    let mut p = ds
+        .preprocessor(spec)
         .map_err(|e| TrainError::Invalid(e.to_string()))?;
     let mut buf = vec![0f32; rows.len() * n];
     for (b, &i) in rows.iter().enumerate() {

@@ -299,7 +299,13 @@ fn embed_sets_limited(
         ("test", &s.id, "test", true),
     ];
     for (name, spec) in &s.oods {
-        sets.push((name, spec, "test", false));
+        // an image folder without train/ and test/ (the street video's frames) is one split
+        let split = if spec.starts_with("folder:") {
+            "train"
+        } else {
+            "test"
+        };
+        sets.push((name, spec, split, false));
     }
     for (name, spec, split, labels) in sets {
         let file = dir.join(format!("{name}.npy"));

@@ -88,6 +88,16 @@ impl PreprocessSpec {
         }
     }
 
+    /// The spec for images this spec has already resized (a loaded data set's images, at
+    /// the input size): the same resize, normalisation and layout, and no detail stage,
+    /// which they have been through once.
+    pub fn for_resized(&self) -> Self {
+        Self {
+            detail_size: None,
+            ..self.clone()
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.width == 0 || self.height == 0 || self.width > 8192 || self.height > 8192 {
             return Err(Error::InvalidArtifact(format!(

@@ -156,6 +156,20 @@ impl Dataset {
         self.labels.is_empty()
     }
 
+    /// The preprocessing of this data set's stored images for `spec`, the spec they were
+    /// loaded with: they are at its input size already, its detail stage included.
+    pub fn preprocessor(
+        &self,
+        spec: &PreprocessSpec,
+    ) -> std::result::Result<Preprocessor, oodmon_calibration::Error> {
+        Preprocessor::new(
+            &spec.for_resized(),
+            self.width,
+            self.height,
+            PixelFormat::Rgb8,
+        )
+    }
+
     pub fn image(&self, i: usize) -> &[u8] {
         let n = self.width * self.height * 3;
         &self.pixels[i * n..(i + 1) * n]
@@ -602,6 +616,45 @@ mod tests {
         let mut r = vec![label];
         r.extend(std::iter::repeat_n(value, 3072));
         r
+    }
+
+    /// A loaded data set's images went through the spec's resize and detail stage once;
+    /// its preprocessor must not blur them a second time. Its tensors equal the ones
+    /// streamed straight from the stored images, up to the bytes' rounding.
+    #[test]
+    fn loaded_images_take_the_detail_stage_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        for i in 0..4u8 {
+            bytes.push(i);
+            bytes
+                .extend((0..3072usize).map(|p| ((p * (7 + i as usize) + p / 32 * 13) % 256) as u8));
+        }
+        let file = dir.path().join("b.bin");
+        std::fs::write(&file, bytes).unwrap();
+        let data = DataSpec::Cifar10(file);
+        let mut spec = PreprocessSpec::imagenet(48);
+        spec.detail_size = Some(16);
+        let ds = load(&data, Split::Test, &spec).unwrap();
+        assert_eq!((ds.width, ds.height), (48, 48));
+        let mut p = ds.preprocessor(&spec).unwrap();
+        let mut streamed = Vec::new();
+        crate::embed::for_each_input(&spec, &data, Split::Test, None, |t, _| {
+            streamed.push(t.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        let mut loaded = vec![0f32; 3 * 48 * 48];
+        for (i, want) in streamed.iter().enumerate() {
+            p.run(ds.image(i), None, &mut loaded).unwrap();
+            let worst = loaded
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            // half a grey level, in units of the smallest std
+            assert!(worst <= 0.5 / 255.0 / 0.224 + 1e-5, "image {i}: {worst}");
+        }
     }
 
     #[test]

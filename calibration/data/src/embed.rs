@@ -143,7 +143,7 @@ pub fn dataset_inputs(
     rows: &[usize],
     spec: &PreprocessSpec,
 ) -> std::result::Result<Vec<Vec<f32>>, DataError> {
-    let mut p = Preprocessor::new(spec, ds.width, ds.height, PixelFormat::Rgb8)?;
+    let mut p = ds.preprocessor(spec)?;
     let n = p.tensor_len();
     rows.iter()
         .map(|&i| {
@@ -164,7 +164,7 @@ pub fn embed_loaded(
     let n = 3 * spec.width as usize * spec.height as usize;
     let dim = encoder.dim();
     let mut pool = SessionPool::new(encoder)?;
-    let mut p = Preprocessor::new(spec, ds.width, ds.height, PixelFormat::Rgb8)?;
+    let mut p = ds.preprocessor(spec)?;
     let chunk = 64 * pool.sessions.len();
     let mut inputs = vec![0f32; chunk * n];
     let mut values = Vec::with_capacity(ds.len() * dim);
