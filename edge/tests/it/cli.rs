@@ -324,7 +324,7 @@ fn demo_runs_from_any_directory_and_reproduces_its_scenario() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("scenario reproduced"), "{stdout}");
-    assert!(stdout.contains("72 frames"), "{stdout}");
+    assert!(stdout.contains("96 frames"), "{stdout}");
 }
 
 fn pty() -> (serialport::TTYPort, serialport::TTYPort, String) {

@@ -283,10 +283,14 @@ fn the_built_in_demo_reproduces_its_scenario() {
     let summary = oodmon_edge::app::demo::play(Some(0), true, &mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(summary.passed(), "{text}");
-    assert_eq!(summary.run.frames, 72);
-    assert_eq!(summary.segments[0].ood_frames, 0, "{text}");
+    assert_eq!(summary.run.frames, 96);
+    assert_eq!(summary.segments.len(), 4, "{text}");
+    // the cat: in distribution (a few frames close to the threshold may cross it, one
+    // at a time, which the debouncing absorbs); the astronaut and the coins: flagged
+    assert!(summary.segments[0].ood_frames <= 3, "{text}");
     assert!(summary.segments[1].ood_frames >= 18, "{text}");
-    assert_eq!(summary.segments[2].ood_frames, 0, "{text}");
+    assert!(summary.segments[2].ood_frames >= 18, "{text}");
+    assert!(summary.segments[3].ood_frames <= 3, "{text}");
     assert!(text.contains("scenario reproduced"), "{text}");
 }
 
@@ -309,5 +313,5 @@ fn records_name_the_nearest_class_through_the_cluster_to_class_map() {
         assert_eq!(engine.cluster_class(r.nearest), Some(class));
         frames += 1;
     }
-    assert_eq!(frames, 72);
+    assert_eq!(frames, 96);
 }
