@@ -3,7 +3,7 @@
 //! SimCLR's two views (random resized crop, colour jitter, random grayscale, flip).
 
 use oodmon_calibration::preprocess::{
-    ChannelOrder, Layout, PixelFormat, PreprocessSpec, Preprocessor, ResizeFilter, ResizePolicy,
+    ChannelOrder, Layout, PixelFormat, PreprocessSpec, Preprocessor, ResizePolicy,
 };
 use rand::Rng;
 
@@ -75,17 +75,7 @@ pub fn simclr_view(img: &[u8], w: usize, h: usize, rng: &mut impl Rng, out: &mut
         let src = ((y0 + y) * w + x0) * 3;
         crop[y * cw * 3..(y + 1) * cw * 3].copy_from_slice(&img[src..src + cw * 3]);
     }
-    let spec = PreprocessSpec {
-        width: w as u32,
-        height: h as u32,
-        resize: ResizePolicy::Stretch,
-        filter: ResizeFilter::Bilinear,
-        channel_order: ChannelOrder::Rgb,
-        mean: [0.0; 3],
-        std: [1.0 / 255.0; 3],
-        layout: Layout::Nhwc,
-        detail_size: None,
-    };
+    let spec = PreprocessSpec::bytes(w as u32, h as u32, ResizePolicy::Stretch);
     #[allow(clippy::expect_used)] // crop sizes are checked above, the spec is the run's own
     Preprocessor::new(&spec, cw, ch, PixelFormat::Rgb8)
         .and_then(|mut p| p.run(&crop, None, out))

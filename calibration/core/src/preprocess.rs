@@ -88,6 +88,22 @@ impl PreprocessSpec {
         }
     }
 
+    /// A pure resize to `width` x `height` RGB values in 0..255, pixel-interleaved (what a
+    /// stored 8-bit image holds), with antialiased bilinear filtering.
+    pub fn bytes(width: u32, height: u32, resize: ResizePolicy) -> Self {
+        Self {
+            width,
+            height,
+            resize,
+            filter: ResizeFilter::Bilinear,
+            channel_order: ChannelOrder::Rgb,
+            mean: [0.0; 3],
+            std: [1.0 / 255.0; 3],
+            layout: Layout::Nhwc,
+            detail_size: None,
+        }
+    }
+
     /// The spec for images this spec has already resized (a loaded data set's images, at
     /// the input size): the same resize, normalisation and layout, and no detail stage,
     /// which they have been through once.
@@ -368,18 +384,8 @@ impl Preprocessor {
             ));
         }
         if let Some(d) = spec.detail_size {
-            // bytes in 0..255, RGB, pixel-interleaved: a stored image of the detail size
-            let to_detail = PreprocessSpec {
-                width: d,
-                height: d,
-                filter: ResizeFilter::Bilinear,
-                channel_order: ChannelOrder::Rgb,
-                mean: [0.0; 3],
-                std: [1.0 / 255.0; 3],
-                layout: Layout::Nhwc,
-                detail_size: None,
-                ..spec.clone()
-            };
+            // a stored image of the detail size
+            let to_detail = PreprocessSpec::bytes(d, d, spec.resize);
             let first = Preprocessor::new(&to_detail, src_width, src_height, format)?;
             let second = PreprocessSpec {
                 detail_size: None,
