@@ -102,6 +102,30 @@ const STAGES: [Stage; 7] = [
 pub const STEM_CHANNELS: i64 = 32;
 pub const FEATURES: i64 = 1280;
 
+/// Where the embedding is taken. The published network pools the 1280 features of its head
+/// convolution; the truncated backbone pools the last block's 320 instead: no 320->1280
+/// convolution to run, and a 320x320 precision matrix in the calibration (1280x1280 is 9 MB
+/// of the bundle).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LiteTap {
+    #[default]
+    Head,
+    Blocks,
+}
+
+impl std::str::FromStr for LiteTap {
+    type Err = crate::error::TrainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "head" => Ok(LiteTap::Head),
+            "blocks" => Ok(LiteTap::Blocks),
+            _ => Err(crate::error::TrainError::Invalid(format!(
+                "--features {s:?}: expected head (after the head convolution) or blocks (the last block's, before it)"
+            ))),
+        }
+    }
+}
+
 /// Batch norm as in the reference: TensorFlow's momentum 0.99 (PyTorch's 0.01), eps 1e-3.
 pub const BN_EPS: f64 = 1e-3;
 
@@ -328,21 +352,42 @@ impl LiteEncoder {
         prefixes
     }
 
-    /// The head's feature map, `[N, 1280, H/32, W/32]`.
-    pub fn features_t(&self, x: &Tensor, train: bool) -> Tensor {
+    /// The feature map at `tap`: `[N, 1280, H/32, W/32]` after the head, `[N, 320, ...]`
+    /// after the last block.
+    pub fn features_t(&self, x: &Tensor, train: bool, tap: LiteTap) -> Tensor {
         let stem_train = train && self.frozen_stages == 0;
         let mut y = relu6(&self.stem.0.forward(x).apply_t(&self.stem.1, stem_train));
         for (b, &stage) in self.blocks.iter().zip(&self.block_stage) {
             y = b.forward_t(&y, train && stage >= self.frozen_stages);
         }
-        relu6(&self.head.0.forward(&y).apply_t(&self.head.1, train))
+        match tap {
+            LiteTap::Head => relu6(&self.head.0.forward(&y).apply_t(&self.head.1, train)),
+            LiteTap::Blocks => y,
+        }
+    }
+
+    /// Embedding size at `tap`.
+    pub fn dim(&self, tap: LiteTap) -> usize {
+        match tap {
+            LiteTap::Head => FEATURES as usize,
+            LiteTap::Blocks => self
+                .blocks
+                .last()
+                .map_or(STEM_CHANNELS, |b| b.project.0.conv.ws.size()[0])
+                as usize,
+        }
+    }
+
+    /// The embedding at `tap`, average-pooled.
+    pub fn embed_t(&self, x: &Tensor, train: bool, tap: LiteTap) -> Tensor {
+        self.features_t(x, train, tap)
+            .adaptive_avg_pool2d([1, 1])
+            .flatten(1, -1)
     }
 
     /// The embedding: the head's features, average-pooled.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.features_t(x, train)
-            .adaptive_avg_pool2d([1, 1])
-            .flatten(1, -1)
+        self.embed_t(x, train, LiteTap::Head)
     }
 }
 
@@ -380,6 +425,9 @@ mod tests {
         let x = Tensor::rand([2, 3, 64, 64], (tch::Kind::Float, tch::Device::Cpu));
         let e = tch::no_grad(|| enc.forward_t(&x, false));
         assert_eq!(e.size(), vec![2, FEATURES]);
+        let t = tch::no_grad(|| enc.embed_t(&x, false, LiteTap::Blocks));
+        assert_eq!(t.size(), vec![2, 320]);
+        assert_eq!(enc.dim(LiteTap::Blocks), 320);
         let names: Vec<String> = vs.variables().into_keys().collect();
         for n in [
             "encoder._conv_stem.weight",

@@ -6,6 +6,7 @@ use oodmon_calibration::PreprocessSpec;
 use oodmon_onnx::{fold_batch_norm, ConvShape, OnnxBuilder, META_PREPROCESSING};
 use tch::{Device, Kind, Tensor};
 
+use crate::efficientnet::LiteTap;
 use crate::model::{ConvBn, Net};
 use crate::train::{Result, TrainError};
 
@@ -52,10 +53,27 @@ pub fn export_onnx(
     provenance: &str,
     dynamic_batch: bool,
 ) -> Result<Vec<u8>> {
+    export_onnx_at(net, preprocessing, provenance, dynamic_batch, LiteTap::Head)
+}
+
+/// [`export_onnx`] with the EfficientNet-Lite embedding taken at `tap` (ignored by the
+/// other encoders, which have one embedding).
+pub fn export_onnx_at(
+    net: &Net,
+    preprocessing: &PreprocessSpec,
+    provenance: &str,
+    dynamic_batch: bool,
+    tap: LiteTap,
+) -> Result<Vec<u8>> {
     let enc = match &net.encoder {
-        crate::model::Encoder::Cifar(e) => e,
+        crate::model::Encoder::Cifar(e) if tap == LiteTap::Head => e,
+        crate::model::Encoder::Cifar(_) => {
+            return Err(TrainError::Request(
+                "--features blocks is for efficientnet-lite0 runs (the edge and ResNet encoders have one embedding)".into(),
+            ))
+        }
         crate::model::Encoder::Lite(e) => {
-            return export_lite(e, preprocessing, provenance, dynamic_batch)
+            return export_lite(e, preprocessing, provenance, dynamic_batch, tap)
         }
     };
     let mut b = OnnxBuilder::new(
@@ -147,12 +165,14 @@ fn same_conv_bn(
 
 /// EfficientNet-Lite as ONNX: folded convolutions with the reference's padding for the
 /// preprocessing's input size, ReLU6 as `Clip(0, 6)`, the residual `Add`s, and the pooled
-/// 1280 head features as the embedding.
+/// features at `tap` as the embedding (the 1280 head features, or the last block's 320
+/// without the head convolution).
 fn export_lite(
     enc: &crate::efficientnet::LiteEncoder,
     preprocessing: &PreprocessSpec,
     provenance: &str,
     dynamic_batch: bool,
+    tap: LiteTap,
 ) -> Result<Vec<u8>> {
     let mut size = (preprocessing.height as i64, preprocessing.width as i64);
     let mut b = OnnxBuilder::new(size.0 as usize, size.1 as usize, dynamic_batch);
@@ -178,20 +198,21 @@ fn export_lite(
             p
         };
     }
-    let (h, _) = same_conv_bn(&mut b, &y, &enc.head.0, &enc.head.1, size)?;
-    let h = b.clip(&h, 0.0, 6.0);
-    let e = b.pool_flatten(&h);
+    let features = match tap {
+        LiteTap::Head => {
+            let (h, _) = same_conv_bn(&mut b, &y, &enc.head.0, &enc.head.1, size)?;
+            b.clip(&h, 0.0, 6.0)
+        }
+        LiteTap::Blocks => y,
+    };
+    let e = b.pool_flatten(&features);
     b.metadata(
         META_PREPROCESSING,
         #[allow(clippy::expect_used)] // a plain struct: serde_json cannot fail
         &serde_json::to_string(preprocessing).expect("serialisable"),
     );
     b.metadata("oodmon.provenance", provenance);
-    Ok(b.finish(
-        &e,
-        crate::efficientnet::FEATURES as usize,
-        env!("CARGO_PKG_VERSION"),
-    ))
+    Ok(b.finish(&e, enc.dim(tap), env!("CARGO_PKG_VERSION")))
 }
 
 /// How the exported encoder is quantized to int8.
@@ -206,12 +227,24 @@ pub struct Int8 {
 
 /// The run's configuration and weights hash, stored in an exported model's metadata.
 pub fn provenance(rd: &crate::train::RunDir, cfg: &crate::train::TrainConfig) -> Result<String> {
-    Ok(serde_json::json!({
+    provenance_at(rd, cfg, LiteTap::Head)
+}
+
+/// [`provenance`], naming where the embedding was taken when it is not the default.
+fn provenance_at(
+    rd: &crate::train::RunDir,
+    cfg: &crate::train::TrainConfig,
+    tap: LiteTap,
+) -> Result<String> {
+    let mut p = serde_json::json!({
         "run_config": cfg,
         "weights_sha256": oodmon_calibration::io::sha256_file(&rd.weights())?,
         "tool": format!("oodmon-trainer {}", env!("CARGO_PKG_VERSION")),
-    })
-    .to_string())
+    });
+    if tap == LiteTap::Blocks {
+        p["features"] = "blocks: the last block's pooled features, no head convolution".into();
+    }
+    Ok(p.to_string())
 }
 
 /// An exported encoder.
@@ -222,22 +255,25 @@ pub struct Exported {
     pub int8_images: Option<usize>,
 }
 
-/// The run's encoder as ONNX bytes, quantized to int8 with `int8` (scales from the train
-/// split of `calib_data`) or converted to float16 with `f16`.
+/// The run's encoder as ONNX bytes, its EfficientNet-Lite embedding taken at `tap`,
+/// quantized to int8 with `int8` (scales from the train split of `calib_data`) or converted
+/// to float16 with `f16`.
 pub fn export_run(
     run: &std::path::Path,
     dynamic_batch: bool,
     int8: Option<(&Int8, &str)>,
     f16: bool,
+    tap: LiteTap,
 ) -> Result<Exported> {
     let rd = crate::train::RunDir(run.to_path_buf());
     let cfg = rd.load_config()?;
     let net = crate::embedding::load_net(&rd, &cfg.model, Device::Cpu)?;
-    let mut bytes = export_onnx(
+    let mut bytes = export_onnx_at(
         &net,
         &cfg.preprocessing,
-        &provenance(&rd, &cfg)?,
+        &provenance_at(&rd, &cfg, tap)?,
         dynamic_batch,
+        tap,
     )?;
     let mut int8_images = None;
     if let Some((q, calib_data)) = int8 {

@@ -13,6 +13,7 @@ use oodmon_cli::say;
 use oodmon_onnx::{QuantForm, RangeMethod};
 use oodmon_trainer::calibrate::{fit_run, FitRequest};
 use oodmon_trainer::data::DataSpec;
+use oodmon_trainer::efficientnet::LiteTap;
 use oodmon_trainer::embedding::{embed_run, EmbedRequest};
 use oodmon_trainer::export::{export_run, Int8};
 use oodmon_trainer::loss::LossKind;
@@ -233,6 +234,10 @@ struct ExportArgs {
     /// Store weights and compute in float16 (input and output stay float32).
     #[arg(long, conflicts_with = "int8")]
     f16: bool,
+    /// EfficientNet-Lite: the embedding is the pooled features after the head convolution
+    /// (`head`, 1280) or the last block's (`blocks`, 320: a truncated backbone).
+    #[arg(long, default_value = "head")]
+    features: LiteTap,
     #[arg(long)]
     out: PathBuf,
 }
@@ -492,6 +497,7 @@ fn export(a: ExportArgs) -> Result<()> {
         calib_data,
         quant,
         f16,
+        features,
         out,
     } = a;
 
@@ -502,6 +508,7 @@ fn export(a: ExportArgs) -> Result<()> {
         dynamic_batch,
         int8.then_some((&q, calib.as_str())),
         f16,
+        features,
     )?;
     if let Some(n) = exported.int8_images {
         say!(

@@ -642,6 +642,48 @@ fn exported_efficientnet_lite0_in_tract_matches_the_tch_forward_pass() {
         eprintln!("lite0 export: max |tract - tch| {err:.2e} (norm {norm:.2})");
         assert!(err <= 1e-4 * norm, "max error {err} vs norm {norm}");
     }
+
+    // the truncated backbone: the last block's 320 pooled features, no head convolution
+    use oodmon_trainer::efficientnet::LiteTap;
+    let bytes =
+        oodmon_trainer::export::export_onnx_at(&net, &spec, "{}", false, LiteTap::Blocks).unwrap();
+    let enc = Encoder::from_bytes(&bytes, std::path::Path::new("lite0-blocks.onnx")).unwrap();
+    assert_eq!((enc.input_size(), enc.dim()), ((64, 72), 320));
+    let mut session = enc.session().unwrap();
+    let oodmon_trainer::model::Encoder::Lite(lite) = &net.encoder else {
+        panic!("not a Lite encoder")
+    };
+    tch::manual_seed(3);
+    let x = tch::Tensor::randn([1, 3, 72, 64], (tch::Kind::Float, Device::Cpu));
+    let want: Vec<f32> =
+        Vec::try_from(lite.embed_t(&x, false, LiteTap::Blocks).flatten(0, -1)).unwrap();
+    let got = session
+        .embed(&Vec::<f32>::try_from(x.flatten(0, -1)).unwrap())
+        .unwrap();
+    let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let err = want
+        .iter()
+        .zip(got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("lite0 truncated export: max |tract - tch| {err:.2e} (norm {norm:.2})");
+    assert!(err <= 1e-4 * norm, "max error {err} vs norm {norm}");
+    // the edge encoder has one embedding
+    let edge = ModelConfig {
+        arch: Arch::Edge,
+        width: 0.5,
+        embed_dim: 16,
+        head: Head::Classifier { classes: 4 },
+    };
+    let (_vs, edge_net) = train::build(&edge, Device::Cpu);
+    let refused = oodmon_trainer::export::export_onnx_at(
+        &edge_net,
+        &PreprocessSpec::cifar(16),
+        "{}",
+        false,
+        LiteTap::Blocks,
+    );
+    assert!(refused.is_err());
 }
 
 /// Fine-tuning from an imported backbone: the encoder starts from the import, the frozen
