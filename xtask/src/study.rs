@@ -36,16 +36,23 @@ struct LiteRows {
     sizes: Vec<u32>,
     tune_losses: Vec<String>,
     tune_size: u32,
-    /// Fine-tuning: `tune_epochs` epochs of at most `tune_steps` batches of 64.
+    /// Fine-tuning: `tune_epochs` epochs of at most `tune_steps` batches of 64 (0: whole
+    /// epochs).
     tune_epochs: usize,
     tune_steps: usize,
+    /// Every input first reduced to this size (CIFAR's 32: camera frames then reach the
+    /// network with the training images' detail); `None` resizes straight to the input.
+    detail_size: Option<u32>,
+    /// Where the embedding is taken: `head` (1280 features) and/or `blocks` (the last
+    /// block's 320, a truncated backbone).
+    features: Vec<String>,
     /// Embed at most this many training and test images (ID and OOD).
     max_rows: usize,
 }
 
 pub fn study(args: &[String]) -> Result {
     let s = setup(args)?;
-    let lite = s.lite.sizes.len() + s.lite.tune_losses.len();
+    let lite = (s.lite.sizes.len() + s.lite.tune_losses.len()) * s.lite.features.len();
     let total = s.losses.len() * 4 + lite * 2;
     let mut done = 0;
     let mut progress = |what: &str| {
@@ -53,15 +60,32 @@ pub fn study(args: &[String]) -> Result {
         step(&format!("[{done}/{total}] {what}"));
     };
     for run in lite_runs(&s)? {
-        for variant in ["float", "int8"] {
-            progress(&format!(
-                "pretrained {}: embeddings and grid, {variant}",
-                run.name
-            ));
-            let dir = s.out.join(format!("embeddings/{}-{variant}", run.name));
-            let model = (variant == "int8").then_some(run.int8.as_path());
-            embed_sets_limited(&s, &run.dir, model, &dir, Some(s.lite.max_rows))?;
-            grid(&s, &run.name, variant)?;
+        for features in &s.lite.features {
+            // the head's float rows come from libtorch; the truncated encoder is
+            // exported, and both its variants run in tract
+            let (name, float) = match features.as_str() {
+                "blocks" => (
+                    format!("{}-blocks", run.name),
+                    Some(export_features(&s, &run.dir, "blocks", false)?),
+                ),
+                _ => (run.name.clone(), None),
+            };
+            let int8 = match features.as_str() {
+                "blocks" => export_features(&s, &run.dir, "blocks", true)?,
+                _ => run.int8.clone(),
+            };
+            for variant in ["float", "int8"] {
+                progress(&format!(
+                    "pretrained {name}: embeddings and grid, {variant}"
+                ));
+                let dir = s.out.join(format!("embeddings/{name}-{variant}"));
+                let model = match variant {
+                    "int8" => Some(int8.as_path()),
+                    _ => float.as_deref(),
+                };
+                embed_sets_limited(&s, &run.dir, model, &dir, Some(s.lite.max_rows))?;
+                grid(&s, &name, variant)?;
+            }
         }
     }
     for loss in &s.losses {
@@ -105,8 +129,10 @@ fn setup(args: &[String]) -> Result<Study> {
         tune_losses: vec!["ce".into(), "supcon".into(), "simclr".into()],
         tune_size: 64,
         tune_epochs: 3,
-        tune_steps: 100,
+        tune_steps: 0,
         max_rows: 10_000,
+        detail_size: Some(32),
+        features: vec!["head".into(), "blocks".into()],
     };
     let list = |v: String| -> Vec<String> {
         v.split(',')
@@ -136,6 +162,22 @@ fn setup(args: &[String]) -> Result<Study> {
             "--tune-epochs" => lite.tune_epochs = number(a, value()?)?,
             "--tune-steps" => lite.tune_steps = number(a, value()?)?,
             "--max-rows" => lite.max_rows = number(a, value()?)?,
+            "--detail-size" => {
+                lite.detail_size = match value()?.as_str() {
+                    "none" => None,
+                    v => Some(number(a, v.to_string())? as u32),
+                }
+            }
+            "--features" => {
+                lite.features = list(value()?);
+                if let Some(f) = lite
+                    .features
+                    .iter()
+                    .find(|f| *f != "head" && *f != "blocks")
+                {
+                    return Err(format!("--features {f}: head or blocks"));
+                }
+            }
             other => return Err(format!("study: unknown option {other}")),
         }
     }
@@ -370,6 +412,7 @@ fn lite_runs(s: &Study) -> Result<Vec<LiteRun>> {
                 .args(["import-pretrained", "--weights"])
                 .arg(&weights)
                 .args(["--data", &s.id, "--input-size", &size.to_string()])
+                .args(detail_args(s))
                 .arg("--python")
                 .arg(&s.python)
                 .arg("--out")
@@ -398,8 +441,37 @@ fn lite_runs(s: &Study) -> Result<Vec<LiteRun>> {
     Ok(runs)
 }
 
-/// Fine-tunes the imported backbone with `loss` (the backbone at a tenth of the head's
-/// learning rate, one warm-up epoch, cosine after it).
+/// `--detail-size N` when the study's pretrained rows use the detail stage.
+fn detail_args(s: &Study) -> Vec<String> {
+    s.lite
+        .detail_size
+        .map(|d| vec!["--detail-size".to_string(), d.to_string()])
+        .unwrap_or_default()
+}
+
+/// The run's encoder with its embedding at `features` (`blocks`: the truncated backbone),
+/// float or int8, exported once.
+fn export_features(s: &Study, run_dir: &Path, features: &str, int8: bool) -> Result<PathBuf> {
+    let file = run_dir.join(if int8 {
+        format!("encoder-{features}-int8.onnx")
+    } else {
+        format!("encoder-{features}.onnx")
+    });
+    if !file.exists() {
+        let mut cmd = Command::new(&s.trainer);
+        cmd.args(["export", "--run"])
+            .arg(run_dir)
+            .args(["--features", features]);
+        if int8 {
+            cmd.args(["--int8", "--calib-data", &s.id, "--calib-samples", "512"]);
+        }
+        run(cmd.arg("--out").arg(&file))?;
+    }
+    Ok(file)
+}
+
+/// Fine-tunes the imported backbone with `loss` (the backbone at 0.3 of the head's
+/// learning rate, one warm-up epoch, cosine after it), as the shipped default was.
 fn fine_tune(s: &Study, loss: &str, size: u32, frozen: &Path, run_dir: &Path) -> Result {
     let lite = &s.lite;
     if finished(run_dir, lite.tune_epochs) {
@@ -407,19 +479,27 @@ fn fine_tune(s: &Study, loss: &str, size: u32, frozen: &Path, run_dir: &Path) ->
         return Ok(());
     }
     step(&format!(
-        "fine-tune the backbone at {size} px with {loss}: {} epochs of {} batches",
-        lite.tune_epochs, lite.tune_steps
+        "fine-tune the backbone at {size} px with {loss}: {} epochs{}",
+        lite.tune_epochs,
+        match lite.tune_steps {
+            0 => String::new(),
+            n => format!(" of {n} batches"),
+        }
     ));
     let mut cmd = Command::new(&s.trainer);
     cmd.args(["train", "--data", &s.id, "--arch", "efficientnet-lite0"])
         .args(["--loss", loss, "--input-size", &size.to_string()])
+        .args(detail_args(s))
         .arg("--pretrained")
         .arg(frozen)
         .args(["--epochs", &lite.tune_epochs.to_string()])
-        .args(["--max-steps", &lite.tune_steps.to_string()])
         .args(["--batch", "64", "--lr", "0.05", "--wd", "5e-5"])
+        .args(["--backbone-lr-scale", "0.3"])
         .args(["--warmup-epochs", "1", "--device", "cpu", "--out"])
         .arg(run_dir);
+    if lite.tune_steps > 0 {
+        cmd.args(["--max-steps", &lite.tune_steps.to_string()]);
+    }
     if run_dir.join("config.json").exists() {
         cmd.arg("--resume");
     }
@@ -522,7 +602,11 @@ fn default_figures(s: &Study) -> Result {
     std::fs::create_dir_all(&bundle).map_err(|e| e.to_string())?;
     // the calibration is fitted on the int8 encoder's own tract embeddings of the run's
     // training and held-out splits, and written with that encoder as a bundle
-    let encoder = s.out.join(format!("runs/edge-{loss}/encoder-int8.onnx"));
+    let encoder = match (loss.strip_suffix("-blocks"), loss.starts_with("lite0-")) {
+        (Some(run), _) => s.out.join(format!("runs/{run}/encoder-blocks-int8.onnx")),
+        (None, true) => s.out.join(format!("runs/{loss}/encoder-int8.onnx")),
+        (None, false) => s.out.join(format!("runs/edge-{loss}/encoder-int8.onnx")),
+    };
     let bins = s.out.join("cifar10-bins");
     run(Command::new(&s.calibrate)
         .arg("fit")
