@@ -291,9 +291,14 @@ fn test(args: &[String]) -> Result {
         step("aarch64 build and tests under qemu");
         let target_dir = target_dir().join("aarch64-debian");
         let mut cmd = Command::new("/usr/bin/cargo");
+        // dependencies optimised (our crates keep debug assertions): debug-mode tract runs
+        // the shipped EfficientNet-Lite0 under qemu at seconds a frame, and the demo tests
+        // took 26 of this step's 36 minutes
         cmd.current_dir(root())
             .args(["test", "--target", AARCH64])
             .args(AARCH64_CRATES.iter().flat_map(|c| ["-p", c]))
+            .args(["--config", r#"profile.dev.package."*".opt-level=2"#])
+            .args(["--config", r#"profile.dev.package."*".debug=false"#])
             .env("RUSTC", "/usr/bin/rustc")
             .env("RUSTDOC", "/usr/bin/rustdoc")
             .env_remove("RUSTUP_TOOLCHAIN")
