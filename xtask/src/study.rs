@@ -2,7 +2,8 @@
 //! product's own binaries. For each loss: train the edge encoder on CIFAR-10, export it
 //! (float and int8), embed ID and OOD sets through both, run the grid of clusterings,
 //! metrics and threshold rules. The same for the ImageNet-pretrained EfficientNet-Lite0:
-//! frozen at each `--sizes` resolution, and fine-tuned with each `--tune-losses` loss.
+//! frozen at each `--sizes` resolution, and fine-tuned with each `--tune-losses` loss, each
+//! with its embedding after the head convolution and before it (`--features head,blocks`).
 //! Then the report, and figures and a bundle for the candidate default. Every step is
 //! cached in `--out`, so a stopped study resumes.
 
