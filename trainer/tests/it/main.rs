@@ -285,6 +285,11 @@ fn tract_vs_tch(
     let want: Vec<f32> = Vec::try_from(net.embed(&x, false).flatten(0, -1)).unwrap();
     let input: Vec<f32> = Vec::try_from(x.flatten(0, -1)).unwrap();
     let got = session.embed(&input).unwrap();
+    max_error_and_norm(&want, got)
+}
+
+/// Largest absolute difference of `got` from `want`, and the norm of `want`.
+fn max_error_and_norm(want: &[f32], got: &[f32]) -> (f32, f32) {
     let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
     let err = want
         .iter()
@@ -660,12 +665,7 @@ fn exported_efficientnet_lite0_in_tract_matches_the_tch_forward_pass() {
     let got = session
         .embed(&Vec::<f32>::try_from(x.flatten(0, -1)).unwrap())
         .unwrap();
-    let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
-    let err = want
-        .iter()
-        .zip(got)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let (err, norm) = max_error_and_norm(&want, got);
     eprintln!("lite0 truncated export: max |tract - tch| {err:.2e} (norm {norm:.2})");
     assert!(err <= 1e-4 * norm, "max error {err} vs norm {norm}");
     // the edge encoder has one embedding
