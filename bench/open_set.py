@@ -2,6 +2,7 @@
 class splits with fixed seeds, reported as mean +- std AUROC and FPR@95TPR.
 
 Usage: open_set.py CALIBRATE_BIN STUDY_DIR NAME [NAME ...]
+       open_set.py --per-split CALIBRATE_BIN STUDY_DIR MODEL [MODEL ...]
 
 For each NAME it reads STUDY_DIR/embeddings/NAME/{train,test}.npy with their labels (a
 model's embeddings of the CIFAR-10 training and test images, as `cargo xtask study`
@@ -12,8 +13,17 @@ classes' test images as OOD, and runs `oodmon-calibrate grid` (class centroids, 
 global threshold) for each metric. The model never saw a class split: for frozen
 features this is the standard protocol; for a model trained on all 10 classes it is not
 (its encoder has seen the unknown classes, which flatters it), and the table says so.
+
+With --per-split, MODEL was trained once per split on its known classes only
+(`cargo xtask study --open-set MODEL`): for seed s it reads
+STUDY_DIR/embeddings/open-MODEL-s{s}-int8/ (the run's own training split, labelled 0-5 in
+the order of its known classes, its held-out split, and the whole test set with the
+original labels) and checks the run's classes (runs/open-MODEL-s{s}/config.json) against
+the split above. Centroids come from the whole training split, the threshold from the
+held-out split: the encoder saw neither the unknown classes nor the calibration images.
 """
 import csv
+import json
 import subprocess
 import sys
 import tempfile
@@ -30,7 +40,7 @@ def split_run(calibrate, emb, seed, work):
     labels = np.load(emb / "train_labels.npy")
     test = np.load(emb / "test.npy")
     test_labels = np.load(emb / "test_labels.npy")
-    known = np.sort(np.random.default_rng(seed).permutation(10)[:6])
+    known = known_classes(seed)
     remap = {c: i for i, c in enumerate(known)}
     is_known = np.isin(labels, known)
     x, y = train[is_known], np.array([remap[c] for c in labels[is_known]], dtype=np.int64)
@@ -42,11 +52,34 @@ def split_run(calibrate, emb, seed, work):
     np.save(work / "calib.npy", x[cal])
     np.save(work / "test.npy", test[np.isin(test_labels, known)])
     np.save(work / "unknown.npy", test[~np.isin(test_labels, known)])
+    return grid(calibrate, work / "train.npy", work / "labels.npy", work / "calib.npy", work), known
+
+
+def known_classes(seed):
+    return np.sort(np.random.default_rng(seed).permutation(10)[:6])
+
+
+def per_split_run(calibrate, root, model, seed, work):
+    """The split's own model: fit on its training split, threshold on its held-out split."""
+    known = known_classes(seed)
+    run = root / "runs" / f"open-{model}-s{seed}"
+    trained_on = json.loads((run / "config.json").read_text()).get("classes")
+    if trained_on != known.tolist():
+        sys.exit(f"{run}: trained on classes {trained_on}, the split is {known.tolist()}")
+    emb = root / "embeddings" / f"open-{model}-s{seed}-int8"
+    test = np.load(emb / "test.npy")
+    test_labels = np.load(emb / "test_labels.npy")
+    np.save(work / "test.npy", test[np.isin(test_labels, known)])
+    np.save(work / "unknown.npy", test[~np.isin(test_labels, known)])
+    return grid(calibrate, emb / "train.npy", emb / "train_labels.npy", emb / "calib.npy", work), known
+
+
+def grid(calibrate, train, labels, calib, work):
     subprocess.run(
         [
             str(calibrate), "grid",
-            "--train", str(work / "train.npy"), "--labels", str(work / "labels.npy"),
-            "--calib", str(work / "calib.npy"), "--test", str(work / "test.npy"),
+            "--train", str(train), "--labels", str(labels),
+            "--calib", str(calib), "--test", str(work / "test.npy"),
             "--ood", f"unknown={work / 'unknown.npy'}",
             "--clusters", "class", "--metrics", METRICS, "--normalize", "off",
             "--thresholds", "global", "--out", str(work / "grid"),
@@ -56,11 +89,13 @@ def split_run(calibrate, emb, seed, work):
         stderr=subprocess.DEVNULL,
     )
     with open(work / "grid" / "grid.csv") as f:
-        return {r["metric"]: r for r in csv.DictReader(f)}, known
+        return {r["metric"]: r for r in csv.DictReader(f)}
 
 
 def main():
-    calibrate, root, names = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+    per_split = sys.argv[1] == "--per-split"
+    args = sys.argv[2:] if per_split else sys.argv[1:]
+    calibrate, root, names = Path(args[0]), Path(args[1]), args[2:]
     print("| model | metric | AUROC mean +- std | FPR@95TPR mean +- std | ID false alarms |")
     print("|---|---|---|---|---|")
     splits = []
@@ -68,7 +103,10 @@ def main():
         per_metric = {}
         for seed in SEEDS:
             with tempfile.TemporaryDirectory() as d:
-                rows, known = split_run(calibrate, root / "embeddings" / name, seed, Path(d))
+                if per_split:
+                    rows, known = per_split_run(calibrate, root, name, seed, Path(d))
+                else:
+                    rows, known = split_run(calibrate, root / "embeddings" / name, seed, Path(d))
             if name == names[0]:
                 splits.append(known)
             for metric, r in rows.items():

@@ -278,14 +278,25 @@ pub fn export_run(
     let mut int8_images = None;
     if let Some((q, calib_data)) = int8 {
         let spec: crate::data::DataSpec = calib_data.parse()?;
+        // a run on a class subset (the open-set protocol) must not see the other classes'
+        // images through its activation ranges either
+        let known = |label: i64| match &cfg.classes {
+            Some(classes) if calib_data == cfg.data => {
+                usize::try_from(label).is_ok_and(|l| classes.contains(&l))
+            }
+            _ => true,
+        };
+        let limit = cfg.classes.is_none().then_some(q.samples);
         let mut images = Vec::new();
         oodmon_data::embed::for_each_input(
             &cfg.preprocessing,
             &spec,
             crate::data::Split::Train,
-            Some(q.samples),
-            |t, _| {
-                images.push(t.to_vec());
+            limit,
+            |t, label| {
+                if images.len() < q.samples && known(label) {
+                    images.push(t.to_vec());
+                }
                 Ok(())
             },
         )?;

@@ -188,6 +188,10 @@ struct TrainArgs {
     /// Keep the stem and the first N stages frozen (efficientnet-lite0, 0-7).
     #[arg(long, default_value_t = 0)]
     freeze_stages: usize,
+    /// Train on these classes only (e.g. 2,3,4,5,6,7: an open-set split's known classes),
+    /// relabelled 0.. in the order given.
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<usize>>,
     #[arg(long)]
     out: PathBuf,
 }
@@ -392,6 +396,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         pretrained,
         backbone_lr_scale,
         freeze_stages,
+        classes,
         out,
     } = a;
 
@@ -430,6 +435,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         pretrained,
         backbone_lr_scale,
         freeze_stages,
+        classes,
     };
     let device = train::parse_device(&device)?;
     let stop = Arc::new(AtomicBool::new(false));

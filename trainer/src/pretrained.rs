@@ -179,6 +179,7 @@ fn import_config(r: &ImportRequest, classes: usize) -> TrainConfig {
         pretrained: None,
         backbone_lr_scale: 1.0,
         freeze_stages: 0,
+        classes: None,
     }
 }
 

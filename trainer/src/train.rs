@@ -56,6 +56,10 @@ pub struct TrainConfig {
     /// Stem and first stages kept frozen (EfficientNet-Lite only).
     #[serde(default)]
     pub freeze_stages: usize,
+    /// Train on these classes only, relabelled 0.. in this order (the open-set
+    /// protocol's known classes); the run's splits, embeddings and calibration follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<usize>>,
 }
 
 fn one() -> f64 {
@@ -341,9 +345,29 @@ pub fn build(cfg: &ModelConfig, device: Device) -> (nn::VarStore, Net) {
 pub fn splits(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
     let spec: crate::data::DataSpec = cfg.data.parse()?;
     let full = crate::data::load(&spec, Split::Train, &cfg.preprocessing)?;
+    let full = match &cfg.classes {
+        None => full,
+        Some(classes) => full.keep_classes(classes).ok_or_else(|| {
+            TrainError::Invalid(format!(
+                "classes {classes:?}: each must be listed once and be below {}",
+                full.classes()
+            ))
+        })?,
+    };
+    if let Some(classes) = &cfg.classes {
+        if let Some((_, empty)) = classes
+            .iter()
+            .enumerate()
+            .find(|(i, _)| !full.labels.contains(&(*i as i64)))
+        {
+            return Err(TrainError::Invalid(format!(
+                "classes {classes:?}: class {empty} has no training images"
+            )));
+        }
+    }
     if full.len() < 2 {
         return Err(TrainError::Invalid(
-            "the training set has fewer than 2 images".into(),
+            "the training set has fewer than 2 images (of the run's classes)".into(),
         ));
     }
     Ok(full.split(cfg.val_fraction, cfg.seed))

