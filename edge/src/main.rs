@@ -42,7 +42,7 @@ enum Command {
         /// built-in MJPEG scenario.
         #[arg(long, conflicts_with = "source")]
         yuyv: Option<String>,
-        /// Frame source; the built-in MJPEG scenario (640x480 camera frames) when omitted.
+        /// Frame source; the built-in MJPEG scenario (320x240 camera frames) when omitted.
         #[arg(long)]
         source: Option<String>,
         #[arg(long, default_value_t = 500)]

@@ -15,7 +15,7 @@ use crate::source::{self, FrameSource, SourceOptions, SourceSpec};
 /// Where the benchmark's frames come from.
 #[derive(Debug, Clone)]
 pub enum BenchFrames {
-    /// The built-in MJPEG scenario (640x480 camera frames).
+    /// The built-in MJPEG scenario (320x240 camera frames).
     Scenario,
     /// Synthetic YUYV camera frames of this size (`WxH`).
     SyntheticYuyv(String),
