@@ -151,6 +151,26 @@ fn python_env() -> Result<PathBuf> {
     Ok(python)
 }
 
+/// OpenCV in the Python environment (the benchmarks' Python peer and the study's video
+/// decoding need it; the tests do not), installed when `import cv2` fails.
+fn ensure_opencv(python: &Path) -> Result {
+    let have_cv2 = Command::new(python)
+        .args(["-c", "import cv2"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_cv2 {
+        step("installing OpenCV (opencv-python-headless) for the Python peer");
+        run(Command::new(python).args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "opencv-python-headless==5.1.0.95",
+        ]))?;
+    }
+    Ok(())
+}
+
 /// Whether a program starts and exits 0 with these arguments: the real thing, not a file
 /// name that looks like it.
 fn works(program: &str, args: &[&str]) -> bool {
@@ -808,6 +828,7 @@ fn bench_edge(args: &[String]) -> Result {
     let quick = args.iter().any(|a| a == "--quick");
     let runs = if quick { "200" } else { "2000" };
     let python = python_env()?;
+    ensure_opencv(&python)?;
     system_packages(false)?;
     let mut models = vec![root().join("edge/demo/bundle/encoder.onnx")];
     let mut it = args.iter();
@@ -822,7 +843,7 @@ fn bench_edge(args: &[String]) -> Result {
     bench_edge_inference(&edge, &python, &models, runs)?;
     println!();
     let frames = if quick { "200" } else { "2000" };
-    bench_edge_pipeline(&edge, &edge_bench_sources(args)?, frames)
+    bench_edge_pipeline(&edge, &python, &edge_bench_sources(args)?, frames)
 }
 
 /// tract (`oodmon-edge bench --model`) against onnxruntime on one thread, per model.
@@ -861,26 +882,44 @@ fn bench_edge_inference(edge: &Path, python: &Path, models: &[PathBuf], runs: &s
     Ok(())
 }
 
+/// A frame source of the pipeline benchmark: `oodmon-edge bench`'s arguments for it, and
+/// `bench/python_pipeline.py`'s SOURCE for the same frames where that peer reads them.
+struct BenchSource {
+    name: String,
+    edge_args: Vec<String>,
+    python_source: Option<String>,
+}
+
 /// The frame sources of the pipeline benchmark: the built-in scenario, synthetic YUYV
 /// camera frames, and a real recording when `--video FILE.avi` is given.
-fn edge_bench_sources(args: &[String]) -> Result<Vec<(String, Vec<String>)>> {
-    let mut sources: Vec<(String, Vec<String>)> = vec![
-        ("built-in MJPEG scenario, 320x240".into(), vec![]),
-        (
-            "built-in MJPEG scenario, 320x240, full-resolution JPEG decoding".into(),
-            vec!["--full-jpeg-decode".into()],
+fn edge_bench_sources(args: &[String]) -> Result<Vec<BenchSource>> {
+    let source = |name: &str, edge_args: &[&str], python: Option<String>| BenchSource {
+        name: name.to_string(),
+        edge_args: edge_args.iter().map(|a| a.to_string()).collect(),
+        python_source: python,
+    };
+    let scenario = format!("avi:{}", root().join("edge/demo/scenario.avi").display());
+    let mut sources = vec![
+        source("built-in MJPEG scenario, 320x240", &[], Some(scenario)),
+        source(
+            "built-in MJPEG scenario, 320x240, full-resolution JPEG decoding",
+            &["--full-jpeg-decode"],
+            None,
         ),
-        (
-            "synthetic YUYV camera, 640x480".into(),
-            vec!["--yuyv".into(), "640x480".into()],
+        source(
+            "synthetic YUYV camera, 640x480",
+            &["--yuyv", "640x480"],
+            Some("yuyv:640x480".into()),
         ),
-        (
-            "synthetic YUYV camera, 1280x720".into(),
-            vec!["--yuyv".into(), "1280x720".into()],
+        source(
+            "synthetic YUYV camera, 1280x720",
+            &["--yuyv", "1280x720"],
+            Some("yuyv:1280x720".into()),
         ),
     ];
     // a real camera recording, when given (`--video FILE.avi`, e.g. the MJPEG sample in
-    // ../shared/data/video), with and without DCT-scaled decoding
+    // ../shared/data/video), with and without DCT-scaled decoding; the Python peer always
+    // decodes every pixel
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--video" {
@@ -889,48 +928,89 @@ fn edge_bench_sources(args: &[String]) -> Result<Vec<(String, Vec<String>)>> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let source = format!("avi:{file}");
-            sources.push((
-                format!("MJPEG video {name}, looped"),
-                vec!["--source".into(), source.clone()],
+            let avi = format!("avi:{file}");
+            sources.push(source(
+                &format!("MJPEG video {name}, looped"),
+                &["--source", &avi],
+                Some(avi.clone()),
             ));
-            sources.push((
-                format!("MJPEG video {name}, looped, full-resolution JPEG decoding"),
-                vec!["--source".into(), source, "--full-jpeg-decode".into()],
+            sources.push(source(
+                &format!("MJPEG video {name}, looped, full-resolution JPEG decoding"),
+                &["--source", &avi, "--full-jpeg-decode"],
+                None,
             ));
         }
     }
     Ok(sources)
 }
 
-/// The whole pipeline per source: frames per second, per-stage latency, peak memory.
-fn bench_edge_pipeline(edge: &Path, sources: &[(String, Vec<String>)], frames: &str) -> Result {
-    println!("| pipeline (built-in bundle) | frames/s | total p50 (us) | inference p50 (us) | decode + preprocess + scoring p50 (us) | overhead share | peak memory (MB) |");
-    println!("|---|---|---|---|---|---|---|");
-    for (name, extra) in sources {
-        step(&format!("pipeline: {name}"));
-        let out = output_text(
+/// The whole pipeline per source: frames per second, per-stage latency, peak memory; and
+/// the same frames through `bench/python_pipeline.py` (OpenCV, onnxruntime and NumPy on one
+/// thread), run right after it, with oodmon's speed as a ratio of the peer's.
+fn bench_edge_pipeline(
+    edge: &Path,
+    python: &Path,
+    sources: &[BenchSource],
+    frames: &str,
+) -> Result {
+    println!("| pipeline (built-in bundle, one thread) | frames/s | total p50 / p99 (us) | inference p50 (us) | decode + preprocess + scoring p50 (us) | peak memory (MB) | Python pipeline frames/s | its total p50 / p99 (us) | its inference p50 (us) | oodmon speed vs Python |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let bundle = root().join("edge/demo/bundle");
+    for src in sources {
+        step(&format!("pipeline: {}", src.name));
+        let ours = output_text(
             Command::new(edge)
                 .args(["bench", "--json", "--frames", frames])
-                .args(extra)
+                .args(&src.edge_args)
                 .env("RUST_LOG", "warn")
                 .output()
                 .map_err(|e| e.to_string())?,
             "oodmon-edge bench",
         )?;
-        let stage = |s: &str| {
+        let theirs = match &src.python_source {
+            Some(source) => Some(output_text(
+                Command::new(python)
+                    .arg(root().join("bench/python_pipeline.py"))
+                    .arg(&bundle)
+                    .arg(source)
+                    .arg(frames)
+                    .output()
+                    .map_err(|e| e.to_string())?,
+                "python_pipeline.py",
+            )?),
+            None => None,
+        };
+        let stage = |out: &str, s: &str, q: &str| {
             out.split(&format!("\"{s}\":"))
                 .nth(1)
-                .and_then(|r| json_number(r, "p50_us"))
+                .and_then(|r| json_number(r, q))
                 .unwrap_or(f64::NAN)
         };
-        let (total, inference) = (stage("total"), stage("inference"));
-        let overhead = stage("decode") + stage("preprocess") + stage("scoring");
+        let overhead = ["decode", "preprocess", "scoring"]
+            .iter()
+            .map(|s| stage(&ours, s, "p50_us"))
+            .sum::<f64>();
+        let fps = json_number(&ours, "frames_per_second").unwrap_or(f64::NAN);
+        let peer = match &theirs {
+            Some(t) => {
+                let their_fps = json_number(t, "frames_per_second").unwrap_or(f64::NAN);
+                format!(
+                    "{their_fps:.0} | {:.0} / {:.0} | {:.0} | {:.2}x",
+                    stage(t, "total", "p50_us"),
+                    stage(t, "total", "p99_us"),
+                    stage(t, "inference", "p50_us"),
+                    fps / their_fps
+                )
+            }
+            None => "- | - | - | -".into(),
+        };
         println!(
-            "| {name} | {:.0} | {total:.0} | {inference:.0} | {overhead:.0} | {:.0}% | {:.1} |",
-            json_number(&out, "frames_per_second").unwrap_or(f64::NAN),
-            100.0 * overhead / total,
-            json_number(&out, "peak_memory_bytes").unwrap_or(f64::NAN) / 1e6
+            "| {} | {fps:.0} | {:.0} / {:.0} | {:.0} | {overhead:.0} | {:.1} | {peer} |",
+            src.name,
+            stage(&ours, "total", "p50_us"),
+            stage(&ours, "total", "p99_us"),
+            stage(&ours, "inference", "p50_us"),
+            json_number(&ours, "peak_memory_bytes").unwrap_or(f64::NAN) / 1e6
         );
     }
     Ok(())

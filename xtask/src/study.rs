@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::{
-    cargo_with_torch, json_number, output_text, python_env, root, run, step, target_dir, Result,
+    cargo_with_torch, ensure_opencv, json_number, output_text, python_env, root, run, step,
+    target_dir, Result,
 };
 
 /// The study's settings and where its tools and data are.
@@ -268,19 +269,7 @@ fn with_street_video(
     let frames = out.join("vtest-frames");
     if !frames.join("frames.txt").exists() {
         step("street video frames (OpenCV decodes vtest.avi's MS-MPEG4v3)");
-        let have_cv2 = Command::new(python)
-            .args(["-c", "import cv2"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !have_cv2 {
-            run(Command::new(python).args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "opencv-python-headless",
-            ]))?;
-        }
+        ensure_opencv(python)?;
         run(Command::new(python)
             .arg(root().join("bench/video_frames.py"))
             .arg(&video)
