@@ -206,15 +206,14 @@ impl Dataset {
             }
             position[c] = Some(i as i64);
         }
-        let rows: Vec<usize> = (0..self.len())
-            .filter(|&i| {
-                usize::try_from(self.labels[i]).is_ok_and(|l| l < n && position[l].is_some())
+        let (rows, labels): (Vec<usize>, Vec<i64>) = (0..self.len())
+            .filter_map(|i| {
+                let label = usize::try_from(self.labels[i]).ok()?;
+                Some((i, (*position.get(label)?)?))
             })
-            .collect();
+            .unzip();
         let mut kept = self.select(&rows);
-        for l in &mut kept.labels {
-            *l = position[*l as usize].expect("kept rows have a known class");
-        }
+        kept.labels = labels;
         kept.class_names = classes
             .iter()
             .map(|&c| self.class_names[c].clone())
