@@ -99,6 +99,16 @@ pub enum EdgeError {
     Io(std::io::Error),
     #[error("{0} consecutive bad frames (limit {1}): the source is faulty")]
     Fault(u32, u32),
+    /// The overlapped loop's inference thread ended (a panic in the model stage).
+    #[error("the inference thread stopped unexpectedly")]
+    InferenceThread,
+    /// The overlapped loop dropped more than the allowed share of recent frames.
+    #[error("{dropped} of the last {window} frames were dropped unjudged (limit {limit}): inference is slower than the camera")]
+    FramesDropped {
+        dropped: u32,
+        window: u32,
+        limit: u32,
+    },
 }
 
 // by hand, not `#[from]`: the message carries the cause, so it is not a `source` too

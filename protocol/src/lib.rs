@@ -95,6 +95,8 @@ pub enum Reason {
     Starting = 9,
     /// The monitor is shutting down.
     Stopping = 10,
+    /// Inference is slower than the camera: too many recent frames were dropped unjudged.
+    FramesDropped = 11,
 }
 
 impl Reason {
@@ -112,6 +114,7 @@ impl Reason {
             8 => OutputError,
             9 => Starting,
             10 => Stopping,
+            11 => FramesDropped,
             _ => return Option::None,
         })
     }
@@ -130,6 +133,7 @@ impl Reason {
             OutputError => "output_error",
             Starting => "starting",
             Stopping => "stopping",
+            FramesDropped => "frames_dropped",
         }
     }
 }
@@ -151,6 +155,7 @@ impl AlarmState {
                     | OutputError
                     | Starting
                     | Stopping
+                    | FramesDropped
             ),
         }
     }

@@ -82,7 +82,7 @@ fn same(a: &Packet, b: &Packet) -> bool {
 fn state_reason() -> impl Strategy<Value = (AlarmState, Reason)> {
     let pairs: Vec<(AlarmState, Reason)> = [AlarmState::Ok, AlarmState::Ood, AlarmState::Fault]
         .into_iter()
-        .flat_map(|s| (0u8..=10).map(move |r| (s, Reason::from_u8(r).unwrap())))
+        .flat_map(|s| (0u8..=11).map(move |r| (s, Reason::from_u8(r).unwrap())))
         .filter(|(s, r)| s.allows(*r))
         .collect();
     proptest::sample::select(pairs)

@@ -20,6 +20,7 @@ REASONS = {
     1: ("ood_frames", {1}), 2: ("cleared", {0}), 3: ("no_frames", {2}),
     4: ("frozen_camera", {2}), 5: ("inference_error", {2}), 6: ("non_finite_score", {2}),
     7: ("bad_frames", {2}), 8: ("output_error", {2}), 9: ("starting", {2}), 10: ("stopping", {2}),
+    11: ("frames_dropped", {2}),
 }
 TYPES = {1: ("heartbeat", 4), 2: ("state_change", 6), 3: ("score", 13)}
 PAYLOAD_FMT = {1: "<BBH", 2: "<BBf", 3: "<ffHBH"}

@@ -115,6 +115,8 @@ pub enum FrameOutcome {
     InferenceError,
     /// Undecodable, malformed or missing (timeout).
     BadFrame,
+    /// Inference fell behind the camera: too many recent frames were dropped unjudged.
+    FramesDropped,
 }
 
 /// An alarm output. Each one that cannot deliver holds FAULT (`output_error`) until it
@@ -269,6 +271,7 @@ impl AlarmMachine {
                 self.bad_streak = 0;
                 self.fault(Reason::NonFiniteScore, f64::NAN, now_ms)
             }
+            FrameOutcome::FramesDropped => self.fault(Reason::FramesDropped, f64::NAN, now_ms),
             FrameOutcome::Scored {
                 ood,
                 score,

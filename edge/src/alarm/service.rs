@@ -57,6 +57,7 @@ pub enum LoopEvent {
     NonFinite,
     InferenceError,
     BadFrame,
+    FramesDropped,
 }
 
 impl LoopEvent {
@@ -66,7 +67,8 @@ impl LoopEvent {
             EdgeError::Inference(oodmon_runtime::InferenceError::NonFinite { .. }) => {
                 LoopEvent::NonFinite
             }
-            EdgeError::Inference(_) => LoopEvent::InferenceError,
+            EdgeError::Inference(_) | EdgeError::InferenceThread => LoopEvent::InferenceError,
+            EdgeError::FramesDropped { .. } => LoopEvent::FramesDropped,
             _ => LoopEvent::BadFrame,
         }
     }
@@ -323,6 +325,7 @@ impl Service {
             }
             LoopEvent::NonFinite => (FrameOutcome::NonFinite, now),
             LoopEvent::InferenceError => (FrameOutcome::InferenceError, now),
+            LoopEvent::FramesDropped => (FrameOutcome::FramesDropped, now),
             LoopEvent::BadFrame => (FrameOutcome::BadFrame, now),
         };
         if let Some(t) = self.machine.on_frame_at(outcome, frame_ms, now) {

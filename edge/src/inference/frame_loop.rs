@@ -43,6 +43,7 @@ pub struct Percentiles {
 pub struct StagePercentiles {
     pub decode: Percentiles,
     pub preprocess: Percentiles,
+    pub queue: Percentiles,
     pub inference: Percentiles,
     pub scoring: Percentiles,
     pub total: Percentiles,
@@ -75,6 +76,7 @@ impl LatencyStats {
         StagePercentiles {
             decode: of(|l| l.decode_us),
             preprocess: of(|l| l.preprocess_us),
+            queue: of(|l| l.queue_us),
             inference: of(|l| l.inference_us),
             scoring: of(|l| l.scoring_us),
             total: of(|l| l.total_us()),
@@ -102,6 +104,8 @@ pub struct RunSummary {
     pub frames: u64,
     pub ood_frames: u64,
     pub bad_frames: u64,
+    /// Frames the overlapped loop dropped unjudged because the model was busy.
+    pub dropped_frames: u64,
     pub elapsed_s: f64,
     pub frames_per_second: f64,
     pub latency: StagePercentiles,

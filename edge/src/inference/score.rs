@@ -12,13 +12,16 @@ use crate::error::Result;
 pub struct StageLatency {
     pub decode_us: u32,
     pub preprocess_us: u32,
+    /// Waiting for the model (the overlapped loop; 0 in the sequential one).
+    pub queue_us: u32,
     pub inference_us: u32,
     pub scoring_us: u32,
 }
 
 impl StageLatency {
+    /// From the start of decoding to the frame's record.
     pub fn total_us(&self) -> u32 {
-        self.decode_us + self.preprocess_us + self.inference_us + self.scoring_us
+        self.decode_us + self.preprocess_us + self.queue_us + self.inference_us + self.scoring_us
     }
 }
 

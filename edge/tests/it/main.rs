@@ -6,5 +6,6 @@ mod alarms;
 mod alloc;
 mod cli;
 mod engine;
+mod overlap;
 mod sources;
 mod util;

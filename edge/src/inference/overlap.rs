@@ -1,0 +1,435 @@
+//! The overlapped frame loop: while a worker thread runs the encoder on frame N, this
+//! thread reads, decodes and preprocesses frame N+1. One slot sits between them, so a
+//! frame waits for at most one inference, and records come back in capture order.
+//!
+//! When frames arrive faster than the model judges them ([`Backlog::DropOldest`], for live
+//! cameras), a newly prepared frame replaces the one still waiting in the slot; the
+//! replaced frame is counted as dropped, and more than `max_dropped` drops among the last
+//! `window` frames raise a FAULT (`frames_dropped`) for as long as it lasts, so a slow
+//! model never makes the alarm lag, nor skip frames, silently. Files use
+//! [`Backlog::Wait`]: the reader waits for the slot and every frame is judged.
+//!
+//! Memory is bounded and allocated once: three input tensors circulate (one being
+//! prepared, one waiting, one in inference).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::engine::{FramePreparer, InferStage};
+use super::frame_loop::{peak_memory_bytes, Ending, Event, LatencyStats, RunLimits, RunSummary};
+use super::score::{fingerprint, FrameRecord};
+use crate::error::{EdgeError, Result};
+use crate::source::FrameSource;
+
+/// What a prepared frame does when the previous one still waits for the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backlog {
+    /// Wait for the slot: every frame is judged (files, and sources that wait for us).
+    Wait,
+    /// Replace the waiting frame and count it as dropped (live cameras: the newest frame
+    /// is the one worth judging).
+    DropOldest,
+}
+
+/// How the overlapped loop treats a model slower than the camera.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverlapSettings {
+    pub backlog: Backlog,
+    /// Frames the drop count looks back over (at least 1).
+    pub window: u32,
+    /// More drops than this among the last `window` frames is a fault.
+    pub max_dropped: u32,
+}
+
+impl OverlapSettings {
+    /// Live sources: drop the oldest; a fault past half of the last 30 frames.
+    pub const LIVE: OverlapSettings = OverlapSettings {
+        backlog: Backlog::DropOldest,
+        window: 30,
+        max_dropped: 15,
+    };
+    /// Files: every frame is judged.
+    pub const FILES: OverlapSettings = OverlapSettings {
+        backlog: Backlog::Wait,
+        window: 30,
+        max_dropped: 15,
+    };
+}
+
+/// A prepared frame on its way to the model.
+struct Job {
+    input: Vec<f32>,
+    sequence: u64,
+    timestamp_us: u64,
+    media_us: Option<u64>,
+    decode_us: u32,
+    preprocess_us: u32,
+    fingerprint: u64,
+    /// When it entered the slot.
+    queued: Instant,
+}
+
+/// A judged frame coming back, with its tensor for reuse.
+struct Done {
+    job: Job,
+    outcome: Result<FrameRecord>,
+    queue_us: u32,
+}
+
+#[derive(Default)]
+struct Slot {
+    job: Option<Job>,
+    closed: bool,
+    worker_gone: bool,
+}
+
+/// The one slot between the reader and the worker.
+#[derive(Default)]
+struct Mailbox {
+    slot: Mutex<Slot>,
+    changed: Condvar,
+}
+
+impl Mailbox {
+    fn lock(&self) -> MutexGuard<'_, Slot> {
+        // a panic elsewhere cannot leave the slot half-written: it holds plain values
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Marks the worker gone when it ends, panicking or not, so the reader never waits on a
+/// slot nobody empties.
+struct WorkerGone<'a>(&'a Mailbox);
+
+impl Drop for WorkerGone<'_> {
+    fn drop(&mut self) {
+        self.0.lock().worker_gone = true;
+        self.0.changed.notify_all();
+    }
+}
+
+fn worker(mailbox: &Mailbox, stage: &mut dyn InferStage, done: mpsc::Sender<Done>) {
+    let _gone = WorkerGone(mailbox);
+    loop {
+        let job = {
+            let mut slot = mailbox.lock();
+            loop {
+                if let Some(job) = slot.job.take() {
+                    break job;
+                }
+                if slot.closed {
+                    return;
+                }
+                slot = mailbox
+                    .changed
+                    .wait(slot)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        mailbox.changed.notify_all();
+        let queue_us = job.queued.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        let outcome = stage.infer(&job.input);
+        if done
+            .send(Done {
+                job,
+                outcome,
+                queue_us,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Drops among the last `window` frames, in a ring allocated once.
+struct DropWindow {
+    ring: Vec<bool>,
+    next: usize,
+    dropped: u32,
+}
+
+impl DropWindow {
+    fn new(window: u32) -> Self {
+        Self {
+            ring: vec![false; window.max(1) as usize],
+            next: 0,
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, dropped: bool) -> u32 {
+        self.dropped -= self.ring[self.next] as u32;
+        self.ring[self.next] = dropped;
+        self.dropped += dropped as u32;
+        self.next = (self.next + 1) % self.ring.len();
+        self.dropped
+    }
+}
+
+/// The reader's side: everything but the model.
+struct Reader<'a, F: FnMut(Event<'_>) -> Result<()>> {
+    settings: OverlapSettings,
+    limits: &'a RunLimits,
+    mailbox: &'a Mailbox,
+    done: &'a mpsc::Receiver<Done>,
+    pool: Vec<Vec<f32>>,
+    stats: LatencyStats,
+    summary: RunSummary,
+    bad_in_a_row: u32,
+    /// Frames put in the slot and not yet back.
+    in_flight: u32,
+    drops: DropWindow,
+    on_event: F,
+}
+
+impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
+    /// One judged frame: its record (or its error) goes out, its tensor back to the pool.
+    fn handle(&mut self, done: Done) -> Result<()> {
+        self.in_flight -= 1;
+        let Done {
+            job,
+            outcome,
+            queue_us,
+        } = done;
+        let result = match outcome {
+            Ok(mut record) => {
+                record.sequence = job.sequence;
+                record.timestamp_us = job.timestamp_us;
+                record.media_us = job.media_us;
+                record.fingerprint = job.fingerprint;
+                record.latency.decode_us = job.decode_us;
+                record.latency.preprocess_us = job.preprocess_us;
+                record.latency.queue_us = queue_us;
+                self.bad_in_a_row = 0;
+                self.summary.frames += 1;
+                self.summary.ood_frames += record.ood as u64;
+                self.stats.push(record.latency);
+                (self.on_event)(Event::Record(&record))
+            }
+            Err(e) => self.bad_frame(e),
+        };
+        self.pool.push(job.input);
+        result
+    }
+
+    fn bad_frame(&mut self, e: EdgeError) -> Result<()> {
+        self.bad_in_a_row += 1;
+        self.summary.bad_frames += 1;
+        log::warn!("frame skipped: {e}");
+        (self.on_event)(Event::BadFrame(&e))?;
+        if self.bad_in_a_row >= self.limits.max_consecutive_bad_frames {
+            return Err(EdgeError::Fault(
+                self.bad_in_a_row,
+                self.limits.max_consecutive_bad_frames,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits for the next judged frame.
+    fn receive(&mut self) -> Result<()> {
+        match self.done.recv() {
+            Ok(done) => self.handle(done),
+            Err(_) => Err(worker_died()),
+        }
+    }
+
+    /// Hands out whatever the worker has finished, without waiting.
+    fn collect(&mut self) -> Result<()> {
+        while let Ok(done) = self.done.try_recv() {
+            self.handle(done)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every frame handed over is back (before a bad frame is reported, so
+    /// events stay in capture order, and at the end).
+    fn flush(&mut self) -> Result<()> {
+        while self.in_flight > 0 {
+            self.receive()?;
+        }
+        Ok(())
+    }
+
+    /// A tensor to prepare into: from the pool, or the next judged frame's.
+    fn buffer(&mut self) -> Result<Vec<f32>> {
+        loop {
+            if let Some(b) = self.pool.pop() {
+                return Ok(b);
+            }
+            self.receive()?;
+        }
+    }
+
+    /// Puts a prepared frame in the slot, per the backlog policy.
+    fn hand_over(&mut self, job: Job) -> Result<()> {
+        let mut slot = self.mailbox.lock();
+        let displaced = match self.settings.backlog {
+            Backlog::Wait => {
+                while slot.job.is_some() && !slot.worker_gone {
+                    slot = self
+                        .mailbox
+                        .changed
+                        .wait_timeout(slot, Duration::from_millis(100))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                None
+            }
+            Backlog::DropOldest => slot.job.take(),
+        };
+        if slot.worker_gone {
+            return Err(worker_died());
+        }
+        slot.job = Some(job);
+        drop(slot);
+        self.mailbox.changed.notify_all();
+        self.in_flight += 1;
+        let dropped = displaced.is_some();
+        if let Some(old) = displaced {
+            self.in_flight -= 1;
+            self.summary.dropped_frames += 1;
+            log::debug!("frame {} dropped: the model is busy", old.sequence);
+            self.pool.push(old.input);
+        }
+        let recent = self.drops.push(dropped);
+        if recent > self.settings.max_dropped {
+            let e = EdgeError::FramesDropped {
+                dropped: recent,
+                window: self.drops.ring.len() as u32,
+                limit: self.settings.max_dropped,
+            };
+            log::warn!("{e}");
+            (self.on_event)(Event::BadFrame(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads, prepares and hands over frames until the source ends, the frame limit, a
+    /// stop or an error.
+    fn feed(
+        &mut self,
+        frames: &mut FramePreparer,
+        source: &mut dyn FrameSource,
+        stop: &AtomicBool,
+    ) -> Result<Ending> {
+        let mut accepted = 0u64;
+        loop {
+            self.collect()?;
+            if stop.load(Ordering::Relaxed) {
+                return Ok(Ending::Stopped);
+            }
+            if self
+                .limits
+                .max_frames
+                .is_some_and(|m| accepted.saturating_sub(self.summary.dropped_frames) >= m)
+            {
+                return Ok(Ending::MaxFrames);
+            }
+            let mut input = self.buffer()?;
+            let frame = match source.next_frame() {
+                Ok(None) => {
+                    self.pool.push(input);
+                    return Ok(Ending::SourceEnded);
+                }
+                Ok(Some(frame)) => frame,
+                Err(e) if e.is_transient() => {
+                    self.pool.push(input);
+                    self.flush()?;
+                    self.bad_frame(e.into())?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let (sequence, timestamp_us, media_us) =
+                (frame.sequence, frame.timestamp_us, frame.media_us);
+            match frames.prepare(&frame, &mut input) {
+                Ok((decode_us, preprocess_us)) => {
+                    let job = Job {
+                        fingerprint: fingerprint(&input),
+                        input,
+                        sequence,
+                        timestamp_us,
+                        media_us,
+                        decode_us,
+                        preprocess_us,
+                        queued: Instant::now(),
+                    };
+                    accepted += 1;
+                    self.hand_over(job)?;
+                }
+                Err(e) => {
+                    self.pool.push(input);
+                    self.flush()?;
+                    self.bad_frame(e)?;
+                }
+            }
+        }
+    }
+}
+
+fn worker_died() -> EdgeError {
+    EdgeError::InferenceThread
+}
+
+/// Runs frames from `source` through `frames` (on this thread) and `stage` (on a worker
+/// thread), overlapped; otherwise as [`super::frame_loop::run`]: the same events in the
+/// same order, the same limits, and the summary also counts dropped frames.
+pub fn run_overlapped(
+    frames: &mut FramePreparer,
+    stage: &mut dyn InferStage,
+    source: &mut dyn FrameSource,
+    limits: &RunLimits,
+    settings: &OverlapSettings,
+    stop: &AtomicBool,
+    on_event: impl FnMut(Event<'_>) -> Result<()>,
+) -> Result<RunSummary> {
+    let mailbox = Mailbox::default();
+    let (done_tx, done_rx) = mpsc::channel();
+    let n = frames.tensor_len();
+    let mut reader = Reader {
+        settings: *settings,
+        limits,
+        mailbox: &mailbox,
+        done: &done_rx,
+        pool: (0..3).map(|_| vec![0f32; n]).collect(),
+        stats: LatencyStats::default(),
+        summary: RunSummary::default(),
+        bad_in_a_row: 0,
+        in_flight: 0,
+        drops: DropWindow::new(settings.window),
+        on_event,
+    };
+    let start = Instant::now();
+    let ending = std::thread::scope(|scope| {
+        let mailbox = &mailbox;
+        let worker = std::thread::Builder::new()
+            .name("oodmon-inference".into())
+            .spawn_scoped(scope, move || worker(mailbox, stage, done_tx))
+            .map_err(EdgeError::from)?;
+        let fed = reader.feed(frames, source, stop);
+        // the frames already handed over are judged and reported, even after an error
+        mailbox.close();
+        let flushed = reader.flush();
+        let joined = worker.join();
+        let ending = fed?;
+        flushed?;
+        joined.map_err(|_| worker_died())?;
+        Ok::<_, EdgeError>(ending)
+    })?;
+    let mut summary = reader.summary;
+    summary.ending = ending;
+    summary.elapsed_s = start.elapsed().as_secs_f64();
+    summary.frames_per_second = summary.frames as f64 / summary.elapsed_s.max(1e-9);
+    summary.latency = reader.stats.percentiles();
+    summary.peak_memory_bytes = peak_memory_bytes();
+    Ok(summary)
+}
