@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::alarm::AlarmConfig;
 use crate::error::{EdgeError, Result};
+use crate::inference::{Backlog, LoopMode, OverlapSettings};
 use crate::output::{GpioConfig, SerialConfig};
 use crate::source::{SourceOptions, SourceSpec};
 
@@ -21,6 +22,8 @@ pub struct EdgeConfig {
     pub source: Option<String>,
     #[serde(default)]
     pub camera: CameraConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
     #[serde(default)]
     pub faults: FaultConfig,
     #[serde(default)]
@@ -62,18 +65,54 @@ impl Default for CameraConfig {
     }
 }
 
+/// Whether the frame side (read, decode, preprocess) and the model side (inference,
+/// scoring) run on two threads, frame N+1 being prepared while frame N is judged.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OverlapMode {
+    /// On when the machine has at least two cores.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl std::str::FromStr for OverlapMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            _ => Err(format!("`{s}` is not one of auto, on, off")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    pub overlap: OverlapMode,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FaultConfig {
     /// Bad frames in a row (undecodable, wrong size, missing) after which the run reports
     /// a fault and stops with an error.
     pub max_consecutive_bad_frames: u32,
+    /// With overlap on a camera: more frames than this dropped unjudged (the model being
+    /// busy) among the last `dropped_frames_window` is a FAULT (`frames_dropped`).
+    pub max_dropped_frames: u32,
+    pub dropped_frames_window: u32,
 }
 
 impl Default for FaultConfig {
     fn default() -> Self {
         Self {
             max_consecutive_bad_frames: 30,
+            max_dropped_frames: OverlapSettings::LIVE.max_dropped,
+            dropped_frames_window: OverlapSettings::LIVE.window,
         }
     }
 }
@@ -140,7 +179,47 @@ impl EdgeConfig {
                 "must be at least 1",
             ));
         }
+        if !(1..=100_000).contains(&self.faults.dropped_frames_window) {
+            return Err(EdgeError::invalid(
+                "faults.dropped_frames_window",
+                format!("{} is not in 1..=100000", self.faults.dropped_frames_window),
+            ));
+        }
+        if self.faults.max_dropped_frames >= self.faults.dropped_frames_window {
+            return Err(EdgeError::invalid(
+                "faults.max_dropped_frames",
+                format!(
+                    "{} must be below faults.dropped_frames_window ({}), or no drop rate \
+                     would ever be a fault",
+                    self.faults.max_dropped_frames, self.faults.dropped_frames_window
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// How the frame loop runs: overlapped per `[pipeline] overlap` (auto: with two cores
+    /// or more); a camera (`live_camera`) drops the oldest frame when the model falls
+    /// behind, files and pipes wait so that every frame is judged.
+    pub fn loop_mode(&self, live_camera: bool) -> LoopMode {
+        let overlap = match self.pipeline.overlap {
+            OverlapMode::On => true,
+            OverlapMode::Off => false,
+            OverlapMode::Auto => std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2),
+        };
+        if !overlap {
+            return LoopMode::Sequential;
+        }
+        let backlog = if live_camera {
+            Backlog::DropOldest
+        } else {
+            Backlog::Wait
+        };
+        LoopMode::Overlapped(OverlapSettings {
+            backlog,
+            window: self.faults.dropped_frames_window,
+            max_dropped: self.faults.max_dropped_frames,
+        })
     }
 
     pub fn source_options(&self) -> SourceOptions {
@@ -148,6 +227,51 @@ impl EdgeConfig {
             looped: self.camera.looped,
             timeout: Duration::from_millis(self.camera.timeout_ms),
             max_backoff: Duration::from_millis(self.camera.max_backoff_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_settings_follow_the_source_and_the_fault_keys() {
+        let cfg = EdgeConfig::parse(
+            "[pipeline]\noverlap = \"on\"\n[faults]\nmax_dropped_frames = 4\ndropped_frames_window = 10\n",
+            Path::new("edge.toml"),
+        )
+        .unwrap();
+        let camera = OverlapSettings {
+            backlog: Backlog::DropOldest,
+            window: 10,
+            max_dropped: 4,
+        };
+        assert_eq!(cfg.loop_mode(true), LoopMode::Overlapped(camera));
+        let files = OverlapSettings {
+            backlog: Backlog::Wait,
+            ..camera
+        };
+        assert_eq!(cfg.loop_mode(false), LoopMode::Overlapped(files));
+        let off =
+            EdgeConfig::parse("[pipeline]\noverlap = \"off\"\n", Path::new("e.toml")).unwrap();
+        assert_eq!(off.loop_mode(true), LoopMode::Sequential);
+        let auto = EdgeConfig::default();
+        assert_eq!(auto.pipeline.overlap, OverlapMode::Auto);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(
+            matches!(auto.loop_mode(true), LoopMode::Overlapped(_)),
+            cores >= 2
+        );
+        for bad in [
+            "[pipeline]\noverlap = \"yes\"\n",
+            "[faults]\ndropped_frames_window = 0\nmax_dropped_frames = 0\n",
+            "[faults]\nmax_dropped_frames = 30\n",
+        ] {
+            assert!(
+                EdgeConfig::parse(bad, Path::new("e.toml")).is_err(),
+                "{bad}"
+            );
         }
     }
 }

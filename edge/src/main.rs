@@ -51,6 +51,10 @@ enum Command {
         /// scaled_jpeg_decode = false` does.
         #[arg(long)]
         full_jpeg_decode: bool,
+        /// Prepare the next frame on this thread while the model judges the current one on
+        /// a second thread (as `run` does by default on two cores or more).
+        #[arg(long)]
+        overlap: bool,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -130,6 +134,11 @@ struct RunArgs {
     /// Append every alarm state change to this JSON-lines journal.
     #[arg(long)]
     journal: Option<PathBuf>,
+    /// Prepare frame N+1 while the model judges frame N, on two threads: auto (the
+    /// default: with two cores or more), on, off. A camera then drops the oldest frame
+    /// when the model falls behind, and too many drops are a FAULT (frames_dropped).
+    #[arg(long)]
+    overlap: Option<oodmon_edge::config::OverlapMode>,
 }
 
 fn main() -> ExitCode {
@@ -153,8 +162,17 @@ fn main() -> ExitCode {
             source,
             frames,
             full_jpeg_decode,
+            overlap,
             json,
-        } => bench(bundle, model, yuyv, source, frames, full_jpeg_decode, json),
+        } => bench(
+            bundle,
+            model,
+            yuyv,
+            source,
+            frames,
+            (full_jpeg_decode, overlap),
+            json,
+        ),
         Command::FalseAlarms {
             fpr,
             k_of_n,
@@ -191,7 +209,7 @@ fn bench(
     yuyv: Option<String>,
     source: Option<String>,
     frames: u64,
-    full_jpeg_decode: bool,
+    (full_jpeg_decode, overlap): (bool, bool),
     json: bool,
 ) -> Result<()> {
     if let Some(model) = model {
@@ -214,7 +232,13 @@ fn bench(
         (None, Some(size)) => BenchFrames::SyntheticYuyv(size),
         (None, None) => BenchFrames::Scenario,
     };
-    let summary = app::bench::pipeline(bundle.as_deref(), &frames_from, frames, full_jpeg_decode)?;
+    let summary = app::bench::pipeline(
+        bundle.as_deref(),
+        &frames_from,
+        frames,
+        full_jpeg_decode,
+        overlap,
+    )?;
     if json {
         say!("{}", serde_json::to_string(&summary)?);
     } else {
@@ -265,6 +289,7 @@ fn run_cmd(a: RunArgs) -> Result<()> {
         baud: a.baud,
         scores: a.scores,
         journal: a.journal,
+        overlap: a.overlap,
     };
     let cfg = app::run::settings(a.config.as_deref(), overrides)?;
     let stop = oodmon_cli::stop_flag()?;

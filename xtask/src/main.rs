@@ -853,7 +853,7 @@ fn bench_edge_inference(edge: &Path, python: &Path, models: &[PathBuf], runs: &s
     for model in models {
         step(&format!("{}: tract, then onnxruntime", model.display()));
         let ours = output_text(
-            Command::new(edge)
+            on_cores(1, edge)
                 .args(["bench", "--json", "--frames", runs, "--model"])
                 .arg(model)
                 .env("RUST_LOG", "warn")
@@ -862,7 +862,7 @@ fn bench_edge_inference(edge: &Path, python: &Path, models: &[PathBuf], runs: &s
             "oodmon-edge bench --model",
         )?;
         let theirs = output_text(
-            Command::new(python)
+            on_cores(1, python)
                 .arg(root().join("bench/edge_reference.py"))
                 .arg(runs)
                 .arg(model)
@@ -944,74 +944,97 @@ fn edge_bench_sources(args: &[String]) -> Result<Vec<BenchSource>> {
     Ok(sources)
 }
 
+/// `program` held to the first `cores` CPUs (through `taskset`, when the machine has it),
+/// so that both sides of a comparison get the same cores.
+fn on_cores(cores: usize, program: &Path) -> Command {
+    if Command::new("taskset").arg("--version").output().is_ok() {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg(format!("0-{}", cores - 1)).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
 /// The whole pipeline per source: frames per second, per-stage latency, peak memory; and
-/// the same frames through `bench/python_pipeline.py` (OpenCV, onnxruntime and NumPy on one
-/// thread), run right after it, with oodmon's speed as a ratio of the peer's.
+/// the same frames through `bench/python_pipeline.py` (OpenCV, onnxruntime and NumPy), run
+/// right after it, with oodmon's speed as a ratio of the peer's. First both sides on one
+/// core (oodmon's sequential loop, onnxruntime with one thread), then on two (oodmon's
+/// overlapped loop, onnxruntime with two threads).
 fn bench_edge_pipeline(
     edge: &Path,
     python: &Path,
     sources: &[BenchSource],
     frames: &str,
 ) -> Result {
-    println!("| pipeline (built-in bundle, one thread) | frames/s | total p50 / p99 (us) | inference p50 (us) | decode + preprocess + scoring p50 (us) | peak memory (MB) | Python pipeline frames/s | its total p50 / p99 (us) | its inference p50 (us) | oodmon speed vs Python |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if Command::new("taskset").arg("--version").output().is_err() {
+        println!("(no taskset here: the core counts below are thread counts, not pinned)");
+    }
+    println!("| pipeline (built-in bundle) | cores | oodmon loop | frames/s | total p50 / p99 (us) | inference p50 (us) | decode + preprocess + scoring p50 (us) | peak memory (MB) | Python pipeline frames/s | its total p50 / p99 (us) | its inference p50 (us) | oodmon speed vs Python |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let bundle = root().join("edge/demo/bundle");
     for src in sources {
-        step(&format!("pipeline: {}", src.name));
-        let ours = output_text(
-            Command::new(edge)
-                .args(["bench", "--json", "--frames", frames])
-                .args(&src.edge_args)
-                .env("RUST_LOG", "warn")
-                .output()
-                .map_err(|e| e.to_string())?,
-            "oodmon-edge bench",
-        )?;
-        let theirs = match &src.python_source {
-            Some(source) => Some(output_text(
-                Command::new(python)
-                    .arg(root().join("bench/python_pipeline.py"))
-                    .arg(&bundle)
-                    .arg(source)
-                    .arg(frames)
+        for cores in [1, 2].into_iter().filter(|&c| c <= cpus) {
+            step(&format!("pipeline on {cores} core(s): {}", src.name));
+            let ours = output_text(
+                on_cores(cores, edge)
+                    .args(["bench", "--json", "--frames", frames])
+                    .args(if cores > 1 { &["--overlap"][..] } else { &[] })
+                    .args(&src.edge_args)
+                    .env("RUST_LOG", "warn")
                     .output()
                     .map_err(|e| e.to_string())?,
-                "python_pipeline.py",
-            )?),
-            None => None,
-        };
-        let stage = |out: &str, s: &str, q: &str| {
-            out.split(&format!("\"{s}\":"))
-                .nth(1)
-                .and_then(|r| json_number(r, q))
-                .unwrap_or(f64::NAN)
-        };
-        let overhead = ["decode", "preprocess", "scoring"]
-            .iter()
-            .map(|s| stage(&ours, s, "p50_us"))
-            .sum::<f64>();
-        let fps = json_number(&ours, "frames_per_second").unwrap_or(f64::NAN);
-        let peer = match &theirs {
-            Some(t) => {
-                let their_fps = json_number(t, "frames_per_second").unwrap_or(f64::NAN);
-                format!(
-                    "{their_fps:.0} | {:.0} / {:.0} | {:.0} | {:.2}x",
-                    stage(t, "total", "p50_us"),
-                    stage(t, "total", "p99_us"),
-                    stage(t, "inference", "p50_us"),
-                    fps / their_fps
-                )
-            }
-            None => "- | - | - | -".into(),
-        };
-        println!(
-            "| {} | {fps:.0} | {:.0} / {:.0} | {:.0} | {overhead:.0} | {:.1} | {peer} |",
-            src.name,
-            stage(&ours, "total", "p50_us"),
-            stage(&ours, "total", "p99_us"),
-            stage(&ours, "inference", "p50_us"),
-            json_number(&ours, "peak_memory_bytes").unwrap_or(f64::NAN) / 1e6
-        );
+                "oodmon-edge bench",
+            )?;
+            let theirs = match &src.python_source {
+                Some(source) => Some(output_text(
+                    on_cores(cores, python)
+                        .arg(root().join("bench/python_pipeline.py"))
+                        .arg(&bundle)
+                        .arg(source)
+                        .arg(frames)
+                        .args(["--threads", &cores.to_string()])
+                        .output()
+                        .map_err(|e| e.to_string())?,
+                    "python_pipeline.py",
+                )?),
+                None => None,
+            };
+            let stage = |out: &str, s: &str, q: &str| {
+                out.split(&format!("\"{s}\":"))
+                    .nth(1)
+                    .and_then(|r| json_number(r, q))
+                    .unwrap_or(f64::NAN)
+            };
+            let overhead = ["decode", "preprocess", "scoring"]
+                .iter()
+                .map(|s| stage(&ours, s, "p50_us"))
+                .sum::<f64>();
+            let fps = json_number(&ours, "frames_per_second").unwrap_or(f64::NAN);
+            let peer = match &theirs {
+                Some(t) => {
+                    let their_fps = json_number(t, "frames_per_second").unwrap_or(f64::NAN);
+                    format!(
+                        "{their_fps:.0} | {:.0} / {:.0} | {:.0} | {:.2}x",
+                        stage(t, "total", "p50_us"),
+                        stage(t, "total", "p99_us"),
+                        stage(t, "inference", "p50_us"),
+                        fps / their_fps
+                    )
+                }
+                None => "- | - | - | -".into(),
+            };
+            println!(
+                "| {} | {cores} | {} | {fps:.0} | {:.0} / {:.0} | {:.0} | {overhead:.0} | {:.1} | {peer} |",
+                src.name,
+                if cores > 1 { "overlapped" } else { "sequential" },
+                stage(&ours, "total", "p50_us"),
+                stage(&ours, "total", "p99_us"),
+                stage(&ours, "inference", "p50_us"),
+                json_number(&ours, "peak_memory_bytes").unwrap_or(f64::NAN) / 1e6
+            );
+        }
     }
     Ok(())
 }

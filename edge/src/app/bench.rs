@@ -9,7 +9,9 @@ use serde::Serialize;
 
 use super::demo;
 use crate::error::Result;
-use crate::inference::{self, peak_memory_bytes, Engine, RunLimits, RunSummary};
+use crate::inference::{
+    self, peak_memory_bytes, Engine, LoopMode, OverlapSettings, RunLimits, RunSummary,
+};
 use crate::source::{self, FrameSource, SourceOptions, SourceSpec};
 
 /// Where the benchmark's frames come from.
@@ -24,12 +26,15 @@ pub enum BenchFrames {
 }
 
 /// Runs `frames` frames (after 20 warm-up frames that plan the preprocessing and fault in
-/// tract's buffers) of `source` through a bundle (the built-in one when `None`).
+/// tract's buffers) of `source` through a bundle (the built-in one when `None`), on one
+/// thread or, with `overlap`, with the model on a second one (every frame judged, as for
+/// files).
 pub fn pipeline(
     bundle: Option<&Path>,
     source: &BenchFrames,
     frames: u64,
     full_jpeg_decode: bool,
+    overlap: bool,
 ) -> Result<RunSummary> {
     let b = match bundle {
         Some(dir) => Bundle::load(dir)?,
@@ -54,8 +59,15 @@ pub fn pipeline(
         max_frames: Some(n),
         max_consecutive_bad_frames: 1,
     };
-    inference::run(&mut engine, &mut src, &limits(20), &stop, |_| Ok(()))?;
-    inference::run(&mut engine, &mut src, &limits(frames), &stop, |_| Ok(()))
+    let mode = if overlap {
+        LoopMode::Overlapped(OverlapSettings::FILES)
+    } else {
+        LoopMode::Sequential
+    };
+    inference::run_in(mode, &mut engine, &mut src, &limits(20), &stop, |_| Ok(()))?;
+    inference::run_in(mode, &mut engine, &mut src, &limits(frames), &stop, |_| {
+        Ok(())
+    })
 }
 
 /// Inference latency of one encoder alone (no frames, no scoring).

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::frames_to_alarms;
 use crate::alarm::{AlarmConfig, AlarmService, Outputs, ServiceReport};
+use crate::config::EdgeConfig;
 use crate::error::{EdgeError, Result};
 use crate::inference::{Engine, Event, FrameRecord, RunLimits, RunSummary};
 use crate::output::AlarmLink;
@@ -259,6 +260,7 @@ pub fn play_with_alarms(
     };
     let stop = AtomicBool::new(false);
     let (run, report) = frames_to_alarms(
+        EdgeConfig::default().loop_mode(false),
         &mut engine,
         &mut source,
         service,

@@ -14,14 +14,15 @@ use std::sync::atomic::AtomicBool;
 
 use crate::alarm::{AlarmService, ServiceReport};
 use crate::error::Result;
-use crate::inference::{self, Engine, Event, RunLimits, RunSummary};
+use crate::inference::{self, Engine, Event, LoopMode, RunLimits, RunSummary};
 use crate::source::FrameSource;
 
 /// The runtime's wiring, shared by [`run`] and the [`demo`]: frames from `source` through
-/// `engine`; every outcome (record or bad frame) goes to the alarm `service` first, then to
+/// `engine` (overlapped or not, per `mode`); every outcome (record or bad frame) goes to the alarm `service` first, then to
 /// `on_event`. The service is finished here and its report returned beside the run's
 /// outcome, so its transitions are kept even when the run fails.
 pub fn frames_to_alarms(
+    mode: LoopMode,
     engine: &mut Engine,
     source: &mut dyn FrameSource,
     service: AlarmService,
@@ -29,7 +30,7 @@ pub fn frames_to_alarms(
     stop: &AtomicBool,
     mut on_event: impl FnMut(Event<'_>, &AlarmService) -> Result<()>,
 ) -> (Result<RunSummary>, ServiceReport) {
-    let summary = inference::run(engine, source, limits, stop, |event| {
+    let summary = inference::run_in(mode, engine, source, limits, stop, |event| {
         match &event {
             Event::Record(r) => service.frame(Ok(r)),
             Event::BadFrame(e) => service.frame(Err(e)),

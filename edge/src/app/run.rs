@@ -10,7 +10,7 @@ use oodmon_runtime::Bundle;
 
 use super::frames_to_alarms;
 use crate::alarm::{AlarmService, DecisionRule, Outputs};
-use crate::config::EdgeConfig;
+use crate::config::{EdgeConfig, OverlapMode};
 use crate::error::{EdgeError, Result};
 use crate::inference::{Ending, Engine, Event, FrameRecord, RunLimits, RunSummary};
 use crate::output::journal::Journal;
@@ -31,6 +31,7 @@ pub struct Overrides {
     pub baud: Option<u32>,
     pub scores: bool,
     pub journal: Option<PathBuf>,
+    pub overlap: Option<OverlapMode>,
 }
 
 /// The configuration file (or the defaults) with the overrides applied.
@@ -53,6 +54,9 @@ pub fn settings(config: Option<&Path>, o: Overrides) -> Result<EdgeConfig> {
     }
     cfg.serial.scores |= o.scores;
     cfg.output.journal = o.journal.or(cfg.output.journal);
+    if let Some(m) = o.overlap {
+        cfg.pipeline.overlap = m;
+    }
     Ok(cfg)
 }
 
@@ -103,14 +107,23 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
         max_frames: cfg.output.max_frames,
         max_consecutive_bad_frames: cfg.faults.max_consecutive_bad_frames,
     };
-    let (summary, report) =
-        frames_to_alarms(&mut engine, &mut src, service, &limits, stop, |event, _| {
+    let mode = cfg.loop_mode(matches!(spec, SourceSpec::V4l { .. }));
+    log::info!("frame loop: {mode:?}");
+    let (summary, report) = frames_to_alarms(
+        mode,
+        &mut engine,
+        &mut src,
+        service,
+        &limits,
+        stop,
+        |event, _| {
             notifier.alive();
             if let Event::Record(r) = event {
                 records.write(r, &class_names)?;
             }
             Ok(())
-        });
+        },
+    );
     notifier.stopping();
     log::info!(
         "alarm service: {} transitions, {} messages sent, {} send errors",
@@ -259,18 +272,26 @@ pub fn source_ending(spec: &SourceSpec, looped: bool, summary: &RunSummary) -> R
 pub fn summary_text(s: &RunSummary) -> String {
     let l = &s.latency;
     format!(
-        "frames {} (OOD {}, bad {}) in {:.1} s, {:.1} frames/s\n\
-         latency p50/p99 us: decode {}/{}, preprocess {}/{}, inference {}/{}, scoring {}/{}, total {}/{}\n\
+        "frames {} (OOD {}, bad {}, dropped {}) in {:.1} s, {:.1} frames/s, {}\n\
+         latency p50/p99 us: decode {}/{}, preprocess {}/{}, queue {}/{}, inference {}/{}, scoring {}/{}, total {}/{}\n\
          peak memory {}",
         s.frames,
         s.ood_frames,
         s.bad_frames,
+        s.dropped_frames,
         s.elapsed_s,
         s.frames_per_second,
+        if s.overlapped {
+            "overlapped"
+        } else {
+            "sequential"
+        },
         l.decode.p50_us,
         l.decode.p99_us,
         l.preprocess.p50_us,
         l.preprocess.p99_us,
+        l.queue.p50_us,
+        l.queue.p99_us,
         l.inference.p50_us,
         l.inference.p99_us,
         l.scoring.p50_us,

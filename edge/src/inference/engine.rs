@@ -118,9 +118,9 @@ impl Engine {
         })
     }
 
-    /// The frame side and the model side, for the overlapped loop.
-    pub fn into_stages(self) -> (FramePreparer, ModelStage) {
-        (self.frames, self.model)
+    /// The frame side and the model side, borrowed apart for the overlapped loop.
+    pub fn stages(&mut self) -> (&mut FramePreparer, &mut ModelStage) {
+        (&mut self.frames, &mut self.model)
     }
 
     /// Whether large JPEG frames are decoded at a reduced scale (on by default; off decodes

@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::engine::Engine;
+use super::overlap::{run_overlapped, OverlapSettings};
 use super::score::{FrameRecord, StageLatency};
 use crate::error::{EdgeError, Result};
 use crate::source::FrameSource;
@@ -106,6 +107,8 @@ pub struct RunSummary {
     pub bad_frames: u64,
     /// Frames the overlapped loop dropped unjudged because the model was busy.
     pub dropped_frames: u64,
+    /// Whether the model ran on its own thread (the overlapped loop).
+    pub overlapped: bool,
     pub elapsed_s: f64,
     pub frames_per_second: f64,
     pub latency: StagePercentiles,
@@ -125,6 +128,32 @@ pub enum Event<'a> {
     Record(&'a FrameRecord),
     /// A frame that could not be used; the loop goes on until too many come in a row.
     BadFrame(&'a EdgeError),
+}
+
+/// One thread for everything, or the frame side and the model side overlapped on two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopMode {
+    Sequential,
+    Overlapped(OverlapSettings),
+}
+
+/// Runs frames from `source` through `engine` in the given mode ([`run`] or
+/// [`run_overlapped`]): the same events in capture order, the same limits.
+pub fn run_in(
+    mode: LoopMode,
+    engine: &mut Engine,
+    source: &mut dyn FrameSource,
+    limits: &RunLimits,
+    stop: &AtomicBool,
+    on_event: impl FnMut(Event<'_>) -> Result<()>,
+) -> Result<RunSummary> {
+    match mode {
+        LoopMode::Sequential => run(engine, source, limits, stop, on_event),
+        LoopMode::Overlapped(settings) => {
+            let (frames, model) = engine.stages();
+            run_overlapped(frames, model, source, limits, &settings, stop, on_event)
+        }
+    }
 }
 
 /// Runs frames from `source` through `engine` until the source ends, `max_frames` frames

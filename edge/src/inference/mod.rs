@@ -10,6 +10,8 @@ pub mod overlap;
 pub mod score;
 
 pub use engine::{Engine, FramePreparer, InferStage, ModelStage};
-pub use frame_loop::{peak_memory_bytes, run, Ending, Event, RunLimits, RunSummary};
+pub use frame_loop::{
+    peak_memory_bytes, run, run_in, Ending, Event, LoopMode, RunLimits, RunSummary,
+};
 pub use overlap::{run_overlapped, Backlog, OverlapSettings};
 pub use score::{FrameRecord, FrameScorer, StageLatency};

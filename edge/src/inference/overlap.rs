@@ -426,6 +426,7 @@ pub fn run_overlapped(
         Ok::<_, EdgeError>(ending)
     })?;
     let mut summary = reader.summary;
+    summary.overlapped = true;
     summary.ending = ending;
     summary.elapsed_s = start.elapsed().as_secs_f64();
     summary.frames_per_second = summary.frames as f64 / summary.elapsed_s.max(1e-9);

@@ -240,6 +240,79 @@ fn run_scores_image_files_into_json_lines_and_faults_on_corrupt_ones() {
 }
 
 #[test]
+fn overlapped_and_sequential_runs_give_the_same_records_in_the_same_order() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bundle(&dir.path().join("b"));
+    std::fs::create_dir_all(dir.path().join("frames")).unwrap();
+    for i in 0..12 {
+        let path = dir.path().join(format!("frames/{i:02}.png"));
+        if i == 5 || i == 6 {
+            // bad frames in the middle: reported in capture order, not a fault
+            std::fs::write(&path, b"not a png").unwrap();
+        } else {
+            save_image(&path, &id_image(i % 3, 50, 40, i as u64), 50, 40);
+        }
+    }
+    let records = |overlap: &str| {
+        let out = edge(
+            dir.path(),
+            &[
+                "run",
+                "--bundle",
+                "b",
+                "--source",
+                "images:frames",
+                "--records",
+                "-",
+                "--overlap",
+                overlap,
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("dropped 0"), "{stderr}");
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (lines, stderr)
+    };
+    let (sequential, log) = records("off");
+    assert!(log.contains("frames/s, sequential"), "{log}");
+    let (overlapped, log) = records("on");
+    assert!(log.contains("frames/s, overlapped"), "{log}");
+    assert_eq!(sequential.len(), 10);
+    assert_eq!(overlapped.len(), 10);
+    for (s, o) in sequential.iter().zip(&overlapped) {
+        for key in ["sequence", "score", "ood", "nearest", "fingerprint"] {
+            assert_eq!(s[key], o[key], "{key}: {s} vs {o}");
+        }
+    }
+    let sequences: Vec<u64> = overlapped
+        .iter()
+        .map(|r| r["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sequences, [0, 1, 2, 3, 4, 7, 8, 9, 10, 11]);
+    // the drop limit must leave room for a drop rate that is not a fault
+    std::fs::write(
+        dir.path().join("drops.toml"),
+        "[faults]\nmax_dropped_frames = 30\ndropped_frames_window = 30\n",
+    )
+    .unwrap();
+    assert_fails_cleanly(
+        &edge(
+            dir.path(),
+            &["run", "--config", "drops.toml", "--bundle", "b"],
+        ),
+        &["max_dropped_frames", "dropped_frames_window"],
+    );
+    let out = edge(dir.path(), &["run", "--overlap", "sometimes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is not one of auto, on, off"), "{stderr}");
+}
+
+#[test]
 fn run_reads_raw_frames_from_standard_input() {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_bundle(&dir.path().join("b"));
