@@ -89,10 +89,26 @@ impl std::str::FromStr for OverlapMode {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     pub overlap: OverlapMode,
+    /// The engine that runs the encoder: tract (default), tract-cuda, onnxruntime (the
+    /// last two when built with their cargo features).
+    pub backend: oodmon_runtime::Backend,
+    /// Before a run on a backend other than tract, compare it with tract on the built-in
+    /// frames and refuse to start when its embeddings drift from the calibration's.
+    pub verify_backend: bool,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            overlap: OverlapMode::default(),
+            backend: oodmon_runtime::Backend::default(),
+            verify_backend: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use oodmon_cli::say;
 use oodmon_edge::app::{self, bench::BenchFrames, false_alarms};
+use oodmon_runtime::Backend;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +29,9 @@ enum Command {
     Check {
         #[arg(long)]
         bundle: PathBuf,
+        /// The engine to run the encoder on: tract, tract-cuda, onnxruntime.
+        #[arg(long, default_value = "tract")]
+        backend: Backend,
     },
     /// Per-stage latency (p50/p99), frames per second and peak memory; with --model, the
     /// inference latency of one ONNX encoder alone.
@@ -55,6 +59,9 @@ enum Command {
         /// a second thread (as `run` does by default on two cores or more).
         #[arg(long)]
         overlap: bool,
+        /// The engine to run the encoder on: tract, tract-cuda, onnxruntime.
+        #[arg(long, default_value = "tract")]
+        backend: Backend,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -139,6 +146,10 @@ struct RunArgs {
     /// when the model falls behind, and too many drops are a FAULT (frames_dropped).
     #[arg(long)]
     overlap: Option<oodmon_edge::config::OverlapMode>,
+    /// The engine to run the encoder on: tract (default), tract-cuda, onnxruntime (when
+    /// built with those cargo features); overrides `[pipeline] backend`.
+    #[arg(long)]
+    backend: Option<Backend>,
 }
 
 fn main() -> ExitCode {
@@ -150,8 +161,8 @@ fn main() -> ExitCode {
     };
     oodmon_cli::main("oodmon-edge", default_log, || match cli.command {
         Command::Run(a) => run_cmd(a),
-        Command::Check { bundle } => {
-            let report = app::check::check(&bundle)?;
+        Command::Check { bundle, backend } => {
+            let report = app::check::check(&bundle, backend)?;
             say!("bundle {}: OK\n{report}", bundle.display());
             Ok(())
         }
@@ -163,6 +174,7 @@ fn main() -> ExitCode {
             frames,
             full_jpeg_decode,
             overlap,
+            backend,
             json,
         } => bench(
             bundle,
@@ -170,7 +182,7 @@ fn main() -> ExitCode {
             yuyv,
             source,
             frames,
-            (full_jpeg_decode, overlap),
+            (full_jpeg_decode, overlap, backend),
             json,
         ),
         Command::FalseAlarms {
@@ -209,16 +221,16 @@ fn bench(
     yuyv: Option<String>,
     source: Option<String>,
     frames: u64,
-    (full_jpeg_decode, overlap): (bool, bool),
+    (full_jpeg_decode, overlap, backend): (bool, bool, Backend),
     json: bool,
 ) -> Result<()> {
     if let Some(model) = model {
-        let t = app::bench::inference(&model, frames as usize)?;
+        let t = app::bench::inference(&model, frames as usize, backend)?;
         if json {
             say!("{}", serde_json::to_string(&t)?);
         } else {
             say!(
-                "{}: inference p50 {} us, p99 {} us over {} runs",
+                "{} on {backend}: inference p50 {} us, p99 {} us over {} runs",
                 model.display(),
                 t.p50_us,
                 t.p99_us,
@@ -238,6 +250,7 @@ fn bench(
         frames,
         full_jpeg_decode,
         overlap,
+        backend,
     )?;
     if json {
         say!("{}", serde_json::to_string(&summary)?);
@@ -290,6 +303,7 @@ fn run_cmd(a: RunArgs) -> Result<()> {
         scores: a.scores,
         journal: a.journal,
         overlap: a.overlap,
+        backend: a.backend,
     };
     let cfg = app::run::settings(a.config.as_deref(), overrides)?;
     let stop = oodmon_cli::stop_flag()?;

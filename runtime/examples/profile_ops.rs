@@ -13,7 +13,7 @@ fn main() -> TractResult<()> {
     let path = std::env::args().nth(1).unwrap();
     let enc = Encoder::load(std::path::Path::new(&path)).unwrap();
     let (w, h) = enc.input_size();
-    let mut state = enc.plan().spawn()?;
+    let mut state = enc.plan().unwrap().spawn()?;
     let input: TValue = Tensor::zero::<f32>(&[1, 3, h, w])?.into();
     let mut times: HashMap<String, (u128, usize)> = HashMap::new();
     for round in 0..300 {

@@ -9,6 +9,7 @@ use oodmon_calibration::{
     CalibrationArtifact, Detector, Error as CalibrationError, PreprocessSpec,
 };
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::session::Encoder;
 
@@ -29,6 +30,11 @@ impl Bundle {
     /// Loads and cross-checks a bundle: the encoder's hash, input size and embedding size
     /// must be the ones the calibration was made for.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::load_on(dir, Backend::Tract)
+    }
+
+    /// [`Bundle::load`], the encoder prepared for `backend`.
+    pub fn load_on(dir: impl AsRef<Path>, backend: Backend) -> Result<Self> {
         let dir = dir.as_ref();
         let calib = dir.join(CALIBRATION_FILE);
         let artifact = CalibrationArtifact::load(&calib)?;
@@ -37,16 +43,26 @@ impl Bundle {
             path: encoder_path.clone(),
             cause,
         })?;
-        Self::from_parts(dir, &bytes, artifact)
+        Self::from_parts_on(dir, &bytes, artifact, backend)
     }
 
     /// A bundle from an encoder's bytes and its calibration (e.g. compiled into a binary);
     /// `dir` names it in errors. The same checks as [`Bundle::load`].
     pub fn from_parts(dir: &Path, bytes: &[u8], artifact: CalibrationArtifact) -> Result<Self> {
+        Self::from_parts_on(dir, bytes, artifact, Backend::Tract)
+    }
+
+    /// [`Bundle::from_parts`], the encoder prepared for `backend`.
+    pub fn from_parts_on(
+        dir: &Path,
+        bytes: &[u8],
+        artifact: CalibrationArtifact,
+        backend: Backend,
+    ) -> Result<Self> {
         let calib = dir.join(CALIBRATION_FILE);
         let encoder_path = dir.join(ENCODER_FILE);
         artifact.check_encoder_hash(&sha256_bytes(bytes))?;
-        let encoder = Encoder::from_bytes(bytes, &encoder_path)?;
+        let encoder = Encoder::from_bytes_on(bytes, &encoder_path, backend)?;
         let spec = artifact
             .preprocessing
             .as_ref()

@@ -20,6 +20,12 @@ pub enum Error {
     Calibration(#[from] oodmon_calibration::Error),
     #[error(transparent)]
     Inference(#[from] InferenceError),
+    /// The backend is not in this build, or its library or device is not usable here.
+    #[error("backend {backend}: {problem}")]
+    Backend {
+        backend: crate::backend::Backend,
+        problem: String,
+    },
 }
 
 /// Why one run of the encoder failed.
@@ -33,6 +39,9 @@ pub enum InferenceError {
     /// tract itself failed (its message, with its causes).
     #[error("tract: {0}")]
     Tract(String),
+    /// ONNX Runtime failed (its message).
+    #[error("onnxruntime: {0}")]
+    Onnxruntime(String),
     /// NaN or infinity in the embedding: the encoder or its input is broken.
     #[error("non-finite embedding (value {index} is {value})")]
     NonFinite { index: usize, value: f32 },

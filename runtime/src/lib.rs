@@ -6,15 +6,19 @@
 //! embedding all go through it, so calibration embeds exactly what is deployed.
 //!
 //! - [`session`]: [`Encoder`] and [`Session`].
+//! - [`backend`]: the engines a session can run on (tract on the CPU, tract's CUDA runtime,
+//!   ONNX Runtime), chosen when the encoder is loaded.
 //! - [`bundle`]: the deployable bundle (`encoder.onnx` + `calib.json`), cross-checked on load.
 //! - [`probe`]: intermediate activations, for int8 calibration of the quantizer.
 //! - [`error`]: load errors and the typed [`InferenceError`].
 
+pub mod backend;
 pub mod bundle;
 pub mod error;
 pub mod probe;
 pub mod session;
 
+pub use backend::Backend;
 pub use bundle::Bundle;
 pub use error::{Error, InferenceError, Result};
 pub use session::{Encoder, Session};

@@ -11,13 +11,14 @@ use prost::Message;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
+use crate::backend::Backend;
 use crate::error::{Error, InferenceError, Result};
 
-/// An encoder loaded and optimised by tract; cheap to share, each user runs it through
-/// its own [`Session`].
+/// An encoder loaded and prepared for one [`Backend`]; cheap to share, each user runs it
+/// through its own [`Session`].
 #[derive(Clone)]
 pub struct Encoder {
-    plan: Arc<TypedSimplePlan>,
+    model: Model,
     path: PathBuf,
     height: usize,
     width: usize,
@@ -25,12 +26,26 @@ pub struct Encoder {
     preprocessing: Option<PreprocessSpec>,
 }
 
+/// The encoder as its backend holds it.
+#[derive(Clone)]
+enum Model {
+    /// tract, on the CPU or on its CUDA runtime: a plan that spawns run states.
+    Tract {
+        runnable: Arc<dyn Runnable>,
+        backend: Backend,
+    },
+    /// ONNX Runtime: the file's bytes; each session builds its own ORT session.
+    #[cfg(feature = "onnxruntime")]
+    Onnxruntime { bytes: Arc<[u8]> },
+}
+
 impl std::fmt::Debug for Encoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Encoder({}: [1, 3, {}, {}] -> [1, {}])",
+            "Encoder({} on {}: [1, 3, {}, {}] -> [1, {}])",
             self.path.display(),
+            self.backend(),
             self.height,
             self.width,
             self.dim
@@ -39,18 +54,45 @@ impl std::fmt::Debug for Encoder {
 }
 
 impl Encoder {
-    /// Loads an ONNX encoder, fixes its input to `[1, 3, H, W]` and optimises it. A corrupt or
-    /// truncated file, or a graph that is not an image encoder, is an error naming the file.
+    /// Loads an ONNX encoder for tract on the CPU, fixes its input to `[1, 3, H, W]` and
+    /// optimises it. A corrupt or truncated file, or a graph that is not an image encoder,
+    /// is an error naming the file.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_on(path, Backend::Tract)
+    }
+
+    /// [`Encoder::load`] for the given backend.
+    pub fn load_on(path: &Path, backend: Backend) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|cause| Error::Io {
             path: path.to_path_buf(),
             cause,
         })?;
-        Self::from_bytes(&bytes, path)
+        Self::from_bytes_on(&bytes, path, backend)
     }
 
-    /// An encoder from its bytes; `path` names it in errors.
+    /// An encoder from its bytes, for tract on the CPU; `path` names it in errors.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        Self::from_bytes_on(bytes, path, Backend::Tract)
+    }
+
+    /// [`Encoder::from_bytes`] for the given backend. Every backend gets the same checks
+    /// (tract reads the graph and its shapes); one not compiled into this build, or whose
+    /// library or device cannot be used here, is an [`Error::Backend`].
+    pub fn from_bytes_on(bytes: &[u8], path: &Path, backend: Backend) -> Result<Self> {
+        if !backend.compiled_in() {
+            return Err(Error::Backend {
+                backend,
+                problem: format!(
+                    "not in this build (cargo feature `{}`; this build has {})",
+                    backend.feature().unwrap_or_default(),
+                    Backend::available()
+                        .iter()
+                        .map(|b| b.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
         let proto = pb::ModelProto::decode(bytes).map_err(|e| Error::model(path, e))?;
         let preprocessing = proto
             .metadata_props
@@ -68,16 +110,16 @@ impl Encoder {
                 ))
             }
         };
-        let plan = tract_onnx::onnx()
+        let typed = tract_onnx::onnx()
             .model_for_read(&mut std::io::Cursor::new(bytes))
             .and_then(|m| m.with_input_fact(0, f32::fact([1, 3, height, width]).into()))
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
+            .and_then(|m| m.into_typed())
+            .and_then(|m| m.into_decluttered())
             .map_err(|e| Error::model(path, e))?;
-        let out = plan
-            .model()
+        let out = typed
             .output_fact(0)
-            .map_err(|e| Error::model(path, e))?;
+            .map_err(|e| Error::model(path, e))?
+            .clone();
         let dim = match out.shape.as_concrete() {
             Some([1, d]) => *d,
             other => {
@@ -87,8 +129,9 @@ impl Encoder {
                 ))
             }
         };
+        let model = Model::prepare(typed, bytes, path, backend)?;
         Ok(Self {
-            plan,
+            model,
             path: path.to_path_buf(),
             height,
             width,
@@ -122,22 +165,107 @@ impl Encoder {
         self.preprocessing.as_ref()
     }
 
+    /// The backend that runs it.
+    pub fn backend(&self) -> Backend {
+        match &self.model {
+            Model::Tract { backend, .. } => *backend,
+            #[cfg(feature = "onnxruntime")]
+            Model::Onnxruntime { .. } => Backend::Onnxruntime,
+        }
+    }
+
     /// A session with its own state and preallocated input and output.
     pub fn session(&self) -> Result<Session, InferenceError> {
-        let state = self.plan.spawn().map_err(InferenceError::tract)?;
-        let input =
-            Tensor::zero::<f32>(&[1, 3, self.height, self.width]).map_err(InferenceError::tract)?;
+        let shape = [1, 3, self.height, self.width];
+        let runner = match &self.model {
+            Model::Tract { runnable, .. } => Runner::Tract {
+                state: runnable.spawn().map_err(InferenceError::tract)?,
+                input: Arc::new(Tensor::zero::<f32>(&shape).map_err(InferenceError::tract)?),
+            },
+            #[cfg(feature = "onnxruntime")]
+            Model::Onnxruntime { bytes } => {
+                Runner::Onnxruntime(ort_runner::OrtRunner::new(bytes, shape)?)
+            }
+        };
         Ok(Session {
-            state,
-            input: Arc::new(input),
+            runner,
             embedding: vec![0.0; self.dim],
         })
     }
 
-    /// The optimised plan, for profiling tract's operators (`examples/profile_ops.rs`).
-    pub fn plan(&self) -> &Arc<TypedSimplePlan> {
-        &self.plan
+    /// tract's optimised CPU plan, for profiling its operators (`examples/profile_ops.rs`);
+    /// `None` on the other backends.
+    pub fn plan(&self) -> Option<&Arc<TypedSimplePlan>> {
+        match &self.model {
+            Model::Tract { runnable, .. } => runnable.typed_plan(),
+            #[cfg(feature = "onnxruntime")]
+            Model::Onnxruntime { .. } => None,
+        }
     }
+}
+
+impl Model {
+    fn prepare(typed: TypedModel, bytes: &[u8], path: &Path, backend: Backend) -> Result<Self> {
+        let unusable = |problem: String| Error::Backend { backend, problem };
+        match backend {
+            Backend::Tract => {
+                let plan = typed
+                    .into_optimized()
+                    .and_then(|m| m.into_runnable())
+                    .map_err(|e| Error::model(path, e))?;
+                Ok(Model::Tract {
+                    runnable: Arc::new(plan),
+                    backend,
+                })
+            }
+            Backend::TractCuda => {
+                #[cfg(feature = "tract-cuda")]
+                {
+                    let cuda = tract_cuda_runtime().map_err(unusable)?;
+                    cuda.check().map_err(|e| unusable(format!("{e:#}")))?;
+                    let runnable = cuda
+                        .prepare(typed)
+                        .map_err(|e| unusable(format!("{e:#}")))?;
+                    Ok(Model::Tract {
+                        runnable: Arc::from(runnable),
+                        backend,
+                    })
+                }
+                #[cfg(not(feature = "tract-cuda"))]
+                Err(unusable("not in this build".into()))
+            }
+            Backend::Onnxruntime => {
+                #[cfg(feature = "onnxruntime")]
+                {
+                    drop(typed);
+                    crate::backend::onnxruntime::environment().map_err(unusable)?;
+                    // one session now, so that a model ONNX Runtime refuses fails here
+                    ort_runner::OrtRunner::new(bytes, [1, 1, 1, 1]).map_err(|e| match e {
+                        InferenceError::Onnxruntime(p) => Error::model(path, p),
+                        other => Error::from(other),
+                    })?;
+                    Ok(Model::Onnxruntime {
+                        bytes: Arc::from(bytes),
+                    })
+                }
+                #[cfg(not(feature = "onnxruntime"))]
+                {
+                    let _ = (bytes, path);
+                    Err(unusable("not in this build".into()))
+                }
+            }
+        }
+    }
+}
+
+/// tract's CUDA runtime, which `tract-cuda` registers under the name `cuda` when linked.
+#[cfg(feature = "tract-cuda")]
+fn tract_cuda_runtime() -> Result<&'static dyn tract_onnx::tract_core::runtime::Runtime, String> {
+    // a use of the crate, so that it is linked and its runtime registered
+    let _ = std::any::type_name::<tract_cuda::CudaTransform>();
+    tract_onnx::tract_core::runtime::runtime_for_name("cuda")
+        .map_err(|e| format!("{e:#}"))?
+        .ok_or_else(|| "tract's CUDA runtime is not registered in this build".to_string())
 }
 
 /// The declared dimensions of the graph's first non-initializer input (`None` for symbolic).
@@ -170,21 +298,88 @@ fn input_dims(proto: &pb::ModelProto) -> Vec<Option<usize>> {
 
 /// One running instance of an [`Encoder`]: the preprocessing writes straight into its
 /// input tensor ([`Session::with_input`]) and [`Session::run`] leaves the embedding in a
-/// buffer allocated once. Only tract's own run allocates.
+/// buffer allocated once. Only the backend's own run allocates.
 pub struct Session {
-    state: TypedSimpleState,
-    input: Arc<Tensor>,
+    runner: Runner,
     embedding: Vec<f32>,
+}
+
+/// A backend's run state and its input tensor, allocated once.
+enum Runner {
+    Tract {
+        state: Box<dyn State>,
+        input: Arc<Tensor>,
+    },
+    #[cfg(feature = "onnxruntime")]
+    Onnxruntime(ort_runner::OrtRunner),
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Session({:?} -> {})",
-            self.input.shape(),
+            "Session({} -> {})",
+            self.input().len(),
             self.embedding.len()
         )
+    }
+}
+
+impl Runner {
+    /// Hands the input tensor to `write`, which fills it in place.
+    fn with_input<R>(&mut self, write: impl FnOnce(&mut [f32]) -> R) -> Result<R, InferenceError> {
+        match self {
+            Runner::Tract { input, .. } => {
+                // tract has released the previous input after its run; if anything still
+                // holds it, a fresh tensor is made rather than writing under a reader
+                if Arc::get_mut(input).is_none() {
+                    *input = Arc::new((**input).clone());
+                }
+                let tensor = Arc::get_mut(input).ok_or_else(|| {
+                    InferenceError::Tract("the input tensor is still shared after a copy".into())
+                })?;
+                let mut view = tensor
+                    .try_as_plain_ram_mut()
+                    .map_err(InferenceError::tract)?;
+                let slice = view.as_slice_mut::<f32>().map_err(InferenceError::tract)?;
+                Ok(write(slice))
+            }
+            #[cfg(feature = "onnxruntime")]
+            Runner::Onnxruntime(r) => Ok(write(r.input_mut())),
+        }
+    }
+
+    fn input(&self) -> &[f32] {
+        match self {
+            Runner::Tract { input, .. } => input
+                .try_as_plain_ram()
+                .ok()
+                .and_then(|v| v.as_slice::<f32>().ok())
+                .unwrap_or(&[]),
+            #[cfg(feature = "onnxruntime")]
+            Runner::Onnxruntime(r) => r.input(),
+        }
+    }
+
+    /// One run; the output is handed to `read`.
+    fn run<R>(
+        &mut self,
+        read: impl FnOnce(&[f32]) -> Result<R, InferenceError>,
+    ) -> Result<R, InferenceError> {
+        match self {
+            Runner::Tract { state, input } => {
+                let out = state
+                    .run(tvec!(TValue::from_const(input.clone())))
+                    .map_err(InferenceError::tract)?;
+                let first = out.first().ok_or_else(|| {
+                    InferenceError::Tract("the encoder produced no output".into())
+                })?;
+                let view = first.try_as_plain_ram().map_err(InferenceError::tract)?;
+                read(view.as_slice::<f32>().map_err(InferenceError::tract)?)
+            }
+            #[cfg(feature = "onnxruntime")]
+            Runner::Onnxruntime(r) => r.run(read),
+        }
     }
 }
 
@@ -195,48 +390,27 @@ impl Session {
         &mut self,
         write: impl FnOnce(&mut [f32]) -> R,
     ) -> Result<R, InferenceError> {
-        // tract has released the previous input after its run; if anything still holds it,
-        // a fresh tensor is made rather than writing under a reader
-        if Arc::get_mut(&mut self.input).is_none() {
-            self.input = Arc::new((*self.input).clone());
-        }
-        let tensor = Arc::get_mut(&mut self.input).ok_or_else(|| {
-            InferenceError::Tract("the input tensor is still shared after a copy".into())
-        })?;
-        let mut view = tensor
-            .try_as_plain_ram_mut()
-            .map_err(InferenceError::tract)?;
-        let slice = view.as_slice_mut::<f32>().map_err(InferenceError::tract)?;
-        Ok(write(slice))
+        self.runner.with_input(write)
     }
 
     /// The input tensor as last written.
     pub fn input(&self) -> &[f32] {
-        self.input
-            .try_as_plain_ram()
-            .ok()
-            .and_then(|v| v.as_slice::<f32>().ok())
-            .unwrap_or(&[])
+        self.runner.input()
     }
 
     /// Runs the encoder on the input tensor; the embedding stays in the session.
     pub fn run(&mut self) -> Result<&[f32], InferenceError> {
-        let out = self
-            .state
-            .run(tvec!(TValue::from_const(self.input.clone())))
-            .map_err(InferenceError::tract)?;
-        let first = out
-            .first()
-            .ok_or_else(|| InferenceError::Tract("the encoder produced no output".into()))?;
-        let view = first.try_as_plain_ram().map_err(InferenceError::tract)?;
-        let values = view.as_slice::<f32>().map_err(InferenceError::tract)?;
-        if values.len() != self.embedding.len() {
-            return Err(InferenceError::OutputSize {
-                expected: self.embedding.len(),
-                found: values.len(),
-            });
-        }
-        self.embedding.copy_from_slice(values);
+        let embedding = &mut self.embedding;
+        self.runner.run(|values| {
+            if values.len() != embedding.len() {
+                return Err(InferenceError::OutputSize {
+                    expected: embedding.len(),
+                    found: values.len(),
+                });
+            }
+            embedding.copy_from_slice(values);
+            Ok(())
+        })?;
         if let Some((index, &value)) = self
             .embedding
             .iter()
@@ -279,13 +453,79 @@ impl Session {
         let mut times = Vec::with_capacity(runs);
         for i in 0..warmup + runs {
             let t = Instant::now();
-            self.state
-                .run(tvec!(TValue::from_const(self.input.clone())))
-                .map_err(InferenceError::tract)?;
+            self.runner.run(|_| Ok(()))?;
             if i >= warmup {
                 times.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
             }
         }
         Ok(times)
+    }
+}
+
+/// A session of ONNX Runtime: its own `ort` session (one intra-op thread: the edge's second
+/// core goes to the overlapped frame loop) and an input tensor allocated once.
+#[cfg(feature = "onnxruntime")]
+mod ort_runner {
+    use ort::session::builder::GraphOptimizationLevel;
+    use ort::session::Session;
+    use ort::value::Tensor;
+
+    use crate::error::InferenceError;
+
+    pub(super) struct OrtRunner {
+        session: Session,
+        input: Tensor<f32>,
+    }
+
+    fn ort_error(e: impl std::fmt::Display) -> InferenceError {
+        InferenceError::Onnxruntime(e.to_string())
+    }
+
+    impl OrtRunner {
+        pub(super) fn new(bytes: &[u8], shape: [usize; 4]) -> Result<Self, InferenceError> {
+            let environment =
+                crate::backend::onnxruntime::environment().map_err(InferenceError::Onnxruntime)?;
+            let session = Session::builder(environment)
+                .map_err(ort_error)?
+                .with_optimization_level(GraphOptimizationLevel::All)
+                .map_err(ort_error)?
+                .with_intra_threads(1)
+                .map_err(ort_error)?
+                .with_inter_threads(1)
+                .map_err(ort_error)?
+                .with_intra_op_spinning(false)
+                .map_err(ort_error)?
+                .commit_from_memory(bytes)
+                .map_err(ort_error)?;
+            let n = shape.iter().product::<usize>();
+            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            let input = Tensor::from_array((dims, vec![0f32; n])).map_err(ort_error)?;
+            Ok(Self { session, input })
+        }
+
+        pub(super) fn input_mut(&mut self) -> &mut [f32] {
+            self.input.extract_tensor_mut().1
+        }
+
+        pub(super) fn input(&self) -> &[f32] {
+            self.input.extract_tensor().1
+        }
+
+        pub(super) fn run<R>(
+            &mut self,
+            read: impl FnOnce(&[f32]) -> Result<R, InferenceError>,
+        ) -> Result<R, InferenceError> {
+            let outputs = self
+                .session
+                .run(ort::inputs![&self.input])
+                .map_err(ort_error)?;
+            if outputs.len() == 0 {
+                return Err(InferenceError::Onnxruntime(
+                    "the encoder produced no output".into(),
+                ));
+            }
+            let (_, values) = outputs[0].try_extract_tensor::<f32>().map_err(ort_error)?;
+            read(values)
+        }
     }
 }

@@ -96,6 +96,54 @@ fn cargo() -> Command {
     c
 }
 
+/// The encoder backends behind cargo features: clippy on their code, then the runtime's
+/// and the edge's backend tests, onnxruntime loaded from the Python environment's wheel
+/// (`ORT_DYLIB_PATH`), tract-cuda showing its clear error where there is no NVIDIA driver
+/// and its agreement with tract where there is one.
+fn backend_tests(python: &Path) -> Result {
+    const FEATURES: &str = "oodmon-runtime/onnxruntime,oodmon-runtime/tract-cuda,\
+                            oodmon-edge/onnxruntime,oodmon-edge/tract-cuda";
+    step("backends (onnxruntime, tract-cuda): clippy and tests");
+    let library = onnxruntime_library(python)?;
+    eprintln!("    ORT_DYLIB_PATH={}", library.display());
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "oodmon-runtime",
+        "-p",
+        "oodmon-edge",
+        "--all-targets",
+        "--features",
+        FEATURES,
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo()
+        .args(["test", "-p", "oodmon-runtime", "--features", FEATURES])
+        .args(["--test", "backends"])
+        .env("ORT_DYLIB_PATH", &library))?;
+    run(cargo()
+        .args(["test", "-p", "oodmon-edge", "--features", FEATURES])
+        .args(["--test", "it", "--", "backend", "onnxruntime"])
+        .env("ORT_DYLIB_PATH", &library))
+}
+
+/// `libonnxruntime.so` from the onnxruntime wheel in the Python environment.
+fn onnxruntime_library(python: &Path) -> Result<PathBuf> {
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import glob, os, onnxruntime; \
+             print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), \
+             'capi', 'libonnxruntime.so*')))[-1])",
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = output_text(out, "finding libonnxruntime.so in the onnxruntime wheel")?;
+    Ok(PathBuf::from(text.trim()))
+}
+
 /// Cargo for the host workspace with libtorch taken from the Python environment's torch
 /// (tch's `LIBTORCH_USE_PYTORCH`), that interpreter first on PATH.
 fn cargo_with_torch(python: &Path) -> Command {
@@ -307,6 +355,7 @@ fn test(args: &[String]) -> Result {
     ]))?;
     step("host tests");
     run(cargo_with_torch(&python).args(["test", "--workspace"]))?;
+    backend_tests(&python)?;
     if aarch64 {
         step("aarch64 build and tests under qemu");
         let target_dir = target_dir().join("aarch64-debian");
@@ -837,9 +886,18 @@ fn bench_edge(args: &[String]) -> Result {
             models.push(PathBuf::from(it.next().ok_or("--model needs a file")?));
         }
     }
-    step("building oodmon-edge (release)");
-    run(cargo().args(["build", "--release", "-p", "oodmon-edge"]))?;
+    step("building oodmon-edge (release, with the onnxruntime backend)");
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "oodmon-edge",
+        "--features",
+        "onnxruntime",
+    ]))?;
     let edge = target_dir().join("release/oodmon-edge");
+    // oodmon's onnxruntime backend loads the same library the Python peer uses
+    std::env::set_var("ORT_DYLIB_PATH", onnxruntime_library(&python)?);
     bench_edge_inference(&edge, &python, &models, runs)?;
     println!();
     let frames = if quick { "200" } else { "2000" };
@@ -971,22 +1029,12 @@ fn bench_edge_pipeline(
     if Command::new("taskset").arg("--version").output().is_err() {
         println!("(no taskset here: the core counts below are thread counts, not pinned)");
     }
-    println!("| pipeline (built-in bundle) | cores | oodmon loop | frames/s | total p50 / p99 (us) | inference p50 (us) | decode + preprocess + scoring p50 (us) | peak memory (MB) | Python pipeline frames/s | its total p50 / p99 (us) | its inference p50 (us) | oodmon speed vs Python |");
+    println!("| pipeline (built-in bundle) | cores | oodmon backend, loop | frames/s | total p50 / p99 (us) | inference p50 (us) | decode + preprocess + scoring p50 (us) | peak memory (MB) | Python pipeline frames/s | its total p50 / p99 (us) | its inference p50 (us) | oodmon speed vs Python |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let bundle = root().join("edge/demo/bundle");
     for src in sources {
         for cores in [1, 2].into_iter().filter(|&c| c <= cpus) {
             step(&format!("pipeline on {cores} core(s): {}", src.name));
-            let ours = output_text(
-                on_cores(cores, edge)
-                    .args(["bench", "--json", "--frames", frames])
-                    .args(if cores > 1 { &["--overlap"][..] } else { &[] })
-                    .args(&src.edge_args)
-                    .env("RUST_LOG", "warn")
-                    .output()
-                    .map_err(|e| e.to_string())?,
-                "oodmon-edge bench",
-            )?;
             let theirs = match &src.python_source {
                 Some(source) => Some(output_text(
                     on_cores(cores, python)
@@ -1001,40 +1049,58 @@ fn bench_edge_pipeline(
                 )?),
                 None => None,
             };
-            let stage = |out: &str, s: &str, q: &str| {
-                out.split(&format!("\"{s}\":"))
-                    .nth(1)
-                    .and_then(|r| json_number(r, q))
-                    .unwrap_or(f64::NAN)
-            };
-            let overhead = ["decode", "preprocess", "scoring"]
-                .iter()
-                .map(|s| stage(&ours, s, "p50_us"))
-                .sum::<f64>();
-            let fps = json_number(&ours, "frames_per_second").unwrap_or(f64::NAN);
-            let peer = match &theirs {
-                Some(t) => {
-                    let their_fps = json_number(t, "frames_per_second").unwrap_or(f64::NAN);
-                    format!(
-                        "{their_fps:.0} | {:.0} / {:.0} | {:.0} | {:.2}x",
-                        stage(t, "total", "p50_us"),
-                        stage(t, "total", "p99_us"),
-                        stage(t, "inference", "p50_us"),
-                        fps / their_fps
-                    )
-                }
-                None => "- | - | - | -".into(),
-            };
-            println!(
-                "| {} | {cores} | {} | {fps:.0} | {:.0} / {:.0} | {:.0} | {overhead:.0} | {:.1} | {peer} |",
-                src.name,
-                if cores > 1 { "overlapped" } else { "sequential" },
-                stage(&ours, "total", "p50_us"),
-                stage(&ours, "total", "p99_us"),
-                stage(&ours, "inference", "p50_us"),
-                json_number(&ours, "peak_memory_bytes").unwrap_or(f64::NAN) / 1e6
-            );
+            for backend in ["tract", "onnxruntime"] {
+                let ours = output_text(
+                    on_cores(cores, edge)
+                        .args(["bench", "--json", "--frames", frames])
+                        .args(["--backend", backend])
+                        .args(if cores > 1 { &["--overlap"][..] } else { &[] })
+                        .args(&src.edge_args)
+                        .env("RUST_LOG", "warn")
+                        .output()
+                        .map_err(|e| e.to_string())?,
+                    "oodmon-edge bench",
+                )?;
+                pipeline_row(src, cores, backend, &ours, theirs.as_deref());
+            }
         }
     }
     Ok(())
+}
+
+/// One row of the pipeline table: oodmon's run and, where there is one, the Python peer's.
+fn pipeline_row(src: &BenchSource, cores: usize, backend: &str, ours: &str, theirs: Option<&str>) {
+    let stage = |out: &str, s: &str, q: &str| {
+        out.split(&format!("\"{s}\":"))
+            .nth(1)
+            .and_then(|r| json_number(r, q))
+            .unwrap_or(f64::NAN)
+    };
+    let overhead = ["decode", "preprocess", "scoring"]
+        .iter()
+        .map(|s| stage(ours, s, "p50_us"))
+        .sum::<f64>();
+    let fps = json_number(ours, "frames_per_second").unwrap_or(f64::NAN);
+    let peer = match theirs {
+        Some(t) => {
+            let their_fps = json_number(t, "frames_per_second").unwrap_or(f64::NAN);
+            format!(
+                "{their_fps:.0} | {:.0} / {:.0} | {:.0} | {:.2}x",
+                stage(t, "total", "p50_us"),
+                stage(t, "total", "p99_us"),
+                stage(t, "inference", "p50_us"),
+                fps / their_fps
+            )
+        }
+        None => "- | - | - | -".into(),
+    };
+    println!(
+        "| {} | {cores} | {backend}, {} | {fps:.0} | {:.0} / {:.0} | {:.0} | {overhead:.0} | {:.1} | {peer} |",
+        src.name,
+        if cores > 1 { "overlapped" } else { "sequential" },
+        stage(ours, "total", "p50_us"),
+        stage(ours, "total", "p99_us"),
+        stage(ours, "inference", "p50_us"),
+        json_number(ours, "peak_memory_bytes").unwrap_or(f64::NAN) / 1e6
+    );
 }

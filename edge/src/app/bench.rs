@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use oodmon_runtime::{Bundle, Encoder};
+use oodmon_runtime::{Backend, Bundle, Encoder};
 use serde::Serialize;
 
 use super::demo;
@@ -35,10 +35,11 @@ pub fn pipeline(
     frames: u64,
     full_jpeg_decode: bool,
     overlap: bool,
+    backend: Backend,
 ) -> Result<RunSummary> {
     let b = match bundle {
-        Some(dir) => Bundle::load(dir)?,
-        None => demo::bundle()?,
+        Some(dir) => Bundle::load_on(dir, backend)?,
+        None => demo::bundle_on(backend)?,
     };
     let mut engine = Engine::new(b)?;
     engine.set_scaled_jpeg(!full_jpeg_decode);
@@ -74,6 +75,7 @@ pub fn pipeline(
 #[derive(Debug, Clone, Serialize)]
 pub struct InferenceTiming {
     pub model: PathBuf,
+    pub backend: Backend,
     pub runs: usize,
     pub p50_us: u32,
     pub p99_us: u32,
@@ -81,12 +83,15 @@ pub struct InferenceTiming {
 }
 
 /// Times `runs` inferences of the encoder in one session, after 50 untimed ones.
-pub fn inference(model: &Path, runs: usize) -> Result<InferenceTiming> {
-    let mut times = Encoder::load(model)?.session()?.time(50, runs.max(1))?;
+pub fn inference(model: &Path, runs: usize, backend: Backend) -> Result<InferenceTiming> {
+    let mut times = Encoder::load_on(model, backend)?
+        .session()?
+        .time(50, runs.max(1))?;
     times.sort_unstable();
     let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
     Ok(InferenceTiming {
         model: model.to_path_buf(),
+        backend,
         runs: times.len(),
         p50_us: at(0.5),
         p99_us: at(0.99),

@@ -3,15 +3,19 @@
 
 use std::path::Path;
 
-use oodmon_runtime::Bundle;
+use oodmon_runtime::{Backend, Bundle};
 
-use super::demo::probe;
-use crate::error::Result;
+use super::demo::{self, probe};
+use crate::error::{EdgeError, Result};
 use crate::inference::Engine;
+use crate::source::FrameSource;
 
 /// What a checked bundle is, and what one inference on a mid-grey frame gave.
 #[derive(Debug, Clone)]
 pub struct CheckReport {
+    pub backend: Backend,
+    /// Against tract, for the other backends.
+    pub agreement: Option<Agreement>,
     pub encoder_sha256: String,
     pub input: (usize, usize),
     pub dim: usize,
@@ -23,8 +27,15 @@ pub struct CheckReport {
     pub total_us: u32,
 }
 
-pub fn check(dir: &Path) -> Result<CheckReport> {
-    let b = Bundle::load(dir)?;
+/// Loads the bundle on `backend` with every cross-check, runs one inference and, on a
+/// backend other than tract, compares it with tract on the built-in frames
+/// ([`agreement`]): a backend whose embeddings drift from the calibration's is an error.
+pub fn check(dir: &Path, backend: Backend) -> Result<CheckReport> {
+    let b = Bundle::load_on(dir, backend)?;
+    let agreement = match backend {
+        Backend::Tract => None,
+        _ => Some(agreement(Some(dir), backend)?),
+    };
     let input = b.encoder.input_size();
     let dim = b.encoder.dim();
     let clusters = b.artifact.model.clusters();
@@ -33,7 +44,15 @@ pub fn check(dir: &Path) -> Result<CheckReport> {
     let encoder_sha256 = b.artifact.encoder_sha256.clone().unwrap_or_default();
     let mut engine = Engine::new(b)?;
     let record = probe(&mut engine)?;
+    if let Some(a) = agreement.clone().filter(|a| !a.acceptable()) {
+        return Err(EdgeError::BackendDisagrees {
+            backend,
+            agreement: a,
+        });
+    }
     Ok(CheckReport {
+        backend,
+        agreement,
         encoder_sha256,
         input,
         dim,
@@ -56,13 +75,103 @@ impl std::fmt::Display for CheckReport {
         )?;
         writeln!(
             f,
+            "  backend {} (this build has {})",
+            self.backend,
+            Backend::available()
+                .iter()
+                .map(|b| b.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+        writeln!(
+            f,
             "  {} clusters, {}, threshold rule {}",
             self.clusters, self.metric, self.threshold_rule
         )?;
+        if let Some(a) = &self.agreement {
+            writeln!(f, "  against tract: {a}")?;
+        }
         write!(
             f,
             "  one inference: score {:.4} (threshold {:.4}), {} us",
             self.score, self.threshold, self.total_us
         )
     }
+}
+
+/// How far a backend's results are from tract's on the same frames. The calibration's
+/// thresholds were fitted on tract's embeddings, so a backend may only replace tract where
+/// its embeddings are the same up to float rounding; int8 kernels that round or saturate
+/// differently (onnxruntime's u8s8 convolutions on x86 without VNNI) are not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agreement {
+    pub frames: usize,
+    /// |a - b| / |a| of the embeddings, median and worst over the frames.
+    pub median_relative_difference: f64,
+    pub max_relative_difference: f64,
+    /// Frames whose OOD decision, or nearest cluster, differs.
+    pub decisions_differ: usize,
+    pub nearest_differ: usize,
+}
+
+impl Agreement {
+    /// The most a backend's median embedding may differ from tract's (relative).
+    pub const TOLERANCE: f64 = 0.01;
+
+    pub fn acceptable(&self) -> bool {
+        self.median_relative_difference <= Self::TOLERANCE
+    }
+}
+
+impl std::fmt::Display for Agreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "embeddings differ by {:.3}% (median) / {:.3}% (worst) over {} built-in frames \
+             (tolerance {}%), decisions differ on {}, nearest cluster on {}",
+            100.0 * self.median_relative_difference,
+            100.0 * self.max_relative_difference,
+            self.frames,
+            100.0 * Self::TOLERANCE,
+            self.decisions_differ,
+            self.nearest_differ
+        )
+    }
+}
+
+/// Runs the built-in scenario's frames through the bundle (the built-in one when `None`)
+/// on tract and on `backend`, and compares embeddings and decisions frame by frame.
+pub fn agreement(dir: Option<&Path>, backend: Backend) -> Result<Agreement> {
+    let load = |b: Backend| match dir {
+        Some(d) => Ok::<_, EdgeError>(Bundle::load_on(d, b)?),
+        None => demo::bundle_on(b),
+    };
+    let mut reference = Engine::new(load(Backend::Tract)?)?;
+    let mut other = Engine::new(load(backend)?)?;
+    let mut source = demo::scenario(false)?;
+    let mut relative = Vec::new();
+    let (mut decisions_differ, mut nearest_differ) = (0, 0);
+    while let Some(frame) = source.next_frame()? {
+        let a = reference.process(&frame)?;
+        let b = other.process(&frame)?;
+        let (ea, eb) = (reference.embedding(), other.embedding());
+        let diff: f64 = ea
+            .iter()
+            .zip(eb)
+            .map(|(x, y)| ((x - y) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let norm: f64 = ea.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        relative.push(diff / norm.max(1e-12));
+        decisions_differ += (a.ood != b.ood) as usize;
+        nearest_differ += (a.nearest != b.nearest) as usize;
+    }
+    relative.sort_by(f64::total_cmp);
+    Ok(Agreement {
+        frames: relative.len(),
+        median_relative_difference: relative.get(relative.len() / 2).copied().unwrap_or(0.0),
+        max_relative_difference: relative.last().copied().unwrap_or(0.0),
+        decisions_differ,
+        nearest_differ,
+    })
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use oodmon_calibration::preprocess::PixelFormat;
 use oodmon_calibration::CalibrationArtifact;
-use oodmon_runtime::Bundle;
+use oodmon_runtime::{Backend, Bundle};
 use serde::Deserialize;
 
 use super::frames_to_alarms;
@@ -28,11 +28,17 @@ pub const SCENARIO_META: &str = include_str!("../../demo/scenario.json");
 
 /// The built-in bundle, checked like one loaded from disk.
 pub fn bundle() -> Result<Bundle> {
+    bundle_on(Backend::Tract)
+}
+
+/// The built-in bundle, its encoder prepared for `backend`.
+pub fn bundle_on(backend: Backend) -> Result<Bundle> {
     let artifact = CalibrationArtifact::from_json(CALIBRATION)?;
-    Ok(Bundle::from_parts(
+    Ok(Bundle::from_parts_on(
         Path::new("<built-in demo bundle>"),
         ENCODER,
         artifact,
+        backend,
     )?)
 }
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use oodmon_runtime::Bundle;
+use oodmon_runtime::{Backend, Bundle};
 
 use super::frames_to_alarms;
 use crate::alarm::{AlarmService, DecisionRule, Outputs};
@@ -32,6 +32,7 @@ pub struct Overrides {
     pub scores: bool,
     pub journal: Option<PathBuf>,
     pub overlap: Option<OverlapMode>,
+    pub backend: Option<oodmon_runtime::Backend>,
 }
 
 /// The configuration file (or the defaults) with the overrides applied.
@@ -57,6 +58,9 @@ pub fn settings(config: Option<&Path>, o: Overrides) -> Result<EdgeConfig> {
     if let Some(m) = o.overlap {
         cfg.pipeline.overlap = m;
     }
+    if let Some(b) = o.backend {
+        cfg.pipeline.backend = b;
+    }
     Ok(cfg)
 }
 
@@ -81,7 +85,16 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
             )
         })?
         .parse()?;
-    let bundle = Bundle::load(&bundle_dir)?;
+    let backend = cfg.pipeline.backend;
+    let bundle = Bundle::load_on(&bundle_dir, backend)?;
+    log::info!("encoder on {backend}");
+    if backend != Backend::Tract && cfg.pipeline.verify_backend {
+        let agreement = super::check::agreement(Some(&bundle_dir), backend)?;
+        if !agreement.acceptable() {
+            return Err(EdgeError::BackendDisagrees { backend, agreement });
+        }
+        log::info!("{backend} against tract: {agreement}");
+    }
     if matches!(cfg.alarm.decision, DecisionRule::PValue { .. })
         && bundle.detector.thresholds.calibration_scores.is_empty()
     {
@@ -132,7 +145,8 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
         report.send_errors
     );
     records.flush()?;
-    let summary = summary?;
+    let mut summary = summary?;
+    summary.backend = Some(cfg.pipeline.backend);
     if records_to_stdout {
         eprintln!("{}", summary_text(&summary));
     } else {
@@ -272,7 +286,7 @@ pub fn source_ending(spec: &SourceSpec, looped: bool, summary: &RunSummary) -> R
 pub fn summary_text(s: &RunSummary) -> String {
     let l = &s.latency;
     format!(
-        "frames {} (OOD {}, bad {}, dropped {}) in {:.1} s, {:.1} frames/s, {}\n\
+        "frames {} (OOD {}, bad {}, dropped {}) in {:.1} s, {:.1} frames/s, {}{}\n\
          latency p50/p99 us: decode {}/{}, preprocess {}/{}, queue {}/{}, inference {}/{}, scoring {}/{}, total {}/{}\n\
          peak memory {}",
         s.frames,
@@ -286,6 +300,9 @@ pub fn summary_text(s: &RunSummary) -> String {
         } else {
             "sequential"
         },
+        s.backend
+            .map(|b| format!(", encoder on {b}"))
+            .unwrap_or_default(),
         l.decode.p50_us,
         l.decode.p99_us,
         l.preprocess.p50_us,

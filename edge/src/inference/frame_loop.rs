@@ -109,6 +109,9 @@ pub struct RunSummary {
     pub dropped_frames: u64,
     /// Whether the model ran on its own thread (the overlapped loop).
     pub overlapped: bool,
+    /// The engine that ran the encoder, where the caller records it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<oodmon_runtime::Backend>,
     pub elapsed_s: f64,
     pub frames_per_second: f64,
     pub latency: StagePercentiles,

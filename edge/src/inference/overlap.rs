@@ -269,6 +269,23 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
         }
     }
 
+    /// Waits until the worker has taken the frame in the slot.
+    fn wait_for_empty_slot(&mut self) -> Result<()> {
+        let mut slot = self.mailbox.lock();
+        while slot.job.is_some() && !slot.worker_gone {
+            slot = self
+                .mailbox
+                .changed
+                .wait_timeout(slot, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        if slot.worker_gone {
+            return Err(worker_died());
+        }
+        Ok(())
+    }
+
     /// Puts a prepared frame in the slot, per the backlog policy.
     fn hand_over(&mut self, job: Job) -> Result<()> {
         let mut slot = self.mailbox.lock();
@@ -333,6 +350,11 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
                 .is_some_and(|m| accepted.saturating_sub(self.summary.dropped_frames) >= m)
             {
                 return Ok(Ending::MaxFrames);
+            }
+            if self.settings.backlog == Backlog::Wait {
+                // read the next frame only once the previous one is in inference, so that
+                // a frame waits for at most one inference, not two
+                self.wait_for_empty_slot()?;
             }
             let mut input = self.buffer()?;
             let frame = match source.next_frame() {

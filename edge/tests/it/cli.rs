@@ -498,3 +498,112 @@ fn records_to_a_closed_pipe_end_the_run_without_an_error() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+#[test]
+fn backends_are_named_and_a_missing_one_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bundle(&dir.path().join("b"));
+    let out = edge(dir.path(), &["check", "--bundle", "b"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("backend tract (this build has tract"),
+        "{stdout}"
+    );
+    for backend in oodmon_runtime::Backend::ALL
+        .into_iter()
+        .filter(|b| !b.compiled_in())
+    {
+        assert_fails_cleanly(
+            &edge(
+                dir.path(),
+                &["check", "--bundle", "b", "--backend", backend.name()],
+            ),
+            &[
+                backend.name(),
+                "not in this build",
+                backend.feature().unwrap(),
+            ],
+        );
+    }
+}
+
+#[cfg(feature = "onnxruntime")]
+#[test]
+fn onnxruntime_runs_a_bundle_unchanged_after_checking_it_against_tract() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bundle(&dir.path().join("b"));
+    let out = edge(
+        dir.path(),
+        &["check", "--bundle", "b", "--backend", "onnxruntime"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("backend onnxruntime"), "{stdout}");
+    assert!(
+        stdout.contains("against tract: embeddings differ by 0.0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("decisions differ on 0"), "{stdout}");
+    // the same records as tract's, frame by frame
+    std::fs::create_dir_all(dir.path().join("frames")).unwrap();
+    for i in 0..6 {
+        save_image(
+            &dir.path().join(format!("frames/{i}.png")),
+            &id_image(i % 3, 50, 40, i as u64),
+            50,
+            40,
+        );
+    }
+    let records = |backend: &str| {
+        let out = edge(
+            dir.path(),
+            &[
+                "run",
+                "--bundle",
+                "b",
+                "--source",
+                "images:frames",
+                "--records",
+                "-",
+                "--backend",
+                backend,
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!("encoder on {backend}")),
+            "{stderr}"
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (tract, ort) = (records("tract"), records("onnxruntime"));
+    assert_eq!(tract.len(), 6);
+    for (a, b) in tract.iter().zip(&ort) {
+        assert_eq!(a["ood"], b["ood"]);
+        assert_eq!(a["nearest"], b["nearest"]);
+        let (x, y) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-3 * x.abs().max(1.0), "{a} vs {b}");
+    }
+    // no library where it is looked for: a clear start-up error
+    let out = edge_command(
+        dir.path(),
+        &["check", "--bundle", "b", "--backend", "onnxruntime"],
+    )
+    .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+    .output()
+    .unwrap();
+    assert_fails_cleanly(&out, &["backend onnxruntime", "ORT_DYLIB_PATH"]);
+}

@@ -206,6 +206,28 @@ fn waiting_judges_every_frame_in_order_while_the_next_is_read() {
 }
 
 #[test]
+fn waiting_a_frame_is_read_only_once_the_previous_one_is_in_inference() {
+    // a fast file and a slow model: the reader must not run two frames ahead, or each
+    // frame would wait for two inferences instead of one
+    let t0 = Instant::now();
+    let mut source = Counting::new(12, Duration::from_millis(1), t0);
+    let mut slow = model(20, t0);
+    let (summary, _) = run(&mut source, &mut slow, OverlapSettings::FILES);
+    assert_eq!(summary.unwrap().frames, 12);
+    let reads = source.reads.lock().unwrap().clone();
+    let runs = slow.runs.lock().unwrap().clone();
+    for k in 1..reads.len() {
+        assert!(
+            reads[k].0 + Duration::from_millis(5) >= runs[k - 1].0,
+            "frame {k} was read at {:?}, before frame {} went into inference at {:?}",
+            reads[k].0,
+            k - 1,
+            runs[k - 1].0
+        );
+    }
+}
+
+#[test]
 fn a_slow_model_drops_the_oldest_frames_counts_them_and_faults() {
     let t0 = Instant::now();
     // a camera every 2 ms, a model taking 12: most frames cannot be judged
