@@ -58,6 +58,9 @@ impl OverlapSettings {
     };
 }
 
+/// Input tensors in circulation: one being prepared, one waiting, one in inference.
+const POOL_TENSORS: usize = 3;
+
 /// A prepared frame on its way to the model.
 struct Job {
     input: Vec<f32>,
@@ -115,7 +118,7 @@ impl Drop for WorkerGone<'_> {
     }
 }
 
-fn worker(mailbox: &Mailbox, stage: &mut dyn InferStage, done: mpsc::Sender<Done>) {
+fn worker(mailbox: &Mailbox, stage: &mut dyn InferStage, done: mpsc::SyncSender<Done>) {
     let _gone = WorkerGone(mailbox);
     loop {
         let job = {
@@ -415,14 +418,16 @@ pub fn run_overlapped(
     on_event: impl FnMut(Event<'_>) -> Result<()>,
 ) -> Result<RunSummary> {
     let mailbox = Mailbox::default();
-    let (done_tx, done_rx) = mpsc::channel();
+    // bounded, so its slots are allocated once; at most two frames are ever in flight
+    // (one in the slot, one in inference), so the worker never waits on it
+    let (done_tx, done_rx) = mpsc::sync_channel(POOL_TENSORS);
     let n = frames.tensor_len();
     let mut reader = Reader {
         settings: *settings,
         limits,
         mailbox: &mailbox,
         done: &done_rx,
-        pool: (0..3).map(|_| vec![0f32; n]).collect(),
+        pool: (0..POOL_TENSORS).map(|_| vec![0f32; n]).collect(),
         stats: LatencyStats::default(),
         summary: RunSummary::default(),
         bad_in_a_row: 0,

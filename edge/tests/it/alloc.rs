@@ -6,7 +6,17 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
 use oodmon_calibration::preprocess::PixelFormat;
+use oodmon_calibration::PreprocessSpec;
+use oodmon_edge::error::SourceError;
+use oodmon_edge::inference::{
+    run_overlapped, FramePreparer, FrameRecord, InferStage, OverlapSettings, RunLimits,
+    StageLatency,
+};
+use oodmon_edge::source::FrameSource;
 use oodmon_edge::{Engine, Frame, FrameFormat};
 use oodmon_runtime::Bundle;
 
@@ -93,4 +103,147 @@ fn preprocessing_and_scoring_do_not_allocate_per_frame() {
         let grown = live_bytes() - live;
         assert!(grown <= 0, "{format:?}: {grown} bytes kept after 50 frames");
     }
+}
+
+/// The same raw frame again and again, borrowed: a source that allocates nothing.
+struct SameFrame {
+    pixels: Vec<u8>,
+    next: u64,
+    count: u64,
+}
+
+impl FrameSource for SameFrame {
+    fn next_frame(&mut self) -> Result<Option<Frame<'_>>, SourceError> {
+        if self.next == self.count {
+            return Ok(None);
+        }
+        self.next += 1;
+        Ok(Some(Frame {
+            data: &self.pixels,
+            width: 40,
+            height: 30,
+            stride: None,
+            format: FrameFormat::Raw(PixelFormat::Rgb8),
+            timestamp_us: self.next,
+            media_us: None,
+            sequence: self.next,
+        }))
+    }
+    fn describe(&self) -> String {
+        "same frame".into()
+    }
+}
+
+/// A model that allocates nothing, and notes its own thread's allocation count so far (the
+/// loop's work on the inference thread: taking frames, sending records back).
+struct Constant(Arc<AtomicU64>);
+
+impl InferStage for Constant {
+    fn infer(&mut self, input: &[f32]) -> oodmon_edge::error::Result<FrameRecord> {
+        self.0.store(allocations(), Ordering::Relaxed);
+        Ok(FrameRecord {
+            sequence: 0,
+            timestamp_us: 0,
+            media_us: None,
+            score: input[0] as f64,
+            nearest: 0,
+            nearest_class: None,
+            p_value: None,
+            threshold: 1.0,
+            ood: false,
+            latency: StageLatency::default(),
+            fingerprint: 0,
+        })
+    }
+}
+
+#[test]
+fn the_overlapped_loop_allocates_nothing_per_frame_on_either_thread() {
+    // setup (thread, channel, tensors, statistics) costs the same for any run length: the
+    // per-frame cost is the difference between a long and a short run
+    let count_run = |frames: u64| {
+        let mut preparer = FramePreparer::new(&PreprocessSpec::cifar(16));
+        let mut source = SameFrame {
+            pixels: id_image(2, 40, 30, 3),
+            next: 0,
+            count: frames,
+        };
+        let stop = AtomicBool::new(false);
+        let limits = RunLimits {
+            max_frames: None,
+            max_consecutive_bad_frames: 3,
+        };
+        // plan the preprocessing for this geometry first (a one-off per geometry)
+        let mut scratch = vec![0f32; preparer.tensor_len()];
+        let mut first = SameFrame {
+            pixels: id_image(2, 40, 30, 3),
+            next: 0,
+            count: 1,
+        };
+        let frame = first.next_frame().unwrap().unwrap();
+        preparer.prepare(&frame, &mut scratch).unwrap();
+        let before = allocations();
+        let worker = Arc::new(AtomicU64::new(0));
+        let summary = run_overlapped(
+            &mut preparer,
+            &mut Constant(worker.clone()),
+            &mut source,
+            &limits,
+            &OverlapSettings::FILES,
+            &stop,
+            |_| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(summary.frames, frames);
+        (allocations() - before, worker.load(Ordering::Relaxed))
+    };
+    let (short, long) = (count_run(20), count_run(220));
+    assert_eq!(
+        long, short,
+        "allocations (reading thread, inference thread) for 20 and 220 frames"
+    );
+}
+
+#[test]
+fn whole_frame_allocations_of_the_built_in_bundle_are_counted() {
+    // the shipped model on the shipped MJPEG frames: what is left per frame is the JPEG
+    // decoder's and tract's own (reported, and bounded so that a regression shows)
+    let mut engine = Engine::new(oodmon_edge::app::demo::bundle().unwrap()).unwrap();
+    let mut source = oodmon_edge::app::demo::scenario(true).unwrap();
+    let frames = 10u64;
+    let (mut decode, mut inference, mut scoring) = (0u64, 0u64, 0u64);
+    for i in 0..frames + 2 {
+        let frame = source.next_frame().unwrap().unwrap();
+        let a = allocations();
+        engine.prepare(&frame).unwrap();
+        let b = allocations();
+        engine.infer().unwrap();
+        let c = allocations();
+        engine.score().unwrap();
+        let d = allocations();
+        if i >= 2 {
+            decode += b - a;
+            inference += c - b;
+            scoring += d - c;
+        }
+    }
+    let per = |n: u64| n as f64 / frames as f64;
+    eprintln!(
+        "allocations per frame (built-in bundle, 320x240 MJPEG): decode + preprocess {:.1}, \
+         inference {:.1}, scoring {:.1}",
+        per(decode),
+        per(inference),
+        per(scoring)
+    );
+    assert_eq!(scoring, 0);
+    assert!(
+        per(decode) <= 40.0,
+        "JPEG decoding: {:.1} a frame",
+        per(decode)
+    );
+    assert!(
+        per(inference) <= 1000.0,
+        "tract: {:.1} a frame",
+        per(inference)
+    );
 }
