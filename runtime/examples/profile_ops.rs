@@ -41,5 +41,23 @@ fn main() -> TractResult<()> {
         );
     }
     println!("total {:.1} us/run", total as f64 / 250.0 / 1000.0);
+    // the same time by operator kind
+    let mut by_op: HashMap<String, (u128, usize)> = HashMap::new();
+    for (name, (t, _)) in &v {
+        let op = name.split_once(' ').map_or(name.as_str(), |(_, op)| op);
+        let e = by_op.entry(op.to_string()).or_default();
+        e.0 += t;
+        e.1 += 1;
+    }
+    let mut by_op: Vec<_> = by_op.into_iter().collect();
+    by_op.sort_by_key(|(_, (t, _))| std::cmp::Reverse(*t));
+    println!("by operator:");
+    for (op, (t, nodes)) in by_op {
+        println!(
+            "{:>8.1} us {:>5.1}%  {op} ({nodes} nodes)",
+            t as f64 / 250.0 / 1000.0,
+            100.0 * t as f64 / total as f64
+        );
+    }
     Ok(())
 }
