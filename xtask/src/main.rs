@@ -119,12 +119,13 @@ fn backend_tests(python: &Path) -> Result {
         "-D",
         "warnings",
     ]))?;
+    // cargo takes `crate/feature` only for the packages being built; one package here
     run(cargo()
-        .args(["test", "-p", "oodmon-runtime", "--features", FEATURES])
+        .args(["test", "-p", "oodmon-runtime", "--features", "onnxruntime,tract-cuda"])
         .args(["--test", "backends"])
         .env("ORT_DYLIB_PATH", &library))?;
     run(cargo()
-        .args(["test", "-p", "oodmon-edge", "--features", FEATURES])
+        .args(["test", "-p", "oodmon-edge", "--features", "onnxruntime,tract-cuda"])
         .args(["--test", "it", "--", "backend", "onnxruntime"])
         .env("ORT_DYLIB_PATH", &library))
 }
