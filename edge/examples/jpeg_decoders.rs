@@ -66,8 +66,9 @@ fn main() {
         (
             "zune-jpeg 0.5, decode_into a reused buffer",
             Box::new(|jpeg, buf| {
-                let mut dec =
-                    zune_jpeg::JpegDecoder::new(zune_jpeg::zune_core::bytestream::ZCursor::new(jpeg));
+                let mut dec = zune_jpeg::JpegDecoder::new(
+                    zune_jpeg::zune_core::bytestream::ZCursor::new(jpeg),
+                );
                 dec.decode_headers().unwrap();
                 buf.resize(dec.output_buffer_size().unwrap(), 0);
                 dec.decode_into(buf).unwrap();

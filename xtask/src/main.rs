@@ -121,11 +121,23 @@ fn backend_tests(python: &Path) -> Result {
     ]))?;
     // cargo takes `crate/feature` only for the packages being built; one package here
     run(cargo()
-        .args(["test", "-p", "oodmon-runtime", "--features", "onnxruntime,tract-cuda"])
+        .args([
+            "test",
+            "-p",
+            "oodmon-runtime",
+            "--features",
+            "onnxruntime,tract-cuda",
+        ])
         .args(["--test", "backends"])
         .env("ORT_DYLIB_PATH", &library))?;
     run(cargo()
-        .args(["test", "-p", "oodmon-edge", "--features", "onnxruntime,tract-cuda"])
+        .args([
+            "test",
+            "-p",
+            "oodmon-edge",
+            "--features",
+            "onnxruntime,tract-cuda",
+        ])
         .args(["--test", "it", "--", "backend", "onnxruntime"])
         .env("ORT_DYLIB_PATH", &library))
 }
