@@ -45,6 +45,7 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
         /// cifar10:DIR | cifar100:DIR | idx:DIR | folder:DIR | noise:uniform|gaussian:N[:SEED]
+        /// | corrupt:KIND:SEVERITY:SOURCE (a camera degradation, see `oodmon_calibration::corrupt`)
         #[arg(long)]
         data: String,
         /// train | test

@@ -17,6 +17,7 @@
 //!   calibration and the edge (camera frame or stored image to the encoder's input).
 
 pub mod artifact;
+pub mod corrupt;
 pub mod embeddings;
 pub mod error;
 pub mod fit;

@@ -5,6 +5,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use oodmon_calibration::corrupt::Corruption;
 use oodmon_calibration::preprocess::{PixelFormat, PreprocessSpec, Preprocessor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -53,8 +54,8 @@ fn malformed(path: &Path, problem: impl Into<String>) -> DataError {
     }
 }
 
-/// Where data comes from: `cifar10:DIR`, `cifar100:DIR`, `idx:DIR`, `folder:DIR` or
-/// `noise:uniform|gaussian:N[:SEED]`.
+/// Where data comes from: `cifar10:DIR`, `cifar100:DIR`, `idx:DIR`, `folder:DIR`,
+/// `noise:uniform|gaussian:N[:SEED]`, or any of them degraded: `corrupt:KIND:SEVERITY:SPEC`.
 /// `cifar10:` and `cifar100:` also take a single `.bin` file in that record layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataSpec {
@@ -70,6 +71,13 @@ pub enum DataSpec {
         count: usize,
         seed: u64,
     },
+    /// Another source's images through a camera corruption
+    /// (`oodmon_calibration::corrupt`, CIFAR-10-C): `corrupt:fog:3:cifar10:DIR`. Image `i`
+    /// is corrupted with seed `i`, so the set is the same every time.
+    Corrupt {
+        corruption: Corruption,
+        inner: Box<DataSpec>,
+    },
 }
 
 impl std::str::FromStr for DataSpec {
@@ -80,6 +88,24 @@ impl std::str::FromStr for DataSpec {
             spec: spec.into(),
             problem: "expected KIND:DIR with KIND one of cifar10, cifar100, idx, folder".into(),
         })?;
+        if kind == "corrupt" {
+            let bad = |problem: String| DataError::BadSpec {
+                spec: spec.into(),
+                problem,
+            };
+            let mut parts = dir.splitn(3, ':');
+            let (k, severity, inner) = match (parts.next(), parts.next(), parts.next()) {
+                (Some(k), Some(s), Some(inner)) => (k, s, inner),
+                _ => return Err(bad("expected corrupt:KIND:SEVERITY:SOURCE".into())),
+            };
+            let corruption: Corruption = format!("{k}:{severity}")
+                .parse()
+                .map_err(|e: oodmon_calibration::Error| bad(e.to_string()))?;
+            return Ok(DataSpec::Corrupt {
+                corruption,
+                inner: Box::new(inner.parse()?),
+            });
+        }
         if kind == "noise" {
             let bad = |problem: &str| DataError::BadSpec {
                 spec: spec.into(),
@@ -242,6 +268,43 @@ impl Dataset {
 }
 
 /// Receives a dataset's images one by one, in their stored size and pixel format.
+/// Passes each image on through a corruption (grey images made RGB first).
+struct Corrupting<'a> {
+    corruption: Corruption,
+    next_seed: u64,
+    rgb: Vec<u8>,
+    sink: &'a mut dyn ImageSink,
+}
+
+impl ImageSink for Corrupting<'_> {
+    fn push(
+        &mut self,
+        img: &[u8],
+        w: usize,
+        h: usize,
+        format: PixelFormat,
+        label: i64,
+    ) -> Result<()> {
+        let rgb: &[u8] = match format {
+            PixelFormat::Rgb8 => img,
+            PixelFormat::Gray8 => {
+                self.rgb.clear();
+                self.rgb.extend(img.iter().flat_map(|&v| [v, v, v]));
+                &self.rgb
+            }
+            other => {
+                return Err(DataError::BadSpec {
+                    spec: self.corruption.to_string(),
+                    problem: format!("corruptions take RGB or grey images, not {other:?}"),
+                })
+            }
+        };
+        let out = self.corruption.apply(rgb, w, h, self.next_seed)?;
+        self.next_seed += 1;
+        self.sink.push(&out, w, h, PixelFormat::Rgb8, label)
+    }
+}
+
 pub trait ImageSink {
     fn push(
         &mut self,
@@ -352,6 +415,15 @@ pub fn visit(spec: &DataSpec, split: Split, sink: &mut dyn ImageSink) -> Result<
         DataSpec::Cifar100(dir) => load_cifar(dir, split, sink, true),
         DataSpec::Idx(dir) => load_idx(dir, split, sink),
         DataSpec::Folder(dir) => load_folder(dir, split, sink),
+        DataSpec::Corrupt { corruption, inner } => {
+            let mut corrupting = Corrupting {
+                corruption: *corruption,
+                next_seed: 0,
+                rgb: Vec::new(),
+                sink,
+            };
+            visit(inner, split, &mut corrupting)
+        }
         DataSpec::Noise {
             gaussian,
             count,
@@ -851,6 +923,42 @@ mod tests {
             "noise:uniform:0",
             "noise:uniform:5:x",
             "noise:uniform",
+        ] {
+            assert!(bad.parse::<DataSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn corrupt_specs_degrade_any_source_the_same_way_every_time() {
+        let plain: DataSpec = "noise:gaussian:4:1".parse().unwrap();
+        let dark: DataSpec = "corrupt:darken:5:noise:gaussian:4:1".parse().unwrap();
+        assert_eq!(
+            dark,
+            DataSpec::Corrupt {
+                corruption: "darken:5".parse().unwrap(),
+                inner: Box::new(plain.clone()),
+            }
+        );
+        let mean =
+            |d: &Dataset| d.pixels.iter().map(|&v| v as f64).sum::<f64>() / d.pixels.len() as f64;
+        let a = load(&plain, Split::Test, &spec()).unwrap();
+        let b = load(&dark, Split::Test, &spec()).unwrap();
+        assert_eq!((a.len(), b.labels.clone()), (b.len(), a.labels.clone()));
+        assert!(mean(&b) < 0.2 * mean(&a), "{} vs {}", mean(&b), mean(&a));
+        let noisy: DataSpec = "corrupt:gaussian_noise:3:noise:gaussian:4:1"
+            .parse()
+            .unwrap();
+        let n1 = load(&noisy, Split::Test, &spec()).unwrap();
+        assert_eq!(
+            n1.pixels,
+            load(&noisy, Split::Train, &spec()).unwrap().pixels
+        );
+        assert_ne!(n1.pixels, a.pixels);
+        for bad in [
+            "corrupt:fog:3",
+            "corrupt:fog:9:noise:uniform:2",
+            "corrupt:smoke:1:noise:uniform:2",
+            "corrupt:fog:1:nothing:2",
         ] {
             assert!(bad.parse::<DataSpec>().is_err(), "{bad}");
         }

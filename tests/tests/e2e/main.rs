@@ -3,6 +3,7 @@
 // tests and benches fail loudly on any broken assumption
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod corrupt;
 mod efficientnet;
 mod onnx;
 mod preprocess;
