@@ -52,6 +52,9 @@ pub struct CameraConfig {
     /// from the DCT coefficients (at least twice the input size is kept); off decodes every
     /// pixel.
     pub scaled_jpeg_decode: bool,
+    /// Degrade every frame with a camera corruption, `KIND:SEVERITY` (tests and studies of
+    /// a bad camera; never on a vehicle).
+    pub corrupt: Option<String>,
 }
 
 impl Default for CameraConfig {
@@ -61,6 +64,7 @@ impl Default for CameraConfig {
             max_backoff_ms: 5000,
             looped: false,
             scaled_jpeg_decode: true,
+            corrupt: None,
         }
     }
 }
@@ -182,6 +186,10 @@ impl EdgeConfig {
                 "camera.max_backoff_ms",
                 format!("{} is not in 1..=600000", self.camera.max_backoff_ms),
             ));
+        }
+        if let Some(c) = &self.camera.corrupt {
+            c.parse::<oodmon_calibration::corrupt::Corruption>()
+                .map_err(|e| EdgeError::invalid("camera.corrupt", e))?;
         }
         self.alarm
             .validate()

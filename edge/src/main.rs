@@ -62,6 +62,9 @@ enum Command {
         /// The engine to run the encoder on: tract, tract-cuda, onnxruntime.
         #[arg(long, default_value = "tract")]
         backend: Backend,
+        /// Degrade every frame with a camera corruption, KIND:SEVERITY (e.g. fog:3).
+        #[arg(long)]
+        corrupt: Option<String>,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -150,6 +153,10 @@ struct RunArgs {
     /// built with those cargo features); overrides `[pipeline] backend`.
     #[arg(long)]
     backend: Option<Backend>,
+    /// Degrade every frame with a camera corruption, KIND:SEVERITY (e.g. darken:4), to see
+    /// what the monitor does with a bad camera (a test tool).
+    #[arg(long)]
+    corrupt: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -175,14 +182,20 @@ fn main() -> ExitCode {
             full_jpeg_decode,
             overlap,
             backend,
+            corrupt,
             json,
         } => bench(
             bundle,
             model,
             yuyv,
             source,
-            frames,
-            (full_jpeg_decode, overlap, backend),
+            app::bench::PipelineOptions {
+                frames,
+                full_jpeg_decode,
+                overlap,
+                backend,
+                corrupt: corrupt.as_deref().map(str::parse).transpose()?,
+            },
             json,
         ),
         Command::FalseAlarms {
@@ -220,10 +233,10 @@ fn bench(
     model: Option<PathBuf>,
     yuyv: Option<String>,
     source: Option<String>,
-    frames: u64,
-    (full_jpeg_decode, overlap, backend): (bool, bool, Backend),
+    options: app::bench::PipelineOptions,
     json: bool,
 ) -> Result<()> {
+    let (frames, backend) = (options.frames, options.backend);
     if let Some(model) = model {
         let t = app::bench::inference(&model, frames as usize, backend)?;
         if json {
@@ -244,14 +257,7 @@ fn bench(
         (None, Some(size)) => BenchFrames::SyntheticYuyv(size),
         (None, None) => BenchFrames::Scenario,
     };
-    let summary = app::bench::pipeline(
-        bundle.as_deref(),
-        &frames_from,
-        frames,
-        full_jpeg_decode,
-        overlap,
-        backend,
-    )?;
+    let summary = app::bench::pipeline(bundle.as_deref(), &frames_from, &options)?;
     if json {
         say!("{}", serde_json::to_string(&summary)?);
     } else {
@@ -304,6 +310,7 @@ fn run_cmd(a: RunArgs) -> Result<()> {
         journal: a.journal,
         overlap: a.overlap,
         backend: a.backend,
+        corrupt: a.corrupt,
     };
     let cfg = app::run::settings(a.config.as_deref(), overrides)?;
     let stop = oodmon_cli::stop_flag()?;

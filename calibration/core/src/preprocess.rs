@@ -207,6 +207,56 @@ impl PixelFormat {
     }
 }
 
+/// Packed RGB bytes of an image in any [`PixelFormat`], for tools that work on RGB (the
+/// camera corruptions); rows `stride` bytes apart when given. YUYV is converted per pixel
+/// pair (BT.601 limited range), as the preprocessing does.
+pub fn to_rgb8(
+    data: &[u8],
+    width: usize,
+    height: usize,
+    stride: Option<usize>,
+    format: PixelFormat,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let row = format.row_bytes(width);
+    let stride = stride.unwrap_or(row);
+    if width == 0
+        || height == 0
+        || stride < row
+        || data.len() < stride * (height - 1) + row
+        || (format == PixelFormat::Yuyv && width % 2 == 1)
+    {
+        return Err(Error::InvalidParameter {
+            what: "image",
+            reason: format!(
+                "{} bytes are not a {width}x{height} {format:?} image (stride {stride})",
+                data.len()
+            ),
+        });
+    }
+    out.clear();
+    out.reserve(width * height * 3);
+    for y in 0..height {
+        let r = &data[y * stride..y * stride + row];
+        match format {
+            PixelFormat::Rgb8 => out.extend_from_slice(r),
+            PixelFormat::Bgr8 => r
+                .chunks_exact(3)
+                .for_each(|p| out.extend([p[2], p[1], p[0]])),
+            PixelFormat::Gray8 => r.iter().for_each(|&v| out.extend([v, v, v])),
+            PixelFormat::Yuyv => {
+                for q in r.chunks_exact(4) {
+                    for yv in [q[0], q[2]] {
+                        let c = format.to_rgb([yv as f32, q[1] as f32, q[3] as f32]);
+                        out.extend(c.map(|v| v.round() as u8));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Filter taps of one output coordinate along one axis.
 #[derive(Debug, Clone)]
 struct Axis {

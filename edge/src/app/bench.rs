@@ -12,7 +12,8 @@ use crate::error::Result;
 use crate::inference::{
     self, peak_memory_bytes, Engine, LoopMode, OverlapSettings, RunLimits, RunSummary,
 };
-use crate::source::{self, FrameSource, SourceOptions, SourceSpec};
+use crate::source::{self, CorruptedSource, FrameSource, SourceOptions, SourceSpec};
+use oodmon_calibration::corrupt::Corruption;
 
 /// Where the benchmark's frames come from.
 #[derive(Debug, Clone)]
@@ -25,18 +26,35 @@ pub enum BenchFrames {
     Source(String),
 }
 
-/// Runs `frames` frames (after 20 warm-up frames that plan the preprocessing and fault in
-/// tract's buffers) of `source` through a bundle (the built-in one when `None`), on one
-/// thread or, with `overlap`, with the model on a second one (every frame judged, as for
-/// files).
+/// How the pipeline benchmark runs.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineOptions {
+    /// Frames timed (after 20 warm-up frames).
+    pub frames: u64,
+    /// Decode JPEG frames at full resolution.
+    pub full_jpeg_decode: bool,
+    /// The model on a second thread (every frame judged, as for files).
+    pub overlap: bool,
+    pub backend: Backend,
+    /// Degrade every frame first (`KIND:SEVERITY`; the decode then happens in the source).
+    pub corrupt: Option<Corruption>,
+}
+
+/// Runs `options.frames` frames (after 20 warm-up frames that plan the preprocessing and
+/// fault in the backend's buffers) of `source` through a bundle (the built-in one when
+/// `None`).
 pub fn pipeline(
     bundle: Option<&Path>,
     source: &BenchFrames,
-    frames: u64,
-    full_jpeg_decode: bool,
-    overlap: bool,
-    backend: Backend,
+    options: &PipelineOptions,
 ) -> Result<RunSummary> {
+    let PipelineOptions {
+        frames,
+        full_jpeg_decode,
+        overlap,
+        backend,
+        corrupt,
+    } = options.clone();
     let b = match bundle {
         Some(dir) => Bundle::load_on(dir, backend)?,
         None => demo::bundle_on(backend)?,
@@ -55,6 +73,9 @@ pub fn pipeline(
         BenchFrames::SyntheticYuyv(size) => Box::new(demo::synthetic_yuyv(size)?),
         BenchFrames::Scenario => Box::new(demo::scenario(true)?),
     };
+    if let Some(c) = corrupt {
+        src = Box::new(CorruptedSource::new(src, c));
+    }
     let stop = AtomicBool::new(false);
     let limits = |n| RunLimits {
         max_frames: Some(n),

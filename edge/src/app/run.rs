@@ -33,6 +33,7 @@ pub struct Overrides {
     pub journal: Option<PathBuf>,
     pub overlap: Option<OverlapMode>,
     pub backend: Option<oodmon_runtime::Backend>,
+    pub corrupt: Option<String>,
 }
 
 /// The configuration file (or the defaults) with the overrides applied.
@@ -61,6 +62,7 @@ pub fn settings(config: Option<&Path>, o: Overrides) -> Result<EdgeConfig> {
     if let Some(b) = o.backend {
         cfg.pipeline.backend = b;
     }
+    cfg.camera.corrupt = o.corrupt.or(cfg.camera.corrupt);
     Ok(cfg)
 }
 
@@ -111,6 +113,9 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
     engine.set_scaled_jpeg(cfg.camera.scaled_jpeg_decode);
     let service = AlarmService::start(cfg.alarm.clone(), outputs(cfg)?);
     let mut src = source::open(&spec, &cfg.source_options())?;
+    if let Some(c) = &cfg.camera.corrupt {
+        src = Box::new(source::CorruptedSource::new(src, c.parse()?));
+    }
     log::info!("reading {}", src.describe());
     let records_to_stdout = cfg.output.records.as_deref() == Some(Path::new("-"));
     let mut records = RecordSink::open(cfg.output.records.as_deref())?;

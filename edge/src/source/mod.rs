@@ -2,6 +2,7 @@
 //! raw frames on standard input behind it, so the frame loop and its tests do not care.
 
 mod avi;
+mod corrupted;
 pub mod decode;
 pub mod frame;
 mod images;
@@ -12,6 +13,7 @@ mod v4l2;
 use std::time::Duration;
 
 pub use avi::{AviSource, ReadSeek};
+pub use corrupted::CorruptedSource;
 pub use images::ImageFiles;
 pub use raw::RawStream;
 #[cfg(all(feature = "v4l2", target_os = "linux"))]

@@ -284,7 +284,7 @@ fn overlapped_and_sequential_runs_give_the_same_records_in_the_same_order() {
     assert_eq!(sequential.len(), 10);
     assert_eq!(overlapped.len(), 10);
     for (s, o) in sequential.iter().zip(&overlapped) {
-        for key in ["sequence", "score", "ood", "nearest", "fingerprint"] {
+        for key in ["sequence", "score", "ood", "nearest", "threshold"] {
             assert_eq!(s[key], o[key], "{key}: {s} vs {o}");
         }
     }
@@ -606,4 +606,70 @@ fn onnxruntime_runs_a_bundle_unchanged_after_checking_it_against_tract() {
     .output()
     .unwrap();
     assert_fails_cleanly(&out, &["backend onnxruntime", "ORT_DYLIB_PATH"]);
+}
+
+#[test]
+fn a_corrupted_camera_can_be_simulated_on_any_source() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bundle(&dir.path().join("b"));
+    std::fs::create_dir_all(dir.path().join("frames")).unwrap();
+    for i in 0..3 {
+        save_image(
+            &dir.path().join(format!("frames/{i}.png")),
+            &id_image(i % 3, 50, 40, i as u64),
+            50,
+            40,
+        );
+    }
+    let records = |extra: &[&str]| {
+        let out = edge(
+            dir.path(),
+            &[
+                &[
+                    "run",
+                    "--bundle",
+                    "b",
+                    "--source",
+                    "images:frames",
+                    "--records",
+                    "-",
+                ][..],
+                extra,
+            ]
+            .concat(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let clean = records(&[]);
+    let dark = records(&["--corrupt", "darken:5"]);
+    let again = records(&["--corrupt", "darken:5"]);
+    assert_eq!(clean.len(), 3);
+    assert_eq!(dark.len(), 3);
+    for ((c, d), a) in clean.iter().zip(&dark).zip(&again) {
+        assert_ne!(c["score"], d["score"], "the frame was not changed");
+        assert_eq!(d["score"], a["score"], "not the same corruption twice");
+    }
+    assert_fails_cleanly(
+        &edge(
+            dir.path(),
+            &[
+                "run",
+                "--bundle",
+                "b",
+                "--source",
+                "images:frames",
+                "--corrupt",
+                "smoke:2",
+            ],
+        ),
+        &["camera.corrupt", "smoke"],
+    );
 }
