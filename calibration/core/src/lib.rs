@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod preprocess;
+pub mod quality;
 pub mod synthetic;
 pub mod threshold;
 
