@@ -101,6 +101,19 @@ impl Mailbox {
         self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The slot, locked once it is empty (or the worker is gone).
+    fn lock_when_empty(&self) -> MutexGuard<'_, Slot> {
+        let mut slot = self.lock();
+        while slot.job.is_some() && !slot.worker_gone {
+            slot = self
+                .changed
+                .wait_timeout(slot, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        slot
+    }
+
     fn close(&self) {
         self.lock().closed = true;
         self.changed.notify_all();
@@ -274,16 +287,7 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
 
     /// Waits until the worker has taken the frame in the slot.
     fn wait_for_empty_slot(&mut self) -> Result<()> {
-        let mut slot = self.mailbox.lock();
-        while slot.job.is_some() && !slot.worker_gone {
-            slot = self
-                .mailbox
-                .changed
-                .wait_timeout(slot, Duration::from_millis(100))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        if slot.worker_gone {
+        if self.mailbox.lock_when_empty().worker_gone {
             return Err(worker_died());
         }
         Ok(())
@@ -291,20 +295,13 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
 
     /// Puts a prepared frame in the slot, per the backlog policy.
     fn hand_over(&mut self, job: Job) -> Result<()> {
-        let mut slot = self.mailbox.lock();
-        let displaced = match self.settings.backlog {
-            Backlog::Wait => {
-                while slot.job.is_some() && !slot.worker_gone {
-                    slot = self
-                        .mailbox
-                        .changed
-                        .wait_timeout(slot, Duration::from_millis(100))
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-                None
+        let (mut slot, displaced) = match self.settings.backlog {
+            Backlog::Wait => (self.mailbox.lock_when_empty(), None),
+            Backlog::DropOldest => {
+                let mut slot = self.mailbox.lock();
+                let displaced = slot.job.take();
+                (slot, displaced)
             }
-            Backlog::DropOldest => slot.job.take(),
         };
         if slot.worker_gone {
             return Err(worker_died());

@@ -5,7 +5,8 @@ use std::io::Write;
 use std::process::Stdio;
 
 use crate::util::{
-    assert_fails_cleanly, avi, edge, edge_command, id_image, jpeg, save_image, write_tiny_bundle,
+    assert_fails_cleanly, avi, edge, edge_command, id_image, jpeg, run_records, save_image,
+    write_tiny_bundle,
 };
 
 #[test]
@@ -254,27 +255,8 @@ fn overlapped_and_sequential_runs_give_the_same_records_in_the_same_order() {
         }
     }
     let records = |overlap: &str| {
-        let out = edge(
-            dir.path(),
-            &[
-                "run",
-                "--bundle",
-                "b",
-                "--source",
-                "images:frames",
-                "--records",
-                "-",
-                "--overlap",
-                overlap,
-            ],
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{stderr}");
+        let (lines, stderr) = run_records(dir.path(), &["--overlap", overlap]);
         assert!(stderr.contains("dropped 0"), "{stderr}");
-        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
         (lines, stderr)
     };
     let (sequential, log) = records("off");
@@ -564,30 +546,12 @@ fn onnxruntime_runs_a_bundle_unchanged_after_checking_it_against_tract() {
         );
     }
     let records = |backend: &str| {
-        let out = edge(
-            dir.path(),
-            &[
-                "run",
-                "--bundle",
-                "b",
-                "--source",
-                "images:frames",
-                "--records",
-                "-",
-                "--backend",
-                backend,
-            ],
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{stderr}");
+        let (lines, stderr) = run_records(dir.path(), &["--backend", backend]);
         assert!(
             stderr.contains(&format!("encoder on {backend}")),
             "{stderr}"
         );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .collect::<Vec<_>>()
+        lines
     };
     let (tract, ort) = (records("tract"), records("onnxruntime"));
     assert_eq!(tract.len(), 6);
@@ -621,33 +585,7 @@ fn a_corrupted_camera_can_be_simulated_on_any_source() {
             40,
         );
     }
-    let records = |extra: &[&str]| {
-        let out = edge(
-            dir.path(),
-            &[
-                &[
-                    "run",
-                    "--bundle",
-                    "b",
-                    "--source",
-                    "images:frames",
-                    "--records",
-                    "-",
-                ][..],
-                extra,
-            ]
-            .concat(),
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .collect::<Vec<_>>()
-    };
+    let records = |extra: &[&str]| run_records(dir.path(), extra).0;
     let clean = records(&[]);
     let dark = records(&["--corrupt", "darken:5"]);
     let again = records(&["--corrupt", "darken:5"]);

@@ -199,6 +199,28 @@ pub fn edge(dir: &Path, args: &[&str]) -> Output {
     edge_command(dir, args).output().expect("run oodmon-edge")
 }
 
+/// `oodmon-edge run` of bundle `b` on `images:frames` in `dir`, records to standard output,
+/// with `extra` arguments: the records and the standard error of a successful run.
+pub fn run_records(dir: &Path, extra: &[&str]) -> (Vec<serde_json::Value>, String) {
+    let base = [
+        "run",
+        "--bundle",
+        "b",
+        "--source",
+        "images:frames",
+        "--records",
+        "-",
+    ];
+    let out = edge(dir, &[&base[..], extra].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (lines, stderr)
+}
+
 /// Asserts a clean start-up failure: exit code 1 (no panic, no signal) and one error line
 /// containing every `needle`.
 pub fn assert_fails_cleanly(out: &Output, needles: &[&str]) {
