@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use oodmon_calibration::corrupt::Corruption;
-use oodmon_calibration::preprocess::{PixelFormat, PreprocessSpec, Preprocessor};
+use oodmon_calibration::preprocess::{to_rgb8, PixelFormat, PreprocessSpec, Preprocessor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -268,7 +268,7 @@ impl Dataset {
 }
 
 /// Receives a dataset's images one by one, in their stored size and pixel format.
-/// Passes each image on through a corruption (grey images made RGB first).
+/// Passes each image on through a corruption (made RGB first, whatever its format).
 struct Corrupting<'a> {
     corruption: Corruption,
     next_seed: u64,
@@ -285,21 +285,8 @@ impl ImageSink for Corrupting<'_> {
         format: PixelFormat,
         label: i64,
     ) -> Result<()> {
-        let rgb: &[u8] = match format {
-            PixelFormat::Rgb8 => img,
-            PixelFormat::Gray8 => {
-                self.rgb.clear();
-                self.rgb.extend(img.iter().flat_map(|&v| [v, v, v]));
-                &self.rgb
-            }
-            other => {
-                return Err(DataError::BadSpec {
-                    spec: self.corruption.to_string(),
-                    problem: format!("corruptions take RGB or grey images, not {other:?}"),
-                })
-            }
-        };
-        let out = self.corruption.apply(rgb, w, h, self.next_seed)?;
+        to_rgb8(img, w, h, None, format, &mut self.rgb)?;
+        let out = self.corruption.apply(&self.rgb, w, h, self.next_seed)?;
         self.next_seed += 1;
         self.sink.push(&out, w, h, PixelFormat::Rgb8, label)
     }

@@ -14,7 +14,6 @@ use oodmon_calibration::PreprocessSpec;
 use oodmon_edge::error::SourceError;
 use oodmon_edge::inference::{
     run_overlapped, FramePreparer, FrameRecord, InferStage, OverlapSettings, RunLimits,
-    StageLatency,
 };
 use oodmon_edge::source::FrameSource;
 use oodmon_edge::{Engine, Frame, FrameFormat};
@@ -141,19 +140,7 @@ struct Constant(Arc<AtomicU64>);
 impl InferStage for Constant {
     fn infer(&mut self, input: &[f32]) -> oodmon_edge::error::Result<FrameRecord> {
         self.0.store(allocations(), Ordering::Relaxed);
-        Ok(FrameRecord {
-            sequence: 0,
-            timestamp_us: 0,
-            media_us: None,
-            score: input[0] as f64,
-            nearest: 0,
-            nearest_class: None,
-            p_value: None,
-            threshold: 1.0,
-            ood: false,
-            latency: StageLatency::default(),
-            fingerprint: 0,
-        })
+        Ok(crate::util::fake_record(input[0] as f64, 1.0))
     }
 }
 

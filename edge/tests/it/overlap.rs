@@ -10,7 +10,7 @@ use oodmon_calibration::PreprocessSpec;
 use oodmon_edge::error::{EdgeError, SourceError};
 use oodmon_edge::inference::{
     run_overlapped, Backlog, Event, FramePreparer, FrameRecord, InferStage, OverlapSettings,
-    RunLimits, StageLatency,
+    RunLimits,
 };
 use oodmon_edge::source::frame::{Frame, FrameFormat};
 use oodmon_edge::source::FrameSource;
@@ -93,19 +93,7 @@ impl InferStage for SlowModel {
         if self.fail_on.is_some_and(|v| input[0] >= v - 1e-4) {
             panic!("the fake model fails on {}", input[0]);
         }
-        Ok(FrameRecord {
-            sequence: 0,
-            timestamp_us: 0,
-            media_us: None,
-            score: input[0] as f64,
-            nearest: 0,
-            nearest_class: None,
-            p_value: None,
-            threshold: 1e9,
-            ood: false,
-            latency: StageLatency::default(),
-            fingerprint: 0,
-        })
+        Ok(crate::util::fake_record(input[0] as f64, 1e9))
     }
 }
 

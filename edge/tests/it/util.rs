@@ -235,3 +235,20 @@ pub fn assert_fails_cleanly(out: &Output, needles: &[&str]) {
         assert!(line.contains(n), "{n:?} not in {line:?}");
     }
 }
+
+/// The record a fake model returns: `score` against `threshold`, everything else empty.
+pub fn fake_record(score: f64, threshold: f64) -> oodmon_edge::FrameRecord {
+    oodmon_edge::FrameRecord {
+        sequence: 0,
+        timestamp_us: 0,
+        media_us: None,
+        score,
+        nearest: 0,
+        nearest_class: None,
+        p_value: None,
+        threshold,
+        ood: false,
+        latency: oodmon_edge::StageLatency::default(),
+        fingerprint: 0,
+    }
+}
