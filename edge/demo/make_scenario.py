@@ -4,11 +4,13 @@ public-domain / CC0 images in the scikit-image wheel (see README.md beside this 
 Usage: make_scenario.py SKIMAGE_DATA_DIR OUT.avi
 
 SKIMAGE_DATA_DIR is `skimage/data` from the scikit-image 0.26.0 wheel
-(`pip download scikit-image==0.26.0 --no-deps`, then unzip). The scenario is four
+(`pip download scikit-image==0.26.0 --no-deps`, then unzip). The scenario is six
 segments: in-distribution (a cat, as in CIFAR-10's `cat` class), out-of-distribution
 twice (a person, the astronaut Eileen Collins: CIFAR-10 has no person class; then ancient
 coins photographed in grey against a grey background, like no CIFAR-10 class),
-in-distribution again. Each segment moves a virtual camera slowly over
+in-distribution again, then a degraded camera (the same cat while the light fades, as
+when a vehicle enters a tunnel: the picture darkens over a few frames and stays dark), and
+the cat in good light once more. Each segment moves a virtual camera slowly over
 the picture so consecutive frames differ like a real stream.
 """
 import io
@@ -30,7 +32,12 @@ SEGMENTS = [
     ("astronaut.png", "out-of-distribution", ((256, 230, 230), (250, 190, 170))),
     ("coins.png", "out-of-distribution", ((192, 151, 190), (200, 151, 150))),
     ("chelsea.png", "in-distribution", ((270, 150, 135), (230, 150, 150))),
+    ("chelsea.png", "camera-fault", ((230, 150, 150), (250, 150, 140))),
+    ("chelsea.png", "in-distribution", ((250, 150, 140), (230, 150, 150))),
 ]
+# the light of the degraded segment, frame by frame: a fade over six frames, then dark
+FADE = [1.0, 0.6, 0.35, 0.2, 0.12, 0.08]
+DARK = 0.06
 
 
 def frames(data_dir):
@@ -41,6 +48,9 @@ def frames(data_dir):
             cx, cy, r = x0 + (x1 - x0) * t, y0 + (y1 - y0) * t, r0 + (r1 - r0) * t
             box = (cx - r, cy - r * H / W, cx + r, cy + r * H / W)
             frame = img.resize((W, H), Image.Resampling.BILINEAR, box=box)
+            if label == "camera-fault":
+                light = FADE[i] if i < len(FADE) else DARK
+                frame = Image.eval(frame, lambda v, light=light: round(v * light))
             buf = io.BytesIO()
             frame.save(buf, format="JPEG", quality=QUALITY)
             yield buf.getvalue(), (label, name.rsplit(".", 1)[0])

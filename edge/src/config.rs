@@ -55,6 +55,10 @@ pub struct CameraConfig {
     /// Degrade every frame with a camera corruption, `KIND:SEVERITY` (tests and studies of
     /// a bad camera; never on a vehicle).
     pub corrupt: Option<String>,
+    /// Check every frame against the calibration's image-quality bounds, raising a camera
+    /// FAULT (`camera_dark`, ...) on k of n degraded frames. Off: frames are still
+    /// measured and recorded, but never judged.
+    pub guards: bool,
 }
 
 impl Default for CameraConfig {
@@ -65,6 +69,7 @@ impl Default for CameraConfig {
             looped: false,
             scaled_jpeg_decode: true,
             corrupt: None,
+            guards: true,
         }
     }
 }

@@ -157,6 +157,10 @@ struct RunArgs {
     /// what the monitor does with a bad camera (a test tool).
     #[arg(long)]
     corrupt: Option<String>,
+    /// Do not judge frames by the calibration's image-quality bounds (no camera FAULT
+    /// reasons); overrides `[camera] guards`.
+    #[arg(long)]
+    no_guards: bool,
 }
 
 fn main() -> ExitCode {
@@ -311,6 +315,7 @@ fn run_cmd(a: RunArgs) -> Result<()> {
         overlap: a.overlap,
         backend: a.backend,
         corrupt: a.corrupt,
+        no_guards: a.no_guards,
     };
     let cfg = app::run::settings(a.config.as_deref(), overrides)?;
     let stop = oodmon_cli::stop_flag()?;

@@ -18,10 +18,11 @@ use crc::{Crc, CRC_32_ISCSI};
 
 pub mod receiver;
 
-/// Protocol version carried in every message (version 1 had no session id and no heartbeat
-/// period; its receivers refuse version 2 frames by their version byte, and ours refuse
-/// version 1 the same way).
-pub const VERSION: u8 = 2;
+/// Protocol version carried in every message. Version 1 had no session id and no heartbeat
+/// period; version 3 added the camera reasons (codes 12-17). A receiver refuses another
+/// version's frames by their version byte, so an old controller fails safe on a new sender
+/// (version mismatch, then link lost) instead of misreading a reason.
+pub const VERSION: u8 = 3;
 /// Header bytes: version (1), type (1), session (4), sequence (4), timestamp in ms (8).
 pub const HEADER_LEN: usize = 18;
 /// CRC-32C (Castagnoli, as iSCSI) over header and payload.
@@ -97,6 +98,18 @@ pub enum Reason {
     Stopping = 10,
     /// Inference is slower than the camera: too many recent frames were dropped unjudged.
     FramesDropped = 11,
+    /// The camera guards: k of the last n frames were too dark.
+    CameraDark = 12,
+    /// ... too bright, or blown out.
+    CameraOverexposed = 13,
+    /// ... too low in contrast (fog, haze, glare, a dirty lens).
+    CameraLowContrast = 14,
+    /// ... partly covered by a uniform region (something on the lens).
+    CameraOccluded = 15,
+    /// ... too noisy, or full of compression blocks.
+    CameraNoisy = 16,
+    /// ... too blurred (defocus, motion, water on the lens).
+    CameraBlurred = 17,
 }
 
 impl Reason {
@@ -115,6 +128,12 @@ impl Reason {
             9 => Starting,
             10 => Stopping,
             11 => FramesDropped,
+            12 => CameraDark,
+            13 => CameraOverexposed,
+            14 => CameraLowContrast,
+            15 => CameraOccluded,
+            16 => CameraNoisy,
+            17 => CameraBlurred,
             _ => return Option::None,
         })
     }
@@ -134,6 +153,12 @@ impl Reason {
             Starting => "starting",
             Stopping => "stopping",
             FramesDropped => "frames_dropped",
+            CameraDark => "camera_dark",
+            CameraOverexposed => "camera_overexposed",
+            CameraLowContrast => "camera_low_contrast",
+            CameraOccluded => "camera_occluded",
+            CameraNoisy => "camera_noisy",
+            CameraBlurred => "camera_blurred",
         }
     }
 }
@@ -156,6 +181,12 @@ impl AlarmState {
                     | Starting
                     | Stopping
                     | FramesDropped
+                    | CameraDark
+                    | CameraOverexposed
+                    | CameraLowContrast
+                    | CameraOccluded
+                    | CameraNoisy
+                    | CameraBlurred
             ),
         }
     }

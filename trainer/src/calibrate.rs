@@ -9,8 +9,11 @@ use std::path::PathBuf;
 use oodmon_calibrate::bundle::{build, fit_artifact, CalibrationInputs};
 use oodmon_calibration::artifact::InputChecksum;
 use oodmon_calibration::io::sha256_file;
+use oodmon_calibration::quality::{
+    ImageQuality, QualityBounds, DEFAULT_GUARD_QUANTILE, MIN_QUALITY_IMAGES,
+};
 use oodmon_calibration::{CalibrationArtifact, Embeddings, FitConfig, Provenance, ThresholdMode};
-use oodmon_data::embed::{dataset_inputs, embed_loaded};
+use oodmon_data::embed::{dataset_inputs, embed_loaded, image_quality_loaded};
 use oodmon_runtime::Encoder;
 
 use crate::data::Dataset;
@@ -119,6 +122,8 @@ pub fn fit_run(r: FitRequest) -> Result<FitOutcome> {
         mode: r.mode,
         class_names: train_ds.class_names.clone(),
         preprocessing: Some(spec.clone()),
+        // the camera guards, on the calibration images as the edge measures frames
+        image_quality: guard_bounds(&image_quality_loaded(&val_ds, spec)?)?,
         provenance: Provenance::now("oodmon-trainer", checksums, r.command),
     };
     let artifact = match &encoder {
@@ -135,4 +140,20 @@ pub fn fit_run(r: FitRequest) -> Result<FitOutcome> {
         train_rows: train_e.rows(),
         calib_rows: calib_e.rows(),
     })
+}
+
+/// The camera guards' bounds from the calibration images, when there are enough of them.
+fn guard_bounds(measures: &[ImageQuality]) -> Result<Option<QualityBounds>> {
+    if measures.len() < MIN_QUALITY_IMAGES {
+        log::warn!(
+            "{} calibration images are too few for the camera guards (at least \
+             {MIN_QUALITY_IMAGES}); the calibration has none",
+            measures.len()
+        );
+        return Ok(None);
+    }
+    Ok(Some(QualityBounds {
+        source: "the run's held-out calibration split".into(),
+        ..QualityBounds::fit(measures, DEFAULT_GUARD_QUANTILE)?
+    }))
 }

@@ -35,12 +35,13 @@ fn main() -> ExitCode {
         Some("bench-train") => bench_train(&args[1..]),
         Some("bench-edge") => bench_edge(&args[1..]),
         Some("study") => study::study(&args[1..]),
+        Some("corruption") => study::corruption(&args[1..]),
         Some("v4l2-bindings") => v4l2_bindings(),
         Some("fuzz") => fuzz(&args[1..]),
         Some("soak") => soak(&args[1..]),
         Some("pretrained-check") => pretrained_check(&args[1..]),
         _ => Err(
-            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick] | bench-edge [--quick] [--model FILE.onnx ...] [--video FILE.avi] | study --data DIR [--out DIR] [--epochs N] [--losses ce,supcon,simclr|none] [--sizes 64,96] [--tune-losses ce,supcon,simclr|none] [--tune-size 64] [--tune-epochs 3] [--tune-steps 100] [--max-rows 10000] [--backbone-weights FILE.pth] | v4l2-bindings | fuzz [--seconds N] [--target NAME] | soak [--frames N] | pretrained-check --weights FILE.pth IMAGE...>"
+            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick] | bench-edge [--quick] [--model FILE.onnx ...] [--video FILE.avi] | study --data DIR [--out DIR] [--epochs N] [--losses ce,supcon,simclr|none] [--sizes 64,96] [--tune-losses ce,supcon,simclr|none] [--tune-size 64] [--tune-epochs 3] [--tune-steps 100] [--max-rows 10000] [--backbone-weights FILE.pth] | corruption --data DIR [--bundle DIR] [--limit N] [--out DIR] | v4l2-bindings | fuzz [--seconds N] [--target NAME] | soak [--frames N] | pretrained-check --weights FILE.pth IMAGE...>"
                 .into(),
         ),
     };

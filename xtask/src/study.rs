@@ -723,6 +723,9 @@ fn default_figures(s: &Study) -> Result {
         .arg(bins.join("batches.meta.txt"))
         .arg("--encoder")
         .arg(&encoder)
+        // the camera guards, on the training images as the edge measures frames
+        .arg("--guard-data")
+        .arg(&s.id)
         .arg("--out")
         .arg(dir.join("calib.json")))?;
     std::fs::copy(&encoder, bundle.join("encoder.onnx")).map_err(|e| e.to_string())?;
@@ -735,4 +738,70 @@ fn default_figures(s: &Study) -> Result {
         .arg(emb.join("test.npy"));
     ood_args(s, &mut eval, &emb);
     run(eval.arg("--report").arg(dir.join("report")))
+}
+
+/// `cargo xtask corruption --data DIR [--bundle DIR] [--limit N] [--out DIR]`: the
+/// corruption report of a bundle (default: the built-in one) on CIFAR-10's test images, the
+/// street video's MJPEG frames and the demo's in-distribution camera frames
+/// (`oodmon-calibrate corruption`), written into OUT (default target/corruption).
+pub fn corruption(args: &[String]) -> Result {
+    let (mut data, mut bundle, mut limit, mut out) = (
+        None,
+        root().join("edge/demo/bundle"),
+        "1000".to_string(),
+        root().join("target/corruption"),
+    );
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--data" => data = Some(PathBuf::from(value()?)),
+            "--bundle" => bundle = PathBuf::from(value()?),
+            "--limit" => limit = value()?,
+            "--out" => out = PathBuf::from(value()?),
+            other => return Err(format!("corruption: unknown option {other}")),
+        }
+    }
+    let data = data.ok_or("corruption needs --data DIR (e.g. ../shared/data)")?;
+    let python = python_env()?;
+    step("building oodmon-calibrate (release)");
+    run(Command::new("cargo").args(["build", "--release", "-p", "oodmon-calibrate"]))?;
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let bins = out.join("cifar10-bins");
+    if !bins.join("test_batch.bin").exists() {
+        step("CIFAR-10 binary batches from the JPEG archive (checked against BINS.sha256)");
+        run(Command::new(&python)
+            .arg(data.join("cifar10/to_bins.py"))
+            .arg(&bins))?;
+    }
+    step("camera frames: the street video's MJPEG frames and the demo's in-distribution frames");
+    let frames = root().join("bench/avi_frames.py");
+    run(Command::new(&python)
+        .arg(&frames)
+        .arg(data.join("video/vtest_first100_mjpeg.avi"))
+        .arg(out.join("vtest")))?;
+    run(Command::new(&python)
+        .arg(&frames)
+        .arg(root().join("edge/demo/scenario.avi"))
+        .arg(out.join("demo-cat"))
+        .args(["--class", "cat", "--segments"])
+        .arg(root().join("edge/demo/scenario.json"))
+        .arg("in-distribution"))?;
+    step("corruption report");
+    run(Command::new(target_dir().join("release/oodmon-calibrate"))
+        .arg("corruption")
+        .arg("--bundle")
+        .arg(&bundle)
+        .arg("--id")
+        .arg(format!("cifar10:{}", bins.display()))
+        .arg("--set")
+        .arg(format!("vtest=folder:{}", out.join("vtest").display()))
+        .arg("--set")
+        .arg(format!(
+            "demo-cat=folder:{}",
+            out.join("demo-cat").display()
+        ))
+        .args(["--limit", &limit])
+        .arg("--out")
+        .arg(&out))
 }

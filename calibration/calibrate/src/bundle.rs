@@ -7,7 +7,7 @@ use std::path::Path;
 use oodmon_calibration::io::sha256_bytes;
 use oodmon_calibration::{
     calibrate, CalibrationArtifact, Embeddings, FitConfig, PreprocessSpec, Provenance,
-    ThresholdMode,
+    QualityBounds, ThresholdMode,
 };
 use oodmon_runtime::Bundle;
 
@@ -27,6 +27,8 @@ pub struct CalibrationInputs<'a> {
     pub mode: ThresholdMode,
     pub class_names: Vec<String>,
     pub preprocessing: Option<PreprocessSpec>,
+    /// Image-quality bounds of ID images (the edge's camera guards), when images were seen.
+    pub image_quality: Option<QualityBounds>,
     pub provenance: Provenance,
 }
 
@@ -42,7 +44,7 @@ pub fn fit_artifact(
         &inputs.config,
         inputs.mode,
     )?;
-    Ok(CalibrationArtifact::new(
+    let artifact = CalibrationArtifact::new(
         inputs.config,
         model,
         thresholds,
@@ -50,7 +52,11 @@ pub fn fit_artifact(
         encoder_sha256,
         inputs.preprocessing,
         inputs.provenance,
-    )?)
+    )?;
+    Ok(match inputs.image_quality {
+        Some(bounds) => artifact.with_image_quality(bounds)?,
+        None => artifact,
+    })
 }
 
 /// Builds a deployable bundle in `out`: the calibration fitted for `encoder` (its SHA-256

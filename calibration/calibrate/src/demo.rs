@@ -83,6 +83,7 @@ pub fn demo(out: &Path, command: Vec<String>) -> Result<(FitSummary, EvalReport)
             class_names: None,
             encoder: None,
             preprocessing: None,
+            guards: None,
             out: p("calib.json"),
         },
         config,

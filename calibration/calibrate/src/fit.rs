@@ -11,6 +11,7 @@ use oodmon_runtime::Encoder;
 
 use crate::bundle::{fit_artifact, CalibrationInputs};
 use crate::error::{Error, Result};
+use crate::guards::{guard_bounds, GuardData};
 use crate::inputs::{
     checksum, class_names, load_embeddings, load_labels, preprocessing_spec, same_dim,
 };
@@ -29,6 +30,8 @@ pub struct FitFiles {
     /// preprocessing spec unless `preprocessing` is given.
     pub encoder: Option<PathBuf>,
     pub preprocessing: Option<PathBuf>,
+    /// Images to calibrate the camera guards on (needs the preprocessing spec).
+    pub guards: Option<GuardData>,
     pub out: PathBuf,
 }
 
@@ -79,6 +82,15 @@ pub fn fit(
     let encoder = files.encoder.as_deref().map(Encoder::load).transpose()?;
     let preprocessing = preprocessing_spec(files.preprocessing.as_deref(), encoder.as_ref())?;
     let encoder_sha256 = files.encoder.as_deref().map(sha256_file).transpose()?;
+    let image_quality =
+        match (&files.guards, &preprocessing) {
+            (Some(g), Some(spec)) => guard_bounds(spec, g)?,
+            (Some(_), None) => return Err(Error::input(
+                "--guard-data needs the preprocessing spec (--encoder with one in its metadata, \
+                 or --preprocessing)",
+            )),
+            (None, _) => None,
+        };
     let mut inputs = vec![
         checksum("train", &files.train)?,
         checksum("calib", &files.calib)?,
@@ -100,6 +112,7 @@ pub fn fit(
             mode,
             class_names: names,
             preprocessing,
+            image_quality,
             provenance: Provenance::now("oodmon-calibrate", inputs, command),
         },
         encoder_sha256,

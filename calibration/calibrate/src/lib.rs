@@ -16,11 +16,13 @@
 //! - [`inputs`]: reading and cross-checking the inputs.
 
 pub mod bundle;
+pub mod corruption;
 pub mod demo;
 pub mod error;
 pub mod evaluate;
 pub mod fit;
 pub mod grid;
+pub mod guards;
 pub mod inputs;
 pub mod models;
 pub mod report;

@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use oodmon_calibrate::grid::{GridConfig, GridFiles};
+use oodmon_calibrate::guards::{self, GuardData};
 use oodmon_calibrate::inputs::{parse_list, parse_split};
 use oodmon_calibrate::models::{self, CalibSplit, FitModel};
-use oodmon_calibrate::{demo, evaluate, fit};
+use oodmon_calibrate::{corruption, demo, evaluate, fit};
 use oodmon_calibration::{npy, ClusterSpec, FitConfig, KMeansConfig, Metric, ThresholdMode};
 use oodmon_cli::say;
 
@@ -60,6 +61,49 @@ enum Command {
         #[arg(long)]
         labels: Option<PathBuf>,
     },
+    /// Calibrate the camera guards: image-quality bounds of in-distribution images, measured
+    /// after the calibration's own preprocessing, added to a calibration file or bundle
+    /// (written back atomically, in the current schema).
+    Guards {
+        /// A calibration file, or a bundle directory (its calib.json).
+        #[arg(long)]
+        calibration: PathBuf,
+        /// In-distribution images: any data spec (as for fit-model), e.g. frames of your
+        /// own camera in a folder.
+        #[arg(long)]
+        data: String,
+        #[command(flatten)]
+        guard: GuardArgs,
+    },
+    /// What a bundle does when its camera degrades: every image clean and through each
+    /// corruption (CIFAR-10-C kinds, severities 1-5), judged by the semantic score alone and
+    /// with the camera guards; writes corruption.md, .csv and .svg (heat maps) into --out.
+    Corruption {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// In-distribution test data (its test split): the reference for AUROC.
+        #[arg(long)]
+        id: String,
+        /// More sets to corrupt, `NAME=SPEC` (test split), e.g. camera frames.
+        #[arg(long)]
+        set: Vec<String>,
+        /// At most this many images per set.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Comma-separated corruption kinds (default: all).
+        #[arg(long)]
+        kinds: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rewrite a calibration file (or a bundle's) in the current schema.
+    Migrate {
+        #[arg(long)]
+        calibration: PathBuf,
+        /// Where to write it (default: in place).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Latency of an ONNX encoder in tract on this machine (median and p99 per image).
     TimeModel {
         #[arg(long, required = true)]
@@ -100,6 +144,33 @@ impl KmeansArgs {
             tol: self.kmeans_tol,
             seed: self.seed,
         }
+    }
+}
+
+/// How the camera guards are calibrated.
+#[derive(Args)]
+struct GuardArgs {
+    /// Split of the guards' images: train | test.
+    #[arg(long, default_value = "train")]
+    guard_split: String,
+    /// At most this many images.
+    #[arg(long, default_value_t = oodmon_calibrate::guards::DEFAULT_GUARD_IMAGES)]
+    guard_images: usize,
+    /// Each bound is this quantile (low side) or 1 - this quantile (high side) of the
+    /// images' measures.
+    #[arg(long, default_value_t = oodmon_calibration::quality::DEFAULT_GUARD_QUANTILE)]
+    guard_quantile: f64,
+}
+
+impl GuardArgs {
+    fn data(&self, data: String, required: bool) -> Result<GuardData> {
+        Ok(GuardData {
+            required,
+            data,
+            split: parse_split(&self.guard_split)?,
+            limit: self.guard_images,
+            quantile: self.guard_quantile,
+        })
     }
 }
 
@@ -172,6 +243,12 @@ struct FitArgs {
     /// JSON preprocessing spec of that encoder, recorded in the artifact.
     #[arg(long)]
     preprocessing: Option<PathBuf>,
+    /// In-distribution images to calibrate the camera guards on (a data spec); without it
+    /// the calibration has no guards (add them later with `guards`).
+    #[arg(long)]
+    guard_data: Option<String>,
+    #[command(flatten)]
+    guard: GuardArgs,
     #[arg(long)]
     out: PathBuf,
 }
@@ -266,6 +343,14 @@ struct FitModelArgs {
     rule: RuleArgs,
     #[arg(long)]
     preprocessing: Option<PathBuf>,
+    /// Images for the camera guards (default: the training data).
+    #[arg(long)]
+    guard_data: Option<String>,
+    #[command(flatten)]
+    guard: GuardArgs,
+    /// Calibrate no camera guards.
+    #[arg(long, conflicts_with = "guard_data")]
+    no_guards: bool,
     /// Bundle directory to write (encoder.onnx and calib.json).
     #[arg(long)]
     out: PathBuf,
@@ -306,6 +391,7 @@ fn run(cli: Cli) -> Result<()> {
                 class_names: a.class_names,
                 encoder: a.encoder,
                 preprocessing: a.preprocessing,
+                guards: a.guard_data.map(|d| a.guard.data(d, true)).transpose()?,
                 out: a.out,
             };
             let summary = fit::fit(&files, a.rule.fit_config()?, a.rule.mode(), command_line())?;
@@ -322,6 +408,70 @@ fn run(cli: Cli) -> Result<()> {
             "{}",
             models::eval_model(&a.bundle, &a.id, &a.ood, a.limit, a.report.as_deref())?
         ),
+        Command::Guards {
+            calibration,
+            data,
+            guard,
+        } => {
+            let g = guards::add_guards(&calibration, &guard.data(data, true)?)?;
+            if let Some(v) = g.migrated_from {
+                say!("migrated from schema {v}");
+            }
+            say!("{}", guards::describe(&g.bounds));
+            say!("wrote {}", g.out.display());
+        }
+        Command::Corruption {
+            bundle,
+            id,
+            set,
+            limit,
+            kinds,
+            out,
+        } => {
+            use oodmon_calibration::corrupt::CorruptionKind;
+            let kinds = match kinds {
+                Some(list) => parse_list(&list, |k| k.parse::<CorruptionKind>())?,
+                None => CorruptionKind::ALL.to_vec(),
+            };
+            let mut sets = vec![("id".to_string(), id)];
+            for s in set {
+                match s.split_once('=') {
+                    Some((name, spec)) if !name.is_empty() && spec.contains(':') => {
+                        sets.push((name.to_string(), spec.to_string()))
+                    }
+                    _ => anyhow::bail!("--set {s}: expected NAME=SPEC"),
+                }
+            }
+            let job = corruption::CorruptionJob {
+                bundle,
+                sets,
+                limit,
+                kinds,
+                out: out.clone(),
+                command: command_line().join(" "),
+            };
+            let cells = corruption::corruption_report(&job, |m| eprintln!("{m}"))?;
+            say!(
+                "{} rows written to {} (and corruption.csv, corruption.svg)",
+                cells.len(),
+                out.join("corruption.md").display()
+            );
+        }
+        Command::Migrate { calibration, out } => {
+            let (out, from) = guards::migrate(&calibration, out.as_deref())?;
+            match from {
+                Some(v) => say!(
+                    "migrated {} from schema {v} to {}",
+                    out.display(),
+                    oodmon_calibration::SCHEMA_VERSION
+                ),
+                None => say!(
+                    "{} is already schema {}",
+                    out.display(),
+                    oodmon_calibration::SCHEMA_VERSION
+                ),
+            }
+        }
         Command::TimeModel { model, runs } => {
             say!("| model | median (us) | p99 (us) | runs |");
             say!("|---|---|---|---|");
@@ -406,6 +556,15 @@ fn fit_model(a: FitModelArgs) -> Result<()> {
             seed: a.rule.kmeans.seed,
         },
     };
+    let guards = if a.no_guards {
+        None
+    } else {
+        let required = a.guard_data.is_some();
+        Some(
+            a.guard
+                .data(a.guard_data.unwrap_or_else(|| a.train.clone()), required)?,
+        )
+    };
     let job = FitModel {
         model: a.model,
         train: a.train,
@@ -414,6 +573,7 @@ fn fit_model(a: FitModelArgs) -> Result<()> {
         config: a.rule.fit_config()?,
         mode: a.rule.mode(),
         preprocessing: a.preprocessing,
+        guards,
         out: a.out,
         command: command_line(),
     };

@@ -12,6 +12,7 @@ use oodmon_runtime::{Bundle, Encoder};
 use crate::bundle::{build, stratified_holdout, CalibrationInputs};
 use crate::error::{Error, Result};
 use crate::evaluate::{evaluate, EvalReport};
+use crate::guards::{guard_bounds, GuardData};
 use crate::inputs::{checksum, preprocessing_spec};
 
 /// The encoder's own preprocessing spec (from its metadata), or an error saying how to
@@ -62,6 +63,8 @@ pub struct FitModel {
     pub config: FitConfig,
     pub mode: ThresholdMode,
     pub preprocessing: Option<PathBuf>,
+    /// The camera guards' calibration images (`None`: no guards).
+    pub guards: Option<GuardData>,
     pub out: PathBuf,
     pub command: Vec<String>,
 }
@@ -110,6 +113,13 @@ pub fn fit_model(a: FitModel, progress: impl Fn(&str)) -> Result<BundleSummary> 
             )
         }
     };
+    let image_quality = match &a.guards {
+        Some(g) => {
+            progress(&format!("measuring image quality of {}", g.data));
+            guard_bounds(&spec, g)?
+        }
+        None => None,
+    };
     let artifact = build(
         &bytes,
         CalibrationInputs {
@@ -120,6 +130,7 @@ pub fn fit_model(a: FitModel, progress: impl Fn(&str)) -> Result<BundleSummary> 
             mode: a.mode,
             class_names: train.class_names,
             preprocessing: Some(spec),
+            image_quality,
             provenance: Provenance::now(
                 "oodmon-calibrate fit-model",
                 vec![checksum("encoder", &a.model)?],

@@ -10,10 +10,15 @@ use crate::fit::FitConfig;
 use crate::io::{sha256_file, write_atomic};
 use crate::model::{Model, Score, Scorer, Scratch};
 use crate::preprocess::PreprocessSpec;
+use crate::quality::QualityBounds;
 use crate::threshold::Thresholds;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+/// The oldest schema version this build reads, migrating it on load: version 1 had no
+/// image-quality bounds (its frames are not guarded until `oodmon-calibrate guards` adds
+/// them).
+pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 const FORMAT: &str = "oodmon-calibration";
 
 /// Summary statistics of the ID calibration scores.
@@ -106,6 +111,11 @@ pub struct CalibrationArtifact {
     /// SHA-256 of the encoder (ONNX) file whose embeddings this calibrates, if known.
     pub encoder_sha256: Option<String>,
     pub preprocessing: Option<PreprocessSpec>,
+    /// Image-quality bounds of in-distribution frames (schema 2): frames outside them raise
+    /// a camera FAULT on the edge. `None` when the calibration saw no images (fitted from
+    /// embeddings alone, or migrated from schema 1).
+    #[serde(default)]
+    pub image_quality: Option<QualityBounds>,
     pub provenance: Provenance,
 }
 
@@ -142,6 +152,7 @@ impl CalibrationArtifact {
             class_names,
             encoder_sha256,
             preprocessing,
+            image_quality: None,
             provenance,
         };
         a.validate()?;
@@ -219,15 +230,35 @@ impl CalibrationArtifact {
         if let Some(p) = &self.preprocessing {
             p.validate()?;
         }
+        if let Some(q) = &self.image_quality {
+            if self.preprocessing.is_none() {
+                return Err(Error::InvalidArtifact(
+                    "image-quality bounds without the preprocessing they were measured after"
+                        .into(),
+                ));
+            }
+            q.validate()?;
+        }
         Ok(())
+    }
+
+    /// Sets the image-quality bounds (validated).
+    pub fn with_image_quality(mut self, bounds: QualityBounds) -> Result<Self> {
+        self.image_quality = Some(bounds);
+        self.validate()?;
+        Ok(self)
     }
 
     /// Parses and validates an artifact from JSON text.
     pub fn from_json(text: &str) -> Result<Self> {
         // Read the version first, so a newer file says so instead of failing to parse.
-        let value: serde_json::Value = serde_json::from_str(text).map_err(Error::ArtifactParse)?;
+        let mut value: serde_json::Value =
+            serde_json::from_str(text).map_err(Error::ArtifactParse)?;
         match value.get("schema_version").and_then(|v| v.as_u64()) {
             Some(v) if v == SCHEMA_VERSION as u64 => {}
+            Some(v) if (OLDEST_SCHEMA_VERSION as u64..SCHEMA_VERSION as u64).contains(&v) => {
+                migrate(&mut value, v);
+            }
             Some(v) => {
                 return Err(Error::UnknownSchemaVersion {
                     found: v.min(u32::MAX as u64) as u32,
@@ -246,6 +277,15 @@ impl CalibrationArtifact {
         let a: Self = serde_json::from_value(value).map_err(Error::ArtifactParse)?;
         a.validate()?;
         Ok(a)
+    }
+
+    /// The schema version of an artifact file's text, before any migration.
+    pub fn schema_version_of(text: &str) -> Option<u32> {
+        let value: serde_json::Value = serde_json::from_str(text).ok()?;
+        value
+            .get("schema_version")?
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
     }
 
     #[allow(clippy::expect_used)] // plain structs, string-keyed maps: serde_json cannot fail
@@ -292,6 +332,19 @@ impl CalibrationArtifact {
             scorer: Scorer::new(&self.model)?,
             thresholds: self.thresholds.clone(),
         })
+    }
+}
+
+/// Upgrades an older artifact's JSON to the current schema, in place.
+fn migrate(value: &mut serde_json::Value, from: u64) {
+    if from < 2 {
+        // schema 2 added the optional image-quality bounds; a schema 1 file has none
+        if let Some(o) = value.as_object_mut() {
+            o.insert("image_quality".into(), serde_json::Value::Null);
+        }
+    }
+    if let Some(o) = value.as_object_mut() {
+        o.insert("schema_version".into(), SCHEMA_VERSION.into());
     }
 }
 

@@ -33,7 +33,9 @@ pub mod quality;
 pub mod synthetic;
 pub mod threshold;
 
-pub use artifact::{CalibrationArtifact, Decision, Detector, Provenance, SCHEMA_VERSION};
+pub use artifact::{
+    CalibrationArtifact, Decision, Detector, Provenance, OLDEST_SCHEMA_VERSION, SCHEMA_VERSION,
+};
 pub use embeddings::Embeddings;
 pub use error::{Error, Result};
 pub use fit::{fit_model, ClusterSpec, FitConfig, Fitted};
@@ -41,6 +43,7 @@ pub use kmeans::{kmeans, KMeansConfig, KMeansFit};
 pub use metrics::{ood_metrics, OodMetrics};
 pub use model::{Background, Covariance, Metric, Model, Score, Scorer, Scratch, Shrinkage};
 pub use preprocess::PreprocessSpec;
+pub use quality::{CameraFault, ImageQuality, QualityBounds};
 pub use threshold::{ThresholdMode, Thresholds};
 
 /// Fits clusters on `train`, scores `calib` and calibrates thresholds: the whole

@@ -3,8 +3,9 @@
 //! They are computed on the encoder's input tensor, which the preprocessing has already
 //! written, so they cost no extra pass over the frame (a few thousand values).
 //!
-//! Issue 17's first part: the measures; their calibrated bounds and the FAULT reasons
-//! built on them come next.
+//! [`QualityBounds`] are calibrated on in-distribution images as quantiles of each
+//! measure and stored in the calibration artifact; a frame outside them is a
+//! [`CameraFault`], which the edge's alarm turns into FAULT after k of n frames.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,9 +25,14 @@ pub struct ImageQuality {
     pub clipped_dark: f32,
     /// Share of pixels with luma at least 0.98 (blown highlights).
     pub clipped_bright: f32,
-    /// Share of pixels in flat 4x4 cells (luma range under 0.02): a blocked lens or a
+    /// Share of flat 4x4 cells (luma range under 0.02, not clipped): a blocked lens or a
     /// uniform patch covering part of the view.
     pub flat_share: f32,
+    /// Blocking artefacts (heavy compression, pixelation): the mean luma step across the
+    /// edges of a 4, 8 or 16 pixel grid over the mean step elsewhere, the largest of the
+    /// three; about 1 for natural images. It sees blocks at the scale the model sees them.
+    #[serde(default)]
+    pub blockiness: f32,
 }
 
 /// Measures a luma plane (`width x height`, values in 0-1).
@@ -64,10 +70,12 @@ pub fn measure_luma(luma: &[f32], width: usize, height: usize) -> Result<ImageQu
                 }
             }
             cells += 1;
-            flat += (hi - lo < 0.02) as usize;
+            // clipped cells are exposure's business, not the lens's
+            flat += (hi - lo < 0.02 && lo > 0.02 && hi < 0.98) as usize;
         }
     }
     Ok(ImageQuality {
+        blockiness: blockiness(luma, width, height),
         mean_luma: mean,
         contrast: var.max(0.0).sqrt(),
         sharpness: (lap_sq / lap_n - lap_mean * lap_mean).max(0.0),
@@ -79,6 +87,262 @@ pub fn measure_luma(luma: &[f32], width: usize, height: usize) -> Result<ImageQu
             0.0
         },
     })
+}
+
+/// The largest ratio, over grid sizes 4, 8 and 16, of the mean absolute luma step across
+/// grid edges to the mean step inside the cells (horizontal and vertical steps together).
+fn blockiness(luma: &[f32], width: usize, height: usize) -> f32 {
+    // steps summed by position in a 16-periodic grid: edge sums of the smaller grids are
+    // subsets of these, so one pass over the plane serves all three
+    let (mut by_phase, mut count) = ([0f32; 16], [0u32; 16]);
+    for y in 0..height {
+        let row = &luma[y * width..(y + 1) * width];
+        for x in 1..width {
+            by_phase[x % 16] += (row[x] - row[x - 1]).abs();
+            count[x % 16] += 1;
+        }
+        if y > 0 {
+            let above = &luma[(y - 1) * width..y * width];
+            let (sum, n) = (&mut by_phase[y % 16], &mut count[y % 16]);
+            for x in 0..width {
+                *sum += (row[x] - above[x]).abs();
+                *n += 1;
+            }
+        }
+    }
+    let mut worst = 0f32;
+    for grid in [4usize, 8, 16] {
+        let (mut edge, mut edge_n, mut inner, mut inner_n) = (0f32, 0u32, 0f32, 0u32);
+        for phase in 0..16 {
+            if phase % grid == 0 {
+                edge += by_phase[phase];
+                edge_n += count[phase];
+            } else {
+                inner += by_phase[phase];
+                inner_n += count[phase];
+            }
+        }
+        if edge_n == 0 || inner_n == 0 {
+            continue;
+        }
+        let inner_mean = inner / inner_n as f32;
+        let ratio = (edge / edge_n as f32) / inner_mean.max(1e-4);
+        worst = worst.max(ratio);
+    }
+    worst
+}
+
+/// Why a frame's picture cannot be trusted, from its [`ImageQuality`] against calibrated
+/// [`QualityBounds`]. One cause per frame, the most specific first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CameraFault {
+    /// Too dark (night, tunnel, lens cap) or too many crushed blacks.
+    Dark,
+    /// Too bright or too many blown highlights (glare, sun).
+    Overexposed,
+    /// Too little contrast: fog, haze, glare, a dirty lens.
+    LowContrast,
+    /// A large uniform region: a blocked or partly covered lens.
+    Occluded,
+    /// Too much fine detail: sensor noise, or compression or pixelation blocks.
+    Noisy,
+    /// Too little fine detail: defocus, motion blur, water on the lens.
+    Blurred,
+}
+
+impl CameraFault {
+    pub const ALL: [CameraFault; 6] = [
+        CameraFault::Dark,
+        CameraFault::Overexposed,
+        CameraFault::LowContrast,
+        CameraFault::Occluded,
+        CameraFault::Noisy,
+        CameraFault::Blurred,
+    ];
+
+    /// The alarm reason's name (`camera_dark`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            CameraFault::Occluded => "camera_occluded",
+            CameraFault::Dark => "camera_dark",
+            CameraFault::Overexposed => "camera_overexposed",
+            CameraFault::LowContrast => "camera_low_contrast",
+            CameraFault::Noisy => "camera_noisy",
+            CameraFault::Blurred => "camera_blurred",
+        }
+    }
+}
+
+/// A lower and an upper bound on one measure.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Range {
+    pub low: f32,
+    pub high: f32,
+}
+
+impl Range {
+    fn contains(&self, v: f32) -> bool {
+        v >= self.low && v <= self.high
+    }
+}
+
+/// The image-quality bounds of in-distribution frames: each measure's `quantile` and
+/// `1 - quantile` quantiles over the calibration images (one-sided where only one side
+/// means trouble), so each bound alone rejects about `quantile` of clean frames.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QualityBounds {
+    /// Share of calibration images outside each bound.
+    pub quantile: f64,
+    /// How many images the bounds were computed from.
+    pub images: usize,
+    /// Where they came from (a data spec), when known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+    pub mean_luma: Range,
+    pub contrast_min: f32,
+    pub sharpness: Range,
+    pub clipped_dark_max: f32,
+    pub clipped_bright_max: f32,
+    pub flat_share_max: f32,
+    pub blockiness_max: f32,
+}
+
+/// The quantile guards are calibrated at unless told otherwise: each bound alone rejects
+/// about 0.5% of clean frames, and k of n frames must fail before FAULT is raised.
+pub const DEFAULT_GUARD_QUANTILE: f64 = 0.005;
+
+/// Fewest calibration images bounds are computed from.
+pub const MIN_QUALITY_IMAGES: usize = 50;
+
+impl QualityBounds {
+    /// Bounds at the `quantile` and `1 - quantile` quantiles of the images' measures.
+    pub fn fit(images: &[ImageQuality], quantile: f64) -> Result<Self> {
+        if !(quantile > 0.0 && quantile < 0.5) {
+            return Err(Error::InvalidParameter {
+                what: "quantile",
+                reason: format!("{quantile} is not in (0, 0.5)"),
+            });
+        }
+        if images.len() < MIN_QUALITY_IMAGES {
+            return Err(Error::InvalidParameter {
+                what: "images",
+                reason: format!(
+                    "{} images are too few to bound image quality (at least {MIN_QUALITY_IMAGES})",
+                    images.len()
+                ),
+            });
+        }
+        let q = |f: fn(&ImageQuality) -> f32, p: f64| -> Result<f32> {
+            let mut v: Vec<f32> = images.iter().map(f).collect();
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(Error::InvalidParameter {
+                    what: "images",
+                    reason: "an image-quality measure is NaN or infinite".into(),
+                });
+            }
+            v.sort_by(f32::total_cmp);
+            Ok(v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)])
+        };
+        let (lo, hi) = (quantile, 1.0 - quantile);
+        Ok(Self {
+            quantile,
+            images: images.len(),
+            source: String::new(),
+            mean_luma: Range {
+                low: q(|m| m.mean_luma, lo)?,
+                high: q(|m| m.mean_luma, hi)?,
+            },
+            contrast_min: q(|m| m.contrast, lo)?,
+            sharpness: Range {
+                low: q(|m| m.sharpness, lo)?,
+                high: q(|m| m.sharpness, hi)?,
+            },
+            clipped_dark_max: q(|m| m.clipped_dark, hi)?,
+            clipped_bright_max: q(|m| m.clipped_bright, hi)?,
+            flat_share_max: q(|m| m.flat_share, hi)?,
+            blockiness_max: q(|m| m.blockiness, hi)?,
+        })
+    }
+
+    /// Checks every bound is finite and ordered.
+    pub fn validate(&self) -> Result<()> {
+        let all = [
+            self.mean_luma.low,
+            self.mean_luma.high,
+            self.contrast_min,
+            self.sharpness.low,
+            self.sharpness.high,
+            self.clipped_dark_max,
+            self.clipped_bright_max,
+            self.flat_share_max,
+            self.blockiness_max,
+        ];
+        if all.iter().any(|v| !v.is_finite())
+            || self.mean_luma.low > self.mean_luma.high
+            || self.sharpness.low > self.sharpness.high
+            || !(self.quantile > 0.0 && self.quantile < 0.5)
+        {
+            return Err(Error::InvalidArtifact(
+                "image-quality bounds are not finite, ordered bounds".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The fault a frame with these measures shows, if any. NaN measures (an input that is
+    /// no picture) fail every bound, as dark.
+    pub fn check(&self, m: &ImageQuality) -> Option<CameraFault> {
+        // a uniform region beside a picture that keeps its contrast: something on the lens
+        // (a uniformly dark, bright or hazy frame is flat too, and is named below)
+        if m.flat_share > self.flat_share_max && m.contrast >= self.contrast_min {
+            return Some(CameraFault::Occluded);
+        }
+        if !m.mean_luma.is_finite()
+            || m.mean_luma < self.mean_luma.low
+            || m.clipped_dark > self.clipped_dark_max
+        {
+            return Some(CameraFault::Dark);
+        }
+        if m.mean_luma > self.mean_luma.high || m.clipped_bright > self.clipped_bright_max {
+            return Some(CameraFault::Overexposed);
+        }
+        if !(m.contrast >= self.contrast_min) {
+            return Some(CameraFault::LowContrast);
+        }
+        if m.flat_share > self.flat_share_max {
+            return Some(CameraFault::Occluded);
+        }
+        if m.sharpness > self.sharpness.high || m.blockiness > self.blockiness_max {
+            return Some(CameraFault::Noisy);
+        }
+        if !self.sharpness.contains(m.sharpness) {
+            return Some(CameraFault::Blurred);
+        }
+        None
+    }
+}
+
+/// Measures image quality from an encoder input tensor, reusing one luma buffer: what the
+/// edge runs on every frame (no allocation once the buffer has grown to the plane).
+#[derive(Debug, Clone, Default)]
+pub struct QualityMeter {
+    luma: Vec<f32>,
+}
+
+impl QualityMeter {
+    pub fn new(spec: &PreprocessSpec) -> Self {
+        Self {
+            luma: Vec::with_capacity(spec.width as usize * spec.height as usize),
+        }
+    }
+
+    /// The measures of the picture in `tensor`, written with `spec`.
+    pub fn measure(&mut self, tensor: &[f32], spec: &PreprocessSpec) -> Result<ImageQuality> {
+        luma_of_tensor(tensor, spec, &mut self.luma)?;
+        measure_luma(&self.luma, spec.width as usize, spec.height as usize)
+    }
 }
 
 /// Luma of packed RGB bytes, into `out`.
@@ -172,6 +436,90 @@ mod tests {
         );
         let bright = q("brighten:5");
         assert!(bright.mean_luma > q0.mean_luma, "{bright:?}");
+    }
+
+    /// The scene moved and relit a little, as consecutive frames of a camera differ.
+    fn varied(w: usize, h: usize, i: usize) -> Vec<u8> {
+        let big = scene(w + 16, h + 16);
+        let (dx, dy, gain) = (i % 16, (i / 4) % 16, 0.85 + 0.3 * (i % 7) as f32 / 6.0);
+        let mut out = Vec::with_capacity(w * h * 3);
+        for y in 0..h {
+            let row = &big[((y + dy) * (w + 16) + dx) * 3..][..w * 3];
+            out.extend(row.iter().map(|&v| (v as f32 * gain).min(255.0) as u8));
+        }
+        out
+    }
+
+    #[test]
+    fn bounds_fitted_on_clean_frames_name_each_degradation() {
+        let (w, h) = (96, 64);
+        let clean: Vec<ImageQuality> = (0..120).map(|i| quality(&varied(w, h, i), w, h)).collect();
+        let bounds = QualityBounds::fit(&clean, 0.01).unwrap();
+        bounds.validate().unwrap();
+        let passed = clean.iter().filter(|q| bounds.check(q).is_none()).count();
+        assert!(
+            passed >= 110,
+            "{passed} of 120 clean frames pass {bounds:?}"
+        );
+        let probe = varied(w, h, 200);
+        for (c, want) in [
+            ("darken:5", CameraFault::Dark),
+            ("brighten:5", CameraFault::Overexposed),
+            ("contrast:5", CameraFault::LowContrast),
+            ("gaussian_noise:5", CameraFault::Noisy),
+            ("defocus_blur:5", CameraFault::Blurred),
+            ("occlusion:5", CameraFault::Occluded),
+        ] {
+            let corruption: Corruption = c.parse().unwrap();
+            let q = quality(&corruption.apply(&probe, w, h, 1).unwrap(), w, h);
+            assert_eq!(bounds.check(&q), Some(want), "{c}: {q:?} {bounds:?}");
+        }
+        let nan = ImageQuality {
+            mean_luma: f32::NAN,
+            ..clean[0]
+        };
+        assert_eq!(bounds.check(&nan), Some(CameraFault::Dark));
+        // a plane of one mid-grey value: no contrast at all
+        let flat = measure_luma(&[0.5; 64], 8, 8).unwrap();
+        assert_eq!(bounds.check(&flat), Some(CameraFault::LowContrast));
+    }
+
+    #[test]
+    fn blockiness_sees_a_block_grid_and_not_a_smooth_scene() {
+        let (w, h) = (64, 64);
+        let mut luma = Vec::new();
+        luma_of_rgb8(&scene(w, h), &mut luma);
+        let smooth = measure_luma(&luma, w, h).unwrap().blockiness;
+        // the same scene averaged over 8x8 cells: steps only on the grid
+        let mut blocks = luma.clone();
+        for cy in (0..h).step_by(8) {
+            for cx in (0..w).step_by(8) {
+                let mean = (0..64)
+                    .map(|i| luma[(cy + i / 8) * w + cx + i % 8])
+                    .sum::<f32>()
+                    / 64.0;
+                for i in 0..64 {
+                    blocks[(cy + i / 8) * w + cx + i % 8] = mean;
+                }
+            }
+        }
+        let blocky = measure_luma(&blocks, w, h).unwrap().blockiness;
+        // the test scene has a hard 6-pixel checker, which meets a 4-pixel grid now and then
+        assert!(smooth < 3.0 && blocky > 20.0 * smooth, "{smooth} {blocky}");
+    }
+
+    #[test]
+    fn the_meter_reuses_its_buffer() {
+        let spec = PreprocessSpec::cifar(32);
+        let img = scene(32, 32);
+        let mut pre = Preprocessor::new(&spec, 32, 32, PixelFormat::Rgb8).unwrap();
+        let mut tensor = vec![0f32; pre.tensor_len()];
+        pre.run(&img, None, &mut tensor).unwrap();
+        let mut meter = QualityMeter::new(&spec);
+        let first = meter.measure(&tensor, &spec).unwrap();
+        let ptr = meter.luma.as_ptr();
+        assert_eq!(meter.measure(&tensor, &spec).unwrap(), first);
+        assert_eq!(meter.luma.as_ptr(), ptr);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! encoder's input tensor, exactly as a camera frame does on the edge.
 
 use oodmon_calibration::preprocess::{PixelFormat, PreprocessSpec, Preprocessor};
+use oodmon_calibration::quality::{ImageQuality, QualityMeter};
 use oodmon_calibration::Embeddings;
 use oodmon_runtime::Encoder;
 
@@ -57,6 +58,31 @@ pub fn embed_dataset(
     split: Split,
     limit: Option<usize>,
 ) -> std::result::Result<Embedded, DataError> {
+    embed_measured(encoder, spec, data, split, limit, None)
+}
+
+/// [`embed_dataset`], also measuring each image's quality on its input tensor as the edge
+/// does (the camera guards' view), in row order.
+pub fn embed_dataset_with_quality(
+    encoder: &Encoder,
+    spec: &PreprocessSpec,
+    data: &DataSpec,
+    split: Split,
+    limit: Option<usize>,
+) -> std::result::Result<(Embedded, Vec<ImageQuality>), DataError> {
+    let mut quality = Vec::new();
+    let e = embed_measured(encoder, spec, data, split, limit, Some(&mut quality))?;
+    Ok((e, quality))
+}
+
+fn embed_measured(
+    encoder: &Encoder,
+    spec: &PreprocessSpec,
+    data: &DataSpec,
+    split: Split,
+    limit: Option<usize>,
+    mut quality: Option<&mut Vec<ImageQuality>>,
+) -> std::result::Result<Embedded, DataError> {
     let dim = encoder.dim();
     let n = 3 * spec.width as usize * spec.height as usize;
     let mut pool = SessionPool::new(encoder)?;
@@ -64,7 +90,11 @@ pub fn embed_dataset(
     let mut pending = Vec::with_capacity(chunk * n);
     let mut values = Vec::new();
     let mut labels = Vec::new();
+    let mut meter = QualityMeter::new(spec);
     let class_names = for_each_input(spec, data, split, limit, |tensor, label| {
+        if let Some(q) = quality.as_deref_mut() {
+            q.push(meter.measure(tensor, spec)?);
+        }
         pending.extend_from_slice(tensor);
         labels.push(label);
         if pending.len() == chunk * n {
@@ -176,4 +206,37 @@ pub fn embed_loaded(
         pool.embed(&inputs[..rows * n], n, dim, &mut values)?;
     }
     Embeddings::new(ds.len(), encoder.dim(), values).map_err(DataError::from)
+}
+
+/// Image-quality measures of up to `limit` images of a split, taken on the encoder's input
+/// tensor exactly as the edge takes them on every frame (the guards' calibration data).
+pub fn image_quality(
+    spec: &PreprocessSpec,
+    data: &DataSpec,
+    split: Split,
+    limit: Option<usize>,
+) -> std::result::Result<Vec<ImageQuality>, DataError> {
+    let mut meter = QualityMeter::new(spec);
+    let mut out = Vec::new();
+    for_each_input(spec, data, split, limit, |tensor, _| {
+        out.push(meter.measure(tensor, spec)?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Image-quality measures of every image of a loaded data set (see [`image_quality`]).
+pub fn image_quality_loaded(
+    ds: &Dataset,
+    spec: &PreprocessSpec,
+) -> std::result::Result<Vec<ImageQuality>, DataError> {
+    let mut meter = QualityMeter::new(spec);
+    let mut p = ds.preprocessor(spec)?;
+    let mut tensor = vec![0f32; p.tensor_len()];
+    (0..ds.len())
+        .map(|i| {
+            p.run(ds.image(i), None, &mut tensor)?;
+            Ok(meter.measure(&tensor, spec)?)
+        })
+        .collect()
 }

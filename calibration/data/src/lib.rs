@@ -12,4 +12,7 @@ pub mod datasets;
 pub mod embed;
 
 pub use datasets::{DataError, DataSpec, Dataset, Split};
-pub use embed::{dataset_inputs, embed_dataset, embed_loaded, for_each_input, Embedded};
+pub use embed::{
+    dataset_inputs, embed_dataset, embed_dataset_with_quality, embed_loaded, for_each_input,
+    image_quality, image_quality_loaded, Embedded,
+};

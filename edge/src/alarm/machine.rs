@@ -7,6 +7,7 @@
 //! measured on, and the monotonic arrival time, which stalls are measured on; the wall
 //! clock never enters.
 
+use oodmon_calibration::quality::CameraFault;
 use oodmon_protocol::{AlarmState, Reason};
 use serde::Deserialize;
 
@@ -42,6 +43,10 @@ pub struct AlarmConfig {
     pub frozen_frames: usize,
     /// FAULT after this many bad frames (undecodable, wrong size, timeouts) in a row.
     pub max_bad_frames: u32,
+    /// Camera FAULT (`camera_dark`, ...) when `camera_raise_k` of the last
+    /// `camera_window_n` frames fail the calibration's image-quality guards.
+    pub camera_raise_k: usize,
+    pub camera_window_n: usize,
     /// HEARTBEAT period.
     pub heartbeat_ms: u64,
 }
@@ -57,6 +62,8 @@ impl Default for AlarmConfig {
             stall_ms: 500,
             frozen_frames: 30,
             max_bad_frames: 5,
+            camera_raise_k: 3,
+            camera_window_n: 5,
             heartbeat_ms: 200,
         }
     }
@@ -71,6 +78,20 @@ impl AlarmConfig {
             return Err(format!(
                 "raise_k {} is not in 1..=window_n ({})",
                 self.raise_k, self.window_n
+            )
+            .into());
+        }
+        if self.camera_window_n == 0 || self.camera_window_n > MAX_WINDOW {
+            return Err(format!(
+                "camera_window_n {} is not in 1..={MAX_WINDOW}",
+                self.camera_window_n
+            )
+            .into());
+        }
+        if self.camera_raise_k == 0 || self.camera_raise_k > self.camera_window_n {
+            return Err(format!(
+                "camera_raise_k {} is not in 1..=camera_window_n ({})",
+                self.camera_raise_k, self.camera_window_n
             )
             .into());
         }
@@ -102,12 +123,14 @@ impl AlarmConfig {
 /// What happened to one frame, as the alarm sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FrameOutcome {
-    /// Scored: the per-frame decision, the score and a fingerprint of the frame's pixels
-    /// (identical frames have identical fingerprints).
+    /// Scored: the per-frame decision, the score, a fingerprint of the frame's pixels
+    /// (identical frames have identical fingerprints) and the camera guard it fails, if
+    /// any (then its decision is not trusted either way).
     Scored {
         ood: bool,
         score: f64,
         fingerprint: u64,
+        camera: Option<CameraFault>,
     },
     /// The score was NaN or infinite.
     NonFinite,
@@ -154,6 +177,12 @@ pub struct AlarmMachine {
     last_fingerprint: Option<u64>,
     same_streak: usize,
     bad_streak: u32,
+    /// Camera guard outcomes of the last `camera_window_n` frames (0: passed, else 1 +
+    /// the fault's index in [`CameraFault::ALL`]), and how many of each.
+    camera_window: [u8; MAX_WINDOW],
+    camera_at: usize,
+    camera_filled: usize,
+    camera_counts: [usize; CameraFault::ALL.len()],
     /// The fault that holds now, if any (cleared by the condition going away).
     fault: Option<Reason>,
     /// Outputs that cannot deliver now ([`Output`] bits).
@@ -177,6 +206,10 @@ impl AlarmMachine {
             last_fingerprint: None,
             same_streak: 0,
             bad_streak: 0,
+            camera_window: [0; MAX_WINDOW],
+            camera_at: 0,
+            camera_filled: 0,
+            camera_counts: [0; CameraFault::ALL.len()],
             fault: Some(Reason::Starting),
             failed_outputs: 0,
         }
@@ -224,6 +257,38 @@ impl AlarmMachine {
         self.window[self.window_at] = ood;
         self.ood_in_window += ood as usize;
         self.window_at = (self.window_at + 1) % n;
+    }
+
+    /// Records the frame's guard outcome; returns the camera fault that k of the last n
+    /// frames show, if any (the commonest in the window, ties to the latest frame's).
+    fn push_camera(&mut self, camera: Option<CameraFault>) -> Option<CameraFault> {
+        let n = self.config.camera_window_n;
+        if self.camera_filled == n {
+            let old = self.camera_window[self.camera_at];
+            if old > 0 {
+                self.camera_counts[old as usize - 1] -= 1;
+            }
+        } else {
+            self.camera_filled += 1;
+        }
+        let code = camera.map_or(0, |c| {
+            1 + CameraFault::ALL.iter().position(|&f| f == c).unwrap_or(0) as u8
+        });
+        self.camera_window[self.camera_at] = code;
+        if code > 0 {
+            self.camera_counts[code as usize - 1] += 1;
+        }
+        self.camera_at = (self.camera_at + 1) % n;
+        if self.camera_counts.iter().sum::<usize>() < self.config.camera_raise_k {
+            return None;
+        }
+        let mut best = (code as usize).saturating_sub(1);
+        for (i, &count) in self.camera_counts.iter().enumerate() {
+            if count > self.camera_counts[best] {
+                best = i;
+            }
+        }
+        Some(CameraFault::ALL[best])
     }
 
     fn fault(&mut self, reason: Reason, score: f64, now: u64) -> Option<Transition> {
@@ -276,6 +341,7 @@ impl AlarmMachine {
                 ood,
                 score,
                 fingerprint,
+                camera,
             } => {
                 if !score.is_finite() {
                     return self.fault(Reason::NonFiniteScore, score, now_ms);
@@ -290,9 +356,18 @@ impl AlarmMachine {
                 if self.config.frozen_frames > 0 && self.same_streak >= self.config.frozen_frames {
                     return self.fault(Reason::FrozenCamera, score, now_ms);
                 }
+                if let Some(c) = self.push_camera(camera) {
+                    return self.fault(camera_reason(c), score, now_ms);
+                }
                 self.fault = None;
-                self.push_window(ood);
-                self.id_streak = if ood { 0 } else { self.id_streak + 1 };
+                if camera.is_some() {
+                    // a degraded picture: its verdict counts neither as OOD nor as evidence
+                    // that the scene is in distribution
+                    self.id_streak = 0;
+                } else {
+                    self.push_window(ood);
+                    self.id_streak = if ood { 0 } else { self.id_streak + 1 };
+                }
                 if self.failed_outputs != 0 {
                     // the frames are fine, but an output cannot deliver: hold FAULT
                     return self.go(AlarmState::Fault, Reason::OutputError, score, now_ms);
@@ -359,6 +434,18 @@ impl AlarmMachine {
     }
 }
 
+/// The alarm reason of a camera guard.
+pub fn camera_reason(c: CameraFault) -> Reason {
+    match c {
+        CameraFault::Dark => Reason::CameraDark,
+        CameraFault::Overexposed => Reason::CameraOverexposed,
+        CameraFault::LowContrast => Reason::CameraLowContrast,
+        CameraFault::Occluded => Reason::CameraOccluded,
+        CameraFault::Noisy => Reason::CameraNoisy,
+        CameraFault::Blurred => Reason::CameraBlurred,
+    }
+}
+
 /// What a stream of per-frame decisions does to the alarm.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct AlarmRate {
@@ -396,6 +483,7 @@ pub fn alarm_rate(
                 ood: false,
                 score: 0.0,
                 fingerprint: i as u64,
+                camera: None,
             },
             0,
         );
@@ -408,6 +496,7 @@ pub fn alarm_rate(
             ood,
             score: ood as u8 as f64,
             fingerprint: i as u64 + 1_000_000,
+            camera: None,
         };
         if let Some(t) = m.on_frame(out, t_ms) {
             match t.state {
@@ -441,6 +530,7 @@ mod tests {
             ood,
             score: if ood { 0.9 } else { 0.1 },
             fingerprint: fp,
+            camera: None,
         }
     }
 
@@ -453,6 +543,8 @@ mod tests {
             stall_ms: 300,
             frozen_frames: 5,
             max_bad_frames: 3,
+            camera_raise_k: 3,
+            camera_window_n: 5,
             heartbeat_ms: 100,
             decision: DecisionRule::Threshold,
         }
@@ -535,6 +627,7 @@ mod tests {
                 ood: false,
                 score: f64::NAN,
                 fingerprint: 1,
+                camera: None,
             },
             t,
         );
@@ -568,6 +661,70 @@ mod tests {
             run(&mut m, &mut t, &[true; 3]),
             [(AlarmState::Ood, Reason::OodFrames)]
         );
+    }
+
+    /// A frame that fails a camera guard, with its own decision `ood`.
+    fn degraded(ood: bool, fp: u64, c: CameraFault) -> FrameOutcome {
+        FrameOutcome::Scored {
+            ood,
+            score: 0.5,
+            fingerprint: fp,
+            camera: Some(c),
+        }
+    }
+
+    #[test]
+    fn k_of_n_degraded_frames_raise_a_camera_fault_that_clears_on_clean_frames() {
+        let mut m = AlarmMachine::new(config(), 0);
+        let mut t = 0;
+        run(&mut m, &mut t, &[false; 4]);
+        assert_eq!(m.state(), (AlarmState::Ok, Reason::Cleared));
+        // two degraded frames of five: no fault, and their verdicts do not count
+        for ood in [true, true] {
+            t += 10;
+            assert_eq!(m.on_frame(degraded(ood, t, CameraFault::Dark), t), None);
+        }
+        t += 10;
+        assert_eq!(
+            m.on_frame(scored(true, t), t),
+            None,
+            "one trusted OOD frame"
+        );
+        // the third degraded frame of five: FAULT, named by the commonest cause
+        t += 10;
+        let tr = m
+            .on_frame(degraded(false, t, CameraFault::Blurred), t)
+            .unwrap();
+        assert_eq!(
+            (tr.state, tr.reason),
+            (AlarmState::Fault, Reason::CameraDark)
+        );
+        for _ in 0..3 {
+            t += 10;
+            m.on_frame(degraded(false, t, CameraFault::Blurred), t);
+        }
+        assert_eq!(m.state(), (AlarmState::Fault, Reason::CameraBlurred));
+        // clean frames: the window empties below k, then m in-distribution frames clear it
+        let path = run(&mut m, &mut t, &[false; 8]);
+        assert_eq!(path, [(AlarmState::Ok, Reason::Cleared)]);
+        // degraded OOD verdicts never raise OOD on their own
+        let mut m = AlarmMachine::new(config(), 0);
+        let mut t = 0;
+        run(&mut m, &mut t, &[false; 4]);
+        for i in 0..2 {
+            t += 10;
+            m.on_frame(degraded(true, t, CameraFault::Noisy), t);
+            t += 10;
+            m.on_frame(scored(false, t), t);
+            t += 10;
+            m.on_frame(scored(false, t), t);
+            assert_eq!(m.state(), (AlarmState::Ok, Reason::Cleared), "round {i}");
+        }
+        // every reason has its protocol code
+        for c in CameraFault::ALL {
+            assert_eq!(camera_reason(c).name(), c.name());
+            assert!(AlarmState::Fault.allows(camera_reason(c)));
+        }
     }
 
     #[test]

@@ -319,6 +319,7 @@ impl Service {
                     ood,
                     score: r.score,
                     fingerprint: r.fingerprint,
+                    camera: r.camera,
                 };
                 // files carry media time; live frames are timed as they arrive
                 (outcome, r.media_us.map_or(now, |us| us / 1000))

@@ -22,6 +22,8 @@ pub struct CheckReport {
     pub clusters: usize,
     pub metric: String,
     pub threshold_rule: String,
+    /// The calibration's camera guards.
+    pub guards: Option<oodmon_calibration::QualityBounds>,
     pub score: f64,
     pub threshold: f64,
     pub total_us: u32,
@@ -42,6 +44,7 @@ pub fn check(dir: &Path, backend: Backend) -> Result<CheckReport> {
     let metric = format!("{:?}", b.artifact.fit.metric);
     let threshold_rule = format!("{:?}", b.artifact.thresholds.mode);
     let encoder_sha256 = b.artifact.encoder_sha256.clone().unwrap_or_default();
+    let guards = b.artifact.image_quality.clone();
     let mut engine = Engine::new(b)?;
     let record = probe(&mut engine)?;
     if let Some(a) = agreement.clone().filter(|a| !a.acceptable()) {
@@ -59,6 +62,7 @@ pub fn check(dir: &Path, backend: Backend) -> Result<CheckReport> {
         clusters,
         metric,
         threshold_rule,
+        guards,
         score: record.score,
         threshold: record.threshold,
         total_us: record.latency.total_us(),
@@ -90,6 +94,27 @@ impl std::fmt::Display for CheckReport {
         )?;
         if let Some(a) = &self.agreement {
             writeln!(f, "  against tract: {a}")?;
+        }
+        match &self.guards {
+            Some(g) => writeln!(
+                f,
+                "  camera guards: mean luma {:.3}-{:.3}, contrast >= {:.3}, sharpness \
+                 {:.2e}-{:.2e}, flat cells <= {:.3}, blockiness <= {:.2} (from {} images, \
+                 quantile {})",
+                g.mean_luma.low,
+                g.mean_luma.high,
+                g.contrast_min,
+                g.sharpness.low,
+                g.sharpness.high,
+                g.flat_share_max,
+                g.blockiness_max,
+                g.images,
+                g.quantile
+            )?,
+            None => writeln!(
+                f,
+                "  camera guards: none (add them with `oodmon-calibrate guards`)"
+            )?,
         }
         write!(
             f,

@@ -155,8 +155,15 @@ pub struct SegmentResult {
     pub scene: String,
     pub frames: u64,
     pub ood_frames: u64,
+    /// Frames that failed a camera guard.
+    pub camera_frames: u64,
     pub mean_score: f64,
 }
+
+/// The label of a segment whose frames come from a degraded camera.
+pub const CAMERA_FAULT: &str = "camera-fault";
+/// The label of an out-of-distribution segment.
+pub const OUT_OF_DISTRIBUTION: &str = "out-of-distribution";
 
 #[derive(Debug, Clone)]
 pub struct DemoSummary {
@@ -166,29 +173,31 @@ pub struct DemoSummary {
 }
 
 impl DemoSummary {
-    /// Whether most frames of each segment got the segment's label.
+    /// Whether most frames of each segment got the segment's label: flagged OOD out of
+    /// distribution, failing a camera guard from a degraded camera, neither otherwise.
     pub fn frames_match(&self) -> bool {
         self.segments.iter().all(|s| {
-            let ood_share = s.ood_frames as f64 / s.frames.max(1) as f64;
-            if s.label == "out-of-distribution" {
-                ood_share > 0.5
-            } else {
-                ood_share < 0.5
+            let share = |n: u64| n as f64 / s.frames.max(1) as f64;
+            match s.label.as_str() {
+                OUT_OF_DISTRIBUTION => share(s.ood_frames) > 0.5,
+                CAMERA_FAULT => share(s.camera_frames) > 0.5,
+                _ => share(s.ood_frames) < 0.5 && share(s.camera_frames) < 0.5,
             }
         })
     }
 
     /// Whether the alarm itself followed the scenario: OK for each run of in-distribution
-    /// segments, OOD for each run of out-of-distribution ones, in that order (OK -> OOD ->
-    /// OK for the built-in scenario).
+    /// segments, OOD for each run of out-of-distribution ones, FAULT with a camera reason
+    /// for a degraded camera, in that order (OK -> OOD -> OK -> FAULT -> OK for the
+    /// built-in scenario).
     pub fn alarm_followed_scenario(&self) -> bool {
-        use oodmon_protocol::AlarmState::{Ok, Ood};
+        use oodmon_protocol::AlarmState::{Fault, Ok, Ood};
         let mut expected = Vec::new();
         for s in &self.segments {
-            let state = if s.label == "out-of-distribution" {
-                Ood
-            } else {
-                Ok
+            let state = match s.label.as_str() {
+                OUT_OF_DISTRIBUTION => Ood,
+                CAMERA_FAULT => Fault,
+                _ => Ok,
             };
             if expected.last() != Some(&state) {
                 expected.push(state);
@@ -196,11 +205,28 @@ impl DemoSummary {
         }
         let mut wanted = expected.into_iter().peekable();
         for t in &self.alarms.transitions {
-            if wanted.peek() == Some(&t.state) {
+            let camera = t.reason.name().starts_with("camera_");
+            if wanted.peek() == Some(&t.state) && (t.state != Fault || camera) {
                 wanted.next();
             }
         }
         wanted.peek().is_none()
+    }
+
+    /// The alarm's path as the scenario expects it, for people.
+    pub fn expected_path(&self) -> String {
+        let mut path: Vec<&str> = Vec::new();
+        for s in &self.segments {
+            let state = match s.label.as_str() {
+                OUT_OF_DISTRIBUTION => "OOD",
+                CAMERA_FAULT => "FAULT (camera)",
+                _ => "OK",
+            };
+            if path.last() != Some(&state) {
+                path.push(state);
+            }
+        }
+        path.join(" -> ")
     }
 
     /// The scenario was reproduced: frames classified as labelled, and the alarm went
@@ -257,6 +283,7 @@ pub fn play_with_alarms(
             scene: s.scene.clone(),
             frames: 0,
             ood_frames: 0,
+            camera_frames: 0,
             mean_score: 0.0,
         })
         .collect();
@@ -284,6 +311,7 @@ pub fn play_with_alarms(
                 let s = &mut segments[i];
                 s.frames += 1;
                 s.ood_frames += r.ood as u64;
+                s.camera_frames += r.camera.is_some() as u64;
                 s.mean_score += (r.score - s.mean_score) / s.frames as f64;
             }
             if !quiet {
@@ -305,15 +333,23 @@ pub fn play_with_alarms(
         segments,
         alarms: report,
     };
-    writeln!(
-        out,
-        "{}",
-        match (summary.frames_match(), summary.alarm_followed_scenario()) {
-            (true, true) => "scenario reproduced: in-distribution frames pass, out-of-distribution frames are flagged, and the alarm went OK -> OOD -> OK",
-            (false, _) => "scenario NOT reproduced: the decisions do not match the scenario's labels",
-            (true, false) => "scenario NOT reproduced: the frames were classified as labelled, but the alarm did not go OK -> OOD -> OK",
-        }
-    )?;
+    let path = summary.expected_path();
+    match (summary.frames_match(), summary.alarm_followed_scenario()) {
+        (true, true) => writeln!(
+            out,
+            "scenario reproduced: in-distribution frames pass, out-of-distribution frames are \
+             flagged, the darkened camera fails its guards, and the alarm went {path}"
+        )?,
+        (false, _) => writeln!(
+            out,
+            "scenario NOT reproduced: the decisions do not match the scenario's labels"
+        )?,
+        (true, false) => writeln!(
+            out,
+            "scenario NOT reproduced: the frames were classified as labelled, but the alarm \
+             did not go {path}"
+        )?,
+    }
     Ok(summary)
 }
 
@@ -340,14 +376,18 @@ fn write_status_line(
     let (state, reason) = service.current();
     write!(
         out,
-        "\rframe {:>3}  [{}] score {:.3} / {:.3}  nearest {:<10} (cluster {:>2})  {}  {:>5} us  alarm {:<5} ({:<13}) ",
+        "\rframe {:>3}  [{}] score {:.3} / {:.3}  nearest {:<10} (cluster {:>2})  {}  {:>5} us  alarm {:<5} ({:<19}) ",
         r.sequence,
         bar,
         r.score,
         r.threshold,
         class_name,
         r.nearest,
-        if r.ood { "OOD" } else { "ok " },
+        match r.camera {
+            Some(_) => "cam",
+            None if r.ood => "OOD",
+            None => "ok ",
+        },
         r.latency.total_us(),
         state.name(),
         reason.name()
@@ -371,19 +411,20 @@ fn write_closing_summary(
         };
         writeln!(
             out,
-            "{name:<32} {:>3} frames, {:>3} flagged OOD, mean score {:.3}",
-            s.frames, s.ood_frames, s.mean_score
+            "{name:<32} {:>3} frames, {:>3} flagged OOD, {:>3} failing a camera guard, mean score {:.3}",
+            s.frames, s.ood_frames, s.camera_frames, s.mean_score
         )?;
     }
     let l = &run.latency;
     writeln!(
         out,
-        "{} frames, {} OOD decisions; latency p50 {} us (decode {}, preprocess {}, inference {}, scoring {}), p99 {} us",
+        "{} frames, {} OOD decisions; latency p50 {} us (decode {}, preprocess {}, guards {}, inference {}, scoring {}), p99 {} us",
         run.frames,
         run.ood_frames,
         l.total.p50_us,
         l.decode.p50_us,
         l.preprocess.p50_us,
+        l.quality.p50_us,
         l.inference.p50_us,
         l.scoring.p50_us,
         l.total.p99_us
@@ -395,7 +436,7 @@ fn write_closing_summary(
         .collect();
     writeln!(
         out,
-        "alarm (3 of 5 frames raise OOD, 10 in a row and 1 s clear it): FAULT (starting) -> {}",
+        "alarm (3 of 5 frames raise OOD or a camera FAULT, 10 in a row and 1 s clear it): FAULT (starting) -> {}",
         path.join(" -> ")
     )?;
     if report.messages_sent > 0 || report.send_errors > 0 {

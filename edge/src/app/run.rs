@@ -34,6 +34,8 @@ pub struct Overrides {
     pub overlap: Option<OverlapMode>,
     pub backend: Option<oodmon_runtime::Backend>,
     pub corrupt: Option<String>,
+    /// Turn the camera guards off.
+    pub no_guards: bool,
 }
 
 /// The configuration file (or the defaults) with the overrides applied.
@@ -63,6 +65,7 @@ pub fn settings(config: Option<&Path>, o: Overrides) -> Result<EdgeConfig> {
         cfg.pipeline.backend = b;
     }
     cfg.camera.corrupt = o.corrupt.or(cfg.camera.corrupt);
+    cfg.camera.guards &= !o.no_guards;
     Ok(cfg)
 }
 
@@ -111,6 +114,20 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
     let class_names = bundle.artifact.class_names.clone();
     let mut engine = Engine::new(bundle)?;
     engine.set_scaled_jpeg(cfg.camera.scaled_jpeg_decode);
+    if !cfg.camera.guards {
+        engine.disable_guards();
+    }
+    match engine.guards() {
+        Some(g) => log::info!(
+            "camera guards on: image-quality bounds from {} calibration images",
+            g.images
+        ),
+        None if cfg.camera.guards => log::warn!(
+            "camera guards off: the calibration has no image-quality bounds (add them with \
+             `oodmon-calibrate guards`)"
+        ),
+        None => log::info!("camera guards off"),
+    }
     let service = AlarmService::start(cfg.alarm.clone(), outputs(cfg)?);
     let mut src = source::open(&spec, &cfg.source_options())?;
     if let Some(c) = &cfg.camera.corrupt {
@@ -292,7 +309,7 @@ pub fn summary_text(s: &RunSummary) -> String {
     let l = &s.latency;
     format!(
         "frames {} (OOD {}, bad {}, dropped {}) in {:.1} s, {:.1} frames/s, {}{}\n\
-         latency p50/p99 us: decode {}/{}, preprocess {}/{}, queue {}/{}, inference {}/{}, scoring {}/{}, total {}/{}\n\
+         latency p50/p99 us: decode {}/{}, preprocess {}/{}, guards {}/{}, queue {}/{}, inference {}/{}, scoring {}/{}, total {}/{}\n\
          peak memory {}",
         s.frames,
         s.ood_frames,
@@ -312,6 +329,8 @@ pub fn summary_text(s: &RunSummary) -> String {
         l.decode.p99_us,
         l.preprocess.p50_us,
         l.preprocess.p99_us,
+        l.quality.p50_us,
+        l.quality.p99_us,
         l.queue.p50_us,
         l.queue.p99_us,
         l.inference.p50_us,

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use oodmon_calibration::preprocess::{PixelFormat, Preprocessor};
+use oodmon_calibration::quality::{CameraFault, ImageQuality, QualityBounds, QualityMeter};
 use oodmon_calibration::PreprocessSpec;
 use oodmon_runtime::{Bundle, Session};
 
@@ -17,21 +18,49 @@ fn micros(since: Instant) -> u32 {
     since.elapsed().as_micros().min(u32::MAX as u128) as u32
 }
 
-/// The frame side of an engine: decoding and preprocessing into an input tensor. The
-/// overlapped loop runs it on the thread that reads the camera.
+/// A frame made ready for the model: the stage times and what its picture looks like.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Prepared {
+    pub decode_us: u32,
+    pub preprocess_us: u32,
+    /// Measuring image quality and checking the guards.
+    pub quality_us: u32,
+    pub quality: ImageQuality,
+    /// The guard the frame fails, when the calibration has guards and they are on.
+    pub camera: Option<CameraFault>,
+}
+
+/// The frame side of an engine: decoding, preprocessing into an input tensor, and the
+/// camera guards (image quality measured on that tensor). The overlapped loop runs it on
+/// the thread that reads the camera.
 pub struct FramePreparer {
     spec: PreprocessSpec,
     preprocessor: Option<Preprocessor>,
     decoder: FrameDecoder,
+    meter: QualityMeter,
+    guards: Option<QualityBounds>,
 }
 
 impl FramePreparer {
-    pub fn new(spec: &PreprocessSpec) -> Self {
+    /// A preparer whose frames are checked against `guards` (none: measured only).
+    pub fn new(spec: &PreprocessSpec, guards: Option<QualityBounds>) -> Self {
         Self {
             spec: spec.clone(),
             preprocessor: None,
             decoder: FrameDecoder::new(spec, true),
+            meter: QualityMeter::new(spec),
+            guards,
         }
+    }
+
+    /// The camera guards in force.
+    pub fn guards(&self) -> Option<&QualityBounds> {
+        self.guards.as_ref()
+    }
+
+    /// Turns the camera guards off (frames are still measured).
+    pub fn disable_guards(&mut self) {
+        self.guards = None;
     }
 
     /// Whether large JPEG frames are decoded at a reduced scale.
@@ -44,15 +73,25 @@ impl FramePreparer {
         3 * self.spec.width as usize * self.spec.height as usize
     }
 
-    /// Decodes the frame and writes the encoder's input into `out`; returns the decode and
-    /// preprocessing times (us). Allocation-free for raw frames once the geometry is known.
-    pub fn prepare(&mut self, frame: &Frame<'_>, out: &mut [f32]) -> Result<(u32, u32)> {
+    /// Decodes the frame, writes the encoder's input into `out` and measures it against
+    /// the guards. Allocation-free for raw frames once the geometry is known.
+    pub fn prepare(&mut self, frame: &Frame<'_>, out: &mut [f32]) -> Result<Prepared> {
         let t = Instant::now();
         let pixels = self.decoder.decode(frame)?;
         let decode_us = micros(t);
         let t = Instant::now();
         preprocess_into(&mut self.preprocessor, &self.spec, &pixels, out)?;
-        Ok((decode_us, micros(t)))
+        let preprocess_us = micros(t);
+        let t = Instant::now();
+        let quality = self.meter.measure(out, &self.spec)?;
+        let camera = self.guards.as_ref().and_then(|g| g.check(&quality));
+        Ok(Prepared {
+            decode_us,
+            preprocess_us,
+            quality_us: micros(t),
+            quality,
+            camera,
+        })
     }
 }
 
@@ -113,7 +152,7 @@ impl Engine {
         let session = bundle.encoder.session()?;
         let scorer = FrameScorer::new(bundle.detector, &bundle.artifact);
         Ok(Self {
-            frames: FramePreparer::new(&spec),
+            frames: FramePreparer::new(&spec, bundle.artifact.image_quality.clone()),
             model: ModelStage { session, scorer },
         })
     }
@@ -144,22 +183,39 @@ impl Engine {
         &self.frames.spec
     }
 
+    /// The camera guards in force (from the calibration, unless turned off).
+    pub fn guards(&self) -> Option<&QualityBounds> {
+        self.frames.guards()
+    }
+
+    /// Turns the camera guards off: frames are measured but never raise a camera FAULT.
+    pub fn disable_guards(&mut self) {
+        self.frames.disable_guards();
+    }
+
     /// Decodes, preprocesses, embeds and scores one frame.
     pub fn process(&mut self, frame: &Frame<'_>) -> Result<FrameRecord> {
-        let mut latency = StageLatency::default();
-        (latency.decode_us, latency.preprocess_us) = self.prepare(frame)?;
+        let prepared = self.prepare(frame)?;
+        let mut latency = StageLatency {
+            decode_us: prepared.decode_us,
+            preprocess_us: prepared.preprocess_us,
+            quality_us: prepared.quality_us,
+            ..StageLatency::default()
+        };
         let mut record = self.model.run_and_score(&mut latency)?;
         record.sequence = frame.sequence;
         record.timestamp_us = frame.timestamp_us;
         record.media_us = frame.media_us;
         record.latency = latency;
+        record.quality = prepared.quality;
+        record.camera = prepared.camera;
         record.fingerprint = fingerprint(self.input_tensor());
         Ok(record)
     }
 
-    /// Decodes the frame and writes the encoder's input tensor; returns the decode and
-    /// preprocessing times (us). Allocation-free for raw frames once the geometry is known.
-    pub fn prepare(&mut self, frame: &Frame<'_>) -> Result<(u32, u32)> {
+    /// Decodes the frame, writes the encoder's input tensor and measures its quality.
+    /// Allocation-free for raw frames once the geometry is known.
+    pub fn prepare(&mut self, frame: &Frame<'_>) -> Result<Prepared> {
         let frames = &mut self.frames;
         self.model
             .session

@@ -44,6 +44,8 @@ pub struct Percentiles {
 pub struct StagePercentiles {
     pub decode: Percentiles,
     pub preprocess: Percentiles,
+    /// Image-quality measures and camera guards.
+    pub quality: Percentiles,
     pub queue: Percentiles,
     pub inference: Percentiles,
     pub scoring: Percentiles,
@@ -77,6 +79,7 @@ impl LatencyStats {
         StagePercentiles {
             decode: of(|l| l.decode_us),
             preprocess: of(|l| l.preprocess_us),
+            quality: of(|l| l.quality_us),
             queue: of(|l| l.queue_us),
             inference: of(|l| l.inference_us),
             scoring: of(|l| l.scoring_us),

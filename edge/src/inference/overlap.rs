@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::engine::{FramePreparer, InferStage};
+use super::engine::{FramePreparer, InferStage, Prepared};
 use super::frame_loop::{peak_memory_bytes, Ending, Event, LatencyStats, RunLimits, RunSummary};
 use super::score::{fingerprint, FrameRecord};
 use crate::error::{EdgeError, Result};
@@ -67,8 +67,7 @@ struct Job {
     sequence: u64,
     timestamp_us: u64,
     media_us: Option<u64>,
-    decode_us: u32,
-    preprocess_us: u32,
+    prepared: Prepared,
     fingerprint: u64,
     /// When it entered the slot.
     queued: Instant,
@@ -221,8 +220,11 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
                 record.timestamp_us = job.timestamp_us;
                 record.media_us = job.media_us;
                 record.fingerprint = job.fingerprint;
-                record.latency.decode_us = job.decode_us;
-                record.latency.preprocess_us = job.preprocess_us;
+                record.latency.decode_us = job.prepared.decode_us;
+                record.latency.preprocess_us = job.prepared.preprocess_us;
+                record.latency.quality_us = job.prepared.quality_us;
+                record.quality = job.prepared.quality;
+                record.camera = job.prepared.camera;
                 record.latency.queue_us = queue_us;
                 self.bad_in_a_row = 0;
                 self.summary.frames += 1;
@@ -374,15 +376,14 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
             let (sequence, timestamp_us, media_us) =
                 (frame.sequence, frame.timestamp_us, frame.media_us);
             match frames.prepare(&frame, &mut input) {
-                Ok((decode_us, preprocess_us)) => {
+                Ok(prepared) => {
                     let job = Job {
                         fingerprint: fingerprint(&input),
                         input,
                         sequence,
                         timestamp_us,
                         media_us,
-                        decode_us,
-                        preprocess_us,
+                        prepared,
                         queued: Instant::now(),
                     };
                     accepted += 1;

@@ -2,6 +2,7 @@
 //! into the frame's record (score, nearest cluster and its class, p-value, decision), with
 //! no allocation per frame.
 
+use oodmon_calibration::quality::{CameraFault, ImageQuality};
 use oodmon_calibration::{CalibrationArtifact, Detector, Scratch};
 use serde::Serialize;
 
@@ -12,6 +13,8 @@ use crate::error::Result;
 pub struct StageLatency {
     pub decode_us: u32,
     pub preprocess_us: u32,
+    /// Image-quality measures and the camera guards.
+    pub quality_us: u32,
     /// Waiting for the model (the overlapped loop; 0 in the sequential one).
     pub queue_us: u32,
     pub inference_us: u32,
@@ -21,7 +24,12 @@ pub struct StageLatency {
 impl StageLatency {
     /// From the start of decoding to the frame's record.
     pub fn total_us(&self) -> u32 {
-        self.decode_us + self.preprocess_us + self.queue_us + self.inference_us + self.scoring_us
+        self.decode_us
+            + self.preprocess_us
+            + self.quality_us
+            + self.queue_us
+            + self.inference_us
+            + self.scoring_us
     }
 }
 
@@ -46,6 +54,11 @@ pub struct FrameRecord {
     pub threshold: f64,
     pub ood: bool,
     pub latency: StageLatency,
+    /// What the picture looks like (on the encoder's input).
+    pub quality: ImageQuality,
+    /// The camera guard the frame fails: the model's verdict on it is not trusted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub camera: Option<CameraFault>,
     /// Fingerprint of the preprocessed frame: identical frames share it (frozen camera).
     #[serde(skip)]
     pub fingerprint: u64,
@@ -103,6 +116,8 @@ impl FrameScorer {
             threshold: d.threshold,
             ood: d.ood,
             latency: StageLatency::default(),
+            quality: ImageQuality::default(),
+            camera: None,
             fingerprint: 0,
         })
     }

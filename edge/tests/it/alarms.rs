@@ -40,6 +40,8 @@ fn config() -> AlarmConfig {
         stall_ms: heartbeat_ms(),
         frozen_frames: 6,
         max_bad_frames: 3,
+        camera_raise_k: 3,
+        camera_window_n: 5,
         heartbeat_ms: heartbeat_ms(),
     }
 }
@@ -717,6 +719,8 @@ fn record(i: u64, ood: bool) -> oodmon_edge::FrameRecord {
         threshold: 0.5,
         ood,
         latency: Default::default(),
+        quality: Default::default(),
+        camera: None,
         fingerprint: i,
     }
 }

@@ -149,7 +149,7 @@ fn the_overlapped_loop_allocates_nothing_per_frame_on_either_thread() {
     // setup (thread, channel, tensors, statistics) costs the same for any run length: the
     // per-frame cost is the difference between a long and a short run
     let count_run = |frames: u64| {
-        let mut preparer = FramePreparer::new(&PreprocessSpec::cifar(16));
+        let mut preparer = FramePreparer::new(&PreprocessSpec::cifar(16), None);
         let mut source = SameFrame {
             pixels: id_image(2, 40, 30, 3),
             next: 0,

@@ -128,7 +128,7 @@ fn run(
     oodmon_edge::error::Result<oodmon_edge::inference::RunSummary>,
     Events,
 ) {
-    let mut frames = FramePreparer::new(&spec());
+    let mut frames = FramePreparer::new(&spec(), None);
     let mut events = Events::new();
     let stop = AtomicBool::new(false);
     let summary = run_overlapped(

@@ -249,6 +249,8 @@ pub fn fake_record(score: f64, threshold: f64) -> oodmon_edge::FrameRecord {
         threshold,
         ood: false,
         latency: oodmon_edge::StageLatency::default(),
+        quality: Default::default(),
+        camera: None,
         fingerprint: 0,
     }
 }

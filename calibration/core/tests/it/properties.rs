@@ -226,6 +226,48 @@ fn artifact_round_trips_and_rejects_tampering() {
 }
 
 #[test]
+fn a_schema_1_artifact_is_migrated_on_load_and_bounds_round_trip() {
+    use oodmon_calibration::quality::{ImageQuality, QualityBounds};
+    let a = small_artifact();
+    // a file as schema 1 wrote it: no image-quality field
+    let mut v: serde_json::Value = serde_json::from_str(&a.to_json()).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.remove("image_quality");
+    o.insert("schema_version".into(), 1.into());
+    let old = serde_json::to_string_pretty(&v).unwrap();
+    assert_eq!(CalibrationArtifact::schema_version_of(&old), Some(1));
+    let migrated = CalibrationArtifact::from_json(&old).unwrap();
+    assert_eq!(migrated.schema_version, oodmon_calibration::SCHEMA_VERSION);
+    assert_eq!(migrated.image_quality, None);
+    assert_eq!(migrated, a);
+    // bounds need the preprocessing they were measured after
+    let images: Vec<ImageQuality> = (0..100)
+        .map(|i| ImageQuality {
+            mean_luma: 0.3 + 0.004 * i as f32,
+            contrast: 0.2,
+            sharpness: 0.01 + 0.0001 * i as f32,
+            blockiness: 1.0,
+            ..Default::default()
+        })
+        .collect();
+    let bounds = QualityBounds::fit(&images, 0.01).unwrap();
+    assert!(a.clone().with_image_quality(bounds.clone()).is_err());
+    let mut with_spec = a.clone();
+    with_spec.preprocessing = Some(oodmon_calibration::PreprocessSpec::cifar(32));
+    let guarded = with_spec.with_image_quality(bounds).unwrap();
+    let back = CalibrationArtifact::from_json(&guarded.to_json()).unwrap();
+    assert_eq!(back, guarded);
+    // bounds that are not bounds are refused
+    let json = guarded
+        .to_json()
+        .replace("\"contrast_min\": 0.2", "\"contrast_min\": 1e999");
+    assert!(CalibrationArtifact::from_json(&json).is_err());
+    // too few images, or a quantile that is no tail
+    assert!(QualityBounds::fit(&images[..10], 0.01).is_err());
+    assert!(QualityBounds::fit(&images, 0.5).is_err());
+}
+
+#[test]
 fn batch_scoring_equals_one_at_a_time() {
     let (train, labels) = blobs(400, 24, 4, 11);
     let mut queries = blobs(300, 24, 4, 12).0.as_slice().to_vec();
