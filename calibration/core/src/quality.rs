@@ -308,7 +308,8 @@ impl QualityBounds {
         if m.mean_luma > self.mean_luma.high || m.clipped_bright > self.clipped_bright_max {
             return Some(CameraFault::Overexposed);
         }
-        if !(m.contrast >= self.contrast_min) {
+        // NaN contrast fails too
+        if m.contrast.is_nan() || m.contrast < self.contrast_min {
             return Some(CameraFault::LowContrast);
         }
         if m.flat_share > self.flat_share_max {
