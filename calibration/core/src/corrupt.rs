@@ -781,20 +781,10 @@ mod tests {
 
     #[test]
     fn large_blurs_on_a_reduced_image_match_the_direct_blur() {
-        // a camera-like picture: smooth shading, rings and 8-pixel checks (the modular
-        // test pattern has detail at every pixel, which no camera frame has)
+        // a camera-like picture (the modular test pattern has detail at every pixel, which
+        // no camera frame has)
         let (w, h) = (160, 128);
-        let mut bytes = Vec::with_capacity(w * h * 3);
-        for y in 0..h {
-            for x in 0..w {
-                let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
-                let ring = (((fx - 0.5).powi(2) + (fy - 0.4).powi(2)).sqrt() * 20.0).sin();
-                let check = ((x / 8 + y / 8) % 2) as f32;
-                bytes.push((60.0 + 100.0 * fx + 30.0 * ring + 20.0 * check) as u8);
-                bytes.push((70.0 + 90.0 * fy + 30.0 * check) as u8);
-                bytes.push((150.0 - 80.0 * fx * fy + 25.0 * ring) as u8);
-            }
-        }
+        let bytes = crate::quality::tests::scene(w, h);
         let img = Image::from_bytes(&bytes, w, h);
         let scale = h as f32 / 32.0;
         for (name, kernel) in [

@@ -387,12 +387,13 @@ pub fn luma_of_tensor(tensor: &[f32], spec: &PreprocessSpec, out: &mut Vec<f32>)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::corrupt::Corruption;
     use crate::preprocess::{PixelFormat, Preprocessor};
 
-    fn scene(w: usize, h: usize) -> Vec<u8> {
+    /// A camera-like picture: smooth shading, rings and 6-pixel checks.
+    pub(crate) fn scene(w: usize, h: usize) -> Vec<u8> {
         let mut img = Vec::with_capacity(w * h * 3);
         for y in 0..h {
             for x in 0..w {
