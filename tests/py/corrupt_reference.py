@@ -1,13 +1,18 @@
-"""CIFAR-10-C's corruptions as published (make_cifar_c.py: NumPy, SciPy, Pillow), for the
+"""CIFAR-10-C's corruptions as published (make_cifar_c.py: NumPy, SciPy, Pillow; motion
+blur as the `imagecorruptions` package rewrote ImageMagick's in NumPy), for the
 deterministic kinds, and the statistics of the random ones, against oodmon's images.
 
 Usage: corrupt_reference.py DIR WIDTH HEIGHT
 
-DIR holds `input.rgb` (WIDTH x HEIGHT RGB bytes) and `KIND-SEVERITY.rgb`, oodmon's output
-for each case. Prints one JSON object: per case, the mean and max absolute difference in
-levels (deterministic kinds), or the measured statistic against the expected one (noise).
+DIR holds `input.rgb` (WIDTH x HEIGHT RGB bytes), `KIND-SEVERITY.rgb`, oodmon's output for
+each case, and `motion_angle.txt`, the angle oodmon's motion blur drew. Prints one JSON
+object: per case, the mean and max absolute difference in levels (deterministic kinds, and
+JPEG against Pillow's encoder at the same quality), or a measured statistic against the
+expected one and its allowed range (noise, fog's plasma, the occlusion patch).
 """
+import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -78,11 +83,102 @@ def zoom_blur(x, s):
     return (x + out) / (len(zs) + 1)
 
 
+def motion_blur(x, s, scale, angle):
+    """imagecorruptions' `_motion_blur` (ImageMagick's kernel), CIFAR-10-C's parameters."""
+    radius, sigma = [(10, 1), (10, 1.5), (10, 2), (10, 2.5), (12, 3)][s - 1]
+    radius, sigma = radius * scale, sigma * scale
+    width = 2 * math.ceil(radius) + 1
+    k = np.exp(-np.arange(width) ** 2 / (2 * sigma ** 2))
+    k /= k.sum()
+    h, w = x.shape[:2]
+    out = np.zeros_like(x)
+    for i in range(width):
+        dy = -math.ceil(i * math.sin(math.radians(angle)) - 0.5)
+        dx = -math.ceil(i * math.cos(math.radians(angle)) - 0.5)
+        if abs(dy) >= h or abs(dx) >= w:
+            break
+        # imagecorruptions' `shift`: a roll whose wrapped part repeats the edge
+        ys = np.clip(np.arange(h) - dy, 0, h - 1)
+        xs = np.clip(np.arange(w) - dx, 0, w - 1)
+        out += k[i] * x[ys][:, xs]
+    return out
+
+
+def plasma_fractal(mapsize, decay, rng):
+    """make_cifar_c.py's plasma_fractal, the random source made explicit."""
+    m = np.empty((mapsize, mapsize))
+    m[0, 0] = 0
+    step, wibble = mapsize, 100.0
+
+    def wibbledmean(a):
+        return a / 4 + wibble * rng.uniform(-wibble, wibble, a.shape)
+
+    while step >= 2:
+        cul = m[0:mapsize:step, 0:mapsize:step]
+        sq = cul + np.roll(cul, -1, 0)
+        sq += np.roll(sq, -1, 1)
+        m[step // 2:mapsize:step, step // 2:mapsize:step] = wibbledmean(sq)
+        dr = m[step // 2:mapsize:step, step // 2:mapsize:step]
+        ul = m[0:mapsize:step, 0:mapsize:step]
+        m[0:mapsize:step, step // 2:mapsize:step] = wibbledmean(dr + np.roll(dr, 1, 0) + ul + np.roll(ul, -1, 1))
+        m[step // 2:mapsize:step, 0:mapsize:step] = wibbledmean(dr + np.roll(dr, 1, 1) + ul + np.roll(ul, -1, 0))
+        step //= 2
+        wibble /= decay
+    m -= m.min()
+    return m / m.max()
+
+
+def roughness(p):
+    """Mean step between neighbours over the spread: how much of the plasma is fine detail."""
+    return (np.abs(np.diff(p, axis=0)).mean() + np.abs(np.diff(p, axis=1)).mean()) / max(p.std(), 1e-9)
+
+
+def fog_check(x, ours, s):
+    """Recovers the plasma from `(x + a p) max / (max + a)` and compares its roughness with
+    the published generator's over many draws; the plasma must be one plane for all three
+    channels."""
+    a, decay = [(.2, 3), (.5, 3), (.75, 2.5), (1, 2), (1.5, 1.75)][s - 1]
+    mx = x.max()
+    p = (ours / 255.0 * (mx + a) / mx - x) / a
+    ok = (ours > 0) & (ours < 255)
+    spread = float(np.where(ok.all(-1), p.max(-1) - p.min(-1), 0).max())
+    plane = p.mean(-1)
+    h, w = plane.shape
+    side = max(32, 1 << (max(h, w) - 1).bit_length())
+    rng = np.random.default_rng(1)
+    draws = [roughness(plasma_fractal(side, decay, rng)[:h, :w]) for _ in range(400)]
+    lo, hi = np.quantile(draws, [0.005, 0.995])
+    # bytes round the recovered plasma by 0.5 / 255 (max + a) / (max a)
+    return {"measured": float(roughness(plane)), "low": float(lo), "high": float(hi),
+            "channel_spread": spread, "spread_limit": 1.5 / 255 * (mx + a) / (mx * a)}
+
+
+def occlusion_check(raw, ours, s):
+    """One rectangle of the published share (side sqrt(share) of each dimension, rounded),
+    filled with (0.08, 0.07, 0.06); every other pixel unchanged."""
+    share = [0.1, 0.2, 0.3, 0.45, 0.6][s - 1]
+    h, w = raw.shape[:2]
+    fill = np.round(np.array([0.08, 0.07, 0.06]) * 255)
+    changed = np.any(ours != raw, -1)
+    ys, xs = np.nonzero(changed)
+    want = (round(h * math.sqrt(share)), round(w * math.sqrt(share)))
+    if len(ys) == 0:
+        return {"measured": 0.0, "low": 1.0, "high": 1.0}
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    box = ours[y0:y1, x0:x1]
+    inside = np.all(box == fill, -1).mean()
+    outside = changed.sum() - changed[y0:y1, x0:x1].sum()
+    # the patch may equal the input at a few pixels, so its box can only shrink
+    fits = (y1 - y0) <= want[0] and (x1 - x0) <= want[1] and (y1 - y0) >= want[0] - 1 and (x1 - x0) >= want[1] - 1
+    return {"measured": float(inside if fits and outside == 0 else 0.0), "low": 0.99, "high": 1.0}
+
+
 def main():
     d, w, h = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     raw = np.frombuffer((d / "input.rgb").read_bytes(), np.uint8).reshape(h, w, 3)
     x = raw / 255.0
     scale = min(w, h) / 32
+    angle = float((d / "motion_angle.txt").read_text())
     results = {}
     for f in sorted(d.glob("*-*.rgb")):
         kind, s = f.stem.rsplit("-", 1)
@@ -93,6 +189,25 @@ def main():
             ref = defocus(x, s, scale)
         elif kind == "zoom_blur":
             ref = zoom_blur(x, s)
+        elif kind == "motion_blur":
+            ref = motion_blur(x, s, scale, angle)
+        elif kind == "jpeg":
+            q = [80, 65, 58, 50, 40][s - 1]
+            buf = io.BytesIO()
+            Image.fromarray(raw).save(buf, "JPEG", quality=q)
+            pil = np.asarray(Image.open(buf).convert("RGB")).astype(float)
+            # different encoders and decoders: compare the loss, and the pictures
+            diff = np.abs(pil - ours)
+            results[f.stem] = {"mean": float(diff.mean()), "max": float(diff.max()),
+                               "loss": float(np.abs(ours - raw).mean()),
+                               "reference_loss": float(np.abs(pil - raw).mean())}
+            continue
+        elif kind == "fog":
+            results[f.stem] = fog_check(x, ours, s)
+            continue
+        elif kind == "occlusion":
+            results[f.stem] = occlusion_check(raw, ours, s)
+            continue
         elif kind == "contrast":
             c = [.75, .5, .4, .3, 0.15][s - 1]
             m = x.mean(axis=(0, 1), keepdims=True)

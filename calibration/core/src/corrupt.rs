@@ -8,8 +8,9 @@
 //! `min(width, height) / 32`, so that a 640x480 frame is degraded as much as its 32x32
 //! thumbnail would be. Not in CIFAR-10-C, defined here: `darken` (night, a tunnel: the HSV
 //! value times 0.7, 0.5, 0.35, 0.2, 0.1) and `occlusion` (a uniform dark patch covering
-//! 10, 20, 30, 45 or 60% of the frame, as mud or a hand on the lens). `motion_blur` uses a
-//! one-sided Gaussian line kernel at a seeded angle in place of ImageMagick's.
+//! 10, 20, 30, 45 or 60% of the frame, as mud or a hand on the lens). `motion_blur` is
+//! ImageMagick's one-sided Gaussian line of `2 radius + 1` nearest-pixel taps, as the
+//! `imagecorruptions` package rewrote it in NumPy, at a seeded angle ([`motion_angle`]).
 //!
 //! Images are interleaved RGB bytes, row after row.
 
@@ -181,7 +182,7 @@ impl Corruption {
             CorruptionKind::DefocusBlur => {
                 let (radius, alias) =
                     [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1.0, 0.2), (1.5, 0.1)][s];
-                img.blur_large(scale, |k| disk(radius * k, alias * k))
+                img.blur_large(scale, |img, k| img.correlate(&disk(radius * k, alias * k)))
             }
             CorruptionKind::MotionBlur => {
                 let (radius, sigma) = [
@@ -191,8 +192,10 @@ impl Corruption {
                     (10.0, 2.5),
                     (12.0, 3.0),
                 ][s];
-                let angle = rng.random_range(-45.0f32..45.0);
-                img.blur_large(scale, |k| motion_kernel(radius * k / 3.0, sigma * k, angle))
+                let angle = draw_angle(&mut rng);
+                img.blur_large(scale, |img, k| {
+                    img.motion_blur(radius * k, sigma * k, angle)
+                })
             }
             CorruptionKind::ZoomBlur => {
                 let top = [1.06, 1.11, 1.16, 1.21, 1.26][s];
@@ -238,6 +241,16 @@ impl Corruption {
         };
         Ok(out.to_bytes())
     }
+}
+
+/// The direction, in degrees, a `motion_blur` applied with `seed` smears along (drawn
+/// uniformly in [-45, 45), as CIFAR-10-C does): reports and reference tests name it.
+pub fn motion_angle(seed: u64) -> f32 {
+    draw_angle(&mut ChaCha8Rng::seed_from_u64(seed))
+}
+
+fn draw_angle(rng: &mut ChaCha8Rng) -> f32 {
+    rng.random_range(-45.0f32..45.0)
 }
 
 fn invalid(e: impl fmt::Display) -> Error {
@@ -336,14 +349,49 @@ impl Image {
     /// bilinearly: a blurred picture has no detail finer than its kernel, so little is
     /// lost, and a 640x480 frame takes milliseconds instead of seconds. Up to twice
     /// CIFAR's size (the reference tests' sizes) it is the direct correlation.
-    fn blur_large(&self, scale: f32, kernel: impl Fn(f32) -> Kernel) -> Self {
+    fn blur_large(&self, scale: f32, blur: impl Fn(&Image, f32) -> Image) -> Self {
         let f = (scale / 2.0).floor().max(1.0) as usize;
         if f == 1 {
-            return self.correlate(&kernel(scale));
+            return blur(self, scale);
         }
         let (w, h) = (self.width.div_ceil(f), self.height.div_ceil(f));
-        let small = self.resize_box(w, h).correlate(&kernel(scale / f as f32));
+        let small = blur(&self.resize_box(w, h), scale / f as f32);
         small.resize_bilinear(self.width, self.height)
+    }
+
+    /// ImageMagick's motion blur (`MotionBlurImage`, as `imagecorruptions` wrote it in
+    /// NumPy): `2 ceil(radius) + 1` taps along `angle`, tap `i` the pixel
+    /// `ceil(i cos(angle) - 0.5)` across and `ceil(i sin(angle) - 0.5)` down, weighted by a
+    /// Gaussian of `sigma` in `i` normalised over all taps; borders repeat the edge pixel,
+    /// and taps that leave the image end the line.
+    fn motion_blur(&self, radius: f32, sigma: f32, angle: f32) -> Self {
+        let taps = 2 * radius.max(0.0).ceil() as usize + 1;
+        let weights: Vec<f32> = (0..taps)
+            .map(|i| (-((i * i) as f32) / (2.0 * sigma * sigma)).exp())
+            .collect();
+        let total: f32 = weights.iter().sum();
+        let (sin, cos) = (angle as f64).to_radians().sin_cos();
+        let (w, h) = (self.width as isize, self.height as isize);
+        let mut out = vec![0f32; self.data.len()];
+        for (i, weight) in weights.iter().enumerate() {
+            let dx = (i as f64 * cos - 0.5).ceil() as isize;
+            let dy = (i as f64 * sin - 0.5).ceil() as isize;
+            if dx.abs() >= w || dy.abs() >= h {
+                break;
+            }
+            let weight = weight / total;
+            for y in 0..h {
+                let sy = (y + dy).clamp(0, h - 1);
+                for x in 0..w {
+                    let sx = (x + dx).clamp(0, w - 1);
+                    let (o, s) = (((y * w + x) * 3) as usize, ((sy * w + sx) * 3) as usize);
+                    for c in 0..3 {
+                        out[o + c] += weight * self.data[s + c];
+                    }
+                }
+            }
+        }
+        Self { data: out, ..*self }
     }
 
     /// Bilinear resize, pixel centres aligned (as OpenCV's `INTER_LINEAR`).
@@ -609,46 +657,17 @@ fn disk(radius: f32, alias_blur: f32) -> Kernel {
     }
 }
 
-/// A one-sided line of Gaussian weights (sigma `sigma`, `radius` long) at `angle` degrees,
-/// rasterised with bilinear splats: the blur of a camera moving during the exposure.
-fn motion_kernel(radius: f32, sigma: f32, angle: f32) -> Kernel {
-    let half = radius.ceil().max(1.0) as usize;
-    let size = 2 * half + 1;
-    let mut w = vec![0f32; size * size];
-    let (dx, dy) = (angle.to_radians().cos(), angle.to_radians().sin());
-    let steps = (4.0 * radius).ceil().max(1.0) as usize;
-    for i in 0..=steps {
-        let t = radius * i as f32 / steps as f32;
-        let weight = (-(t * t) / (2.0 * sigma * sigma)).exp();
-        let (x, y) = (half as f32 + t * dx, half as f32 + t * dy);
-        let (x0, y0) = (x.floor(), y.floor());
-        let (fx, fy) = (x - x0, y - y0);
-        for (ox, oy, f) in [
-            (0, 0, (1.0 - fx) * (1.0 - fy)),
-            (1, 0, fx * (1.0 - fy)),
-            (0, 1, (1.0 - fx) * fy),
-            (1, 1, fx * fy),
-        ] {
-            let (px, py) = (x0 as usize + ox, y0 as usize + oy);
-            if px < size && py < size {
-                w[py * size + px] += weight * f;
-            }
-        }
-    }
-    let sum: f32 = w.iter().sum();
-    w.iter_mut().for_each(|v| *v /= sum);
-    Kernel { size, weights: w }
-}
-
 /// CIFAR-10-C's `plasma_fractal` (diamond-square), `side` a power of two, values in [0, 1].
+/// As published, the random offsets at each step span +-`wibble`^2, `wibble` starting at
+/// 100 and divided by `decay` after each step: the amplitude falls by `decay`^2 an octave.
 fn plasma_fractal(side: usize, decay: f32, rng: &mut ChaCha8Rng) -> Vec<f32> {
     let mut map = vec![0f32; side * side];
     let mut step = side;
-    let mut range = 100.0f32;
+    let mut wibble = 100.0f32;
     let idx = |y: usize, x: usize| (y % side) * side + (x % side);
     while step >= 2 {
         let half = step / 2;
-        range /= decay;
+        let range = wibble * wibble;
         // squares: the centre of each square from its four corners
         for y in (0..side).step_by(step) {
             for x in (0..side).step_by(step) {
@@ -673,6 +692,7 @@ fn plasma_fractal(side: usize, decay: f32, rng: &mut ChaCha8Rng) -> Vec<f32> {
             }
         }
         step = half;
+        wibble /= decay;
     }
     let (lo, hi) = map
         .iter()
@@ -714,17 +734,19 @@ fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
     }
 }
 
-/// Encodes at `quality` and decodes again (the `image` crate's baseline JPEG, 4:2:0 as
-/// Pillow's default).
+/// Encodes at `quality` and decodes again: libjpeg's quality scaling of the standard tables
+/// and 4:2:0 chroma, as Pillow's default `save(..., quality=q)` (the `jpeg-encoder` crate;
+/// the `image` crate's encoder keeps full-resolution chroma).
 fn jpeg_round_trip(rgb: &[u8], width: usize, height: usize, quality: u8) -> Result<Vec<u8>> {
+    let (w, h) = (
+        u16::try_from(width).map_err(invalid)?,
+        u16::try_from(height).map_err(invalid)?,
+    );
     let mut bytes = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality)
-        .encode(
-            rgb,
-            width as u32,
-            height as u32,
-            image::ExtendedColorType::Rgb8,
-        )
+    let mut encoder = jpeg_encoder::Encoder::new(&mut bytes, quality);
+    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    encoder
+        .encode(rgb, w, h, jpeg_encoder::ColorType::Rgb)
         .map_err(invalid)?;
     let decoded = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
         .map_err(invalid)?
@@ -787,18 +809,19 @@ mod tests {
         let bytes = crate::quality::tests::scene(w, h);
         let img = Image::from_bytes(&bytes, w, h);
         let scale = h as f32 / 32.0;
-        for (name, kernel) in [
+        type Blur = Box<dyn Fn(&Image, f32) -> Image>;
+        for (name, blur) in [
             (
                 "defocus",
-                Box::new(|k: f32| disk(0.5 * k, 0.6 * k)) as Box<dyn Fn(f32) -> Kernel>,
+                Box::new(|img: &Image, k: f32| img.correlate(&disk(0.5 * k, 0.6 * k))) as Blur,
             ),
             (
                 "motion",
-                Box::new(|k: f32| motion_kernel(10.0 * k / 3.0, 2.0 * k, 20.0)),
+                Box::new(|img: &Image, k: f32| img.motion_blur(10.0 * k, 2.0 * k, 20.0)),
             ),
         ] {
-            let fast = img.blur_large(scale, &kernel).to_bytes();
-            let direct = img.correlate(&kernel(scale)).to_bytes();
+            let fast = img.blur_large(scale, &blur).to_bytes();
+            let direct = blur(&img, scale).to_bytes();
             let diff = mean_abs_diff(&fast, &direct);
             // measured: defocus 2.0, the smallest kernel, whose sharp remains the reduction softens
             assert!(diff < 2.5, "{name}: {diff} levels apart on average");
@@ -831,12 +854,7 @@ mod tests {
         }
         // (a disk reaching its kernel's border gains mass from the reflected smoothing, as the
         // published kernel does, so only smaller ones are checked)
-        for k in [
-            disk(0.3, 0.4),
-            disk(1.5, 0.1),
-            disk(5.0, 1.0),
-            motion_kernel(3.3, 1.0, 30.0),
-        ] {
+        for k in [disk(0.3, 0.4), disk(1.5, 0.1), disk(5.0, 1.0)] {
             let s: f32 = k.weights.iter().sum();
             assert!((s - 1.0).abs() < 1e-4, "{s} {}", k.size);
         }
