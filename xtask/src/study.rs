@@ -221,13 +221,7 @@ fn setup(args: &[String]) -> Result<Study> {
         "-p",
         "oodmon-calibrate",
     ]))?;
-    let bins = out.join("cifar10-bins");
-    if !bins.join("test_batch.bin").exists() {
-        step("CIFAR-10 binary batches from the JPEG archive (checked against BINS.sha256)");
-        run(Command::new(&python)
-            .arg(data.join("cifar10/to_bins.py"))
-            .arg(&bins))?;
-    }
+    let bins = cifar_bins(&python, &data, &out)?;
     let oods = vec![
         ("mnist", format!("idx:{}", data.join("mnist").display())),
         (
@@ -740,6 +734,19 @@ fn default_figures(s: &Study) -> Result {
     run(eval.arg("--report").arg(dir.join("report")))
 }
 
+/// CIFAR-10's binary batches in OUT/cifar10-bins, rebuilt from the JPEG archive in DATA
+/// (checked against its BINS.sha256) unless they are there already.
+fn cifar_bins(python: &Path, data: &Path, out: &Path) -> Result<PathBuf> {
+    let bins = out.join("cifar10-bins");
+    if !bins.join("test_batch.bin").exists() {
+        step("CIFAR-10 binary batches from the JPEG archive (checked against BINS.sha256)");
+        run(Command::new(python)
+            .arg(data.join("cifar10/to_bins.py"))
+            .arg(&bins))?;
+    }
+    Ok(bins)
+}
+
 /// `cargo xtask corruption --data DIR [--bundle DIR] [--limit N] [--out DIR]`: the
 /// corruption report of a bundle (default: the built-in one) on CIFAR-10's test images, the
 /// street video's MJPEG frames and the demo's in-distribution camera frames
@@ -767,13 +774,7 @@ pub fn corruption(args: &[String]) -> Result {
     step("building oodmon-calibrate (release)");
     run(Command::new("cargo").args(["build", "--release", "-p", "oodmon-calibrate"]))?;
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-    let bins = out.join("cifar10-bins");
-    if !bins.join("test_batch.bin").exists() {
-        step("CIFAR-10 binary batches from the JPEG archive (checked against BINS.sha256)");
-        run(Command::new(&python)
-            .arg(data.join("cifar10/to_bins.py"))
-            .arg(&bins))?;
-    }
+    let bins = cifar_bins(&python, &data, &out)?;
     step("camera frames: the street video's MJPEG frames and the demo's in-distribution frames");
     let frames = root().join("bench/avi_frames.py");
     run(Command::new(&python)

@@ -376,8 +376,15 @@ fn main() -> ExitCode {
     oodmon_cli::main("oodmon-calibrate", "warn", || run(Cli::parse()))
 }
 
+/// The command as a user would type it again: the program by its name, not its path.
 fn command_line() -> Vec<String> {
-    std::env::args().collect()
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(program) = args.first_mut() {
+        if let Some(name) = std::path::Path::new(program.as_str()).file_name() {
+            *program = name.to_string_lossy().into_owned();
+        }
+    }
+    args
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -14,10 +14,11 @@ use crate::quality::QualityBounds;
 use crate::threshold::Thresholds;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 /// The oldest schema version this build reads, migrating it on load: version 1 had no
 /// image-quality bounds (its frames are not guarded until `oodmon-calibrate guards` adds
-/// them).
+/// them); version 2 had no noise and detail bounds (its other bounds are kept, and
+/// `guards` refits all of them).
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 const FORMAT: &str = "oodmon-calibration";
 
@@ -343,6 +344,8 @@ fn migrate(value: &mut serde_json::Value, from: u64) {
             o.insert("image_quality".into(), serde_json::Value::Null);
         }
     }
+    // schema 3 added the optional noise and detail bounds: a schema 2 file reads as it is,
+    // without them
     if let Some(o) = value.as_object_mut() {
         o.insert("schema_version".into(), SCHEMA_VERSION.into());
     }

@@ -33,6 +33,17 @@ pub struct ImageQuality {
     /// three; about 1 for natural images. It sees blocks at the scale the model sees them.
     #[serde(default)]
     pub blockiness: f32,
+    /// Estimated standard deviation of pixel noise in luma (Immerkaer 1996: the mean absolute
+    /// response to a mask that cancels smooth shading and straight edges): sensor noise,
+    /// grain and salt-and-pepper raise it, and scene texture much less than they do.
+    #[serde(default)]
+    pub noise: f32,
+    /// Fine detail over coarse detail: the Laplacian variance of the plane reduced 2x over
+    /// that of the plane reduced 4x. Blur of any kind (defocus, motion, zoom, water)
+    /// removes the finer scale first, whatever the scene's contrast; 0 when the plane is
+    /// too small for both scales.
+    #[serde(default)]
+    pub detail: f32,
 }
 
 /// Measures a luma plane (`width x height`, values in 0-1).
@@ -76,6 +87,8 @@ pub fn measure_luma(luma: &[f32], width: usize, height: usize) -> Result<ImageQu
     }
     Ok(ImageQuality {
         blockiness: blockiness(luma, width, height),
+        noise: noise_sigma(luma, width, height),
+        detail: detail_ratio(luma, width, height),
         mean_luma: mean,
         contrast: var.max(0.0).sqrt(),
         sharpness: (lap_sq / lap_n - lap_mean * lap_mean).max(0.0),
@@ -87,6 +100,72 @@ pub fn measure_luma(luma: &[f32], width: usize, height: usize) -> Result<ImageQu
             0.0
         },
     })
+}
+
+/// Immerkaer's fast noise estimate: `sqrt(pi / 2) / (6 (W - 2) (H - 2))` times the sum of
+/// absolute responses to `[1 -2 1; -2 4 -2; 1 -2 1]` over the interior.
+fn noise_sigma(luma: &[f32], width: usize, height: usize) -> f32 {
+    let mut sum = 0f32;
+    for y in 1..height - 1 {
+        let (a, b, c) = (
+            &luma[(y - 1) * width..y * width],
+            &luma[y * width..(y + 1) * width],
+            &luma[(y + 1) * width..(y + 2) * width],
+        );
+        for x in 1..width - 1 {
+            let r = a[x - 1] - 2.0 * a[x] + a[x + 1] - 2.0 * (b[x - 1] - 2.0 * b[x] + b[x + 1])
+                + c[x - 1]
+                - 2.0 * c[x]
+                + c[x + 1];
+            sum += r.abs();
+        }
+    }
+    let n = ((width - 2) * (height - 2)) as f32;
+    sum * (std::f32::consts::FRAC_PI_2).sqrt() / (6.0 * n)
+}
+
+/// Variance of the 4-neighbour Laplacian of the plane averaged over `f x f` blocks (the
+/// blocks computed on the fly: no buffer), or `None` when the reduced plane has no interior.
+fn binned_laplacian_variance(luma: &[f32], width: usize, height: usize, f: usize) -> Option<f32> {
+    let (bw, bh) = (width / f, height / f);
+    if bw < 3 || bh < 3 {
+        return None;
+    }
+    let inv = 1.0 / (f * f) as f32;
+    let block = |bx: usize, by: usize| -> f32 {
+        let mut s = 0f32;
+        for y in by * f..(by + 1) * f {
+            s += luma[y * width + bx * f..y * width + (bx + 1) * f]
+                .iter()
+                .sum::<f32>();
+        }
+        s * inv
+    };
+    let (mut sum, mut sq, mut n) = (0f32, 0f32, 0f32);
+    for by in 1..bh - 1 {
+        for bx in 1..bw - 1 {
+            let l = block(bx - 1, by) + block(bx + 1, by) + block(bx, by - 1) + block(bx, by + 1)
+                - 4.0 * block(bx, by);
+            sum += l;
+            sq += l * l;
+            n += 1.0;
+        }
+    }
+    let mean = sum / n;
+    Some((sq / n - mean * mean).max(0.0))
+}
+
+/// Laplacian variance at half resolution over that at quarter resolution (see
+/// [`ImageQuality::detail`]); a flat plane gives 1.
+fn detail_ratio(luma: &[f32], width: usize, height: usize) -> f32 {
+    const FLOOR: f32 = 1e-9;
+    match (
+        binned_laplacian_variance(luma, width, height, 2),
+        binned_laplacian_variance(luma, width, height, 4),
+    ) {
+        (Some(fine), Some(coarse)) => (fine + FLOOR) / (coarse + FLOOR),
+        _ => 0.0,
+    }
 }
 
 /// The largest ratio, over grid sizes 4, 8 and 16, of the mean absolute luma step across
@@ -207,6 +286,43 @@ pub struct QualityBounds {
     pub clipped_bright_max: f32,
     pub flat_share_max: f32,
     pub blockiness_max: f32,
+    /// Upper bound on [`ImageQuality::noise`] (schema 3; absent in migrated artifacts
+    /// until `oodmon-calibrate guards` refits them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_max: Option<f32>,
+    /// Lower bound on [`ImageQuality::detail`] (schema 3, as `noise_max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail_min: Option<f32>,
+}
+
+impl std::fmt::Display for QualityBounds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "mean luma {:.3}-{:.3}, contrast >= {:.3}, sharpness {:.2e}-{:.2e}, crushed blacks \
+             <= {:.3}, blown highlights <= {:.3}, flat cells <= {:.3}, blockiness <= {:.2}",
+            self.mean_luma.low,
+            self.mean_luma.high,
+            self.contrast_min,
+            self.sharpness.low,
+            self.sharpness.high,
+            self.clipped_dark_max,
+            self.clipped_bright_max,
+            self.flat_share_max,
+            self.blockiness_max
+        )?;
+        if let Some(n) = self.noise_max {
+            write!(f, ", noise <= {n:.2e}")?;
+        }
+        if let Some(d) = self.detail_min {
+            write!(f, ", detail >= {d:.3}")?;
+        }
+        write!(
+            f,
+            " (from {} images at quantile {})",
+            self.images, self.quantile
+        )
+    }
 }
 
 /// The quantile guards are calibrated at unless told otherwise: each bound alone rejects
@@ -263,6 +379,8 @@ impl QualityBounds {
             clipped_bright_max: q(|m| m.clipped_bright, hi)?,
             flat_share_max: q(|m| m.flat_share, hi)?,
             blockiness_max: q(|m| m.blockiness, hi)?,
+            noise_max: Some(q(|m| m.noise, hi)?),
+            detail_min: Some(q(|m| m.detail, lo)?),
         })
     }
 
@@ -278,6 +396,8 @@ impl QualityBounds {
             self.clipped_bright_max,
             self.flat_share_max,
             self.blockiness_max,
+            self.noise_max.unwrap_or(0.0),
+            self.detail_min.unwrap_or(0.0),
         ];
         if all.iter().any(|v| !v.is_finite())
             || self.mean_luma.low > self.mean_luma.high
@@ -315,10 +435,17 @@ impl QualityBounds {
         if m.flat_share > self.flat_share_max {
             return Some(CameraFault::Occluded);
         }
-        if m.sharpness > self.sharpness.high || m.blockiness > self.blockiness_max {
+        // NaN noise and detail fail too
+        let noisy = self
+            .noise_max
+            .is_some_and(|b| m.noise.is_nan() || m.noise > b);
+        if noisy || m.sharpness > self.sharpness.high || m.blockiness > self.blockiness_max {
             return Some(CameraFault::Noisy);
         }
-        if !self.sharpness.contains(m.sharpness) {
+        let blurred = self
+            .detail_min
+            .is_some_and(|b| m.detail.is_nan() || m.detail < b);
+        if blurred || !self.sharpness.contains(m.sharpness) {
             return Some(CameraFault::Blurred);
         }
         None
@@ -429,8 +556,12 @@ pub(crate) mod tests {
         assert!(foggy.contrast < 0.3 * q0.contrast, "{foggy:?}");
         let blurred = q("defocus_blur:5");
         assert!(blurred.sharpness < 0.5 * q0.sharpness, "{blurred:?} {q0:?}");
+        assert!(blurred.detail < 0.5 * q0.detail, "{blurred:?} {q0:?}");
+        let moved = q("motion_blur:5");
+        assert!(moved.detail < 0.5 * q0.detail, "{moved:?} {q0:?}");
         let noisy = q("gaussian_noise:5");
         assert!(noisy.sharpness > 3.0 * q0.sharpness, "{noisy:?}");
+        assert!(noisy.noise > 3.0 * q0.noise, "{noisy:?} {q0:?}");
         let blocked = q("occlusion:5");
         assert!(
             blocked.flat_share > q0.flat_share + 0.4,
@@ -484,6 +615,32 @@ pub(crate) mod tests {
         // a plane of one mid-grey value: no contrast at all
         let flat = measure_luma(&[0.5; 64], 8, 8).unwrap();
         assert_eq!(bounds.check(&flat), Some(CameraFault::LowContrast));
+    }
+
+    #[test]
+    fn the_noise_estimate_reads_the_noise_of_a_shaded_plane() {
+        use rand::SeedableRng;
+        use rand_distr::{Distribution, Normal};
+        let (w, h) = (64, 48);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for sigma in [0.01f32, 0.05] {
+            let normal = Normal::new(0.0, sigma).unwrap();
+            // a ramp and a straight edge, which the mask cancels
+            let luma: Vec<f32> = (0..w * h)
+                .map(|i| {
+                    let (x, y) = (i % w, i / w);
+                    0.2 + 0.005 * x as f32 + 0.3 * (y > 20) as u8 as f32 + normal.sample(&mut rng)
+                })
+                .collect();
+            let m = measure_luma(&luma, w, h).unwrap();
+            assert!(
+                (m.noise - sigma).abs() < 0.1 * sigma,
+                "{} for {sigma}",
+                m.noise
+            );
+        }
+        // too small for the coarse scale: no detail figure, and no panic
+        assert_eq!(measure_luma(&[0.5; 100], 10, 10).unwrap().detail, 0.0);
     }
 
     #[test]

@@ -60,19 +60,19 @@ fn check_accepts_a_good_bundle_and_names_what_is_wrong_with_bad_ones() {
     let calib = std::fs::read_to_string(d.join("calib.json")).unwrap();
     std::fs::write(
         d.join("calib.json"),
-        calib.replace("\"schema_version\": 2", "\"schema_version\": 99"),
+        calib.replace("\"schema_version\": 3", "\"schema_version\": 99"),
     )
     .unwrap();
     assert_fails_cleanly(&edge(dir.path(), &["check", "--bundle", "schema"]), &["99"]);
     // a schema version written as a string gets its own message
     std::fs::write(
         d.join("calib.json"),
-        calib.replace("\"schema_version\": 2", "\"schema_version\": \"2\""),
+        calib.replace("\"schema_version\": 3", "\"schema_version\": \"3\""),
     )
     .unwrap();
     assert_fails_cleanly(
         &edge(dir.path(), &["check", "--bundle", "schema"]),
-        &["schema_version \"2\" is not a whole number"],
+        &["schema_version \"3\" is not a whole number"],
     );
     // calibration made for another input size
     let d = copy("size");

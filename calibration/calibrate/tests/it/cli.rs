@@ -370,7 +370,7 @@ fn artifact_problems_on_score() {
 
     std::fs::write(
         &p,
-        good.replace("\"schema_version\": 2", "\"schema_version\": 7"),
+        good.replace("\"schema_version\": 3", "\"schema_version\": 7"),
     )
     .unwrap();
     assert_fails_cleanly(

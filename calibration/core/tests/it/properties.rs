@@ -262,6 +262,25 @@ fn a_schema_1_artifact_is_migrated_on_load_and_bounds_round_trip() {
         .to_json()
         .replace("\"contrast_min\": 0.2", "\"contrast_min\": 1e999");
     assert!(CalibrationArtifact::from_json(&json).is_err());
+    // a schema 2 file (no noise or detail bounds) keeps its other bounds
+    assert!(guarded.image_quality.as_ref().unwrap().noise_max.is_some());
+    let mut v: serde_json::Value = serde_json::from_str(&guarded.to_json()).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.insert("schema_version".into(), 2.into());
+    let iq = o["image_quality"].as_object_mut().unwrap();
+    iq.remove("noise_max").unwrap();
+    iq.remove("detail_min").unwrap();
+    let v2 = CalibrationArtifact::from_json(&v.to_string()).unwrap();
+    let kept = v2.image_quality.unwrap();
+    assert_eq!((kept.noise_max, kept.detail_min), (None, None));
+    assert_eq!(
+        QualityBounds {
+            noise_max: None,
+            detail_min: None,
+            ..guarded.image_quality.clone().unwrap()
+        },
+        kept
+    );
     // too few images, or a quantile that is no tail
     assert!(QualityBounds::fit(&images[..10], 0.01).is_err());
     assert!(QualityBounds::fit(&images, 0.5).is_err());
