@@ -37,6 +37,10 @@ pub struct EdgeConfig {
     /// A fail-safe alarm line.
     #[serde(default)]
     pub gpio: GpioConfig,
+    /// Alarm events to a fleet's MQTT broker, from the journal.
+    #[cfg(feature = "mqtt")]
+    #[serde(default)]
+    pub mqtt: crate::output::mqtt::MqttConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -202,6 +206,16 @@ impl EdgeConfig {
         self.serial
             .validate()
             .map_err(|e| EdgeError::invalid("serial", e))?;
+        #[cfg(feature = "mqtt")]
+        if self.mqtt.url.is_some() {
+            self.mqtt.validate()?;
+            if self.output.journal.is_none() {
+                return Err(EdgeError::invalid(
+                    "mqtt.url",
+                    "MQTT publishes from the journal: set output.journal (--journal FILE) too",
+                ));
+            }
+        }
         if self.faults.max_consecutive_bad_frames == 0 {
             return Err(EdgeError::invalid(
                 "faults.max_consecutive_bad_frames",

@@ -161,6 +161,16 @@ struct RunArgs {
     /// reasons); overrides `[camera] guards`.
     #[arg(long)]
     no_guards: bool,
+    /// Publish alarm events, state and heartbeats to this MQTT broker (mqtt://HOST:PORT),
+    /// from the journal (needs --journal); topics under oodmon/FLEET/VEHICLE.
+    #[arg(long)]
+    mqtt: Option<String>,
+    /// Fleet name, the topic level after `oodmon/` (default: default).
+    #[arg(long)]
+    fleet: Option<String>,
+    /// This vehicle's id in the fleet.
+    #[arg(long)]
+    vehicle: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -316,6 +326,9 @@ fn run_cmd(a: RunArgs) -> Result<()> {
         backend: a.backend,
         corrupt: a.corrupt,
         no_guards: a.no_guards,
+        mqtt: a.mqtt,
+        fleet: a.fleet,
+        vehicle: a.vehicle,
     };
     let cfg = app::run::settings(a.config.as_deref(), overrides)?;
     let stop = oodmon_cli::stop_flag()?;

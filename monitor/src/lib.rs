@@ -7,7 +7,9 @@
 //!
 //! - [`monitor`]: [`Monitor`], the decoder-fed state and its [`MonitorEvent`]s.
 //! - [`ui`]: the plain event log and the terminal UI over a serial port.
+//! - [`fleet`]: a fleet's vehicles over MQTT (`--mqtt`), kept by `oodmon-fleet`'s view.
 
+pub mod fleet;
 pub mod monitor;
 pub mod ui;
 

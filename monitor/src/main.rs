@@ -1,4 +1,4 @@
-//! `oodmon-monitor`: watch an oodmon alarm link on a serial line.
+//! `oodmon-monitor`: watch an oodmon alarm link on a serial line, or a fleet over MQTT.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -7,13 +7,28 @@ use anyhow::Result;
 use clap::Parser;
 
 /// Watch an alarm link: live state, score sparkline, heartbeat age, CRC errors and alarm
-/// history; warns when heartbeats stop or messages are lost.
+/// history; warns when heartbeats stop or messages are lost. Or watch a fleet over MQTT
+/// (--mqtt): one row per vehicle, offline and silent vehicles flagged.
 #[derive(Parser)]
 #[command(name = "oodmon-monitor", version)]
+#[command(group(clap::ArgGroup::new("link").required(true).args(["port", "mqtt"])))]
 struct Cli {
     /// Serial device the edge (or a tap on its line) is connected to.
     #[arg(long)]
-    port: String,
+    port: Option<String>,
+    /// MQTT broker the fleet publishes to (mqtt://HOST[:PORT]).
+    #[arg(long)]
+    mqtt: Option<String>,
+    /// Fleet to watch (`+`: every fleet on the broker).
+    #[arg(long, default_value = "+")]
+    fleet: String,
+    /// MQTT client id, kept across restarts so the broker keeps the events published
+    /// while the monitor is away (default: oodmon-monitor-FLEET).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// A vehicle without a heartbeat for this long is flagged silent.
+    #[arg(long, default_value_t = 5000)]
+    silence_ms: u64,
     #[arg(long, default_value_t = 115_200)]
     baud: u32,
     /// One line per event instead of the terminal UI (for logs).
@@ -35,20 +50,34 @@ fn main() -> ExitCode {
 
 fn watch(cli: Cli) -> Result<()> {
     let stop = oodmon_cli::stop_flag()?;
+    let deadline = cli
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    if let Some(url) = cli.mqtt {
+        let opts = oodmon_monitor::fleet::FleetOptions {
+            url,
+            client_id: cli
+                .client_id
+                .unwrap_or_else(|| format!("oodmon-monitor-{}", cli.fleet.replace('+', "all"))),
+            fleet: cli.fleet,
+            silence_ms: cli.silence_ms,
+        };
+        let mut out = std::io::stdout().lock();
+        oodmon_monitor::fleet::watch_fleet(&opts, cli.plain, &stop, deadline, &mut out)?;
+        return Ok(());
+    }
+    let port_name = cli.port.unwrap_or_default();
     let port = oodmon_serial::open_serial(
-        &cli.port,
+        &port_name,
         cli.baud,
         serialport::Parity::None,
         Duration::from_millis(100),
     )?;
-    let deadline = cli
-        .seconds
-        .map(|s| Instant::now() + Duration::from_secs_f64(s));
     if cli.plain {
         let mut out = std::io::stdout().lock();
         oodmon_monitor::ui::plain(port, cli.heartbeat_ms, &stop, deadline, &mut out)?;
     } else {
-        oodmon_monitor::ui::tui(port, &cli.port, cli.heartbeat_ms, &stop, deadline)?;
+        oodmon_monitor::ui::tui(port, &port_name, cli.heartbeat_ms, &stop, deadline)?;
     }
     Ok(())
 }

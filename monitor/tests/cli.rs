@@ -172,3 +172,143 @@ fn monitor_plain_says_when_no_traffic_comes_and_fails_loudly_when_its_port_goes(
     assert!(stdout.contains("serial port lost"), "{stdout}");
     assert_fails_cleanly(&out, &["serial port lost"]);
 }
+
+/// A vehicle as the edge publishes (PROTOCOL.md, "Fleet monitoring over MQTT"), with a last
+/// will; dropping it closes the connection without a DISCONNECT, as a crash does.
+struct FakeVehicle {
+    client: rumqttc::Client,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeVehicle {
+    fn connect(port: u16) -> Self {
+        let will = serde_json::json!({"v": 1, "fleet": "yard", "vehicle": "agv", "boot": "b",
+            "online": false, "state": null, "reason": "connection_lost", "sequence": null,
+            "since_ms": null});
+        let mut o = rumqttc::MqttOptions::new("vehicle-agv", "127.0.0.1", port);
+        o.set_keep_alive(std::time::Duration::from_secs(1));
+        o.set_last_will(rumqttc::LastWill::new(
+            "oodmon/yard/agv/state",
+            will.to_string(),
+            rumqttc::QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, mut connection) = rumqttc::Client::new(o, 64);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(Err(_)) = connection.recv_timeout(std::time::Duration::from_millis(20)) {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+            // the connection (and its socket) is dropped here without a DISCONNECT
+        });
+        Self {
+            client,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn publish(&self, kind: &str, payload: String) {
+        let qos = if kind == "heartbeat" {
+            rumqttc::QoS::AtMostOnce
+        } else {
+            rumqttc::QoS::AtLeastOnce
+        };
+        self.client
+            .publish(
+                format!("oodmon/yard/agv/{kind}"),
+                qos,
+                kind == "state",
+                payload,
+            )
+            .unwrap();
+    }
+
+    fn crash(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+fn fleet_event(sequence: u64, state: &str, reason: &str) -> String {
+    serde_json::json!({"v": 1, "fleet": "yard", "vehicle": "agv", "boot": "b",
+        "sequence": sequence, "time_ms": 1_764_850_000_000u64 + sequence, "state": state,
+        "reason": reason, "score": 1.5, "frame": sequence * 10})
+    .to_string()
+}
+
+#[test]
+fn a_fleet_over_mqtt_shows_events_once_refuses_junk_and_flags_a_crashed_vehicle() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = oodmon_testkit::Broker::start(dir.path());
+    let child = monitor_command(
+        dir.path(),
+        &[
+            "--mqtt",
+            &broker.url(),
+            "--fleet",
+            "yard",
+            "--plain",
+            "--seconds",
+            "8",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // let the monitor subscribe (a persistent session would keep these anyway)
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let vehicle = FakeVehicle::connect(broker.port);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    vehicle.publish("event", fleet_event(0, "OK", "cleared"));
+    vehicle.publish("event", fleet_event(1, "OOD", "ood_frames"));
+    // a repeat after a reconnection, and junk on the monitor's topics
+    vehicle.publish("event", fleet_event(1, "OOD", "ood_frames"));
+    vehicle.publish("event", "{not json".into());
+    vehicle.publish(
+        "event",
+        fleet_event(2, "OK", "cleared").replace("\"v\":1", "\"v\":9"),
+    );
+    vehicle.publish("event", fleet_event(2, "OK", "cleared"));
+    vehicle.publish(
+        "heartbeat",
+        serde_json::json!({"v": 1, "fleet": "yard", "vehicle": "agv", "boot": "b",
+            "time_ms": 0, "state": "OK", "backlog": 0})
+        .to_string(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    vehicle.crash();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (needle, times) in [
+        ("yard/agv #0 OK cleared", 1),
+        ("yard/agv #1 OOD ood_frames", 1),
+        ("yard/agv #2 OK cleared", 1),
+        ("refused oodmon/yard/agv/event", 2),
+        ("yard/agv OFFLINE (connection_lost)", 1),
+    ] {
+        assert_eq!(
+            stdout.matches(needle).count(),
+            times,
+            "{needle:?} in\n{stdout}"
+        );
+    }
+    // the closing table: one vehicle, flagged, and the refusals counted
+    assert!(stdout.contains("2 messages refused"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("yard") && l.contains("OFFLINE")),
+        "{stdout}"
+    );
+}

@@ -1,9 +1,13 @@
 //! # oodmon-testkit
 //!
-//! Test support shared by the crates' integration tests (a dev-dependency only).
+//! Test support shared by the crates' integration tests (a dev-dependency only): running a
+//! binary under test, and a real MQTT broker ([`Broker`]).
 
 use std::path::Path;
 use std::process::Command;
+
+pub mod mqtt;
+pub use mqtt::Broker;
 
 /// The command that runs the binary `bin` (a test's `env!("CARGO_BIN_EXE_...")`) in `dir`
 /// with `args`, through the emulator command line in `OODMON_TEST_RUNNER` when set (e.g.

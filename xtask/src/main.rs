@@ -308,6 +308,22 @@ fn apt_install(packages: &[&str], add_arm64: bool) -> Result {
     run(Command::new("sh").args(["-c", &script]))
 }
 
+/// Mosquitto, the MQTT broker the edge's MQTT tests start on a loopback port: installed
+/// from Debian's packages unless a working one is there (`mosquitto -h` prints its version
+/// and exits 3).
+fn mqtt_broker() -> Result {
+    let prints_version = |program: &str| {
+        Command::new(program)
+            .arg("-h")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("mosquitto version"))
+    };
+    if prints_version("/usr/sbin/mosquitto") || prints_version("mosquitto") {
+        return Ok(());
+    }
+    apt_install(&["mosquitto"], false)
+}
+
 /// Debian packages the aarch64 checks need: Debian's rustc with an aarch64 standard library,
 /// the cross linker and qemu. Nothing else comes from Debian: the V4L2 bindings are
 /// committed, so no step needs libclang.
@@ -354,6 +370,7 @@ fn test(args: &[String]) -> Result {
     let aarch64 = !args.iter().any(|a| a == "--no-aarch64");
     let python = python_env()?;
     system_packages(aarch64)?;
+    mqtt_broker()?;
     step("dependency boundaries: no bindgen or UI in the edge, no tract in the monitor");
     dependency_boundaries(&[None, Some(AARCH64)])?;
     step("cargo fmt --check");

@@ -36,6 +36,10 @@ pub struct Overrides {
     pub corrupt: Option<String>,
     /// Turn the camera guards off.
     pub no_guards: bool,
+    /// MQTT broker URL, fleet and vehicle id (`[mqtt]`).
+    pub mqtt: Option<String>,
+    pub fleet: Option<String>,
+    pub vehicle: Option<String>,
 }
 
 /// The configuration file (or the defaults) with the overrides applied.
@@ -66,6 +70,19 @@ pub fn settings(config: Option<&Path>, o: Overrides) -> Result<EdgeConfig> {
     }
     cfg.camera.corrupt = o.corrupt.or(cfg.camera.corrupt);
     cfg.camera.guards &= !o.no_guards;
+    #[cfg(feature = "mqtt")]
+    {
+        cfg.mqtt.url = o.mqtt.or(cfg.mqtt.url);
+        cfg.mqtt.fleet = o.fleet.unwrap_or(cfg.mqtt.fleet);
+        cfg.mqtt.vehicle = o.vehicle.unwrap_or(cfg.mqtt.vehicle);
+    }
+    #[cfg(not(feature = "mqtt"))]
+    if o.mqtt.is_some() {
+        return Err(EdgeError::invalid(
+            "mqtt",
+            "this build has no MQTT support (feature mqtt)",
+        ));
+    }
     Ok(cfg)
 }
 
@@ -129,6 +146,13 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
         None => log::info!("camera guards off"),
     }
     let service = AlarmService::start(cfg.alarm.clone(), outputs(cfg)?);
+    #[cfg(feature = "mqtt")]
+    let forwarder = match (&cfg.mqtt.url, &cfg.output.journal) {
+        (Some(_), Some(journal)) => Some(crate::output::mqtt::MqttForwarder::start(
+            &cfg.mqtt, journal,
+        )?),
+        _ => None,
+    };
     let mut src = source::open(&spec, &cfg.source_options())?;
     if let Some(c) = &cfg.camera.corrupt {
         src = Box::new(source::CorruptedSource::new(src, c.parse()?));
@@ -166,6 +190,17 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
         report.messages_sent,
         report.send_errors
     );
+    #[cfg(feature = "mqtt")]
+    if let Some(f) = forwarder {
+        let stats = f.stats.clone();
+        f.stop();
+        log::info!(
+            "MQTT: {} events acknowledged by the broker ({} published again after a reconnection), {} connections",
+            stats.delivered.load(std::sync::atomic::Ordering::Relaxed),
+            stats.republished.load(std::sync::atomic::Ordering::Relaxed),
+            stats.connections.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     records.flush()?;
     let mut summary = summary?;
     summary.backend = Some(cfg.pipeline.backend);

@@ -196,3 +196,59 @@ impl Journal {
         Ok(parse_journal(&text).0)
     }
 }
+
+/// Follows a journal file as the alarm service appends to it: each [`poll`](Self::poll)
+/// returns the events completed since the last one. What publishes from the journal (the
+/// MQTT forwarder) reads it this way, so that it never holds up the service that writes it.
+#[derive(Debug)]
+pub struct JournalTail {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl JournalTail {
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.into(),
+            offset: 0,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Events whose lines were completed since the last call; corrupt lines are skipped. A
+    /// file that shrank (rewritten) is read again from its start.
+    pub fn poll(&mut self) -> Result<Vec<JournalEvent>, JournalError> {
+        let io = |cause| JournalError::Io {
+            path: self.path.clone(),
+            cause,
+        };
+        let mut file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(e)),
+        };
+        let len = file.metadata().map_err(io)?.len();
+        if len < self.offset {
+            self.offset = 0;
+            self.partial.clear();
+        }
+        file.seek(SeekFrom::Start(self.offset)).map_err(io)?;
+        let mut fresh = Vec::new();
+        file.read_to_end(&mut fresh).map_err(io)?;
+        self.offset += fresh.len() as u64;
+        self.partial.extend_from_slice(&fresh);
+        let complete = self
+            .partial
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let events = self.partial[..complete]
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| serde_json::from_slice::<JournalEvent>(l).ok())
+            .collect();
+        self.partial.drain(..complete);
+        Ok(events)
+    }
+}

@@ -1,11 +1,14 @@
 //! Where alarms go, one trait per hardware boundary: a serial link carrying protocol
 //! frames ([`serial`]), a GPIO line driven "healthy" only while the state is OK
 //! ([`gpio`]), the append-only journal of state changes ([`journal`]) and systemd's
-//! readiness and watchdog notifications ([`notify`]). The real backends reconnect (serial)
+//! readiness and watchdog notifications ([`notify`]), and the journal's events forwarded to
+//! an MQTT broker (`mqtt`, feature `mqtt`). The real backends reconnect (serial)
 //! or fail safe (GPIO); fakes for tests are in `crate::testing` (feature `test-support`).
 
 pub mod gpio;
 pub mod journal;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 pub mod notify;
 pub mod serial;
 

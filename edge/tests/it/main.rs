@@ -6,6 +6,8 @@ mod alarms;
 mod alloc;
 mod cli;
 mod engine;
+#[cfg(feature = "mqtt")]
+mod mqtt;
 mod overlap;
 mod sources;
 mod util;

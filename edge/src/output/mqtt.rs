@@ -1,0 +1,616 @@
+//! Alarm events to a fleet's MQTT broker, published from the journal (store and forward).
+//!
+//! The alarm service journals every state change first (fsync'd); a forwarder thread
+//! follows the journal and publishes each event with QoS 1, one at a time, and moves its
+//! cursor (the last sequence the broker acknowledged, written atomically beside the
+//! journal) only on the broker's PUBACK. After an outage of any length, a broker restart or
+//! an edge restart (`kill -9` included), it publishes again from the cursor: every event
+//! reaches the broker at least once, in journal order, with its original time and
+//! sequence, and a receiver that keeps the highest sequence per vehicle drops the repeats.
+//! The network never holds up the frame loop or the other outputs: the service only
+//! writes the journal. Topics and payloads: `oodmon-fleet`, PROTOCOL.md ("Fleet monitoring
+//! over MQTT").
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rumqttc::{
+    Client, Connection, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, RecvTimeoutError,
+};
+use serde::{Deserialize, Serialize};
+
+use oodmon_fleet::payload::valid_level;
+use oodmon_fleet::{topic_prefix, EventPayload, HeartbeatPayload, StatePayload, PAYLOAD_VERSION};
+
+use crate::error::{EdgeError, Result};
+use crate::output::journal::{JournalEvent, JournalTail};
+
+/// `[mqtt]`: where and as whom to publish.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `mqtt://HOST:PORT` (port 1883 when left out).
+    pub url: Option<String>,
+    /// Topic level after `oodmon/`.
+    pub fleet: String,
+    /// This vehicle's id, the topic level after the fleet.
+    pub vehicle: String,
+    /// How often `heartbeat` is published.
+    pub heartbeat_ms: u64,
+    /// MQTT keep-alive: the broker publishes the last will (offline) after 1.5 times this
+    /// without a packet.
+    pub keep_alive_s: u64,
+    /// The cursor file (default: the journal's path with `.mqtt-cursor` appended).
+    pub cursor: Option<PathBuf>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            fleet: "default".into(),
+            vehicle: String::new(),
+            heartbeat_ms: 1000,
+            keep_alive_s: 5,
+            cursor: None,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// Checks the values that can be checked without a broker.
+    pub fn validate(&self) -> Result<()> {
+        let Some(url) = &self.url else {
+            return Ok(());
+        };
+        parse_url(url)?;
+        for (what, v) in [("mqtt.fleet", &self.fleet), ("mqtt.vehicle", &self.vehicle)] {
+            if !valid_level(v) {
+                return Err(EdgeError::invalid(
+                    what,
+                    format!("{v:?} must be a non-empty MQTT topic level (no '/', '+', '#')"),
+                ));
+            }
+        }
+        if !(50..=600_000).contains(&self.heartbeat_ms) {
+            return Err(EdgeError::invalid(
+                "mqtt.heartbeat_ms",
+                format!("{} is not in 50..=600000", self.heartbeat_ms),
+            ));
+        }
+        if !(1..=3600).contains(&self.keep_alive_s) {
+            return Err(EdgeError::invalid(
+                "mqtt.keep_alive_s",
+                format!("{} is not in 1..=3600", self.keep_alive_s),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `oodmon/<fleet>/<vehicle>`.
+    pub fn topic_prefix(&self) -> String {
+        topic_prefix(&self.fleet, &self.vehicle)
+    }
+}
+
+/// Host and port of `mqtt://HOST[:PORT]`.
+pub fn parse_url(url: &str) -> Result<(String, u16)> {
+    let bad = |why: &str| EdgeError::invalid("mqtt.url", format!("{url:?}: {why}"));
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| bad("expected mqtt://HOST[:PORT]"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
+        None => (rest, 1883),
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(bad("no host"));
+    }
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+/// The cursor file: the last event sequence the broker acknowledged, for this topic prefix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Cursor {
+    prefix: String,
+    sequence: u64,
+}
+
+fn load_cursor(path: &Path, prefix: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match serde_json::from_str::<Cursor>(&text) {
+        Ok(c) if c.prefix == prefix => Some(c.sequence),
+        Ok(c) => {
+            log::warn!(
+                "MQTT cursor {} is for {}, not {prefix}: publishing the whole journal",
+                path.display(),
+                c.prefix
+            );
+            None
+        }
+        Err(e) => {
+            log::warn!(
+                "MQTT cursor {} is unreadable ({e}): publishing the whole journal (receivers drop repeats)",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+fn save_cursor(path: &Path, prefix: &str, sequence: u64) -> std::io::Result<()> {
+    let cursor = Cursor {
+        prefix: prefix.into(),
+        sequence,
+    };
+    #[allow(clippy::expect_used)] // a plain struct: serde_json cannot fail
+    let json = serde_json::to_vec(&cursor).expect("cursor serialises");
+    oodmon_calibration::io::write_atomic(path, |w| std::io::Write::write_all(w, &json))
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// What the forwarder did, for logs and tests.
+#[derive(Debug, Default)]
+pub struct ForwarderStats {
+    /// Events the broker acknowledged.
+    pub delivered: AtomicU64,
+    /// Events published again after a reconnection (the broker may have had them).
+    pub republished: AtomicU64,
+    /// Connections made (1 + reconnections).
+    pub connections: AtomicU64,
+}
+
+/// The forwarder thread; stop it with [`MqttForwarder::stop`].
+pub struct MqttForwarder {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    pub stats: Arc<ForwarderStats>,
+}
+
+impl MqttForwarder {
+    /// Starts following `journal` and publishing to the configured broker. Fails only on
+    /// a bad configuration: an unreachable broker is retried in the background.
+    pub fn start(cfg: &MqttConfig, journal: &Path) -> Result<Self> {
+        cfg.validate()?;
+        let url = cfg
+            .url
+            .clone()
+            .ok_or_else(|| EdgeError::invalid("mqtt.url", "not set"))?;
+        let (host, port) = parse_url(&url)?;
+        let cursor_path = cfg.cursor.clone().unwrap_or_else(|| {
+            let mut p = journal.as_os_str().to_owned();
+            p.push(".mqtt-cursor");
+            PathBuf::from(p)
+        });
+        let boot = format!("{:016x}", boot_id());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(ForwarderStats::default());
+        let mut worker = Worker::new(cfg, &host, port, journal, cursor_path, boot);
+        let (s, st) = (stop.clone(), stats.clone());
+        let handle = std::thread::Builder::new()
+            .name("mqtt".into())
+            .spawn(move || worker.run(&s, &st))
+            .map_err(EdgeError::Io)?;
+        log::info!("alarm events to {url} under {}", cfg.topic_prefix());
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+            stats,
+        })
+    }
+
+    /// Publishes what is left in the journal (for up to 3 s when the broker answers), marks
+    /// the vehicle offline and disconnects.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for MqttForwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A QoS 1 publish waiting for its packet id, then for its PUBACK.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Sent {
+    Event(u64),
+    State,
+    Offline,
+}
+
+struct Worker {
+    cfg: MqttConfig,
+    prefix: String,
+    boot: String,
+    client: Client,
+    connection: Connection,
+    tail: JournalTail,
+    cursor_path: PathBuf,
+    cursor: Option<u64>,
+    /// Journalled events after the cursor, oldest first.
+    queue: VecDeque<JournalEvent>,
+    latest: Option<JournalEvent>,
+    connected: bool,
+    state_dirty: bool,
+    in_flight: Option<u64>,
+    /// QoS 1 publishes handed to the client, waiting for their packet ids (in order).
+    awaiting_id: VecDeque<Sent>,
+    awaiting_ack: HashMap<u16, Sent>,
+    offline_acked: bool,
+    published_before: Option<u64>,
+}
+
+impl Worker {
+    fn new(
+        cfg: &MqttConfig,
+        host: &str,
+        port: u16,
+        journal: &Path,
+        cursor_path: PathBuf,
+        boot: String,
+    ) -> Self {
+        let prefix = cfg.topic_prefix();
+        let mut options = MqttOptions::new(
+            format!("oodmon-{}-{}", cfg.fleet, cfg.vehicle),
+            host.to_string(),
+            port,
+        );
+        options.set_keep_alive(Duration::from_secs(cfg.keep_alive_s));
+        options.set_clean_session(true);
+        let will = StatePayload {
+            v: PAYLOAD_VERSION,
+            fleet: cfg.fleet.clone(),
+            vehicle: cfg.vehicle.clone(),
+            boot: boot.clone(),
+            online: false,
+            state: None,
+            reason: Some("connection_lost".into()),
+            sequence: None,
+            since_ms: None,
+        };
+        options.set_last_will(LastWill::new(
+            format!("{prefix}/state"),
+            json(&will),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, connection) = Client::new(options, 64);
+        let cursor = load_cursor(&cursor_path, &prefix);
+        Self {
+            cfg: cfg.clone(),
+            prefix,
+            boot,
+            client,
+            connection,
+            tail: JournalTail::new(journal),
+            cursor_path,
+            cursor,
+            queue: VecDeque::new(),
+            latest: None,
+            connected: false,
+            state_dirty: true,
+            in_flight: None,
+            awaiting_id: VecDeque::new(),
+            awaiting_ack: HashMap::new(),
+            offline_acked: false,
+            published_before: cursor,
+        }
+    }
+
+    fn run(&mut self, stop: &AtomicBool, stats: &ForwarderStats) {
+        let heartbeat = Duration::from_millis(self.cfg.heartbeat_ms);
+        let mut next_heartbeat = Instant::now();
+        let mut next_poll = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if stop.load(Ordering::SeqCst) && deadline.is_none() {
+                deadline = Some(now + Duration::from_secs(3));
+                next_poll = now; // the service's last event (stopping) is in the journal now
+            }
+            if now >= next_poll {
+                self.follow_journal();
+                next_poll = now + Duration::from_millis(50);
+            }
+            if let Some(d) = deadline {
+                let drained = self.queue.is_empty() && self.in_flight.is_none();
+                if (drained && self.connected) || now >= d {
+                    self.go_offline();
+                    return;
+                }
+            }
+            if self.connected {
+                self.publish_due(stats, &mut next_heartbeat, heartbeat);
+            }
+            match self.connection.recv_timeout(Duration::from_millis(20)) {
+                Ok(Ok(event)) => {
+                    backoff = Duration::from_millis(100);
+                    self.on_event(event, stats);
+                }
+                Ok(Err(e)) => {
+                    if self.connected {
+                        log::warn!(
+                            "MQTT connection lost ({e}); {} events wait in the journal",
+                            self.queue.len()
+                        );
+                    } else {
+                        log::debug!("MQTT connect failed: {e}");
+                    }
+                    self.disconnected();
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn follow_journal(&mut self) {
+        match self.tail.poll() {
+            Ok(events) => {
+                for e in events {
+                    if self.cursor.is_none_or(|c| e.sequence > c) {
+                        self.queue.push_back(e.clone());
+                    }
+                    self.latest = Some(e);
+                    self.state_dirty = true;
+                }
+            }
+            Err(e) => log::warn!("MQTT forwarder: {e}"),
+        }
+    }
+
+    fn publish_due(
+        &mut self,
+        stats: &ForwarderStats,
+        next_heartbeat: &mut Instant,
+        heartbeat: Duration,
+    ) {
+        if self.state_dirty && self.publish(Sent::State) {
+            self.state_dirty = false;
+        }
+        if self.in_flight.is_none() {
+            if let Some(seq) = self.queue.front().map(|e| e.sequence) {
+                if self.publish(Sent::Event(seq)) {
+                    self.in_flight = Some(seq);
+                    if self.published_before.is_some_and(|p| seq <= p) {
+                        stats.republished.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.published_before = Some(self.published_before.map_or(seq, |p| p.max(seq)));
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= *next_heartbeat {
+            let beat = HeartbeatPayload {
+                v: PAYLOAD_VERSION,
+                fleet: self.cfg.fleet.clone(),
+                vehicle: self.cfg.vehicle.clone(),
+                boot: self.boot.clone(),
+                time_ms: unix_ms(),
+                state: self.latest.as_ref().map(|e| e.state.clone()),
+                backlog: self.queue.len() as u64,
+            };
+            let _ = self.client.try_publish(
+                format!("{}/heartbeat", self.prefix),
+                QoS::AtMostOnce,
+                false,
+                json(&beat),
+            );
+            *next_heartbeat = now + heartbeat;
+        }
+    }
+
+    /// Hands one QoS 1 message to the client; false when its queue is full (tried again).
+    fn publish(&mut self, what: Sent) -> bool {
+        let (topic, payload, retain) = match what {
+            Sent::Event(seq) => {
+                let Some(e) = self.queue.iter().find(|e| e.sequence == seq) else {
+                    return false;
+                };
+                let p = EventPayload {
+                    v: PAYLOAD_VERSION,
+                    fleet: self.cfg.fleet.clone(),
+                    vehicle: self.cfg.vehicle.clone(),
+                    boot: self.boot.clone(),
+                    sequence: e.sequence,
+                    time_ms: e.time_ms,
+                    state: e.state.clone(),
+                    reason: e.reason.clone(),
+                    score: e.score,
+                    frame: e.frame,
+                };
+                (format!("{}/event", self.prefix), json(&p), false)
+            }
+            Sent::State | Sent::Offline => {
+                let online = what == Sent::State;
+                let p = StatePayload {
+                    v: PAYLOAD_VERSION,
+                    fleet: self.cfg.fleet.clone(),
+                    vehicle: self.cfg.vehicle.clone(),
+                    boot: self.boot.clone(),
+                    online,
+                    state: self.latest.as_ref().map(|e| e.state.clone()),
+                    reason: if online {
+                        self.latest.as_ref().map(|e| e.reason.clone())
+                    } else {
+                        Some("stopped".into())
+                    },
+                    sequence: self.latest.as_ref().map(|e| e.sequence),
+                    since_ms: self.latest.as_ref().map(|e| e.time_ms),
+                };
+                (format!("{}/state", self.prefix), json(&p), true)
+            }
+        };
+        match self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+        {
+            Ok(()) => {
+                self.awaiting_id.push_back(what);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn on_event(&mut self, event: Event, stats: &ForwarderStats) {
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                stats.connections.fetch_add(1, Ordering::Relaxed);
+                log::info!(
+                    "MQTT connected; {} journalled events to publish",
+                    self.queue.len()
+                );
+                self.disconnected();
+                self.connected = true;
+                self.state_dirty = true;
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
+                if let Some(what) = self.awaiting_id.pop_front() {
+                    self.awaiting_ack.insert(pkid, what);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => match self.awaiting_ack.remove(&ack.pkid) {
+                Some(Sent::Event(seq)) => {
+                    while self.queue.front().is_some_and(|e| e.sequence <= seq) {
+                        self.queue.pop_front();
+                    }
+                    self.cursor = Some(seq);
+                    if self.in_flight == Some(seq) {
+                        self.in_flight = None;
+                    }
+                    stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = save_cursor(&self.cursor_path, &self.prefix, seq) {
+                        log::warn!(
+                            "MQTT cursor {}: {e} (events may be published again after a restart)",
+                            self.cursor_path.display()
+                        );
+                    }
+                }
+                Some(Sent::Offline) => self.offline_acked = true,
+                Some(Sent::State) | None => {}
+            },
+            _ => {}
+        }
+    }
+
+    /// Forgets what was in flight: after a reconnection everything unacknowledged is
+    /// published again, from the cursor.
+    fn disconnected(&mut self) {
+        self.connected = false;
+        self.in_flight = None;
+        self.awaiting_id.clear();
+        self.awaiting_ack.clear();
+    }
+
+    /// A clean stop: the retained state says offline, then the client disconnects (the
+    /// broker then keeps the will to itself).
+    fn go_offline(&mut self) {
+        if self.connected && self.publish(Sent::Offline) {
+            let until = Instant::now() + Duration::from_secs(1);
+            while !self.offline_acked && Instant::now() < until {
+                match self.connection.recv_timeout(Duration::from_millis(20)) {
+                    Ok(Ok(event)) => self.on_event(event, &ForwarderStats::default()),
+                    Ok(Err(_)) | Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+            }
+        }
+        if !self.queue.is_empty() {
+            log::warn!(
+                "MQTT: stopping with {} events not acknowledged; they are published at the next start",
+                self.queue.len()
+            );
+        }
+        let _ = self.client.disconnect();
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            match self.connection.recv_timeout(Duration::from_millis(20)) {
+                Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) => break,
+                Err(RecvTimeoutError::Disconnected) => break,
+                _ => {}
+            }
+        }
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    #[allow(clippy::expect_used)] // plain structs: serde_json cannot fail
+    serde_json::to_vec(v).expect("payloads serialise")
+}
+
+/// A random id for this process (the OS seeds `RandomState`).
+fn boot_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_topic_levels_are_checked() {
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1:18830").unwrap(),
+            ("127.0.0.1".into(), 18830)
+        );
+        assert_eq!(parse_url("mqtt://broker").unwrap(), ("broker".into(), 1883));
+        for bad in ["http://x", "mqtt://", "mqtt://h:99999", "broker:1883"] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+        let mut cfg = MqttConfig {
+            url: Some("mqtt://localhost".into()),
+            vehicle: "v1".into(),
+            ..Default::default()
+        };
+        cfg.validate().unwrap();
+        assert_eq!(cfg.topic_prefix(), "oodmon/default/v1");
+        for bad in ["", "a/b", "+", "#"] {
+            cfg.vehicle = bad.into();
+            assert!(cfg.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_cursor_survives_a_restart_and_belongs_to_its_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.mqtt-cursor");
+        assert_eq!(load_cursor(&p, "oodmon/f/v"), None);
+        save_cursor(&p, "oodmon/f/v", 41).unwrap();
+        assert_eq!(load_cursor(&p, "oodmon/f/v"), Some(41));
+        assert_eq!(load_cursor(&p, "oodmon/f/other"), None);
+        std::fs::write(&p, b"{torn").unwrap();
+        assert_eq!(load_cursor(&p, "oodmon/f/v"), None);
+    }
+}

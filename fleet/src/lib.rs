@@ -1,0 +1,12 @@
+//! Fleet monitoring over MQTT, the part both ends share: the topics and JSON payloads
+//! `oodmon-edge` publishes ([`payload`], PROTOCOL.md "Fleet monitoring over MQTT") and a
+//! control room's view of a fleet built from the messages ([`view`]). No network code: the
+//! edge and the monitor bring their own client.
+
+pub mod payload;
+pub mod view;
+
+pub use payload::{
+    topic_prefix, EventPayload, HeartbeatPayload, StatePayload, Topic, PAYLOAD_VERSION,
+};
+pub use view::{FleetView, Vehicle};

@@ -1,0 +1,179 @@
+//! `oodmon-monitor --mqtt URL --fleet NAME`: a fleet's vehicles from an MQTT broker, as a
+//! table (state, reason, heartbeat age, alarms in the last hour, backlog, offline or silent
+//! vehicles flagged), kept by [`oodmon_fleet::FleetView`]. The subscription is a persistent
+//! session (QoS 1, clean session off), so events published while the monitor is away are
+//! kept by the broker and arrive when it is back; repeats are dropped by sequence.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use oodmon_fleet::view::Applied;
+use oodmon_fleet::FleetView;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS, RecvTimeoutError};
+
+use crate::ui::now_ms;
+
+/// Where and what to watch.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// `mqtt://HOST[:PORT]`.
+    pub url: String,
+    /// A fleet name, or `+` for every fleet on the broker.
+    pub fleet: String,
+    /// The MQTT client id; one per monitor, kept across restarts for the persistent
+    /// session.
+    pub client_id: String,
+    /// A vehicle whose heartbeat is older than this is flagged silent.
+    pub silence_ms: u64,
+}
+
+/// Why watching the fleet ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{0}")]
+    Url(String),
+    #[error("output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Host and port of `mqtt://HOST[:PORT]`.
+pub fn parse_url(url: &str) -> Result<(String, u16), FleetError> {
+    let bad = |why: &str| FleetError::Url(format!("--mqtt {url:?}: {why}"));
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| bad("expected mqtt://HOST[:PORT]"))?
+        .trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
+        None => (rest, 1883),
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(bad("no host"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Watches until `stop` or `deadline`: one line per new event, vehicle going offline or
+/// coming back, and refused message (`plain`), or the table redrawn in place; the table
+/// is printed once more at the end.
+pub fn watch_fleet(
+    opts: &FleetOptions,
+    plain: bool,
+    stop: &AtomicBool,
+    deadline: Option<Instant>,
+    out: &mut dyn Write,
+) -> Result<FleetView, FleetError> {
+    let (host, port) = parse_url(&opts.url)?;
+    let mut options = MqttOptions::new(opts.client_id.clone(), host, port);
+    options.set_clean_session(false);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut connection) = Client::new(options, 64);
+    let mut view = FleetView::new();
+    let mut connected = false;
+    let mut next_draw = Instant::now();
+    let mut flagged_before: Vec<(String, String)> = Vec::new();
+    while !stop.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
+        match connection.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                connected = true;
+                for kind in ["event", "state", "heartbeat"] {
+                    let qos = if kind == "heartbeat" {
+                        QoS::AtMostOnce
+                    } else {
+                        QoS::AtLeastOnce
+                    };
+                    let _ = client.try_subscribe(format!("oodmon/{}/+/{kind}", opts.fleet), qos);
+                }
+                if plain {
+                    writeln!(out, "connected to {} (fleet {})", opts.url, opts.fleet)?;
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                let applied = view.apply(&p.topic, &p.payload, now_ms());
+                if plain {
+                    match applied {
+                        Applied::Event(e) => writeln!(
+                            out,
+                            "{}/{} #{} {} {} at {}{}",
+                            e.fleet,
+                            e.vehicle,
+                            e.sequence,
+                            e.state,
+                            e.reason,
+                            humantime::format_rfc3339_millis(
+                                std::time::UNIX_EPOCH + Duration::from_millis(e.time_ms)
+                            ),
+                            e.score.map_or(String::new(), |s| format!(" score {s:.3}"))
+                        )?,
+                        Applied::Refused(r) => writeln!(out, "refused {}: {r}", p.topic)?,
+                        Applied::Repeat | Applied::State | Applied::Heartbeat => {}
+                    }
+                }
+            }
+            Ok(Ok(_)) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Err(e)) => {
+                if connected {
+                    log::warn!("MQTT connection lost: {e}");
+                    if plain {
+                        writeln!(out, "broker lost: {e}")?;
+                    }
+                }
+                connected = false;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        let now = now_ms();
+        let flagged: Vec<(String, String)> = view
+            .vehicles()
+            .filter(|v| FleetView::flagged(v, now, opts.silence_ms))
+            .map(|v| (v.fleet.clone(), v.vehicle.clone()))
+            .collect();
+        if plain {
+            for v in view.vehicles() {
+                let key = (v.fleet.clone(), v.vehicle.clone());
+                match (flagged.contains(&key), flagged_before.contains(&key)) {
+                    (true, false) => writeln!(
+                        out,
+                        "{}/{} {}",
+                        v.fleet,
+                        v.vehicle,
+                        if v.online {
+                            "SILENT (no heartbeat)".to_string()
+                        } else {
+                            format!(
+                                "OFFLINE ({})",
+                                v.offline_reason.as_deref().unwrap_or("unknown")
+                            )
+                        }
+                    )?,
+                    (false, true) => writeln!(out, "{}/{} back online", v.fleet, v.vehicle)?,
+                    _ => {}
+                }
+            }
+        } else if Instant::now() >= next_draw {
+            // clear the screen and draw the table at the top
+            write!(out, "\x1b[2J\x1b[H{}", view.table(now, opts.silence_ms))?;
+            writeln!(
+                out,
+                "{} {} (fleet {}); Ctrl-C to stop",
+                if connected {
+                    "connected to"
+                } else {
+                    "connecting to"
+                },
+                opts.url,
+                opts.fleet
+            )?;
+            out.flush()?;
+            next_draw = Instant::now() + Duration::from_millis(500);
+        }
+        flagged_before = flagged;
+    }
+    let _ = client.disconnect();
+    write!(out, "{}", view.table(now_ms(), opts.silence_ms))?;
+    out.flush()?;
+    Ok(view)
+}
