@@ -252,3 +252,48 @@ impl JournalTail {
         Ok(events)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(sequence: u64) -> JournalEvent {
+        JournalEvent::new(
+            1000 + sequence,
+            AlarmState::Ok,
+            Reason::Cleared,
+            0.5,
+            Some(sequence),
+            sequence,
+        )
+    }
+
+    #[test]
+    fn the_tail_returns_completed_lines_once_and_rereads_a_rewritten_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut tail = JournalTail::new(&path);
+        assert!(tail.poll().unwrap().is_empty(), "no file yet");
+        let (mut journal, _) = Journal::open(&path).unwrap();
+        journal.append(event(0)).unwrap();
+        journal.append(event(0)).unwrap();
+        let got: Vec<u64> = tail.poll().unwrap().iter().map(|e| e.sequence).collect();
+        assert_eq!(got, [0, 1]);
+        assert!(tail.poll().unwrap().is_empty());
+        // half a line: nothing until it is complete
+        let line = serde_json::to_string(&JournalEvent {
+            sequence: 2,
+            ..event(2)
+        })
+        .unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&line.as_bytes()[..10]).unwrap();
+        assert!(tail.poll().unwrap().is_empty());
+        f.write_all(&line.as_bytes()[10..]).unwrap();
+        f.write_all(b"\nnot an event\n").unwrap();
+        assert_eq!(tail.poll().unwrap().len(), 1);
+        // rewritten shorter: read again from the start
+        std::fs::write(&path, format!("{line}\n")).unwrap();
+        assert_eq!(tail.poll().unwrap()[0].sequence, 2);
+    }
+}
