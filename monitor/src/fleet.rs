@@ -8,17 +8,18 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use oodmon_fleet::client::{BrokerConfig, ClientError};
 use oodmon_fleet::view::Applied;
 use oodmon_fleet::FleetView;
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS, RecvTimeoutError};
+use rumqttc::{Client, Event, Packet, QoS, RecvTimeoutError};
 
 use crate::ui::now_ms;
 
 /// Where and what to watch.
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
-    /// `mqtt://HOST[:PORT]`.
-    pub url: String,
+    /// The broker: URL (`mqtt://` or `mqtts://`), pinned CA, credentials.
+    pub broker: BrokerConfig,
     /// A fleet name, or `+` for every fleet on the broker.
     pub fleet: String,
     /// The MQTT client id; one per monitor, kept across restarts for the persistent
@@ -31,28 +32,10 @@ pub struct FleetOptions {
 /// Why watching the fleet ended with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    #[error("{0}")]
-    Url(String),
+    #[error(transparent)]
+    Broker(#[from] ClientError),
     #[error("output: {0}")]
     Output(#[from] std::io::Error),
-}
-
-/// Host and port of `mqtt://HOST[:PORT]`.
-pub fn parse_url(url: &str) -> Result<(String, u16), FleetError> {
-    let bad = |why: &str| FleetError::Url(format!("--mqtt {url:?}: {why}"));
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| bad("expected mqtt://HOST[:PORT]"))?
-        .trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
-        None => (rest, 1883),
-    };
-    if host.is_empty() || host.contains('/') {
-        return Err(bad("no host"));
-    }
-    Ok((host.to_string(), port))
 }
 
 /// Watches until `stop` or `deadline`: one line per new event, vehicle going offline or
@@ -65,19 +48,22 @@ pub fn watch_fleet(
     deadline: Option<Instant>,
     out: &mut dyn Write,
 ) -> Result<FleetView, FleetError> {
-    let (host, port) = parse_url(&opts.url)?;
-    let mut options = MqttOptions::new(opts.client_id.clone(), host, port);
+    let mut options = opts
+        .broker
+        .options(&opts.client_id, Duration::from_secs(5))?;
     options.set_clean_session(false);
-    options.set_keep_alive(Duration::from_secs(5));
+    let url = opts.broker.url.clone().unwrap_or_default();
     let (client, mut connection) = Client::new(options, 64);
     let mut view = FleetView::new();
     let mut connected = false;
+    let mut refusals = 0u32;
     let mut next_draw = Instant::now();
     let mut flagged_before: Vec<(String, String)> = Vec::new();
     while !stop.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
         match connection.recv_timeout(Duration::from_millis(100)) {
             Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                 connected = true;
+                refusals = 0;
                 for kind in ["event", "state", "heartbeat"] {
                     let qos = if kind == "heartbeat" {
                         QoS::AtMostOnce
@@ -87,7 +73,7 @@ pub fn watch_fleet(
                     let _ = client.try_subscribe(format!("oodmon/{}/+/{kind}", opts.fleet), qos);
                 }
                 if plain {
-                    writeln!(out, "connected to {} (fleet {})", opts.url, opts.fleet)?;
+                    writeln!(out, "connected to {} (fleet {})", url, opts.fleet)?;
                 }
             }
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
@@ -119,7 +105,14 @@ pub fn watch_fleet(
                     if plain {
                         writeln!(out, "broker lost: {e}")?;
                     }
+                } else if refusals == 0 {
+                    // a wrong CA, password or ACL shows here: say it once
+                    log::warn!("cannot connect to {url}: {e}");
+                    if plain {
+                        writeln!(out, "cannot connect to {url}: {e}")?;
+                    }
                 }
+                refusals += 1;
                 connected = false;
                 std::thread::sleep(Duration::from_millis(500));
             }
@@ -164,7 +157,7 @@ pub fn watch_fleet(
                 } else {
                     "connecting to"
                 },
-                opts.url,
+                url,
                 opts.fleet
             )?;
             out.flush()?;

@@ -16,9 +16,22 @@ struct Cli {
     /// Serial device the edge (or a tap on its line) is connected to.
     #[arg(long)]
     port: Option<String>,
-    /// MQTT broker the fleet publishes to (mqtt://HOST[:PORT]).
+    /// MQTT broker the fleet publishes to (mqtt://HOST[:PORT], or mqtts:// for TLS).
     #[arg(long)]
     mqtt: Option<String>,
+    /// The broker's CA certificate (PEM), the only one trusted (mqtts://).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// Username on the broker, and a file holding its password (first line).
+    #[arg(long)]
+    username: Option<String>,
+    #[arg(long)]
+    password_file: Option<std::path::PathBuf>,
+    /// Client certificate and key (PEM), for brokers that authenticate by certificate.
+    #[arg(long)]
+    cert: Option<std::path::PathBuf>,
+    #[arg(long)]
+    key: Option<std::path::PathBuf>,
     /// Fleet to watch (`+`: every fleet on the broker).
     #[arg(long, default_value = "+")]
     fleet: String,
@@ -55,7 +68,14 @@ fn watch(cli: Cli) -> Result<()> {
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     if let Some(url) = cli.mqtt {
         let opts = oodmon_monitor::fleet::FleetOptions {
-            url,
+            broker: oodmon_fleet::client::BrokerConfig {
+                url: Some(url),
+                ca: cli.ca,
+                username: cli.username,
+                password_file: cli.password_file,
+                client_cert: cli.cert,
+                client_key: cli.key,
+            },
             client_id: cli
                 .client_id
                 .unwrap_or_else(|| format!("oodmon-monitor-{}", cli.fleet.replace('+', "all"))),

@@ -183,13 +183,28 @@ struct FakeVehicle {
 
 impl FakeVehicle {
     fn connect(port: u16) -> Self {
-        let will = serde_json::json!({"v": 1, "fleet": "yard", "vehicle": "agv", "boot": "b",
+        Self::connect_with(
+            oodmon_fleet::client::BrokerConfig {
+                url: Some(format!("mqtt://127.0.0.1:{port}")),
+                ..Default::default()
+            },
+            "agv",
+        )
+    }
+
+    /// A vehicle `name` on `broker` (TLS and credentials as configured).
+    fn connect_with(broker: oodmon_fleet::client::BrokerConfig, name: &str) -> Self {
+        let will = serde_json::json!({"v": 1, "fleet": "yard", "vehicle": name, "boot": "b",
             "online": false, "state": null, "reason": "connection_lost", "sequence": null,
             "since_ms": null});
-        let mut o = rumqttc::MqttOptions::new("vehicle-agv", "127.0.0.1", port);
-        o.set_keep_alive(std::time::Duration::from_secs(1));
+        let mut o = broker
+            .options(
+                &format!("vehicle-{name}"),
+                std::time::Duration::from_secs(1),
+            )
+            .unwrap();
         o.set_last_will(rumqttc::LastWill::new(
-            "oodmon/yard/agv/state",
+            format!("oodmon/yard/{name}/state"),
             will.to_string(),
             rumqttc::QoS::AtLeastOnce,
             true,
@@ -213,6 +228,11 @@ impl FakeVehicle {
     }
 
     fn publish(&self, kind: &str, payload: String) {
+        self.publish_as("agv", kind, payload);
+    }
+
+    /// Publishes under `vehicle`'s topics, whoever this client is.
+    fn publish_as(&self, vehicle: &str, kind: &str, payload: String) {
         let qos = if kind == "heartbeat" {
             rumqttc::QoS::AtMostOnce
         } else {
@@ -220,7 +240,7 @@ impl FakeVehicle {
         };
         self.client
             .publish(
-                format!("oodmon/yard/agv/{kind}"),
+                format!("oodmon/yard/{vehicle}/{kind}"),
                 qos,
                 kind == "state",
                 payload,
@@ -235,7 +255,11 @@ impl FakeVehicle {
 }
 
 fn fleet_event(sequence: u64, state: &str, reason: &str) -> String {
-    serde_json::json!({"v": 1, "fleet": "yard", "vehicle": "agv", "boot": "b",
+    vehicle_event("agv", sequence, state, reason)
+}
+
+fn vehicle_event(vehicle: &str, sequence: u64, state: &str, reason: &str) -> String {
+    serde_json::json!({"v": 1, "fleet": "yard", "vehicle": vehicle, "boot": "b",
         "sequence": sequence, "time_ms": 1_764_850_000_000u64 + sequence, "state": state,
         "reason": reason, "score": 1.5, "frame": sequence * 10})
     .to_string()
@@ -311,4 +335,129 @@ fn a_fleet_over_mqtt_shows_events_once_refuses_junk_and_flags_a_crashed_vehicle(
             .any(|l| l.starts_with("yard") && l.contains("OFFLINE")),
         "{stdout}"
     );
+}
+
+/// Connects with `broker` settings and returns the first thing the connection says: a
+/// CONNACK, or the error (a TLS failure, a refused login).
+fn first_answer(broker: oodmon_fleet::client::BrokerConfig) -> Result<(), String> {
+    let o = broker
+        .options("probe", std::time::Duration::from_secs(5))
+        .unwrap();
+    let (_client, mut connection) = rumqttc::Client::new(o, 8);
+    loop {
+        match connection.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)))) => {
+                return if a.code == rumqttc::ConnectReturnCode::Success {
+                    Ok(())
+                } else {
+                    Err(format!("{:?}", a.code))
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(e) => return Err(format!("{e:?}")),
+        }
+    }
+}
+
+#[test]
+fn tls_passwords_and_the_acl_keep_a_vehicle_to_its_own_topics() {
+    use oodmon_fleet::client::BrokerConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = oodmon_testkit::Broker::start_secure(dir.path());
+    let d = dir.path();
+    let as_user = |user: &str| BrokerConfig {
+        url: Some(broker.secure_url()),
+        ca: Some(d.join("ca.pem")),
+        username: Some(user.into()),
+        password_file: Some(d.join(format!("{user}.pass"))),
+        ..Default::default()
+    };
+    // the right CA and password connect; anything else is refused
+    assert_eq!(first_answer(as_user("v1")), Ok(()), "{}", broker.log());
+    std::fs::write(d.join("wrong.pass"), "guess\n").unwrap();
+    let wrong_password = BrokerConfig {
+        password_file: Some(d.join("wrong.pass")),
+        ..as_user("v1")
+    };
+    assert!(first_answer(wrong_password).is_err());
+    let anonymous = BrokerConfig {
+        username: None,
+        password_file: None,
+        ..as_user("v1")
+    };
+    assert!(first_answer(anonymous).is_err());
+    // a CA that did not sign the broker's certificate: the TLS handshake fails
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut other = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(
+        d.join("other-ca.pem"),
+        other.self_signed(&other_key).unwrap().pem(),
+    )
+    .unwrap();
+    let other_ca = BrokerConfig {
+        ca: Some(d.join("other-ca.pem")),
+        ..as_user("v1")
+    };
+    let err = first_answer(other_ca).unwrap_err();
+    assert!(
+        err.to_lowercase().contains("tls") || err.contains("certificate"),
+        "{err}"
+    );
+    // plain TCP to the TLS port gets nowhere either
+    assert!(first_answer(BrokerConfig {
+        url: Some(format!("mqtt://127.0.0.1:{}", broker.port)),
+        ca: None,
+        ..as_user("v1")
+    })
+    .is_err());
+
+    let pass = d.join("monitor.pass");
+    let ca = d.join("ca.pem");
+    let child = monitor_command(
+        d,
+        &[
+            "--mqtt",
+            &broker.secure_url(),
+            "--ca",
+            ca.to_str().unwrap(),
+            "--username",
+            "monitor",
+            "--password-file",
+            pass.to_str().unwrap(),
+            "--fleet",
+            "yard",
+            "--plain",
+            "--seconds",
+            "6",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let v1 = FakeVehicle::connect_with(as_user("v1"), "v1");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    v1.publish_as("v1", "event", vehicle_event("v1", 0, "OOD", "ood_frames"));
+    // v1 tries to speak for v2: the broker's ACL drops it
+    v1.publish_as("v2", "event", vehicle_event("v2", 0, "OK", "cleared"));
+    v1.publish_as("v2", "state", "{}".into());
+    // the monitor may read but not publish
+    let monitor_as_vehicle = FakeVehicle::connect_with(as_user("monitor"), "monitor");
+    monitor_as_vehicle.publish_as("v1", "event", vehicle_event("v1", 1, "FAULT", "stopping"));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    v1.publish_as("v1", "event", vehicle_event("v1", 1, "OK", "cleared"));
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(stdout.matches("yard/v1 #0 OOD").count(), 1, "{stdout}");
+    // sequence 1 is v1's own, not the monitor's attempt (which came first)
+    assert_eq!(stdout.matches("yard/v1 #1 OK").count(), 1, "{stdout}");
+    assert!(!stdout.contains("#1 FAULT"), "{stdout}");
+    assert!(!stdout.contains("yard/v2"), "{stdout}");
+    assert!(!stdout.contains("refused"), "{stdout}");
+    drop(v1);
+    drop(monitor_as_vehicle);
 }

@@ -20,6 +20,16 @@ pub fn mosquitto() -> PathBuf {
     );
 }
 
+/// `mosquitto_passwd`, from the same package.
+pub fn mosquitto_passwd() -> PathBuf {
+    for p in ["/usr/bin/mosquitto_passwd", "/usr/sbin/mosquitto_passwd"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("mosquitto_passwd is not installed: `cargo xtask test` installs mosquitto");
+}
+
 /// A broker on a free loopback port, in `dir` (its configuration, persistence and log).
 pub struct Broker {
     pub port: u16,
@@ -29,6 +39,77 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, "allow_anonymous true\n")
+    }
+
+    /// A broker with TLS (certificates from a fresh CA), passwords and an ACL: each vehicle
+    /// (username = vehicle id) may publish only under `oodmon/+/<its id>/`, the user
+    /// `monitor` may only read `oodmon/#`. Users: `monitor`, `v1`, `v2`, each with the
+    /// password in `<user>.pass`; the CA in `ca.pem`; anonymous clients are refused.
+    pub fn start_secure(dir: &Path) -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "oodmon test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let mut server_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        server_params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress(std::net::IpAddr::from([
+                127, 0, 0, 1,
+            ])));
+        let server = server_params.signed_by(&server_key, &issuer).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+        let passwd = dir.join("passwd");
+        for (i, user) in ["monitor", "v1", "v2"].iter().enumerate() {
+            let password = format!("{user}-secret-{i}");
+            std::fs::write(dir.join(format!("{user}.pass")), format!("{password}\n")).unwrap();
+            let mut cmd = Command::new(mosquitto_passwd());
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let ok = cmd
+                .arg("-b")
+                .arg(&passwd)
+                .arg(user)
+                .arg(&password)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "mosquitto_passwd");
+        }
+        std::fs::write(
+            dir.join("acl"),
+            "# vehicles: their own topics only (username = vehicle id)\n\
+             pattern write oodmon/+/%u/#\n\
+             # the control room reads\n\
+             user monitor\n\
+             topic read oodmon/#\n",
+        )
+        .unwrap();
+        let d = dir.display();
+        Self::start_with(
+            dir,
+            &format!(
+                "allow_anonymous false\npassword_file {d}/passwd\nacl_file {d}/acl\n\
+                 cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n"
+            ),
+        )
+    }
+
+    /// `mqtts://` for a broker from [`Broker::start_secure`], `mqtt://` otherwise.
+    pub fn secure_url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.port)
+    }
+
+    fn start_with(dir: &Path, settings: &str) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -40,7 +121,7 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                "listener {port} 127.0.0.1\n{settings}persistence true\n\
                  persistence_location {}/\nlog_dest file {}/broker.log\n",
                 data.display(),
                 data.display()
@@ -54,6 +135,12 @@ impl Broker {
         };
         b.resume();
         b
+    }
+
+    /// The broker's log, for failure messages.
+    pub fn log(&self) -> String {
+        let dir = self.conf.parent().unwrap_or(Path::new("."));
+        std::fs::read_to_string(dir.join("broker").join("broker.log")).unwrap_or_default()
     }
 
     pub fn url(&self) -> String {

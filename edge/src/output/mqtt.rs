@@ -23,6 +23,7 @@ use rumqttc::{
 };
 use serde::{Deserialize, Serialize};
 
+use oodmon_fleet::client::BrokerConfig;
 use oodmon_fleet::payload::valid_level;
 use oodmon_fleet::{topic_prefix, EventPayload, HeartbeatPayload, StatePayload, PAYLOAD_VERSION};
 
@@ -33,8 +34,16 @@ use crate::output::journal::{JournalEvent, JournalTail};
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// `mqtt://HOST:PORT` (port 1883 when left out).
+    /// `mqtt://HOST[:PORT]` (1883) or `mqtts://HOST[:PORT]` (8883, TLS with `ca`).
     pub url: Option<String>,
+    /// The broker's CA certificate (PEM), the only one trusted (`mqtts://`).
+    pub ca: Option<PathBuf>,
+    /// This vehicle's username on the broker, and a file holding its password.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// A client certificate and key (PEM) instead of, or beside, the password.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     /// Topic level after `oodmon/`.
     pub fleet: String,
     /// This vehicle's id, the topic level after the fleet.
@@ -52,6 +61,11 @@ impl Default for MqttConfig {
     fn default() -> Self {
         Self {
             url: None,
+            ca: None,
+            username: None,
+            password_file: None,
+            client_cert: None,
+            client_key: None,
             fleet: "default".into(),
             vehicle: String::new(),
             heartbeat_ms: 1000,
@@ -64,10 +78,12 @@ impl Default for MqttConfig {
 impl MqttConfig {
     /// Checks the values that can be checked without a broker.
     pub fn validate(&self) -> Result<()> {
-        let Some(url) = &self.url else {
+        if self.url.is_none() {
             return Ok(());
-        };
-        parse_url(url)?;
+        }
+        self.broker()
+            .validate()
+            .map_err(|e| EdgeError::invalid("mqtt", e))?;
         for (what, v) in [("mqtt.fleet", &self.fleet), ("mqtt.vehicle", &self.vehicle)] {
             if !valid_level(v) {
                 return Err(EdgeError::invalid(
@@ -91,28 +107,22 @@ impl MqttConfig {
         Ok(())
     }
 
+    /// The broker connection's settings.
+    pub fn broker(&self) -> BrokerConfig {
+        BrokerConfig {
+            url: self.url.clone(),
+            ca: self.ca.clone(),
+            username: self.username.clone(),
+            password_file: self.password_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        }
+    }
+
     /// `oodmon/<fleet>/<vehicle>`.
     pub fn topic_prefix(&self) -> String {
         topic_prefix(&self.fleet, &self.vehicle)
     }
-}
-
-/// Host and port of `mqtt://HOST[:PORT]`.
-pub fn parse_url(url: &str) -> Result<(String, u16)> {
-    let bad = |why: &str| EdgeError::invalid("mqtt.url", format!("{url:?}: {why}"));
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| bad("expected mqtt://HOST[:PORT]"))?;
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
-        None => (rest, 1883),
-    };
-    if host.is_empty() || host.contains('/') {
-        return Err(bad("no host"));
-    }
-    Ok((host.trim_matches(['[', ']']).to_string(), port))
 }
 
 /// The cursor file: the last event sequence the broker acknowledged, for this topic prefix.
@@ -182,7 +192,13 @@ impl MqttForwarder {
             .url
             .clone()
             .ok_or_else(|| EdgeError::invalid("mqtt.url", "not set"))?;
-        let (host, port) = parse_url(&url)?;
+        let options = cfg
+            .broker()
+            .options(
+                &format!("oodmon-{}-{}", cfg.fleet, cfg.vehicle),
+                Duration::from_secs(cfg.keep_alive_s),
+            )
+            .map_err(|e| EdgeError::invalid("mqtt", e))?;
         let cursor_path = cfg.cursor.clone().unwrap_or_else(|| {
             let mut p = journal.as_os_str().to_owned();
             p.push(".mqtt-cursor");
@@ -191,7 +207,7 @@ impl MqttForwarder {
         let boot = format!("{:016x}", boot_id());
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ForwarderStats::default());
-        let mut worker = Worker::new(cfg, &host, port, journal, cursor_path, boot);
+        let mut worker = Worker::new(cfg, options, journal, cursor_path, boot);
         let (s, st) = (stop.clone(), stats.clone());
         let handle = std::thread::Builder::new()
             .name("mqtt".into())
@@ -257,19 +273,12 @@ struct Worker {
 impl Worker {
     fn new(
         cfg: &MqttConfig,
-        host: &str,
-        port: u16,
+        mut options: MqttOptions,
         journal: &Path,
         cursor_path: PathBuf,
         boot: String,
     ) -> Self {
         let prefix = cfg.topic_prefix();
-        let mut options = MqttOptions::new(
-            format!("oodmon-{}-{}", cfg.fleet, cfg.vehicle),
-            host.to_string(),
-            port,
-        );
-        options.set_keep_alive(Duration::from_secs(cfg.keep_alive_s));
         options.set_clean_session(true);
         let will = StatePayload {
             v: PAYLOAD_VERSION,
@@ -580,15 +589,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_and_topic_levels_are_checked() {
-        assert_eq!(
-            parse_url("mqtt://127.0.0.1:18830").unwrap(),
-            ("127.0.0.1".into(), 18830)
-        );
-        assert_eq!(parse_url("mqtt://broker").unwrap(), ("broker".into(), 1883));
-        for bad in ["http://x", "mqtt://", "mqtt://h:99999", "broker:1883"] {
-            assert!(parse_url(bad).is_err(), "{bad}");
-        }
+    fn topic_levels_and_the_broker_are_checked() {
         let mut cfg = MqttConfig {
             url: Some("mqtt://localhost".into()),
             vehicle: "v1".into(),
@@ -600,6 +601,9 @@ mod tests {
             cfg.vehicle = bad.into();
             assert!(cfg.validate().is_err(), "{bad:?}");
         }
+        cfg.vehicle = "v1".into();
+        cfg.url = Some("mqtts://localhost".into());
+        assert!(cfg.validate().unwrap_err().to_string().contains("CA"));
     }
 
     #[test]

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oodmon_edge::output::journal::Journal;
+use oodmon_fleet::client::BrokerConfig;
 use oodmon_fleet::{EventPayload, StatePayload};
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Client, Event, Packet, QoS};
 
 use oodmon_testkit::Broker;
 
@@ -44,9 +45,20 @@ impl Subscriber {
     /// A persistent session (clean session off): the broker queues QoS 1 messages while the
     /// subscriber is away, including over a broker restart.
     fn start(port: u16, fleet: &str) -> Self {
-        let mut options = MqttOptions::new(format!("monitor-{fleet}"), "127.0.0.1", port);
+        Self::start_with(
+            &BrokerConfig {
+                url: Some(format!("mqtt://127.0.0.1:{port}")),
+                ..Default::default()
+            },
+            fleet,
+        )
+    }
+
+    fn start_with(broker: &BrokerConfig, fleet: &str) -> Self {
+        let mut options = broker
+            .options(&format!("monitor-{fleet}"), Duration::from_secs(5))
+            .unwrap();
         options.set_clean_session(false);
-        options.set_keep_alive(Duration::from_secs(5));
         let (client, mut connection) = Client::new(options, 64);
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -342,4 +354,36 @@ fn a_killed_vehicle_goes_offline_and_its_events_follow_after_a_restart() {
     let boots: std::collections::BTreeSet<&str> =
         seen.events.iter().map(|e| e.boot.as_str()).collect();
     assert_eq!(boots.len(), 2, "two edge processes published");
+}
+
+#[test]
+fn events_go_over_tls_with_the_vehicles_own_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_tiny_bundle(&d.join("b"));
+    let broker = Broker::start_secure(d);
+    let sub = Subscriber::start_with(
+        &BrokerConfig {
+            url: Some(broker.secure_url()),
+            ca: Some(d.join("ca.pem")),
+            username: Some("monitor".into()),
+            password_file: Some(d.join("monitor.pass")),
+            ..Default::default()
+        },
+        "test",
+    );
+    let config = format!(
+        "[mqtt]\nca = \"{}\"\nusername = \"v1\"\npassword_file = \"{}\"\n",
+        d.join("ca.pem").display(),
+        d.join("v1.pass").display()
+    );
+    let vehicle = Vehicle::start(d, &broker.secure_url(), "v1", Some(&config));
+    wait_for("three events over TLS", d, 90, || {
+        sub.sequences().len() >= 3
+    });
+    vehicle.stop();
+    wait_for("every journalled event", d, 30, || {
+        sub.sequences().len() == journal(d).len()
+    });
+    assert_all_delivered(d, &sub);
 }
