@@ -10,6 +10,7 @@ pub mod payload;
 pub mod view;
 
 pub use payload::{
-    topic_prefix, EventPayload, HeartbeatPayload, StatePayload, Topic, PAYLOAD_VERSION,
+    topic_prefix, EventPayload, HeartbeatPayload, ScorePayload, StatePayload, Topic,
+    PAYLOAD_VERSION,
 };
 pub use view::{FleetView, Vehicle};

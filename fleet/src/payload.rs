@@ -23,6 +23,7 @@ pub enum Topic {
     Event { fleet: String, vehicle: String },
     State { fleet: String, vehicle: String },
     Heartbeat { fleet: String, vehicle: String },
+    Score { fleet: String, vehicle: String },
 }
 
 impl Topic {
@@ -43,6 +44,7 @@ impl Topic {
             "event" => Some(Topic::Event { fleet, vehicle }),
             "state" => Some(Topic::State { fleet, vehicle }),
             "heartbeat" => Some(Topic::Heartbeat { fleet, vehicle }),
+            "score" => Some(Topic::Score { fleet, vehicle }),
             _ => None,
         }
     }
@@ -98,6 +100,21 @@ pub struct HeartbeatPayload {
     pub backlog: u64,
 }
 
+/// `.../score` (QoS 0, optional, at most `score_hz` a second): the latest frame's score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScorePayload {
+    pub v: u32,
+    pub fleet: String,
+    pub vehicle: String,
+    pub boot: String,
+    /// When the frame was judged (ms since the Unix epoch, the vehicle's clock).
+    pub time_ms: u64,
+    pub frame: u64,
+    pub score: f64,
+    pub threshold: f64,
+    pub ood: bool,
+}
+
 /// Why a message was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
@@ -128,6 +145,7 @@ pub enum Message {
     Event(EventPayload),
     State(StatePayload),
     Heartbeat(HeartbeatPayload),
+    Score(ScorePayload),
 }
 
 impl Message {
@@ -138,7 +156,8 @@ impl Message {
         let (fleet, vehicle) = match &t {
             Topic::Event { fleet, vehicle }
             | Topic::State { fleet, vehicle }
-            | Topic::Heartbeat { fleet, vehicle } => (fleet, vehicle),
+            | Topic::Heartbeat { fleet, vehicle }
+            | Topic::Score { fleet, vehicle } => (fleet, vehicle),
         };
         let (msg, v, names) = match &t {
             Topic::Event { .. } => {
@@ -155,6 +174,11 @@ impl Message {
                 let p: HeartbeatPayload = serde_json::from_slice(payload).map_err(bad)?;
                 let (v, names) = (p.v, (p.fleet.clone(), p.vehicle.clone()));
                 (Message::Heartbeat(p), v, names)
+            }
+            Topic::Score { .. } => {
+                let p: ScorePayload = serde_json::from_slice(payload).map_err(bad)?;
+                let (v, names) = (p.v, (p.fleet.clone(), p.vehicle.clone()));
+                (Message::Score(p), v, names)
             }
         };
         if v != PAYLOAD_VERSION {
@@ -186,6 +210,7 @@ mod tests {
             "other/yard/agv-7/event",
             "oodmon//agv-7/state",
             "oodmon/yard/agv-7/evidence",
+            "oodmon/yard/agv-7/scores",
         ] {
             assert_eq!(Topic::parse(bad), None, "{bad}");
         }

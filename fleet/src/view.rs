@@ -37,7 +37,13 @@ pub struct Vehicle {
     pub repeats: u64,
     /// Events missed: sequence jumps.
     pub missed: u64,
+    /// The latest scores (`.../score`), oldest first, at most [`SCORES_KEPT`].
+    pub scores: VecDeque<f64>,
+    pub threshold: Option<f64>,
 }
+
+/// Scores kept per vehicle for a sparkline.
+pub const SCORES_KEPT: usize = 60;
 
 impl Vehicle {
     /// Entries into OOD or FAULT in the hour before `now_ms`.
@@ -63,6 +69,7 @@ pub enum Applied {
     Repeat,
     State,
     Heartbeat,
+    Score,
     Refused(Refused),
 }
 
@@ -146,6 +153,15 @@ impl FleetView {
                 v.offline_reason = None;
                 Applied::Heartbeat
             }
+            Message::Score(p) => {
+                let v = self.vehicle(&p.fleet, &p.vehicle);
+                if v.scores.len() == SCORES_KEPT {
+                    v.scores.pop_front();
+                }
+                v.scores.push_back(p.score);
+                v.threshold = Some(p.threshold);
+                Applied::Score
+            }
         }
     }
 
@@ -175,8 +191,8 @@ impl FleetView {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:<12} {:<14} {:<6} {:<22} {:>10} {:>8} {:>7}  flag",
-            "fleet", "vehicle", "state", "reason", "heartbeat", "alarms/h", "backlog"
+            "{:<12} {:<14} {:<6} {:<22} {:>10} {:>8} {:>7} {:>10}  flag",
+            "fleet", "vehicle", "state", "reason", "heartbeat", "alarms/h", "backlog", "score"
         );
         for v in self.vehicles() {
             let age = v
@@ -194,7 +210,7 @@ impl FleetView {
             };
             let _ = writeln!(
                 s,
-                "{:<12} {:<14} {:<6} {:<22} {:>10} {:>8} {:>7}  {flag}",
+                "{:<12} {:<14} {:<6} {:<22} {:>10} {:>8} {:>7} {:>10}  {flag}",
                 v.fleet,
                 v.vehicle,
                 v.state.as_deref().unwrap_or("-"),
@@ -202,6 +218,9 @@ impl FleetView {
                 age,
                 v.alarms_last_hour(now_ms),
                 v.backlog,
+                v.scores
+                    .back()
+                    .map_or("-".to_string(), |s| format!("{s:.3}")),
             );
         }
         if self.refused > 0 {
@@ -273,6 +292,26 @@ mod tests {
         assert_eq!(a.alarms_last_hour(now), 1);
         assert!(!FleetView::flagged(a, now, 5000));
         assert!(f.table(now, 5000).contains("ood_frames"));
+        // scores keep the last SCORES_KEPT for a sparkline
+        for i in 0..SCORES_KEPT + 5 {
+            let p = serde_json::to_vec(&crate::payload::ScorePayload {
+                v: PAYLOAD_VERSION,
+                fleet: "yard".into(),
+                vehicle: "a".into(),
+                boot: "b1".into(),
+                time_ms: now,
+                frame: i as u64,
+                score: i as f64,
+                threshold: 3.0,
+                ood: i > 3,
+            })
+            .unwrap();
+            assert_eq!(f.apply("oodmon/yard/a/score", &p, now), Applied::Score);
+        }
+        let a = f.vehicles().next().unwrap();
+        assert_eq!(a.scores.len(), SCORES_KEPT);
+        assert_eq!(a.scores.back(), Some(&((SCORES_KEPT + 4) as f64)));
+        assert!(f.table(now, 5000).contains("64.000"));
     }
 
     #[test]

@@ -64,8 +64,8 @@ pub fn watch_fleet(
             Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                 connected = true;
                 refusals = 0;
-                for kind in ["event", "state", "heartbeat"] {
-                    let qos = if kind == "heartbeat" {
+                for kind in ["event", "state", "heartbeat", "score"] {
+                    let qos = if kind == "heartbeat" || kind == "score" {
                         QoS::AtMostOnce
                     } else {
                         QoS::AtLeastOnce
@@ -94,7 +94,7 @@ pub fn watch_fleet(
                             e.score.map_or(String::new(), |s| format!(" score {s:.3}"))
                         )?,
                         Applied::Refused(r) => writeln!(out, "refused {}: {r}", p.topic)?,
-                        Applied::Repeat | Applied::State | Applied::Heartbeat => {}
+                        Applied::Repeat | Applied::State | Applied::Heartbeat | Applied::Score => {}
                     }
                 }
             }

@@ -178,6 +178,10 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
         |event, _| {
             notifier.alive();
             if let Event::Record(r) = event {
+                #[cfg(feature = "mqtt")]
+                if let Some(f) = &forwarder {
+                    f.latest_score.set(r.sequence, r.score, r.threshold, r.ood);
+                }
                 records.write(r, &class_names)?;
             }
             Ok(())

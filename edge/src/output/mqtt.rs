@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use oodmon_fleet::client::BrokerConfig;
 use oodmon_fleet::payload::valid_level;
-use oodmon_fleet::{topic_prefix, EventPayload, HeartbeatPayload, StatePayload, PAYLOAD_VERSION};
+use oodmon_fleet::{
+    topic_prefix, EventPayload, HeartbeatPayload, ScorePayload, StatePayload, PAYLOAD_VERSION,
+};
 
 use crate::error::{EdgeError, Result};
 use crate::output::journal::{JournalEvent, JournalTail};
@@ -53,6 +55,8 @@ pub struct MqttConfig {
     /// MQTT keep-alive: the broker publishes the last will (offline) after 1.5 times this
     /// without a packet.
     pub keep_alive_s: u64,
+    /// Scores on `.../score`, at most this many a second (0: none).
+    pub score_hz: f64,
     /// The cursor file (default: the journal's path with `.mqtt-cursor` appended).
     pub cursor: Option<PathBuf>,
 }
@@ -70,6 +74,7 @@ impl Default for MqttConfig {
             vehicle: String::new(),
             heartbeat_ms: 1000,
             keep_alive_s: 5,
+            score_hz: 0.0,
             cursor: None,
         }
     }
@@ -96,6 +101,12 @@ impl MqttConfig {
             return Err(EdgeError::invalid(
                 "mqtt.heartbeat_ms",
                 format!("{} is not in 50..=600000", self.heartbeat_ms),
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.score_hz) {
+            return Err(EdgeError::invalid(
+                "mqtt.score_hz",
+                format!("{} is not in 0..=100", self.score_hz),
             ));
         }
         if !(1..=3600).contains(&self.keep_alive_s) {
@@ -176,11 +187,49 @@ pub struct ForwarderStats {
     pub connections: AtomicU64,
 }
 
+/// The latest frame's score, written by the frame loop (a few atomic stores, no lock, no
+/// allocation) and sampled by the forwarder for `.../score`.
+#[derive(Debug, Default)]
+pub struct LatestScore {
+    /// Frame sequence + 1 (0: no frame yet).
+    frame: AtomicU64,
+    score: AtomicU64,
+    threshold: AtomicU64,
+    time_ms: AtomicU64,
+    ood: AtomicBool,
+}
+
+impl LatestScore {
+    pub fn set(&self, frame: u64, score: f64, threshold: f64, ood: bool) {
+        self.score.store(score.to_bits(), Ordering::Relaxed);
+        self.threshold.store(threshold.to_bits(), Ordering::Relaxed);
+        self.ood.store(ood, Ordering::Relaxed);
+        self.time_ms.store(unix_ms(), Ordering::Relaxed);
+        self.frame.store(frame + 1, Ordering::Release);
+    }
+
+    /// `(frame, score, threshold, ood, time_ms)` of the latest frame, if any.
+    fn get(&self) -> Option<(u64, f64, f64, bool, u64)> {
+        let f = self.frame.load(Ordering::Acquire);
+        (f > 0).then(|| {
+            (
+                f - 1,
+                f64::from_bits(self.score.load(Ordering::Relaxed)),
+                f64::from_bits(self.threshold.load(Ordering::Relaxed)),
+                self.ood.load(Ordering::Relaxed),
+                self.time_ms.load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
 /// The forwarder thread; stop it with [`MqttForwarder::stop`].
 pub struct MqttForwarder {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
     pub stats: Arc<ForwarderStats>,
+    /// Where the frame loop puts each frame's score (used when `score_hz` > 0).
+    pub latest_score: Arc<LatestScore>,
 }
 
 impl MqttForwarder {
@@ -207,7 +256,9 @@ impl MqttForwarder {
         let boot = format!("{:016x}", boot_id());
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ForwarderStats::default());
+        let latest_score = Arc::new(LatestScore::default());
         let mut worker = Worker::new(cfg, options, journal, cursor_path, boot);
+        worker.latest_score = latest_score.clone();
         let (s, st) = (stop.clone(), stats.clone());
         let handle = std::thread::Builder::new()
             .name("mqtt".into())
@@ -218,6 +269,7 @@ impl MqttForwarder {
             stop,
             handle: Some(handle),
             stats,
+            latest_score,
         })
     }
 
@@ -268,6 +320,9 @@ struct Worker {
     awaiting_ack: HashMap<u16, Sent>,
     offline_acked: bool,
     published_before: Option<u64>,
+    latest_score: Arc<LatestScore>,
+    score_published: Option<u64>,
+    next_score: Instant,
 }
 
 impl Worker {
@@ -317,6 +372,9 @@ impl Worker {
             awaiting_ack: HashMap::new(),
             offline_acked: false,
             published_before: cursor,
+            latest_score: Arc::new(LatestScore::default()),
+            score_published: None,
+            next_score: Instant::now(),
         }
     }
 
@@ -406,6 +464,33 @@ impl Worker {
             }
         }
         let now = Instant::now();
+        if self.cfg.score_hz > 0.0 && now >= self.next_score {
+            if let Some((frame, score, threshold, ood, time_ms)) = self.latest_score.get() {
+                if self.score_published != Some(frame) {
+                    let p = ScorePayload {
+                        v: PAYLOAD_VERSION,
+                        fleet: self.cfg.fleet.clone(),
+                        vehicle: self.cfg.vehicle.clone(),
+                        boot: self.boot.clone(),
+                        time_ms,
+                        frame,
+                        // JSON has no NaN or infinity: a non-finite score (a broken model) is
+                        // sent as the largest finite one, above any threshold
+                        score: if score.is_finite() { score } else { f64::MAX },
+                        threshold,
+                        ood,
+                    };
+                    let _ = self.client.try_publish(
+                        format!("{}/score", self.prefix),
+                        QoS::AtMostOnce,
+                        false,
+                        json(&p),
+                    );
+                    self.score_published = Some(frame);
+                }
+            }
+            self.next_score = now + Duration::from_secs_f64(1.0 / self.cfg.score_hz);
+        }
         if now >= *next_heartbeat {
             let beat = HeartbeatPayload {
                 v: PAYLOAD_VERSION,

@@ -32,6 +32,7 @@ struct Seen {
     highest: BTreeMap<String, u64>,
     repeats: usize,
     states: Vec<StatePayload>,
+    scores: usize,
     malformed: usize,
 }
 
@@ -68,7 +69,7 @@ impl Subscriber {
             while !st.load(Ordering::SeqCst) {
                 match connection.recv_timeout(Duration::from_millis(50)) {
                     Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                        for t in ["event", "state"] {
+                        for t in ["event", "state", "score"] {
                             client
                                 .try_subscribe(format!("oodmon/{fleet}/+/{t}"), QoS::AtLeastOnce)
                                 .unwrap();
@@ -87,6 +88,11 @@ impl Subscriber {
                                         seen.events.push(e);
                                     }
                                 }
+                                Err(_) => seen.malformed += 1,
+                            }
+                        } else if p.topic.ends_with("/score") {
+                            match serde_json::from_slice::<oodmon_fleet::ScorePayload>(&p.payload) {
+                                Ok(_) => seen.scores += 1,
                                 Err(_) => seen.malformed += 1,
                             }
                         } else {
@@ -373,7 +379,7 @@ fn events_go_over_tls_with_the_vehicles_own_credentials() {
         "test",
     );
     let config = format!(
-        "[mqtt]\nca = \"{}\"\nusername = \"v1\"\npassword_file = \"{}\"\n",
+        "[mqtt]\nca = \"{}\"\nusername = \"v1\"\npassword_file = \"{}\"\nscore_hz = 5.0\n",
         d.join("ca.pem").display(),
         d.join("v1.pass").display()
     );
