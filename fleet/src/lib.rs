@@ -9,6 +9,7 @@ pub mod client;
 pub mod payload;
 pub mod view;
 
+pub use payload::Message;
 pub use payload::{
     topic_prefix, EventPayload, HeartbeatPayload, ScorePayload, StatePayload, Topic,
     PAYLOAD_VERSION,

@@ -89,14 +89,18 @@ impl FleetView {
 
     /// Applies one message received at `now_ms` (the monitor's wall clock).
     pub fn apply(&mut self, topic: &str, payload: &[u8], now_ms: u64) -> Applied {
-        let msg = match Message::parse(topic, payload) {
-            Ok(m) => m,
+        match Message::parse(topic, payload) {
+            Ok(m) => self.apply_message(m, now_ms),
             Err(r) => {
                 self.refused += 1;
                 self.last_refusal = Some(format!("{topic}: {r}"));
-                return Applied::Refused(r);
+                Applied::Refused(r)
             }
-        };
+        }
+    }
+
+    /// Applies a message already parsed (with [`Message::parse`]).
+    pub fn apply_message(&mut self, msg: Message, now_ms: u64) -> Applied {
         match msg {
             Message::Event(e) => {
                 let v = self.vehicle(&e.fleet, &e.vehicle);
