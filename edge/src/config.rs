@@ -37,6 +37,9 @@ pub struct EdgeConfig {
     /// A fail-safe alarm line.
     #[serde(default)]
     pub gpio: GpioConfig,
+    /// The frames around each alarm, on disk next to the journal.
+    #[serde(default)]
+    pub evidence: crate::output::evidence::EvidenceConfig,
     /// Alarm events to a fleet's MQTT broker, from the journal.
     #[cfg(feature = "mqtt")]
     #[serde(default)]
@@ -206,6 +209,15 @@ impl EdgeConfig {
         self.serial
             .validate()
             .map_err(|e| EdgeError::invalid("serial", e))?;
+        if self.evidence.dir.is_some() {
+            self.evidence.validate()?;
+            if self.output.journal.is_none() {
+                return Err(EdgeError::invalid(
+                    "evidence.dir",
+                    "evidence follows the journal's events: set output.journal (--journal FILE) too",
+                ));
+            }
+        }
         #[cfg(feature = "mqtt")]
         if self.mqtt.url.is_some() {
             self.mqtt.validate()?;

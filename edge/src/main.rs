@@ -161,6 +161,11 @@ struct RunArgs {
     /// reasons); overrides `[camera] guards`.
     #[arg(long)]
     no_guards: bool,
+    /// Keep the frames around each alarm (OOD or FAULT) in this directory, one
+    /// sub-directory per journal event (needs --journal; `[evidence]` for the window and
+    /// the size cap).
+    #[arg(long)]
+    evidence: Option<PathBuf>,
     /// Publish alarm events, state and heartbeats to this MQTT broker (mqtt://HOST:PORT),
     /// from the journal (needs --journal); topics under oodmon/FLEET/VEHICLE.
     #[arg(long)]
@@ -326,6 +331,7 @@ fn run_cmd(a: RunArgs) -> Result<()> {
         backend: a.backend,
         corrupt: a.corrupt,
         no_guards: a.no_guards,
+        evidence: a.evidence,
         mqtt: a.mqtt,
         fleet: a.fleet,
         vehicle: a.vehicle,

@@ -13,6 +13,9 @@ use crate::alarm::{AlarmService, DecisionRule, Outputs};
 use crate::config::{EdgeConfig, OverlapMode};
 use crate::error::{EdgeError, Result};
 use crate::inference::{Ending, Engine, Event, FrameRecord, RunLimits, RunSummary};
+use std::sync::Arc;
+
+use crate::output::evidence::{EvidenceRing, EvidenceTap, EvidenceWriter};
 use crate::output::journal::Journal;
 use crate::output::notify::SystemdNotifier;
 use crate::output::SerialLink;
@@ -36,6 +39,8 @@ pub struct Overrides {
     pub corrupt: Option<String>,
     /// Turn the camera guards off.
     pub no_guards: bool,
+    /// Evidence directory (`[evidence] dir`).
+    pub evidence: Option<PathBuf>,
     /// MQTT broker URL, fleet and vehicle id (`[mqtt]`).
     pub mqtt: Option<String>,
     pub fleet: Option<String>,
@@ -70,6 +75,7 @@ pub fn settings(config: Option<&Path>, o: Overrides) -> Result<EdgeConfig> {
     }
     cfg.camera.corrupt = o.corrupt.or(cfg.camera.corrupt);
     cfg.camera.guards &= !o.no_guards;
+    cfg.evidence.dir = o.evidence.or(cfg.evidence.dir);
     #[cfg(feature = "mqtt")]
     {
         cfg.mqtt.url = o.mqtt.or(cfg.mqtt.url);
@@ -157,6 +163,20 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
     if let Some(c) = &cfg.camera.corrupt {
         src = Box::new(source::CorruptedSource::new(src, c.parse()?));
     }
+    let evidence = match (&cfg.evidence.dir, &cfg.output.journal) {
+        (Some(dir), Some(journal)) => {
+            let ring = Arc::new(EvidenceRing::new(cfg.evidence.slots()));
+            src = Box::new(EvidenceTap::new(src, ring.clone()));
+            log::info!(
+                "evidence: {} frames before and {} after each alarm into {}",
+                cfg.evidence.frames_before,
+                cfg.evidence.frames_after,
+                dir.display()
+            );
+            Some(EvidenceWriter::start(&cfg.evidence, journal, ring)?)
+        }
+        _ => None,
+    };
     log::info!("reading {}", src.describe());
     let records_to_stdout = cfg.output.records.as_deref() == Some(Path::new("-"));
     let mut records = RecordSink::open(cfg.output.records.as_deref())?;
@@ -194,6 +214,17 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
         report.messages_sent,
         report.send_errors
     );
+    if let Some(w) = evidence {
+        let stats = w.stats.clone();
+        w.stop();
+        log::info!(
+            "evidence: {} alarms written ({} frames), {} deleted by the size cap, {} failed",
+            stats.written.load(std::sync::atomic::Ordering::Relaxed),
+            stats.frames.load(std::sync::atomic::Ordering::Relaxed),
+            stats.deleted.load(std::sync::atomic::Ordering::Relaxed),
+            stats.failed.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     #[cfg(feature = "mqtt")]
     if let Some(f) = forwarder {
         let stats = f.stats.clone();
@@ -242,7 +273,8 @@ pub fn outputs(cfg: &EdgeConfig) -> Result<Outputs> {
         ));
     }
     if let Some(path) = &cfg.output.journal {
-        let (journal, recovery) = Journal::open(path)?;
+        let (mut journal, recovery) = Journal::open(path)?;
+        journal.name_evidence(cfg.evidence.dir.is_some());
         log::info!(
             "journal {}: {} events{}",
             path.display(),

@@ -26,6 +26,10 @@ pub struct JournalEvent {
     pub frame: Option<u64>,
     /// Journal sequence number, +1 per event across restarts.
     pub sequence: u64,
+    /// The directory (under the evidence directory) the frames around this event go to,
+    /// when evidence is kept and the event enters OOD or FAULT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
 }
 
 impl JournalEvent {
@@ -44,6 +48,7 @@ impl JournalEvent {
             score: score.is_finite().then_some(score),
             frame,
             sequence,
+            evidence: None,
         }
     }
 }
@@ -99,6 +104,7 @@ pub struct Journal {
     file: File,
     next_sequence: u64,
     line: Vec<u8>,
+    name_evidence: bool,
 }
 
 impl Journal {
@@ -159,6 +165,7 @@ impl Journal {
                 file,
                 next_sequence: recovery.last_sequence.map_or(0, |s| s + 1),
                 line: Vec::with_capacity(256),
+                name_evidence: false,
             },
             recovery,
         ))
@@ -169,9 +176,18 @@ impl Journal {
         self.next_sequence
     }
 
+    /// Name, in each event entering OOD or FAULT, the evidence directory its frames go to
+    /// (`crate::output::evidence`).
+    pub fn name_evidence(&mut self, on: bool) {
+        self.name_evidence = on;
+    }
+
     /// Appends one event (its `sequence` is set here) and waits until it is on disk.
     pub fn append(&mut self, mut event: JournalEvent) -> Result<(), JournalError> {
         event.sequence = self.next_sequence;
+        if self.name_evidence && event.state != "OK" && event.frame.is_some() {
+            event.evidence = Some(format!("event-{:06}", event.sequence));
+        }
         self.line.clear();
         #[allow(clippy::expect_used)] // a plain struct into a Vec: serde_json cannot fail
         serde_json::to_writer(&mut self.line, &event).expect("events serialise");

@@ -2,9 +2,10 @@
 //! frames ([`serial`]), a GPIO line driven "healthy" only while the state is OK
 //! ([`gpio`]), the append-only journal of state changes ([`journal`]) and systemd's
 //! readiness and watchdog notifications ([`notify`]), and the journal's events forwarded to
-//! an MQTT broker (`mqtt`, feature `mqtt`). The real backends reconnect (serial)
+//! an MQTT broker (`mqtt`, feature `mqtt`); the frames around each alarm ([`evidence`]). The real backends reconnect (serial)
 //! or fail safe (GPIO); fakes for tests are in `crate::testing` (feature `test-support`).
 
+pub mod evidence;
 pub mod gpio;
 pub mod journal;
 #[cfg(feature = "mqtt")]

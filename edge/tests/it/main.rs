@@ -6,6 +6,7 @@ mod alarms;
 mod alloc;
 mod cli;
 mod engine;
+mod evidence;
 #[cfg(feature = "mqtt")]
 mod mqtt;
 mod overlap;

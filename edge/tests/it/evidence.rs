@@ -1,0 +1,164 @@
+//! Evidence: the frames around each alarm on disk, named by the journal, written whole even
+//! when the edge is killed, and capped in size.
+
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use oodmon_edge::output::evidence::EvidenceMeta;
+use oodmon_edge::output::journal::Journal;
+
+use crate::util::{edge_command, id_image, ood_image, write_tiny_bundle};
+
+const W: usize = 40;
+const H: usize = 30;
+
+/// Runs the edge on frames fed at 25 a second (15 out-of-distribution frames, then 50
+/// in-distribution ones, over and over) for `seconds`, then SIGINT or SIGKILL.
+fn run_edge(dir: &std::path::Path, seconds: u64, kill: bool, size: (usize, usize), extra: &[&str]) {
+    let (w, h) = size;
+    let source = format!("stdin:{w}x{h}:rgb");
+    let mut args = vec![
+        "run",
+        "--bundle",
+        "b",
+        "--source",
+        &source,
+        "--journal",
+        "journal.jsonl",
+        "--evidence",
+        "evidence",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = edge_command(dir, &args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeding = Arc::new(AtomicBool::new(true));
+    let f = feeding.clone();
+    let feeder = std::thread::spawn(move || {
+        let ood = ood_image(w, h);
+        let ids: Vec<Vec<u8>> = (0..8).map(|s| id_image(1, w, h, s)).collect();
+        let mut i = 0usize;
+        while f.load(Ordering::SeqCst) {
+            let frame = if i % 65 >= 50 { &ood } else { &ids[i % 8] };
+            if stdin.write_all(frame).is_err() {
+                return;
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        std::mem::forget(stdin);
+    });
+    std::thread::sleep(Duration::from_secs(seconds));
+    if kill {
+        child.kill().unwrap();
+    } else {
+        let ok = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+    child.wait().unwrap();
+    feeding.store(false, Ordering::SeqCst);
+    feeder.join().unwrap();
+}
+
+fn evidence_dirs(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("evidence"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn each_alarm_keeps_the_frames_around_it_named_by_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bundle(&dir.path().join("b"));
+    std::fs::write(
+        dir.path().join("edge.toml"),
+        "[evidence]\nframes_before = 10\nframes_after = 5\n",
+    )
+    .unwrap();
+    run_edge(dir.path(), 6, false, (W, H), &["--config", "edge.toml"]);
+    let events = Journal::read(&dir.path().join("journal.jsonl")).unwrap();
+    let alarms: Vec<_> = events
+        .iter()
+        .filter(|e| e.state == "OOD" && e.frame.is_some())
+        .collect();
+    assert!(!alarms.is_empty(), "{events:?}");
+    for e in &alarms {
+        let name = e
+            .evidence
+            .as_deref()
+            .expect("the journal names the evidence");
+        let meta: EvidenceMeta = serde_json::from_slice(
+            &std::fs::read(dir.path().join("evidence").join(name).join("meta.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!((meta.sequence, &meta.state), (e.sequence, &e.state));
+        let frame = e.frame.unwrap();
+        let got: Vec<u64> = meta.frames.iter().map(|f| f.frame).collect();
+        let want: Vec<u64> = (frame.saturating_sub(10)..=frame + 5).collect();
+        assert_eq!(got, want, "{name}: the window around frame {frame}");
+        assert_eq!(meta.missed, 0);
+        for f in &meta.frames {
+            let jpg = std::fs::read(dir.path().join("evidence").join(name).join(&f.file)).unwrap();
+            let img = image::load_from_memory(&jpg).unwrap();
+            assert_eq!((img.width(), img.height()), (W as u32, H as u32));
+        }
+    }
+    // OK events name no evidence
+    assert!(events
+        .iter()
+        .filter(|e| e.state == "OK")
+        .all(|e| e.evidence.is_none()));
+}
+
+#[test]
+fn a_killed_edge_leaves_whole_evidence_or_none_and_the_cap_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bundle(&dir.path().join("b"));
+    // kill -9 mid-run: every named directory is whole
+    run_edge(dir.path(), 6, true, (W, H), &[]);
+    for name in evidence_dirs(dir.path()) {
+        if name.starts_with('.') {
+            continue; // a temporary directory the kill interrupted: never a named one
+        }
+        let meta = dir.path().join("evidence").join(&name).join("meta.json");
+        assert!(meta.exists(), "{name} has no meta.json");
+    }
+    // then noisy 320x240 frames (tens of KB each as JPEG) with an 80-frame window: each
+    // event's evidence is over the 1 MiB cap, so only the newest stays
+    let _ = std::fs::remove_dir_all(dir.path().join("evidence"));
+    std::fs::write(
+        dir.path().join("edge.toml"),
+        "[evidence]\nframes_before = 60\nframes_after = 20\nmax_mb = 1\n",
+    )
+    .unwrap();
+    let before = Journal::read(&dir.path().join("journal.jsonl"))
+        .unwrap()
+        .len();
+    run_edge(dir.path(), 9, false, (320, 240), &["--config", "edge.toml"]);
+    let named: Vec<String> = Journal::read(&dir.path().join("journal.jsonl"))
+        .unwrap()
+        .into_iter()
+        .skip(before)
+        .filter_map(|e| e.evidence)
+        .collect();
+    let kept: Vec<String> = evidence_dirs(dir.path())
+        .into_iter()
+        .filter(|n| n.starts_with("event-"))
+        .collect();
+    assert!(named.len() >= 2, "{named:?}");
+    assert_eq!(kept, [named.last().unwrap().clone()], "named {named:?}");
+}
