@@ -181,6 +181,26 @@ impl EdgeConfig {
         Ok(config)
     }
 
+    /// [`validate`](Self::validate), and what needs the file and the command line together:
+    /// the outputs that follow the journal need one.
+    pub fn validate_for_run(&self) -> Result<()> {
+        self.validate()?;
+        if self.evidence.dir.is_some() && self.output.journal.is_none() {
+            return Err(EdgeError::invalid(
+                "evidence.dir",
+                "evidence follows the journal's events: set output.journal (--journal FILE) too",
+            ));
+        }
+        #[cfg(feature = "mqtt")]
+        if self.mqtt.url.is_some() && self.output.journal.is_none() {
+            return Err(EdgeError::invalid(
+                "mqtt.url",
+                "MQTT publishes from the journal: set output.journal (--journal FILE) too",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks every value that can be checked without touching a device.
     pub fn validate(&self) -> Result<()> {
         if let Some(s) = &self.source {
@@ -211,22 +231,10 @@ impl EdgeConfig {
             .map_err(|e| EdgeError::invalid("serial", e))?;
         if self.evidence.dir.is_some() {
             self.evidence.validate()?;
-            if self.output.journal.is_none() {
-                return Err(EdgeError::invalid(
-                    "evidence.dir",
-                    "evidence follows the journal's events: set output.journal (--journal FILE) too",
-                ));
-            }
         }
         #[cfg(feature = "mqtt")]
         if self.mqtt.url.is_some() {
             self.mqtt.validate()?;
-            if self.output.journal.is_none() {
-                return Err(EdgeError::invalid(
-                    "mqtt.url",
-                    "MQTT publishes from the journal: set output.journal (--journal FILE) too",
-                ));
-            }
         }
         if self.faults.max_consecutive_bad_frames == 0 {
             return Err(EdgeError::invalid(

@@ -11,7 +11,7 @@ pub mod view;
 
 pub use payload::Message;
 pub use payload::{
-    topic_prefix, EventPayload, HeartbeatPayload, ScorePayload, StatePayload, Topic,
-    PAYLOAD_VERSION,
+    topic_prefix, EventPayload, EvidencePayload, HeartbeatPayload, ScorePayload, StatePayload,
+    Topic, PAYLOAD_VERSION,
 };
 pub use view::{FleetView, Vehicle};

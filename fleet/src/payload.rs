@@ -24,6 +24,7 @@ pub enum Topic {
     State { fleet: String, vehicle: String },
     Heartbeat { fleet: String, vehicle: String },
     Score { fleet: String, vehicle: String },
+    Evidence { fleet: String, vehicle: String },
 }
 
 impl Topic {
@@ -45,6 +46,7 @@ impl Topic {
             "state" => Some(Topic::State { fleet, vehicle }),
             "heartbeat" => Some(Topic::Heartbeat { fleet, vehicle }),
             "score" => Some(Topic::Score { fleet, vehicle }),
+            "evidence" => Some(Topic::Evidence { fleet, vehicle }),
             _ => None,
         }
     }
@@ -115,6 +117,28 @@ pub struct ScorePayload {
     pub ood: bool,
 }
 
+/// `.../evidence` (QoS 1, retained): an alarm's evidence is on the vehicle's disk, with a
+/// thumbnail of the frame the alarm was decided on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvidencePayload {
+    pub v: u32,
+    pub fleet: String,
+    pub vehicle: String,
+    pub boot: String,
+    /// The event's journal sequence and time.
+    pub sequence: u64,
+    pub time_ms: u64,
+    pub state: String,
+    pub reason: String,
+    /// The evidence directory on the vehicle (under its evidence directory).
+    pub dir: String,
+    /// Frames kept, and the frame of the thumbnail.
+    pub frames: u64,
+    pub frame: Option<u64>,
+    /// A JPEG at most 160 pixels wide, base64 (standard alphabet, padded).
+    pub thumbnail_jpeg: String,
+}
+
 /// Why a message was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
@@ -146,6 +170,7 @@ pub enum Message {
     State(StatePayload),
     Heartbeat(HeartbeatPayload),
     Score(ScorePayload),
+    Evidence(EvidencePayload),
 }
 
 impl Message {
@@ -157,7 +182,8 @@ impl Message {
             Topic::Event { fleet, vehicle }
             | Topic::State { fleet, vehicle }
             | Topic::Heartbeat { fleet, vehicle }
-            | Topic::Score { fleet, vehicle } => (fleet, vehicle),
+            | Topic::Score { fleet, vehicle }
+            | Topic::Evidence { fleet, vehicle } => (fleet, vehicle),
         };
         let (msg, v, names) = match &t {
             Topic::Event { .. } => {
@@ -179,6 +205,11 @@ impl Message {
                 let p: ScorePayload = serde_json::from_slice(payload).map_err(bad)?;
                 let (v, names) = (p.v, (p.fleet.clone(), p.vehicle.clone()));
                 (Message::Score(p), v, names)
+            }
+            Topic::Evidence { .. } => {
+                let p: EvidencePayload = serde_json::from_slice(payload).map_err(bad)?;
+                let (v, names) = (p.v, (p.fleet.clone(), p.vehicle.clone()));
+                (Message::Evidence(p), v, names)
             }
         };
         if v != PAYLOAD_VERSION {
@@ -209,7 +240,7 @@ mod tests {
             "oodmon/yard/agv-7/score/x",
             "other/yard/agv-7/event",
             "oodmon//agv-7/state",
-            "oodmon/yard/agv-7/evidence",
+            "oodmon/yard/agv-7/evidences",
             "oodmon/yard/agv-7/scores",
         ] {
             assert_eq!(Topic::parse(bad), None, "{bad}");

@@ -40,6 +40,8 @@ pub struct Vehicle {
     /// The latest scores (`.../score`), oldest first, at most [`SCORES_KEPT`].
     pub scores: VecDeque<f64>,
     pub threshold: Option<f64>,
+    /// The latest alarm evidence: its event sequence, directory and thumbnail (base64 JPEG).
+    pub evidence: Option<(u64, String, String)>,
 }
 
 /// Scores kept per vehicle for a sparkline.
@@ -70,6 +72,7 @@ pub enum Applied {
     State,
     Heartbeat,
     Score,
+    Evidence,
     Refused(Refused),
 }
 
@@ -165,6 +168,13 @@ impl FleetView {
                 v.scores.push_back(p.score);
                 v.threshold = Some(p.threshold);
                 Applied::Score
+            }
+            Message::Evidence(p) => {
+                let v = self.vehicle(&p.fleet, &p.vehicle);
+                if v.evidence.as_ref().is_none_or(|(s, _, _)| p.sequence >= *s) {
+                    v.evidence = Some((p.sequence, p.dir, p.thumbnail_jpeg));
+                }
+                Applied::Evidence
             }
         }
     }

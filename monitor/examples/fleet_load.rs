@@ -156,7 +156,7 @@ fn run(port: u16, n: usize, seconds: u64) -> String {
                         Message::Event(e) => Some(e.time_ms),
                         Message::Score(s) => Some(s.time_ms),
                         Message::Heartbeat(h) => Some(h.time_ms),
-                        Message::State(_) => None,
+                        Message::State(_) | Message::Evidence(_) => None,
                     };
                     view.apply_message(msg, now);
                     if Instant::now() >= warmup {

@@ -68,7 +68,7 @@ pub fn watch_fleet(
                 Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                     connected = true;
                     refusals = 0;
-                    for kind in ["event", "state", "heartbeat", "score"] {
+                    for kind in ["event", "state", "heartbeat", "score", "evidence"] {
                         let qos = if kind == "heartbeat" || kind == "score" {
                             QoS::AtMostOnce
                         } else {
@@ -85,6 +85,22 @@ pub fn watch_fleet(
                     let applied = view.apply(&p.topic, &p.payload, now_ms());
                     if plain {
                         match applied {
+                            Applied::Evidence => {
+                                let vehicle = view.vehicles().find(|v| {
+                                    p.topic == format!("oodmon/{}/{}/evidence", v.fleet, v.vehicle)
+                                });
+                                if let Some((v, (seq, dir, thumb))) =
+                                    vehicle.and_then(|v| Some((v, v.evidence.as_ref()?)))
+                                {
+                                    writeln!(
+                                        out,
+                                        "{}/{} evidence of #{seq} in {dir} (thumbnail, {} bytes of base64)",
+                                        v.fleet,
+                                        v.vehicle,
+                                        thumb.len()
+                                    )?;
+                                }
+                            }
                             Applied::Event(e) => writeln!(
                                 out,
                                 "{}/{} #{} {} {} at {}{}",

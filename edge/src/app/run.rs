@@ -96,7 +96,7 @@ pub fn settings(config: Option<&Path>, o: Overrides) -> Result<EdgeConfig> {
 /// `out` (to standard error when the records go to standard output).
 pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<RunSummary> {
     // everything is checked before the bundle is loaded or a device opened
-    cfg.validate()?;
+    cfg.validate_for_run()?;
     let bundle_dir = cfg.bundle.clone().ok_or_else(|| {
         EdgeError::invalid(
             "bundle",
@@ -155,7 +155,9 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
     #[cfg(feature = "mqtt")]
     let forwarder = match (&cfg.mqtt.url, &cfg.output.journal) {
         (Some(_), Some(journal)) => Some(crate::output::mqtt::MqttForwarder::start(
-            &cfg.mqtt, journal,
+            &cfg.mqtt,
+            journal,
+            cfg.evidence.dir.as_deref(),
         )?),
         _ => None,
     };

@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use oodmon_fleet::client::BrokerConfig;
 use oodmon_fleet::payload::valid_level;
 use oodmon_fleet::{
-    topic_prefix, EventPayload, HeartbeatPayload, ScorePayload, StatePayload, PAYLOAD_VERSION,
+    topic_prefix, EventPayload, EvidencePayload, HeartbeatPayload, ScorePayload, StatePayload,
+    PAYLOAD_VERSION,
 };
 
 use crate::error::{EdgeError, Result};
@@ -235,7 +236,9 @@ pub struct MqttForwarder {
 impl MqttForwarder {
     /// Starts following `journal` and publishing to the configured broker. Fails only on
     /// a bad configuration: an unreachable broker is retried in the background.
-    pub fn start(cfg: &MqttConfig, journal: &Path) -> Result<Self> {
+    /// With `evidence`, the evidence directory: each alarm's evidence, once written, is
+    /// announced on `.../evidence` with a thumbnail.
+    pub fn start(cfg: &MqttConfig, journal: &Path, evidence: Option<&Path>) -> Result<Self> {
         cfg.validate()?;
         let url = cfg
             .url
@@ -259,6 +262,7 @@ impl MqttForwarder {
         let latest_score = Arc::new(LatestScore::default());
         let mut worker = Worker::new(cfg, options, journal, cursor_path, boot);
         worker.latest_score = latest_score.clone();
+        worker.evidence_dir = evidence.map(Path::to_path_buf);
         let (s, st) = (stop.clone(), stats.clone());
         let handle = std::thread::Builder::new()
             .name("mqtt".into())
@@ -323,6 +327,9 @@ struct Worker {
     latest_score: Arc<LatestScore>,
     score_published: Option<u64>,
     next_score: Instant,
+    evidence_dir: Option<PathBuf>,
+    /// Alarms whose evidence is being written, oldest first.
+    evidence_pending: VecDeque<(JournalEvent, Instant)>,
 }
 
 impl Worker {
@@ -375,6 +382,8 @@ impl Worker {
             latest_score: Arc::new(LatestScore::default()),
             score_published: None,
             next_score: Instant::now(),
+            evidence_dir: None,
+            evidence_pending: VecDeque::new(),
         }
     }
 
@@ -395,7 +404,9 @@ impl Worker {
                 next_poll = now + Duration::from_millis(50);
             }
             if let Some(d) = deadline {
-                let drained = self.queue.is_empty() && self.in_flight.is_none();
+                let drained = self.queue.is_empty()
+                    && self.in_flight.is_none()
+                    && self.evidence_pending.is_empty();
                 if (drained && self.connected) || now >= d {
                     self.go_offline();
                     return;
@@ -434,6 +445,9 @@ impl Worker {
                 for e in events {
                     if self.cursor.is_none_or(|c| e.sequence > c) {
                         self.queue.push_back(e.clone());
+                        if self.evidence_dir.is_some() && e.evidence.is_some() {
+                            self.evidence_pending.push_back((e.clone(), Instant::now()));
+                        }
                     }
                     self.latest = Some(e);
                     self.state_dirty = true;
@@ -463,6 +477,7 @@ impl Worker {
                 }
             }
         }
+        self.publish_evidence();
         let now = Instant::now();
         if self.cfg.score_hz > 0.0 && now >= self.next_score {
             if let Some((frame, score, threshold, ood, time_ms)) = self.latest_score.get() {
@@ -508,6 +523,67 @@ impl Worker {
                 json(&beat),
             );
             *next_heartbeat = now + heartbeat;
+        }
+    }
+
+    /// Announces the oldest pending alarm evidence once its directory is complete (given up
+    /// after a minute: the writer failed or the cap deleted it).
+    fn publish_evidence(&mut self) {
+        let Some(dir) = self.evidence_dir.clone() else {
+            return;
+        };
+        let Some((event, since)) = self.evidence_pending.front() else {
+            return;
+        };
+        let name = event.evidence.clone().unwrap_or_default();
+        let meta_path = dir.join(&name).join("meta.json");
+        if !meta_path.exists() {
+            if since.elapsed() > Duration::from_secs(60) {
+                log::warn!(
+                    "MQTT: no evidence appeared in {} for event {}",
+                    name,
+                    event.sequence
+                );
+                self.evidence_pending.pop_front();
+            }
+            return;
+        }
+        let event = event.clone();
+        let payload = match thumbnail(&dir.join(&name), &meta_path) {
+            Ok((frames, frame, jpeg)) => {
+                use base64::Engine as _;
+                EvidencePayload {
+                    v: PAYLOAD_VERSION,
+                    fleet: self.cfg.fleet.clone(),
+                    vehicle: self.cfg.vehicle.clone(),
+                    boot: self.boot.clone(),
+                    sequence: event.sequence,
+                    time_ms: event.time_ms,
+                    state: event.state.clone(),
+                    reason: event.reason.clone(),
+                    dir: name,
+                    frames,
+                    frame,
+                    thumbnail_jpeg: base64::engine::general_purpose::STANDARD.encode(jpeg),
+                }
+            }
+            Err(e) => {
+                log::warn!("MQTT: evidence {name}: {e}");
+                self.evidence_pending.pop_front();
+                return;
+            }
+        };
+        if self
+            .client
+            .try_publish(
+                format!("{}/evidence", self.prefix),
+                QoS::AtLeastOnce,
+                true,
+                json(&payload),
+            )
+            .is_ok()
+        {
+            self.evidence_pending.pop_front();
         }
     }
 
@@ -643,6 +719,32 @@ impl Worker {
             }
         }
     }
+}
+
+/// The evidence's frame count, the frame of the alarm (or the middle one) and a JPEG of it
+/// at most 160 pixels wide.
+fn thumbnail(dir: &Path, meta: &Path) -> std::io::Result<(u64, Option<u64>, Vec<u8>)> {
+    let meta: crate::output::evidence::EvidenceMeta =
+        serde_json::from_slice(&std::fs::read(meta)?).map_err(std::io::Error::other)?;
+    let pick = meta
+        .frames
+        .iter()
+        .find(|f| Some(f.frame) == meta.frame)
+        .or_else(|| meta.frames.get(meta.frames.len() / 2))
+        .ok_or_else(|| std::io::Error::other("no frames"))?;
+    let img = image::load_from_memory(&std::fs::read(dir.join(&pick.file))?)
+        .map_err(std::io::Error::other)?;
+    let small = img.thumbnail(160, 160).to_rgb8();
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 70)
+        .encode(
+            small.as_raw(),
+            small.width() as u16,
+            small.height() as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .map_err(std::io::Error::other)?;
+    Ok((meta.frames.len() as u64, Some(pick.frame), out))
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {

@@ -162,3 +162,28 @@ fn a_killed_edge_leaves_whole_evidence_or_none_and_the_cap_holds() {
     assert!(named.len() >= 2, "{named:?}");
     assert_eq!(kept, [named.last().unwrap().clone()], "named {named:?}");
 }
+
+#[test]
+fn outputs_that_follow_the_journal_need_one() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bundle(&dir.path().join("b"));
+    let base = ["run", "--bundle", "b", "--source", "stdin:40x30:rgb"];
+    crate::util::assert_fails_cleanly(
+        &crate::util::edge(dir.path(), &[&base[..], &["--evidence", "e"]].concat()),
+        &["evidence", "--journal"],
+    );
+    #[cfg(feature = "mqtt")]
+    crate::util::assert_fails_cleanly(
+        &crate::util::edge(
+            dir.path(),
+            &[
+                &base[..],
+                &["--mqtt", "mqtt://127.0.0.1:1", "--vehicle", "v"],
+            ]
+            .concat(),
+        ),
+        &["MQTT", "--journal"],
+    );
+    // a [mqtt] section in the file with --journal on the command line is fine: checked
+    // together, after the overrides (tested with the broker in mqtt.rs)
+}

@@ -33,6 +33,8 @@ struct Seen {
     repeats: usize,
     states: Vec<StatePayload>,
     scores: usize,
+    /// Evidence announcements whose thumbnail decodes to a JPEG at most 160 pixels wide.
+    thumbnails: usize,
     malformed: usize,
 }
 
@@ -69,7 +71,7 @@ impl Subscriber {
             while !st.load(Ordering::SeqCst) {
                 match connection.recv_timeout(Duration::from_millis(50)) {
                     Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                        for t in ["event", "state", "score"] {
+                        for t in ["event", "state", "score", "evidence"] {
                             client
                                 .try_subscribe(format!("oodmon/{fleet}/+/{t}"), QoS::AtLeastOnce)
                                 .unwrap();
@@ -89,6 +91,21 @@ impl Subscriber {
                                     }
                                 }
                                 Err(_) => seen.malformed += 1,
+                            }
+                        } else if p.topic.ends_with("/evidence") {
+                            let thumb =
+                                serde_json::from_slice::<oodmon_fleet::EvidencePayload>(&p.payload)
+                                    .ok()
+                                    .and_then(|e| {
+                                        use base64::Engine as _;
+                                        base64::engine::general_purpose::STANDARD
+                                            .decode(e.thumbnail_jpeg)
+                                            .ok()
+                                    })
+                                    .and_then(|j| image::load_from_memory(&j).ok());
+                            match thumb {
+                                Some(img) if img.width() <= 160 => seen.thumbnails += 1,
+                                _ => seen.malformed += 1,
                             }
                         } else if p.topic.ends_with("/score") {
                             match serde_json::from_slice::<oodmon_fleet::ScorePayload>(&p.payload) {
@@ -379,7 +396,8 @@ fn events_go_over_tls_with_the_vehicles_own_credentials() {
         "test",
     );
     let config = format!(
-        "[mqtt]\nca = \"{}\"\nusername = \"v1\"\npassword_file = \"{}\"\nscore_hz = 5.0\n",
+        "[mqtt]\nca = \"{}\"\nusername = \"v1\"\npassword_file = \"{}\"\nscore_hz = 5.0\n\
+         [evidence]\ndir = \"evidence\"\nframes_before = 5\nframes_after = 5\n",
         d.join("ca.pem").display(),
         d.join("v1.pass").display()
     );
