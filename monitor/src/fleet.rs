@@ -27,6 +27,10 @@ pub struct FleetOptions {
     pub client_id: String,
     /// A vehicle whose heartbeat is older than this is flagged silent.
     pub silence_ms: u64,
+    /// Serve the web dashboard on this address (`127.0.0.1:8080`).
+    pub http: Option<String>,
+    /// `user:password` the dashboard asks for (basic authentication).
+    pub http_auth: Option<String>,
 }
 
 /// Why watching the fleet ended with an error.
@@ -34,6 +38,8 @@ pub struct FleetOptions {
 pub enum FleetError {
     #[error(transparent)]
     Broker(#[from] ClientError),
+    #[error(transparent)]
+    Dashboard(#[from] crate::dashboard::DashboardError),
     #[error("output: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -58,6 +64,15 @@ pub fn watch_fleet(
     let mut connected = false;
     let mut refusals = 0u32;
     let mut next_draw = Instant::now();
+    let dashboard = opts
+        .http
+        .as_deref()
+        .map(|addr| crate::dashboard::Dashboard::start(addr, opts.http_auth.clone()))
+        .transpose()?;
+    if let (Some(d), true) = (&dashboard, plain) {
+        writeln!(out, "dashboard on http://{}/", d.addr)?;
+    }
+    let mut next_snapshot = Instant::now();
     // the terminal UI owns the screen until the end; --plain writes lines to `out`
     let mut terminal = (!plain).then(ratatui::init);
     let mut flagged_before: Vec<(String, String)> = Vec::new();
@@ -143,6 +158,18 @@ pub fn watch_fleet(
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             let now = now_ms();
+            if let Some(d) = &dashboard {
+                if Instant::now() >= next_snapshot {
+                    d.update(&crate::dashboard::Snapshot::of(
+                        &view,
+                        &opts.fleet,
+                        connected,
+                        now,
+                        opts.silence_ms,
+                    ));
+                    next_snapshot = Instant::now() + Duration::from_millis(250);
+                }
+            }
             let flagged: Vec<(String, String)> = view
                 .vehicles()
                 .filter(|v| FleetView::flagged(v, now, opts.silence_ms))

@@ -8,7 +8,9 @@
 //! - [`monitor`]: [`Monitor`], the decoder-fed state and its [`MonitorEvent`]s.
 //! - [`ui`]: the plain event log and the terminal UI over a serial port.
 //! - [`fleet`]: a fleet's vehicles over MQTT (`--mqtt`), kept by `oodmon-fleet`'s view.
+//! - [`dashboard`]: the same table in a browser (`--http`), over server-sent events.
 
+pub mod dashboard;
 pub mod fleet;
 pub mod monitor;
 pub mod ui;

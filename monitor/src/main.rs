@@ -39,6 +39,15 @@ struct Cli {
     /// while the monitor is away (default: oodmon-monitor-FLEET).
     #[arg(long)]
     client_id: Option<String>,
+    /// Serve the fleet's web dashboard here (e.g. 127.0.0.1:8080; beyond loopback only with
+    /// --http-user and --http-password-file).
+    #[arg(long)]
+    http: Option<String>,
+    /// Basic authentication for the dashboard: user, and a file holding the password.
+    #[arg(long, requires = "http_password_file")]
+    http_user: Option<String>,
+    #[arg(long, requires = "http_user")]
+    http_password_file: Option<std::path::PathBuf>,
     /// A vehicle without a heartbeat for this long is flagged silent.
     #[arg(long, default_value_t = 5000)]
     silence_ms: u64,
@@ -81,6 +90,11 @@ fn watch(cli: Cli) -> Result<()> {
                 .unwrap_or_else(|| format!("oodmon-monitor-{}", cli.fleet.replace('+', "all"))),
             fleet: cli.fleet,
             silence_ms: cli.silence_ms,
+            http: cli.http,
+            http_auth: match (&cli.http_user, &cli.http_password_file) {
+                (Some(u), Some(f)) => Some(oodmon_monitor::dashboard::credentials(u, f)?),
+                _ => None,
+            },
         };
         let mut out = std::io::stdout().lock();
         oodmon_monitor::fleet::watch_fleet(&opts, cli.plain, &stop, deadline, &mut out)?;

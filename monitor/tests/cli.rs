@@ -461,3 +461,155 @@ fn tls_passwords_and_the_acl_keep_a_vehicle_to_its_own_topics() {
     drop(v1);
     drop(monitor_as_vehicle);
 }
+
+/// One HTTP/1.1 request on a fresh connection; the whole response (or, for an event
+/// stream, what arrived until a `data:` line with `until` in it).
+fn http_get(port: u16, path: &str, auth: Option<&str>, until: Option<&str>) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let auth = auth.map_or(String::new(), |a| {
+        use base64::Engine as _;
+        format!(
+            "Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(a)
+        )
+    });
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&got);
+        if let Some(u) = until {
+            if text
+                .lines()
+                .any(|l| l.starts_with("data: ") && l.contains(u))
+            {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn the_web_dashboard_serves_the_fleet_live_behind_basic_authentication() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = oodmon_testkit::Broker::start(dir.path());
+    std::fs::write(dir.path().join("http.pass"), "s3cret\n").unwrap();
+    let mut child = monitor_command(
+        dir.path(),
+        &[
+            "--mqtt",
+            &broker.url(),
+            "--fleet",
+            "yard",
+            "--plain",
+            "--http",
+            "127.0.0.1:0",
+            "--http-user",
+            "ops",
+            "--http-password-file",
+            "http.pass",
+            "--seconds",
+            "8",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let port: u16 = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("dashboard on http://127.0.0.1:")
+                .map(|p| p.trim_end_matches('/').parse().unwrap())
+        })
+        .expect("the dashboard's address");
+    let vehicle = FakeVehicle::connect(broker.port);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    vehicle.publish("event", fleet_event(0, "OOD", "ood_frames"));
+    vehicle.publish(
+        "score",
+        serde_json::json!({"v": 1, "fleet": "yard", "vehicle": "agv", "boot": "b",
+            "time_ms": 1, "frame": 3, "score": 51.5, "threshold": 46.1, "ood": true})
+        .to_string(),
+    );
+    // a 1x1 JPEG as the evidence thumbnail
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new(&mut jpeg)
+        .encode(&[200, 10, 10], 1, 1, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    let thumb = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&jpeg)
+    };
+    vehicle.publish(
+        "evidence",
+        serde_json::json!({"v": 1, "fleet": "yard", "vehicle": "agv", "boot": "b",
+            "sequence": 0, "time_ms": 1, "state": "OOD", "reason": "ood_frames",
+            "dir": "event-000000", "frames": 61, "frame": 3, "thumbnail_jpeg": thumb})
+        .to_string(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    // no credentials, wrong ones: 401 with a challenge
+    let anonymous = http_get(port, "/", None, None);
+    assert!(
+        anonymous.starts_with("HTTP/1.1 401") && anonymous.contains("WWW-Authenticate"),
+        "{anonymous}"
+    );
+    assert!(http_get(port, "/snapshot.json", Some("ops:guess"), None).starts_with("HTTP/1.1 401"));
+    let page = http_get(port, "/", Some("ops:s3cret"), None);
+    assert!(
+        page.starts_with("HTTP/1.1 200") && page.contains("EventSource"),
+        "{page}"
+    );
+    let snap = http_get(port, "/snapshot.json", Some("ops:s3cret"), None);
+    let body = snap.split("\r\n\r\n").nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let row = &v["vehicles"][0];
+    assert_eq!(row["vehicle"], "agv", "{body}");
+    assert_eq!(row["state"], "OOD");
+    assert_eq!(row["scores"][0], 51.5);
+    assert_eq!(row["thumbnail"], thumb.as_str());
+    // the live stream carries the same table
+    let events = http_get(port, "/events", Some("ops:s3cret"), Some("\"agv\""));
+    assert!(events.contains("text/event-stream"), "{events}");
+    assert!(events.contains("data: {"), "{events}");
+    assert_eq!(
+        http_get(port, "/nothing", Some("ops:s3cret"), None)[..12].to_string(),
+        "HTTP/1.1 404"
+    );
+    drop(vehicle);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // beyond loopback without credentials: refused at start
+    let refused = monitor(
+        dir.path(),
+        &[
+            "--mqtt",
+            &broker.url(),
+            "--http",
+            "0.0.0.0:0",
+            "--seconds",
+            "1",
+        ],
+    );
+    assert_fails_cleanly(&refused, &["beyond loopback"]);
+}
