@@ -5,7 +5,6 @@
 //! `--http-password-file`). Routes: `/` (the page), `/snapshot.json` (the table as JSON),
 //! `/events` (a `text/event-stream` of snapshots, twice a second).
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -209,7 +208,10 @@ fn serve(
         let snapshot = || shared.lock().map(|s| s.clone()).unwrap_or_default();
         match request.url() {
             "/" | "/index.html" => {
-                let r = tiny_http::Response::from_string(PAGE)
+                // the current table inside the page: drawn before the page's load event,
+                // and no `</script>` can close the script early
+                let page = PAGE.replace("/*SNAPSHOT*/", &snapshot().replace("</", "<\\/"));
+                let r = tiny_http::Response::from_string(page)
                     .with_header(header("Content-Type", "text/html; charset=utf-8"));
                 let _ = request.respond(r);
             }
@@ -229,23 +231,10 @@ fn serve(
                 streams.fetch_add(1, Ordering::SeqCst);
                 let (sh, st, n) = (shared.clone(), stop.clone(), streams.clone());
                 std::thread::spawn(move || {
-                    let body = EventStream {
-                        shared: sh,
-                        stop: st,
-                        pending: Vec::new(),
-                        first: true,
-                    };
-                    let r = tiny_http::Response::new(
-                        tiny_http::StatusCode(200),
-                        vec![
-                            header("Content-Type", "text/event-stream"),
-                            header("Cache-Control", "no-store"),
-                        ],
-                        body,
-                        None,
-                        None,
-                    );
-                    let _ = request.respond(r);
+                    // the response written by hand, one flush per event: a chunked body
+                    // would sit in tiny_http's 8 KB buffer and arrive seconds late
+                    let mut w = request.into_writer();
+                    let _ = stream_events(&mut w, &sh, &st);
                     n.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -257,31 +246,23 @@ fn serve(
     }
 }
 
-/// A never-ending body: one `data:` line with the snapshot every 500 ms, until the
-/// dashboard stops (or the browser goes, which fails the write).
-struct EventStream {
-    shared: Arc<Mutex<String>>,
-    stop: Arc<AtomicBool>,
-    pending: Vec<u8>,
-    first: bool,
-}
-
-impl Read for EventStream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.pending.is_empty() {
-            if self.stop.load(Ordering::SeqCst) {
-                return Ok(0);
-            }
-            if !self.first {
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            self.first = false;
-            let json = self.shared.lock().map(|s| s.clone()).unwrap_or_default();
-            self.pending = format!("data: {json}\n\n").into_bytes();
-        }
-        let n = buf.len().min(self.pending.len());
-        buf[..n].copy_from_slice(&self.pending[..n]);
-        self.pending.drain(..n);
-        Ok(n)
+/// The event stream: the head, then one `data:` line with the snapshot every 500 ms, each
+/// flushed, until the dashboard stops or the browser goes (a failed write).
+fn stream_events(
+    w: &mut dyn std::io::Write,
+    shared: &Mutex<String>,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    w.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n\
+          Connection: close\r\n\r\n",
+    )?;
+    w.flush()?;
+    while !stop.load(Ordering::SeqCst) {
+        let json = shared.lock().map(|s| s.clone()).unwrap_or_default();
+        write!(w, "data: {json}\n\n")?;
+        w.flush()?;
+        std::thread::sleep(Duration::from_millis(500));
     }
+    Ok(())
 }

@@ -613,3 +613,144 @@ fn the_web_dashboard_serves_the_fleet_live_behind_basic_authentication() {
     );
     assert_fails_cleanly(&refused, &["beyond loopback"]);
 }
+
+/// Debian's Chromium (the test command installs it).
+fn chromium() -> &'static str {
+    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
+        if std::path::Path::new(p).exists() {
+            return p;
+        }
+    }
+    panic!("chromium is not installed: `cargo xtask test` installs it (apt-get install chromium)");
+}
+
+/// Headless Chromium on `url` with `args`, its standard output; `profile` names a fresh
+/// profile directory (a second instance on a profile in use would hand its work to the
+/// first and exit).
+fn headless(dir: &Path, profile: &str, url: &str, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .arg("90")
+        .arg(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--timeout=5000",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.join("chromium").display()
+        ))
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_dashboard_renders_in_a_real_browser() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = oodmon_testkit::Broker::start(dir.path());
+    let mut child = monitor_command(
+        dir.path(),
+        &[
+            "--mqtt",
+            &broker.url(),
+            "--fleet",
+            "yard",
+            "--plain",
+            "--http",
+            "127.0.0.1:0",
+            "--seconds",
+            "40",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let port: u16 = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("dashboard on http://127.0.0.1:")
+                .map(|p| p.trim_end_matches('/').parse().unwrap())
+        })
+        .expect("the dashboard's address");
+    std::thread::spawn(move || lines.for_each(drop));
+    let vehicle = FakeVehicle::connect(broker.port);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    vehicle.publish("event", fleet_event(0, "OOD", "ood_frames"));
+    for i in 0..20 {
+        vehicle.publish(
+            "score",
+            serde_json::json!({"v": 1, "fleet": "yard", "vehicle": "agv", "boot": "b",
+                "time_ms": 1, "frame": i, "score": 30.0 + i as f64, "threshold": 46.1,
+                "ood": i > 16})
+            .to_string(),
+        );
+    }
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new(&mut jpeg)
+        .encode(
+            &[200u8, 10, 10].repeat(64 * 48),
+            64,
+            48,
+            image::ExtendedColorType::Rgb8,
+        )
+        .unwrap();
+    let thumb = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&jpeg)
+    };
+    vehicle.publish(
+        "evidence",
+        serde_json::json!({"v": 1, "fleet": "yard", "vehicle": "agv", "boot": "b",
+            "sequence": 0, "time_ms": 1, "state": "OOD", "reason": "ood_frames",
+            "dir": "event-000000", "frames": 61, "frame": 3, "thumbnail_jpeg": thumb})
+        .to_string(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let url = format!("http://127.0.0.1:{port}/");
+    // the DOM after the page's script ran: the vehicle's row, its sparkline and thumbnail
+    let dom = headless(dir.path(), "chromium-dom", &url, &["--dump-dom"]);
+    assert!(dom.contains("id=\"vehicle-yard-agv\""), "{dom}");
+    assert!(dom.contains("class=\"OOD\""), "{dom}");
+    assert!(dom.contains("<polyline"), "{dom}");
+    assert!(dom.contains("data:image/jpeg;base64,"), "{dom}");
+    // and a screenshot, kept beside the test's files: a page, not a blank
+    let png = dir.path().join("dashboard.png");
+    headless(
+        dir.path(),
+        "chromium-shot",
+        &url,
+        &[
+            "--window-size=1200,400",
+            &format!("--screenshot={}", png.display()),
+        ],
+    );
+    let shot = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(shot.dimensions(), (1200, 400));
+    let distinct: std::collections::BTreeSet<[u8; 3]> = shot.pixels().map(|p| p.0).collect();
+    assert!(
+        distinct.len() > 20,
+        "{} colours: a blank page",
+        distinct.len()
+    );
+    if let Ok(keep) = std::env::var("OODMON_DASHBOARD_SCREENSHOT") {
+        std::fs::copy(&png, keep).unwrap();
+    }
+    drop(vehicle);
+    let _ = child.kill();
+    let _ = child.wait();
+}

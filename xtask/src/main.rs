@@ -308,20 +308,28 @@ fn apt_install(packages: &[&str], add_arm64: bool) -> Result {
     run(Command::new("sh").args(["-c", &script]))
 }
 
-/// Mosquitto, the MQTT broker the edge's MQTT tests start on a loopback port: installed
-/// from Debian's packages unless a working one is there (`mosquitto -h` prints its version
-/// and exits 3).
-fn mqtt_broker() -> Result {
+/// What the fleet tests need from Debian: Mosquitto, the MQTT broker they start on a
+/// loopback port (`mosquitto -h` prints its version and exits 3), and Chromium, the
+/// headless browser the dashboard test renders the page in. Installed unless working ones
+/// are there.
+fn fleet_test_packages() -> Result {
     let prints_version = |program: &str| {
         Command::new(program)
             .arg("-h")
             .output()
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("mosquitto version"))
     };
-    if prints_version("/usr/sbin/mosquitto") || prints_version("mosquitto") {
+    let mut missing = Vec::new();
+    if !(prints_version("/usr/sbin/mosquitto") || prints_version("mosquitto")) {
+        missing.push("mosquitto");
+    }
+    if !works("chromium", &["--headless", "--no-sandbox", "--version"]) {
+        missing.push("chromium");
+    }
+    if missing.is_empty() {
         return Ok(());
     }
-    apt_install(&["mosquitto"], false)
+    apt_install(&missing, false)
 }
 
 /// Debian packages the aarch64 checks need: Debian's rustc with an aarch64 standard library,
@@ -370,7 +378,7 @@ fn test(args: &[String]) -> Result {
     let aarch64 = !args.iter().any(|a| a == "--no-aarch64");
     let python = python_env()?;
     system_packages(aarch64)?;
-    mqtt_broker()?;
+    fleet_test_packages()?;
     step("dependency boundaries: no bindgen or UI in the edge, no tract in the monitor");
     dependency_boundaries(&[None, Some(AARCH64)])?;
     step("cargo fmt --check");
