@@ -641,7 +641,7 @@ fn headless(dir: &Path, profile: &str, url: &str, args: &[&str]) -> String {
         ])
         .arg(format!(
             "--user-data-dir={}",
-            dir.join("chromium").display()
+            dir.join(profile).display()
         ))
         .args(args)
         .arg(url)
