@@ -639,10 +639,7 @@ fn headless(dir: &Path, profile: &str, url: &str, args: &[&str]) -> String {
             "--hide-scrollbars",
             "--timeout=5000",
         ])
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.join(profile).display()
-        ))
+        .arg(format!("--user-data-dir={}", dir.join(profile).display()))
         .args(args)
         .arg(url)
         .output()
