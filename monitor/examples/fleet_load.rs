@@ -4,7 +4,8 @@
 //! consumer doing what `oodmon-monitor --mqtt` does (parse, check, apply to the fleet
 //! view) measures, per second, the lag from a message's time stamp to its arrival, and its
 //! own memory. It keeps up when the lag stays flat (last third against first third) and
-//! its p99 stays under a second.
+//! its p99 stays under a second. It also times what the web dashboard does with that view
+//! every 250 ms (the table as JSON).
 //!
 //! ```sh
 //! cargo run --release -p oodmon-monitor --example fleet_load -- 50 200 800 --seconds 20
@@ -184,6 +185,14 @@ fn run(port: u16, n: usize, seconds: u64) -> String {
         }
     }
     let cpu = cpu_ms() - cpu_start;
+    // what the web dashboard does every 250 ms with this view: the table as JSON
+    let t = Instant::now();
+    let mut json_len = 0;
+    for _ in 0..10 {
+        let snap = oodmon_monitor::dashboard::Snapshot::of(&view, "load", true, now_ms(), 5000);
+        json_len = serde_json::to_string(&snap).unwrap().len();
+    }
+    let snapshot_ms = t.elapsed().as_secs_f64() * 100.0;
     let _ = child.kill();
     let _ = child.wait();
     let _ = client.disconnect();
@@ -207,10 +216,11 @@ fn run(port: u16, n: usize, seconds: u64) -> String {
     let (p99_first, p99_last) = (percentile(&mut first, 0.99), percentile(&mut last, 0.99));
     let keeps_up = p99 < 1000 && p99_last <= p99_first.max(50) * 2;
     format!(
-        "| {n} | {vehicles_seen} | {rate:.0} | {p50} | {p99} | {max} | {p99_first} -> {p99_last} | {:.0}% | {} | {} |",
+        "| {n} | {vehicles_seen} | {rate:.0} | {p50} | {p99} | {max} | {p99_first} -> {p99_last} | {:.0}% | {} | {} | {} KB in {snapshot_ms:.1} ms |",
         100.0 * cpu as f64 / (seconds as f64 * 1000.0 + 3000.0),
         rss_peak / 1024,
-        if keeps_up { "yes" } else { "**no**" }
+        if keeps_up { "yes" } else { "**no**" },
+        json_len / 1024
     )
 }
 
@@ -254,9 +264,9 @@ fn main() {
         "{seconds} s per run after 3 s of warm-up; each vehicle: 10 scores/s, 5 heartbeats/s, 3 events every 10 s"
     );
     println!(
-        "| vehicles | seen | messages/s | lag p50 ms | lag p99 ms | lag max ms | p99 first third -> last third | monitor CPU | monitor RSS MiB | keeps up |"
+        "| vehicles | seen | messages/s | lag p50 ms | lag p99 ms | lag max ms | p99 first third -> last third | monitor CPU | monitor RSS MiB | keeps up | dashboard snapshot |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for n in counts {
         println!("{}", run(broker.port, n, seconds));
     }

@@ -6,7 +6,7 @@
 //!   pixels otherwise. A slot's buffer grows to the largest frame once; after that the
 //!   frame loop allocates nothing for evidence, and memory is `slots x largest frame`.
 //! - [`EvidenceWriter`] is a thread that follows the journal: for each event entering OOD or
-//!   FAULT it waits until `frames_after` more frames were captured (or the source stops),
+//!   FAULT (not the service's own start and stop) it waits until `frames_after` more frames were captured (or the source stops),
 //!   copies the frames from `frames_before` before to `frames_after` after the event's frame
 //!   out of the ring and writes them, JPEG-encoding raw frames, into
 //!   `DIR/event-SEQUENCE/` atomically (a temporary directory renamed when complete), with a
@@ -309,15 +309,12 @@ fn run(
         match tail.poll() {
             Ok(events) => {
                 if !skip_existing {
-                    pending.extend(
-                        events
-                            .into_iter()
-                            .filter(|e| e.state != "OK" && e.frame.is_some())
-                            .map(|event| Pending {
-                                event,
-                                since: Instant::now(),
-                            }),
-                    );
+                    pending.extend(events.into_iter().filter(|e| e.evidence.is_some()).map(
+                        |event| Pending {
+                            event,
+                            since: Instant::now(),
+                        },
+                    ));
                 }
                 skip_existing = false;
             }

@@ -185,7 +185,9 @@ impl Journal {
     /// Appends one event (its `sequence` is set here) and waits until it is on disk.
     pub fn append(&mut self, mut event: JournalEvent) -> Result<(), JournalError> {
         event.sequence = self.next_sequence;
-        if self.name_evidence && event.state != "OK" && event.frame.is_some() {
+        // the service's own start and stop are no alarm about what the camera saw
+        let lifecycle = matches!(event.reason.as_str(), "starting" | "stopping");
+        if self.name_evidence && event.state != "OK" && event.frame.is_some() && !lifecycle {
             event.evidence = Some(format!("event-{:06}", event.sequence));
         }
         self.line.clear();
