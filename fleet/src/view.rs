@@ -200,6 +200,20 @@ impl FleetView {
         !v.online || v.heartbeat_age_ms(now_ms).is_some_and(|a| a > silence_ms)
     }
 
+    /// What a flagged vehicle's row says: `OFFLINE (reason)`, `SILENT`, or nothing.
+    pub fn flag(v: &Vehicle, now_ms: u64, silence_ms: u64) -> String {
+        if !v.online {
+            format!(
+                "OFFLINE ({})",
+                v.offline_reason.as_deref().unwrap_or("unknown")
+            )
+        } else if Self::flagged(v, now_ms, silence_ms) {
+            "SILENT".into()
+        } else {
+            String::new()
+        }
+    }
+
     /// The table as text: one line per vehicle.
     pub fn table(&self, now_ms: u64, silence_ms: u64) -> String {
         let mut s = String::new();
@@ -212,16 +226,7 @@ impl FleetView {
             let age = v
                 .heartbeat_age_ms(now_ms)
                 .map_or("-".to_string(), |a| format!("{:.1} s", a as f64 / 1000.0));
-            let flag = if !v.online {
-                format!(
-                    "OFFLINE ({})",
-                    v.offline_reason.as_deref().unwrap_or("unknown")
-                )
-            } else if Self::flagged(v, now_ms, silence_ms) {
-                "SILENT".to_string()
-            } else {
-                String::new()
-            };
+            let flag = Self::flag(v, now_ms, silence_ms);
             let _ = writeln!(
                 s,
                 "{:<12} {:<14} {:<6} {:<22} {:>10} {:>8} {:>7} {:>10}  {flag}",

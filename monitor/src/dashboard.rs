@@ -74,16 +74,7 @@ impl Snapshot {
                 backlog: v.backlog,
                 scores: v.scores.iter().copied().collect(),
                 threshold: v.threshold,
-                flag: if !v.online {
-                    format!(
-                        "OFFLINE ({})",
-                        v.offline_reason.as_deref().unwrap_or("unknown")
-                    )
-                } else if FleetView::flagged(v, now, silence_ms) {
-                    "SILENT".into()
-                } else {
-                    String::new()
-                },
+                flag: FleetView::flag(v, now, silence_ms),
                 evidence_sequence: v.evidence.as_ref().map(|e| e.0),
                 evidence_dir: v.evidence.as_ref().map(|e| e.1.clone()),
                 thumbnail: v.evidence.as_ref().map(|e| e.2.clone()),

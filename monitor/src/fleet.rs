@@ -259,16 +259,7 @@ fn draw_fleet(f: &mut ratatui::Frame, view: &FleetView, now: u64, silence_ms: u6
                 Some(_) => Color::Red,
                 None => Color::Gray,
             };
-            let flag = if !v.online {
-                format!(
-                    "OFFLINE ({})",
-                    v.offline_reason.as_deref().unwrap_or("unknown")
-                )
-            } else if FleetView::flagged(v, now, silence_ms) {
-                "SILENT".into()
-            } else {
-                String::new()
-            };
+            let flag = FleetView::flag(v, now, silence_ms);
             Row::new(vec![
                 format!("{}/{}", v.fleet, v.vehicle),
                 v.state.clone().unwrap_or_else(|| "-".into()),
