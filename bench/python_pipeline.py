@@ -406,6 +406,63 @@ GRAPH_OPT = {
 }
 
 
+ENGINES = ("onnxruntime", "torch-cpu", "torch-cuda", "torch-cuda-graph")
+
+
+def encoder_engine(args):
+    """A function from the NCHW float32 input to the embedding (NumPy, float32)."""
+    path = args.bundle / "encoder.onnx"
+    if args.engine == "onnxruntime":
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = args.threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = GRAPH_OPT[args.graph_opt]
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        input_name = sess.get_inputs()[0].name
+        output_name = sess.get_outputs()[0].name
+        return lambda x: sess.run([output_name], {input_name: x})[0][0]
+    import torch
+    from onnx_torch import OnnxTorch
+    torch.set_num_threads(args.threads)
+    device = "cpu" if args.engine == "torch-cpu" else "cuda"
+    net = OnnxTorch(path, device, args.precision)
+    if args.engine != "torch-cuda-graph":
+        # .cpu() waits for the GPU: the embedding is on the host when the call returns
+        return lambda x: net(torch.from_numpy(x).to(device)).cpu().numpy()[0]
+    static_in = torch.zeros(net_input_shape(path), device=device)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            net(static_in)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = net(static_in)
+
+    def embed(x):
+        static_in.copy_(torch.from_numpy(x))
+        graph.replay()
+        return static_out.cpu().numpy()[0]
+    return embed
+
+
+def net_input_shape(path):
+    import onnx
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value or 1 for d in dims]
+
+
+def engine_versions(engine):
+    if engine == "onnxruntime":
+        return {}
+    import torch
+    out = {"torch": torch.__version__}
+    if engine != "torch-cpu":
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
 def percentiles(us):
     """oodmon's: the nearest rank, over integer microseconds."""
     v = sorted(us)
@@ -424,6 +481,13 @@ def main():
     ap.add_argument("--records", type=Path)
     ap.add_argument("--graph-opt", choices=tuple(GRAPH_OPT), default="all",
                     help="onnxruntime graph optimisation level (all: ORT_ENABLE_ALL)")
+    ap.add_argument("--engine", choices=ENGINES, default="onnxruntime",
+                    help="what runs the encoder: onnxruntime on the CPU, or PyTorch "
+                         "(bench/onnx_torch.py) on the CPU, a GPU, or a GPU replaying a "
+                         "captured CUDA graph")
+    ap.add_argument("--precision", choices=("qdq", "float"), default="qdq",
+                    help="PyTorch engines: follow the int8 file's activation rounding "
+                         "(qdq) or run the network in float")
     args = ap.parse_args()
 
     calib = json.loads((args.bundle / "calib.json").read_text())
@@ -431,14 +495,7 @@ def main():
     spec["mean"] = np.asarray(spec["mean"], np.float32)
     spec["std"] = np.asarray(spec["std"], np.float32)
     scorer = Scorer(calib)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = args.threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = GRAPH_OPT[args.graph_opt]
-    sess = ort.InferenceSession(str(args.bundle / "encoder.onnx"), opts,
-                                providers=["CPUExecutionProvider"])
-    input_name = sess.get_inputs()[0].name
-    output_name = sess.get_outputs()[0].name
+    embed = encoder_engine(args)
 
     kind, _, arg = args.source.partition(":")
     if kind == "avi":
@@ -477,7 +534,7 @@ def main():
             t1 = clock()
             x = preprocess(img, order, spec, exact)
             t2 = clock()
-            emb = sess.run([output_name], {input_name: x})[0][0]
+            emb = embed(x)
             t3 = clock()
             score, nearest = scorer.score(emb)
             p_value, threshold, ood = scorer.decide(score, nearest)
@@ -502,6 +559,8 @@ def main():
         "threads": args.threads,
         "resize": args.resize,
         "graph_opt": args.graph_opt,
+        "engine": args.engine,
+        "precision": args.precision if args.engine != "onnxruntime" else None,
         "elapsed_s": elapsed,
         "frames_per_second": args.frames / max(elapsed, 1e-9),
         **{name: percentiles(v) for name, v in stages.items()},
@@ -509,7 +568,8 @@ def main():
         "scores": [r["score"] for r in records[:24]],
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "versions": {"python": sys.version.split()[0], "numpy": np.__version__,
-                     "opencv": cv2.__version__, "onnxruntime": ort.__version__},
+                     "opencv": cv2.__version__, "onnxruntime": ort.__version__,
+                     **engine_versions(args.engine)},
     }
     print(json.dumps(out))
 

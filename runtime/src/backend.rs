@@ -3,9 +3,10 @@
 //! API (write the input in place, run, read the embedding) is the same on all of them.
 //!
 //! - `tract`: tract on the CPU; pure Rust, static, always compiled in; the default.
-//! - `tract-cuda`: tract's own CUDA runtime (cargo feature `tract-cuda`). CUDA is loaded at
-//!   run time, so the build needs no toolkit; loading the encoder fails with a clear error
-//!   on a machine without a usable driver.
+//! - `tract-cuda`: tract's own CUDA runtime (cargo feature `tract-cuda` for CUDA 12, as on
+//!   JetPack 6, or `tract-cuda-13` for CUDA 13 libraries). CUDA is loaded at run time, so
+//!   the build needs no toolkit; loading the encoder fails with a clear error on a machine
+//!   without a usable driver or libraries.
 //! - `onnxruntime`: ONNX Runtime through the `ort` crate (cargo feature `onnxruntime`),
 //!   loaded at run time from `libonnxruntime.so` (`ORT_DYLIB_PATH`, or the library search
 //!   path): the Python wheel's library on a workstation, JetPack's on a Jetson. Nothing is
@@ -38,7 +39,7 @@ impl Backend {
     pub fn compiled_in(self) -> bool {
         match self {
             Backend::Tract => true,
-            Backend::TractCuda => cfg!(feature = "tract-cuda"),
+            Backend::TractCuda => cfg!(any(feature = "tract-cuda", feature = "tract-cuda-13")),
             Backend::Onnxruntime => cfg!(feature = "onnxruntime"),
         }
     }

@@ -219,7 +219,7 @@ impl Model {
                 })
             }
             Backend::TractCuda => {
-                #[cfg(feature = "tract-cuda")]
+                #[cfg(any(feature = "tract-cuda", feature = "tract-cuda-13"))]
                 {
                     let cuda = tract_cuda_runtime().map_err(unusable)?;
                     cuda.check().map_err(|e| unusable(format!("{e:#}")))?;
@@ -231,7 +231,7 @@ impl Model {
                         backend,
                     })
                 }
-                #[cfg(not(feature = "tract-cuda"))]
+                #[cfg(not(any(feature = "tract-cuda", feature = "tract-cuda-13")))]
                 Err(unusable("not in this build".into()))
             }
             Backend::Onnxruntime => {
@@ -259,7 +259,7 @@ impl Model {
 }
 
 /// tract's CUDA runtime, which `tract-cuda` registers under the name `cuda` when linked.
-#[cfg(feature = "tract-cuda")]
+#[cfg(any(feature = "tract-cuda", feature = "tract-cuda-13"))]
 fn tract_cuda_runtime() -> Result<&'static dyn tract_onnx::tract_core::runtime::Runtime, String> {
     // a use of the crate, so that it is linked and its runtime registered
     let _ = std::any::type_name::<tract_cuda::CudaTransform>();

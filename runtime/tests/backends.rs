@@ -99,14 +99,19 @@ fn onnxruntime_embeds_like_tract_and_reports_broken_models_and_nan() {
     );
 }
 
-#[cfg(feature = "tract-cuda")]
+#[cfg(any(feature = "tract-cuda", feature = "tract-cuda-13"))]
 #[test]
 fn tract_cuda_embeds_like_tract_or_says_why_it_cannot_run_here() {
     match Encoder::from_bytes_on(&encoder(12, 0.2), Path::new("e.onnx"), Backend::TractCuda) {
         // a machine with an NVIDIA driver: the same embeddings as on the CPU
         Ok(_) => assert_same_embeddings_as_tract(Backend::TractCuda),
-        // none here: a typed error that names what is missing
+        // none here: a typed error that names what is missing (on a machine known to have
+        // a GPU, `OODMON_REQUIRE_GPU=1` makes that a failure: bench/gpu_check.sh sets it)
         Err(Error::Backend { backend, problem }) => {
+            assert!(
+                std::env::var_os("OODMON_REQUIRE_GPU").is_none(),
+                "OODMON_REQUIRE_GPU is set but tract-cuda cannot run: {problem}"
+            );
             assert_eq!(backend, Backend::TractCuda);
             assert!(
                 problem.contains("CUDA") || problem.contains("cuda"),

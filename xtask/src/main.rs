@@ -120,6 +120,19 @@ fn backend_tests(python: &Path) -> Result {
         "-D",
         "warnings",
     ]))?;
+    // the CUDA 13 build of tract-cuda (the one bench/gpu_check.sh runs on a lent GPU): it
+    // excludes the CUDA 12 one, so it is checked on its own
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "oodmon-runtime",
+        "--all-targets",
+        "--features",
+        "tract-cuda-13",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // cargo takes `crate/feature` only for the packages being built; one package here
     run(cargo()
         .args([
