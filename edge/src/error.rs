@@ -102,11 +102,12 @@ pub enum EdgeError {
     /// The overlapped loop's inference thread ended (a panic in the model stage).
     #[error("the inference thread stopped unexpectedly")]
     InferenceThread,
-    /// The chosen backend's embeddings of the built-in frames are too far from tract's,
-    /// which the calibration was fitted on: its thresholds would not mean what they say.
-    #[error("backend {backend} disagrees with tract, which the calibration was made with: {agreement}; use --backend tract, or recalibrate on this backend")]
+    /// The chosen backend's embeddings of the built-in frames are too far from those of the
+    /// backend the calibration was fitted on: its thresholds would not mean what they say.
+    #[error("backend {backend} disagrees with {reference}, which the calibration was made with: {agreement}; use --backend {reference}, or recalibrate on {backend} (`oodmon-calibrate fit-model --backend {backend}`)")]
     BackendDisagrees {
         backend: oodmon_runtime::Backend,
+        reference: oodmon_runtime::Backend,
         agreement: crate::app::check::Agreement,
     },
     /// The overlapped loop dropped more than the allowed share of recent frames.

@@ -24,6 +24,7 @@ pub struct Bundle {
     pub artifact: CalibrationArtifact,
     pub detector: Detector,
     preprocessing: PreprocessSpec,
+    calibrated_on: Backend,
 }
 
 impl Bundle {
@@ -62,6 +63,12 @@ impl Bundle {
         let calib = dir.join(CALIBRATION_FILE);
         let encoder_path = dir.join(ENCODER_FILE);
         artifact.check_encoder_hash(&sha256_bytes(bytes))?;
+        let calibrated_on: Backend = artifact.embedded_on.parse().map_err(|e| {
+            in_file(
+                &calib,
+                CalibrationError::InvalidArtifact(format!("embedded_on: {e}")),
+            )
+        })?;
         let encoder = Encoder::from_bytes_on(bytes, &encoder_path, backend)?;
         let spec = artifact
             .preprocessing
@@ -102,7 +109,14 @@ impl Bundle {
             artifact,
             detector,
             preprocessing: spec,
+            calibrated_on,
         })
+    }
+
+    /// The backend whose embeddings the calibration was fitted on (`embedded_on`): the one
+    /// it runs on as calibrated; any other backend must agree with it first.
+    pub fn calibrated_on(&self) -> Backend {
+        self.calibrated_on
     }
 
     /// The preprocessing the calibration was made with (present: checked when loading).

@@ -124,6 +124,8 @@ pub fn fit_run(r: FitRequest) -> Result<FitOutcome> {
         preprocessing: Some(spec.clone()),
         // the camera guards, on the calibration images as the edge measures frames
         image_quality: guard_bounds(&image_quality_loaded(&val_ds, spec)?)?,
+        // float embeddings from libtorch equal tract's; int8 ones are tract's
+        embedded_on: oodmon_runtime::Backend::Tract,
         provenance: Provenance::now("oodmon-trainer", checksums, r.command),
     };
     let artifact = match &encoder {

@@ -153,6 +153,17 @@ fn backend_tests(python: &Path) -> Result {
             "onnxruntime,tract-cuda",
         ])
         .args(["--test", "it", "--", "backend", "onnxruntime"])
+        .env("ORT_DYLIB_PATH", &library))?;
+    // calibrating on onnxruntime (`fit-model --backend onnxruntime`)
+    run(cargo()
+        .args([
+            "test",
+            "-p",
+            "oodmon-calibrate",
+            "--features",
+            "onnxruntime",
+        ])
+        .args(["--test", "it", "--", "fit_model_records"])
         .env("ORT_DYLIB_PATH", &library))
 }
 

@@ -9,7 +9,7 @@ use oodmon_calibration::{
     calibrate, CalibrationArtifact, Embeddings, FitConfig, PreprocessSpec, Provenance,
     QualityBounds, ThresholdMode,
 };
-use oodmon_runtime::Bundle;
+use oodmon_runtime::{Backend, Bundle};
 
 use crate::error::{Error, Result};
 
@@ -29,6 +29,8 @@ pub struct CalibrationInputs<'a> {
     pub preprocessing: Option<PreprocessSpec>,
     /// Image-quality bounds of ID images (the edge's camera guards), when images were seen.
     pub image_quality: Option<QualityBounds>,
+    /// The backend whose embeddings these are (tract unless calibrated on another).
+    pub embedded_on: Backend,
     pub provenance: Provenance,
 }
 
@@ -52,7 +54,8 @@ pub fn fit_artifact(
         encoder_sha256,
         inputs.preprocessing,
         inputs.provenance,
-    )?;
+    )?
+    .with_embedded_on(inputs.embedded_on.name())?;
     Ok(match inputs.image_quality {
         Some(bounds) => artifact.with_image_quality(bounds)?,
         None => artifact,

@@ -113,6 +113,8 @@ pub fn fit(
             class_names: names,
             preprocessing,
             image_quality,
+            // embeddings from files: taken to be tract's, the edge's default runtime
+            embedded_on: oodmon_runtime::Backend::Tract,
             provenance: Provenance::now("oodmon-calibrate", inputs, command),
         },
         encoder_sha256,

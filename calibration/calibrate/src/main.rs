@@ -351,6 +351,11 @@ struct FitModelArgs {
     /// Calibrate no camera guards.
     #[arg(long, conflicts_with = "guard_data")]
     no_guards: bool,
+    /// The runtime that embeds the images: tract (default), or the backend the edge will
+    /// run (onnxruntime, tract-cuda: builds with those cargo features), whose int8 kernels
+    /// may round differently; the bundle records it.
+    #[arg(long, default_value = "tract")]
+    backend: oodmon_runtime::Backend,
     /// Bundle directory to write (encoder.onnx and calib.json).
     #[arg(long)]
     out: PathBuf,
@@ -370,6 +375,9 @@ struct EvalModelArgs {
     limit: Option<usize>,
     #[arg(long)]
     report: Option<PathBuf>,
+    /// The runtime that embeds the images (default: the one the bundle was calibrated on).
+    #[arg(long)]
+    backend: Option<oodmon_runtime::Backend>,
 }
 
 fn main() -> ExitCode {
@@ -413,7 +421,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::FitModel(a) => fit_model(a)?,
         Command::EvalModel(a) => say!(
             "{}",
-            models::eval_model(&a.bundle, &a.id, &a.ood, a.limit, a.report.as_deref())?
+            models::eval_model(
+                &a.bundle,
+                a.backend,
+                &a.id,
+                &a.ood,
+                a.limit,
+                a.report.as_deref(),
+            )?
         ),
         Command::Guards {
             calibration,
@@ -581,6 +596,7 @@ fn fit_model(a: FitModelArgs) -> Result<()> {
         mode: a.rule.mode(),
         preprocessing: a.preprocessing,
         guards,
+        backend: a.backend,
         out: a.out,
         command: command_line(),
     };

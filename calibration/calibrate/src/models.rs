@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use oodmon_calibration::{FitConfig, PreprocessSpec, Provenance, ThresholdMode};
 use oodmon_data::{embed_dataset, DataSpec, Embedded, Split};
-use oodmon_runtime::{Bundle, Encoder};
+use oodmon_runtime::{Backend, Bundle, Encoder};
 
 use crate::bundle::{build, stratified_holdout, CalibrationInputs};
 use crate::error::{Error, Result};
@@ -65,6 +65,9 @@ pub struct FitModel {
     pub preprocessing: Option<PathBuf>,
     /// The camera guards' calibration images (`None`: no guards).
     pub guards: Option<GuardData>,
+    /// The runtime that embeds the images, recorded in the bundle: the edge runs the
+    /// bundle on it as calibrated, and checks any other backend against it.
+    pub backend: Backend,
     pub out: PathBuf,
     pub command: Vec<String>,
 }
@@ -94,9 +97,9 @@ impl std::fmt::Display for BundleSummary {
 /// Embeds the training (and calibration) images through the encoder and builds a bundle.
 pub fn fit_model(a: FitModel, progress: impl Fn(&str)) -> Result<BundleSummary> {
     let bytes = std::fs::read(&a.model).map_err(|e| Error::io(&a.model, e))?;
-    let encoder = Encoder::from_bytes(&bytes, &a.model)?;
+    let encoder = Encoder::from_bytes_on(&bytes, &a.model, a.backend)?;
     let spec = spec_of(&encoder, a.preprocessing.as_deref())?;
-    progress(&format!("embedding {} through tract", a.train));
+    progress(&format!("embedding {} through {}", a.train, a.backend));
     let train_spec: DataSpec = a.train.parse()?;
     let train = embed_dataset(&encoder, &spec, &train_spec, Split::Train, a.limit)?;
     let (train_e, train_labels, calib_e) = match &a.calib {
@@ -131,6 +134,7 @@ pub fn fit_model(a: FitModel, progress: impl Fn(&str)) -> Result<BundleSummary> 
             class_names: train.class_names,
             preprocessing: Some(spec),
             image_quality,
+            embedded_on: a.backend,
             provenance: Provenance::now(
                 "oodmon-calibrate fit-model",
                 vec![checksum("encoder", &a.model)?],
@@ -150,13 +154,18 @@ pub fn fit_model(a: FitModel, progress: impl Fn(&str)) -> Result<BundleSummary> 
 /// Evaluates a bundle on the test split of ID data and of `SPEC` or `NAME=SPEC` OOD sets.
 pub fn eval_model(
     bundle_dir: &Path,
+    backend: Option<Backend>,
     id: &str,
     ood: &[String],
     limit: Option<usize>,
     report: Option<&Path>,
 ) -> Result<EvalReport> {
-    let bundle = Bundle::load(bundle_dir)
-        .map_err(|e| Error::from(e).context(format!("bundle {}", bundle_dir.display())))?;
+    let in_bundle = |e| Error::from(e).context(format!("bundle {}", bundle_dir.display()));
+    let bundle = Bundle::load(bundle_dir).map_err(in_bundle)?;
+    let bundle = match backend.unwrap_or(bundle.calibrated_on()) {
+        Backend::Tract => bundle,
+        other => Bundle::load_on(bundle_dir, other).map_err(in_bundle)?,
+    };
     let spec = bundle.preprocessing().clone();
     let id_e = embed_dataset(&bundle.encoder, &spec, &id.parse()?, Split::Test, limit)?;
     let mut sets = Vec::new();

@@ -14,11 +14,12 @@ use crate::quality::QualityBounds;
 use crate::threshold::Thresholds;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 /// The oldest schema version this build reads, migrating it on load: version 1 had no
 /// image-quality bounds (its frames are not guarded until `oodmon-calibrate guards` adds
 /// them); version 2 had no noise and detail bounds (its other bounds are kept, and
-/// `guards` refits all of them).
+/// `guards` refits all of them); version 3 did not name the runtime that computed its
+/// embeddings (it was always tract).
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 const FORMAT: &str = "oodmon-calibration";
 
@@ -117,8 +118,17 @@ pub struct CalibrationArtifact {
     /// embeddings alone, or migrated from schema 1).
     #[serde(default)]
     pub image_quality: Option<QualityBounds>,
+    /// The runtime backend whose embeddings the thresholds were fitted on (schema 4):
+    /// `tract`, or another backend's name when calibrated on it, since int8 kernels differ
+    /// between runtimes. The edge runs it without a cross-check on that backend, and
+    /// compares any other backend against it.
+    pub embedded_on: String,
     pub provenance: Provenance,
 }
+
+/// The backend a calibration's embeddings come from when nothing else is said: the edge's
+/// default runtime.
+pub const DEFAULT_EMBEDDED_ON: &str = "tract";
 
 /// A decision about one embedding.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -154,10 +164,18 @@ impl CalibrationArtifact {
             encoder_sha256,
             preprocessing,
             image_quality: None,
+            embedded_on: DEFAULT_EMBEDDED_ON.into(),
             provenance,
         };
         a.validate()?;
         Ok(a)
+    }
+
+    /// Names the backend whose embeddings this calibration was fitted on.
+    pub fn with_embedded_on(mut self, backend: &str) -> Result<Self> {
+        self.embedded_on = backend.into();
+        self.validate()?;
+        Ok(self)
     }
 
     /// Checks every invariant the runtime relies on.
@@ -230,6 +248,17 @@ impl CalibrationArtifact {
         }
         if let Some(p) = &self.preprocessing {
             p.validate()?;
+        }
+        if self.embedded_on.is_empty()
+            || !self
+                .embedded_on
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(Error::InvalidArtifact(format!(
+                "embedded_on {:?} is not a backend name",
+                self.embedded_on
+            )));
         }
         if let Some(q) = &self.image_quality {
             if self.preprocessing.is_none() {
@@ -347,6 +376,8 @@ fn migrate(value: &mut serde_json::Value, from: u64) {
     // schema 3 added the optional noise and detail bounds: a schema 2 file reads as it is,
     // without them
     if let Some(o) = value.as_object_mut() {
+        // schema 4 names the backend the embeddings came from; before, always tract
+        o.insert("embedded_on".into(), DEFAULT_EMBEDDED_ON.into());
         o.insert("schema_version".into(), SCHEMA_VERSION.into());
     }
 }

@@ -34,7 +34,8 @@ pub mod synthetic;
 pub mod threshold;
 
 pub use artifact::{
-    CalibrationArtifact, Decision, Detector, Provenance, OLDEST_SCHEMA_VERSION, SCHEMA_VERSION,
+    CalibrationArtifact, Decision, Detector, Provenance, DEFAULT_EMBEDDED_ON,
+    OLDEST_SCHEMA_VERSION, SCHEMA_VERSION,
 };
 pub use embeddings::Embeddings;
 pub use error::{Error, Result};

@@ -14,7 +14,9 @@ use crate::source::FrameSource;
 #[derive(Debug, Clone)]
 pub struct CheckReport {
     pub backend: Backend,
-    /// Against tract, for the other backends.
+    /// The backend the calibration was fitted on.
+    pub calibrated_on: Backend,
+    /// Against `calibrated_on`, when another backend runs.
     pub agreement: Option<Agreement>,
     pub encoder_sha256: String,
     pub input: (usize, usize),
@@ -30,13 +32,16 @@ pub struct CheckReport {
 }
 
 /// Loads the bundle on `backend` with every cross-check, runs one inference and, on a
-/// backend other than tract, compares it with tract on the built-in frames
-/// ([`agreement`]): a backend whose embeddings drift from the calibration's is an error.
+/// backend other than the one the calibration was fitted on, compares the two on the
+/// built-in frames ([`agreement`]): a backend whose embeddings drift from the
+/// calibration's is an error.
 pub fn check(dir: &Path, backend: Backend) -> Result<CheckReport> {
     let b = Bundle::load_on(dir, backend)?;
-    let agreement = match backend {
-        Backend::Tract => None,
-        _ => Some(agreement(Some(dir), backend)?),
+    let calibrated_on = b.calibrated_on();
+    let agreement = if backend == calibrated_on {
+        None
+    } else {
+        Some(agreement(Some(dir), calibrated_on, backend)?)
     };
     let input = b.encoder.input_size();
     let dim = b.encoder.dim();
@@ -50,11 +55,13 @@ pub fn check(dir: &Path, backend: Backend) -> Result<CheckReport> {
     if let Some(a) = agreement.clone().filter(|a| !a.acceptable()) {
         return Err(EdgeError::BackendDisagrees {
             backend,
+            reference: calibrated_on,
             agreement: a,
         });
     }
     Ok(CheckReport {
         backend,
+        calibrated_on,
         agreement,
         encoder_sha256,
         input,
@@ -79,13 +86,14 @@ impl std::fmt::Display for CheckReport {
         )?;
         writeln!(
             f,
-            "  backend {} (this build has {})",
+            "  backend {} (this build has {}), calibration embedded on {}",
             self.backend,
             Backend::available()
                 .iter()
                 .map(|b| b.name())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            self.calibrated_on
         )?;
         writeln!(
             f,
@@ -93,7 +101,7 @@ impl std::fmt::Display for CheckReport {
             self.clusters, self.metric, self.threshold_rule
         )?;
         if let Some(a) = &self.agreement {
-            writeln!(f, "  against tract: {a}")?;
+            writeln!(f, "  against {}: {a}", self.calibrated_on)?;
         }
         match &self.guards {
             Some(g) => writeln!(f, "  camera guards: {g}")?,
@@ -110,10 +118,11 @@ impl std::fmt::Display for CheckReport {
     }
 }
 
-/// How far a backend's results are from tract's on the same frames. The calibration's
-/// thresholds were fitted on tract's embeddings, so a backend may only replace tract where
-/// its embeddings are the same up to float rounding; int8 kernels that round or saturate
-/// differently (onnxruntime's u8s8 convolutions on x86 without VNNI) are not.
+/// How far a backend's results are from the calibration's backend's on the same frames.
+/// The thresholds were fitted on that backend's embeddings (tract's unless calibrated on
+/// another), so another may only replace it where its embeddings are the same up to float
+/// rounding; int8 kernels that round or saturate differently (onnxruntime's u8s8
+/// convolutions on x86 without VNNI, tract-cuda's QDQ graphs) are not.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Agreement {
     pub frames: usize,
@@ -151,13 +160,25 @@ impl std::fmt::Display for Agreement {
 }
 
 /// Runs the built-in scenario's frames through the bundle (the built-in one when `None`)
-/// on tract and on `backend`, and compares embeddings and decisions frame by frame.
-pub fn agreement(dir: Option<&Path>, backend: Backend) -> Result<Agreement> {
+/// on `reference` (the backend it was calibrated on) and on `backend`, and compares
+/// embeddings and decisions frame by frame.
+pub fn agreement(dir: Option<&Path>, reference: Backend, backend: Backend) -> Result<Agreement> {
     let load = |b: Backend| match dir {
         Some(d) => Ok::<_, EdgeError>(Bundle::load_on(d, b)?),
         None => demo::bundle_on(b),
     };
-    let mut reference = Engine::new(load(Backend::Tract)?)?;
+    if !reference.compiled_in() {
+        return Err(EdgeError::invalid(
+            "pipeline.backend",
+            format!(
+                "the bundle was calibrated on {reference}, which this build lacks, so {backend} \
+                 cannot be compared with it: build with the `{}` feature, or set \
+                 `[pipeline] verify_backend = false` to run unchecked",
+                reference.feature().unwrap_or_default()
+            ),
+        ));
+    }
+    let mut reference = Engine::new(load(reference)?)?;
     let mut other = Engine::new(load(backend)?)?;
     let mut source = demo::scenario(false)?;
     let mut relative = Vec::new();

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use oodmon_runtime::{Backend, Bundle};
+use oodmon_runtime::Bundle;
 
 use super::frames_to_alarms;
 use crate::alarm::{AlarmService, DecisionRule, Outputs};
@@ -116,12 +116,17 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
     let backend = cfg.pipeline.backend;
     let bundle = Bundle::load_on(&bundle_dir, backend)?;
     log::info!("encoder on {backend}");
-    if backend != Backend::Tract && cfg.pipeline.verify_backend {
-        let agreement = super::check::agreement(Some(&bundle_dir), backend)?;
+    let reference = bundle.calibrated_on();
+    if backend != reference && cfg.pipeline.verify_backend {
+        let agreement = super::check::agreement(Some(&bundle_dir), reference, backend)?;
         if !agreement.acceptable() {
-            return Err(EdgeError::BackendDisagrees { backend, agreement });
+            return Err(EdgeError::BackendDisagrees {
+                backend,
+                reference,
+                agreement,
+            });
         }
-        log::info!("{backend} against tract: {agreement}");
+        log::info!("{backend} against {reference}: {agreement}");
     }
     if matches!(cfg.alarm.decision, DecisionRule::PValue { .. })
         && bundle.detector.thresholds.calibration_scores.is_empty()

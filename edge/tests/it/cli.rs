@@ -514,6 +514,71 @@ fn backends_are_named_and_a_missing_one_is_a_clear_error() {
     }
 }
 
+/// A bundle calibrated on onnxruntime (`fit-model --backend onnxruntime` records it in
+/// `embedded_on`): it runs on onnxruntime as calibrated, any other backend is compared with
+/// onnxruntime first, and a build without onnxruntime says it cannot compare.
+#[test]
+fn a_bundle_calibrated_on_another_backend_is_checked_against_that_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("b");
+    write_tiny_bundle(&b);
+    let calib = b.join("calib.json");
+    let artifact = oodmon_calibration::CalibrationArtifact::load(&calib)
+        .unwrap()
+        .with_embedded_on("onnxruntime")
+        .unwrap();
+    artifact.save(&calib).unwrap();
+    // a name that is no backend is refused when the bundle loads
+    let t = dir.path().join("t");
+    write_tiny_bundle(&t);
+    let text = artifact.to_json().replace(
+        "\"embedded_on\": \"onnxruntime\"",
+        "\"embedded_on\": \"tensorrt\"",
+    );
+    std::fs::write(t.join("calib.json"), text).unwrap();
+    assert_fails_cleanly(
+        &edge(dir.path(), &["check", "--bundle", "t"]),
+        &["embedded_on", "tensorrt"],
+    );
+    let tract = edge(dir.path(), &["check", "--bundle", "b"]);
+    let stdout = String::from_utf8_lossy(&tract.stdout);
+    if !oodmon_runtime::Backend::Onnxruntime.compiled_in() {
+        assert_fails_cleanly(
+            &tract,
+            &[
+                "calibrated on onnxruntime",
+                "this build lacks",
+                "`onnxruntime` feature",
+            ],
+        );
+        return;
+    }
+    assert!(
+        tract.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tract.stderr)
+    );
+    assert!(
+        stdout.contains("calibration embedded on onnxruntime"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("against onnxruntime: embeddings differ by 0.0"),
+        "{stdout}"
+    );
+    let ort = edge(
+        dir.path(),
+        &["check", "--bundle", "b", "--backend", "onnxruntime"],
+    );
+    let stdout = String::from_utf8_lossy(&ort.stdout);
+    assert!(
+        ort.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ort.stderr)
+    );
+    assert!(!stdout.contains("against"), "{stdout}");
+}
+
 #[cfg(feature = "onnxruntime")]
 #[test]
 fn onnxruntime_runs_a_bundle_unchanged_after_checking_it_against_tract() {

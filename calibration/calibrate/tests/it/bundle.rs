@@ -186,3 +186,58 @@ fn int8_in_both_forms_and_f16_stay_close_to_float_in_tract() {
     let int8 = quantize(&float, &images[..20], RangeMethod::MinMax, QuantForm::Qdq).unwrap();
     assert!(to_f16(&int8).is_err());
 }
+
+/// `fit-model --backend B` embeds through B and records it in the bundle (`embedded_on`),
+/// which the edge then runs unchecked on B and compares any other backend against; a
+/// backend missing from the build is a clean error.
+#[test]
+fn fit_model_records_the_backend_it_embedded_on() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("enc.onnx"), tiny_encoder(32)).unwrap();
+    tiny_cifar(&dir.path().join("id.bin"), 90, 1, 0);
+    let fit = |backend: &str, out: &str| {
+        calibrate(
+            dir.path(),
+            &[
+                "fit-model",
+                "--model",
+                "enc.onnx",
+                "--train",
+                "cifar10:id.bin",
+                "--holdout",
+                "0.3",
+                "--metric",
+                "euclidean",
+                "--no-guards",
+                "--backend",
+                backend,
+                "--out",
+                out,
+            ],
+        )
+    };
+    for backend in oodmon_runtime::Backend::ALL {
+        let out = fit(backend.name(), backend.name());
+        if !backend.compiled_in() {
+            assert_fails_cleanly(&out, backend.name(), "not in this build");
+            continue;
+        }
+        assert!(
+            out.status.success(),
+            "{backend}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bundle = Bundle::load(dir.path().join(backend.name())).unwrap();
+        assert_eq!(bundle.artifact.embedded_on, backend.name());
+        assert_eq!(bundle.calibrated_on(), backend);
+    }
+    // with no --backend: tract, as before schema 4
+    let out = fit("tract", "default");
+    assert!(out.status.success());
+    assert_eq!(
+        Bundle::load(dir.path().join("default"))
+            .unwrap()
+            .calibrated_on(),
+        oodmon_runtime::Backend::Tract
+    );
+}

@@ -226,6 +226,30 @@ fn artifact_round_trips_and_rejects_tampering() {
 }
 
 #[test]
+fn a_schema_3_artifact_reads_as_embedded_on_tract_and_the_backend_round_trips() {
+    let a = small_artifact();
+    assert_eq!(a.embedded_on, oodmon_calibration::DEFAULT_EMBEDDED_ON);
+    let mut v: serde_json::Value = serde_json::from_str(&a.to_json()).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.remove("embedded_on");
+    o.insert("schema_version".into(), 3.into());
+    let migrated = CalibrationArtifact::from_json(&v.to_string()).unwrap();
+    assert_eq!(migrated, a);
+    // schema 4 without the field is not schema 4
+    v["schema_version"] = 4.into();
+    assert!(CalibrationArtifact::from_json(&v.to_string()).is_err());
+    let ort = a.clone().with_embedded_on("onnxruntime").unwrap();
+    assert_eq!(
+        CalibrationArtifact::from_json(&ort.to_json())
+            .unwrap()
+            .embedded_on,
+        "onnxruntime"
+    );
+    assert!(a.clone().with_embedded_on("").is_err());
+    assert!(a.with_embedded_on("ONNX Runtime").is_err());
+}
+
+#[test]
 fn a_schema_1_artifact_is_migrated_on_load_and_bounds_round_trip() {
     use oodmon_calibration::quality::{ImageQuality, QualityBounds};
     let a = small_artifact();
@@ -233,6 +257,7 @@ fn a_schema_1_artifact_is_migrated_on_load_and_bounds_round_trip() {
     let mut v: serde_json::Value = serde_json::from_str(&a.to_json()).unwrap();
     let o = v.as_object_mut().unwrap();
     o.remove("image_quality");
+    o.remove("embedded_on");
     o.insert("schema_version".into(), 1.into());
     let old = serde_json::to_string_pretty(&v).unwrap();
     assert_eq!(CalibrationArtifact::schema_version_of(&old), Some(1));
@@ -267,6 +292,7 @@ fn a_schema_1_artifact_is_migrated_on_load_and_bounds_round_trip() {
     let mut v: serde_json::Value = serde_json::from_str(&guarded.to_json()).unwrap();
     let o = v.as_object_mut().unwrap();
     o.insert("schema_version".into(), 2.into());
+    o.remove("embedded_on");
     let iq = o["image_quality"].as_object_mut().unwrap();
     iq.remove("noise_max").unwrap();
     iq.remove("detail_min").unwrap();
