@@ -668,7 +668,7 @@ fn the_dashboard_renders_in_a_real_browser() {
             "--http",
             "127.0.0.1:0",
             "--seconds",
-            "40",
+            "15",
         ],
     )
     .stdout(Stdio::piped())
@@ -747,6 +747,26 @@ fn the_dashboard_renders_in_a_real_browser() {
     if let Ok(keep) = std::env::var("OODMON_DASHBOARD_SCREENSHOT") {
         std::fs::copy(&png, keep).unwrap();
     }
+    // live: a change published after the page loaded reaches its table through the event
+    // stream (the page draws only the newest snapshot, on the next animation frame);
+    // headless Chromium dumps the DOM when the stream ends, as the monitor stops at
+    // --seconds
+    let live = {
+        let (dir, url) = (dir.path().to_path_buf(), url.clone());
+        std::thread::spawn(move || {
+            headless(
+                &dir,
+                "chromium-live",
+                &url,
+                &["--dump-dom", "--virtual-time-budget=3000"],
+            )
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    vehicle.publish("event", fleet_event(1, "FAULT", "camera_dark"));
+    let dom = live.join().unwrap();
+    assert!(dom.contains("camera_dark"), "{dom}");
+    assert!(dom.contains("class=\"FAULT\""), "{dom}");
     drop(vehicle);
     let _ = child.kill();
     let _ = child.wait();

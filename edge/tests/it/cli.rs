@@ -58,16 +58,18 @@ fn check_accepts_a_good_bundle_and_names_what_is_wrong_with_bad_ones() {
     // unknown schema version
     let d = copy("schema");
     let calib = std::fs::read_to_string(d.join("calib.json")).unwrap();
+    let current_schema = format!("\"schema_version\": {}", oodmon_calibration::SCHEMA_VERSION);
+    assert!(calib.contains(&current_schema));
     std::fs::write(
         d.join("calib.json"),
-        calib.replace("\"schema_version\": 3", "\"schema_version\": 99"),
+        calib.replace(&current_schema, "\"schema_version\": 99"),
     )
     .unwrap();
     assert_fails_cleanly(&edge(dir.path(), &["check", "--bundle", "schema"]), &["99"]);
     // a schema version written as a string gets its own message
     std::fs::write(
         d.join("calib.json"),
-        calib.replace("\"schema_version\": 3", "\"schema_version\": \"3\""),
+        calib.replace(&current_schema, "\"schema_version\": \"3\""),
     )
     .unwrap();
     assert_fails_cleanly(

@@ -370,7 +370,10 @@ fn artifact_problems_on_score() {
 
     std::fs::write(
         &p,
-        good.replace("\"schema_version\": 3", "\"schema_version\": 7"),
+        good.replace(
+            &format!("\"schema_version\": {}", oodmon_calibration::SCHEMA_VERSION),
+            "\"schema_version\": 7",
+        ),
     )
     .unwrap();
     assert_fails_cleanly(
