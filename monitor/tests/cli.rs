@@ -462,6 +462,85 @@ fn tls_passwords_and_the_acl_keep_a_vehicle_to_its_own_topics() {
     drop(monitor_as_vehicle);
 }
 
+/// Client certificates instead of passwords (`require_certificate`, the certificate's
+/// name as the username): a vehicle's certificate logs it in, none or one from another CA
+/// does not, the ACL still keeps it to its own topics, and the monitor reads with its own.
+#[test]
+fn client_certificates_log_in_and_the_acl_still_holds() {
+    use oodmon_fleet::client::BrokerConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = oodmon_testkit::Broker::start_cert_auth(dir.path());
+    let d = dir.path();
+    let as_cert = |name: &str| BrokerConfig {
+        url: Some(broker.secure_url()),
+        ca: Some(d.join("ca.pem")),
+        client_cert: Some(d.join(format!("{name}.pem"))),
+        client_key: Some(d.join(format!("{name}.key"))),
+        ..Default::default()
+    };
+    assert_eq!(first_answer(as_cert("v1")), Ok(()), "{}", broker.log());
+    // no certificate
+    assert!(first_answer(BrokerConfig {
+        client_cert: None,
+        client_key: None,
+        ..as_cert("v1")
+    })
+    .is_err());
+    // a certificate named v1 from a CA the broker does not trust
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut other = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let issuer = rcgen::Issuer::new(other, other_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "v1");
+    let forged = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(d.join("forged.pem"), forged.pem()).unwrap();
+    std::fs::write(d.join("forged.key"), key.serialize_pem()).unwrap();
+    assert!(first_answer(as_cert("forged")).is_err());
+
+    let path = |name: &str| d.join(name).to_str().unwrap().to_string();
+    let child = monitor_command(
+        d,
+        &[
+            "--mqtt",
+            &broker.secure_url(),
+            "--ca",
+            &path("ca.pem"),
+            "--cert",
+            &path("monitor.pem"),
+            "--key",
+            &path("monitor.key"),
+            "--fleet",
+            "yard",
+            "--plain",
+            "--seconds",
+            "5",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let v1 = FakeVehicle::connect_with(as_cert("v1"), "v1");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    v1.publish_as("v1", "event", vehicle_event("v1", 0, "OOD", "ood_frames"));
+    v1.publish_as("v2", "event", vehicle_event("v2", 0, "OK", "cleared"));
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("yard/v1 #0 OOD").count(), 1, "{stdout}");
+    assert!(!stdout.contains("yard/v2"), "{stdout}");
+    drop(v1);
+}
+
 /// One HTTP/1.1 request on a fresh connection; the whole response (or, for an event
 /// stream, what arrived until a `data:` line with `until` in it).
 fn http_get(port: u16, path: &str, auth: Option<&str>, until: Option<&str>) -> String {

@@ -47,26 +47,7 @@ impl Broker {
     /// `monitor` may only read `oodmon/#`. Users: `monitor`, `v1`, `v2`, each with the
     /// password in `<user>.pass`; the CA in `ca.pem`; anonymous clients are refused.
     pub fn start_secure(dir: &Path) -> Self {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "oodmon test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let server_key = rcgen::KeyPair::generate().unwrap();
-        let mut server_params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        server_params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress(std::net::IpAddr::from([
-                127, 0, 0, 1,
-            ])));
-        let server = server_params.signed_by(&server_key, &issuer).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
-        std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+        write_ca_and_server(dir);
         let passwd = dir.join("passwd");
         for (i, user) in ["monitor", "v1", "v2"].iter().enumerate() {
             let password = format!("{user}-secret-{i}");
@@ -85,21 +66,41 @@ impl Broker {
                 .success();
             assert!(ok, "mosquitto_passwd");
         }
-        std::fs::write(
-            dir.join("acl"),
-            "# vehicles: their own topics only (username = vehicle id)\n\
-             pattern write oodmon/+/%u/#\n\
-             # the control room reads\n\
-             user monitor\n\
-             topic read oodmon/#\n",
-        )
-        .unwrap();
+        write_acl(dir);
         let d = dir.display();
         Self::start_with(
             dir,
             &format!(
                 "allow_anonymous false\npassword_file {d}/passwd\nacl_file {d}/acl\n\
                  cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n"
+            ),
+        )
+    }
+
+    /// A broker that authenticates clients by certificate (TLS, `require_certificate`,
+    /// the certificate's common name as the username) with the ACL of
+    /// [`Broker::start_secure`]. Client certificates signed by its CA for `monitor`, `v1`
+    /// and `v2`: `<name>.pem` and `<name>.key`; the CA in `ca.pem`; no passwords.
+    pub fn start_cert_auth(dir: &Path) -> Self {
+        let issuer = write_ca_and_server(dir);
+        for name in ["monitor", "v1", "v2"] {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        }
+        write_acl(dir);
+        let d = dir.display();
+        Self::start_with(
+            dir,
+            &format!(
+                "allow_anonymous false\nrequire_certificate true\nuse_identity_as_username true\n\
+                 acl_file {d}/acl\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
+                 keyfile {d}/server.key\n"
             ),
         )
     }
@@ -173,6 +174,45 @@ impl Broker {
             c.wait().unwrap();
         }
     }
+}
+
+/// A fresh CA (`ca.pem`) and a server certificate for localhost and 127.0.0.1 signed by
+/// it (`server.pem`, `server.key`); the CA's issuer, to sign client certificates.
+fn write_ca_and_server(dir: &Path) -> rcgen::Issuer<'static, rcgen::KeyPair> {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "oodmon test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let mut server_params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    server_params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress(std::net::IpAddr::from([
+            127, 0, 0, 1,
+        ])));
+    let server = server_params.signed_by(&server_key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+    issuer
+}
+
+/// The ACL of the secure brokers: a vehicle (username = vehicle id) writes only under its
+/// own id, the user `monitor` only reads.
+fn write_acl(dir: &Path) {
+    std::fs::write(
+        dir.join("acl"),
+        "# vehicles: their own topics only (username = vehicle id)\n\
+         pattern write oodmon/+/%u/#\n\
+         # the control room reads\n\
+         user monitor\n\
+         topic read oodmon/#\n",
+    )
+    .unwrap();
 }
 
 impl Drop for Broker {
