@@ -162,6 +162,32 @@ class OnnxTorch:
         return env[self.output]
 
 
+def cuda_graph_runner(net, shape, device="cuda"):
+    """`net` captured as one CUDA graph on a static input of `shape`: a function from an
+    input tensor (copied in) to the graph's static output (overwritten by the next call)."""
+    static_in = torch.zeros(shape, device=device)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            net(static_in)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = net(static_in)
+
+    def run(x):
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
+    return run
+
+
+def input_shape(path):
+    """The model's input shape, a free batch dimension taken as 1."""
+    return [d.dim_value or 1 for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim]
+
+
 def _percentiles(us):
     us = sorted(us)
     rank = lambda q: us[min(len(us) - 1, max(0, math.ceil(q * len(us)) - 1))]  # noqa: E731
@@ -177,28 +203,13 @@ def main():
     ap.add_argument("--graph", action="store_true", help="replay a captured CUDA graph")
     args = ap.parse_args()
     net = OnnxTorch(args.model, args.device, args.precision)
-    shape = [d.dim_value or 1 for d in
-             onnx.load(args.model).graph.input[0].type.tensor_type.shape.dim]
-    x = torch.randn(*shape, device=args.device)
+    x = torch.randn(*input_shape(args.model), device=args.device)
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     run = lambda: net(x)  # noqa: E731
     if args.graph:
-        static_in = x.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                net(static_in)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = net(static_in)
-
-        def run():
-            static_in.copy_(x)
-            graph.replay()
-            return static_out
+        replay = cuda_graph_runner(net, list(x.shape), args.device)
+        run = lambda: replay(x)  # noqa: E731
     for _ in range(20):
         run()
     sync()

@@ -422,35 +422,15 @@ def encoder_engine(args):
         output_name = sess.get_outputs()[0].name
         return lambda x: sess.run([output_name], {input_name: x})[0][0]
     import torch
-    from onnx_torch import OnnxTorch
+    from onnx_torch import OnnxTorch, cuda_graph_runner, input_shape
     torch.set_num_threads(args.threads)
     device = "cpu" if args.engine == "torch-cpu" else "cuda"
     net = OnnxTorch(path, device, args.precision)
     if args.engine != "torch-cuda-graph":
         # .cpu() waits for the GPU: the embedding is on the host when the call returns
         return lambda x: net(torch.from_numpy(x).to(device)).cpu().numpy()[0]
-    static_in = torch.zeros(net_input_shape(path), device=device)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            net(static_in)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = net(static_in)
-
-    def embed(x):
-        static_in.copy_(torch.from_numpy(x))
-        graph.replay()
-        return static_out.cpu().numpy()[0]
-    return embed
-
-
-def net_input_shape(path):
-    import onnx
-    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
-    return [d.dim_value or 1 for d in dims]
+    replay = cuda_graph_runner(net, input_shape(path), device)
+    return lambda x: replay(torch.from_numpy(x)).cpu().numpy()[0]
 
 
 def engine_versions(engine):

@@ -9,7 +9,16 @@
 //!
 //! ```sh
 //! cargo run --release -p oodmon-monitor --example fleet_load -- 50 200 800 --seconds 20
+//! # the peer: Mosquitto's own C client (`mosquitto_sub`) consuming the same load
+//! cargo run --release -p oodmon-monitor --example fleet_load -- 3200 6400 --peer
 //! ```
+//!
+//! With `--peer`, `mosquitto_sub -F '%U %p'` takes the monitor's place: it subscribes to the
+//! same topics (QoS 1; the load's scores and heartbeats are QoS 0, so they arrive at 0) and
+//! prints each message's arrival time and payload; this process reads its output and takes
+//! the lag from the payload's `time_ms`. The C client parses nothing, so where it keeps up
+//! and the monitor does not, the monitor is the limit; where neither does, the broker or
+//! the load generator is.
 //!
 //! The vehicles run in a child process (one tokio runtime, one MQTT connection each); the
 //! broker is started on a free loopback port (`oodmon-testkit`). All three share this
@@ -30,12 +39,7 @@ fn now_ms() -> u64 {
 }
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    rss_kib_of("/proc/self/status")
 }
 
 /// The child: `n` vehicles publishing until killed.
@@ -197,16 +201,25 @@ fn run(port: u16, n: usize, seconds: u64) -> String {
     let _ = child.wait();
     let _ = client.disconnect();
     let vehicles_seen = view.vehicles().count();
+    format!(
+        "| {n} | {vehicles_seen} | {} | {:.0}% | {} | {} KB in {snapshot_ms:.1} ms |",
+        lag_columns(&windows),
+        100.0 * cpu as f64 / (seconds as f64 * 1000.0 + 3000.0),
+        rss_peak / 1024,
+        json_len / 1024
+    )
+}
+
+/// Messages a second, lag p50 / p99 / max, the p99 of the first third against the last
+/// third, and whether it keeps up (p99 under 1 s and not growing), as table cells.
+fn lag_columns(windows: &[Window]) -> String {
+    let lags = |w: &[Window]| w.iter().flat_map(|w| w.lags.clone()).collect::<Vec<u64>>();
     let third = (windows.len() / 3).max(1);
-    let mut first: Vec<u64> = windows[..third]
-        .iter()
-        .flat_map(|w| w.lags.clone())
-        .collect();
-    let mut last: Vec<u64> = windows[windows.len() - third..]
-        .iter()
-        .flat_map(|w| w.lags.clone())
-        .collect();
-    let mut all: Vec<u64> = windows.iter().flat_map(|w| w.lags.clone()).collect();
+    let (mut first, mut last, mut all) = (
+        lags(&windows[..third]),
+        lags(&windows[windows.len() - third..]),
+        lags(windows),
+    );
     let rate = windows.iter().map(|w| w.messages).sum::<u64>() as f64 / windows.len() as f64;
     let (p50, p99, max) = (
         percentile(&mut all, 0.5),
@@ -216,17 +229,103 @@ fn run(port: u16, n: usize, seconds: u64) -> String {
     let (p99_first, p99_last) = (percentile(&mut first, 0.99), percentile(&mut last, 0.99));
     let keeps_up = p99 < 1000 && p99_last <= p99_first.max(50) * 2;
     format!(
-        "| {n} | {vehicles_seen} | {rate:.0} | {p50} | {p99} | {max} | {p99_first} -> {p99_last} | {:.0}% | {} | {} | {} KB in {snapshot_ms:.1} ms |",
+        "{rate:.0} | {p50} | {p99} | {max} | {p99_first} -> {p99_last} | {}",
+        if keeps_up { "yes" } else { "**no**" }
+    )
+}
+
+/// One run with `n` vehicles and `mosquitto_sub` as the consumer: the table row.
+fn run_peer(port: u16, n: usize, seconds: u64) -> String {
+    use std::io::BufRead;
+    let me = std::env::current_exe().unwrap();
+    let mut child = Command::new(me)
+        .args(["--publish", &port.to_string(), &n.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-i", &format!("load-peer-{n}"), "-t", "oodmon/load/+/+"])
+        .args(["-F", "%U %p"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub (Debian's mosquitto-clients)");
+    let pid = sub.id();
+    let lines = std::io::BufReader::new(sub.stdout.take().unwrap()).lines();
+    let warmup = Instant::now() + Duration::from_secs(3);
+    let end = warmup + Duration::from_secs(seconds);
+    let mut windows: Vec<Window> = Vec::new();
+    let mut current = Window {
+        lags: Vec::new(),
+        messages: 0,
+    };
+    let mut next_window = warmup + Duration::from_secs(1);
+    let mut rss_peak = 0;
+    let cpu_start = cpu_ms_of(&format!("/proc/{pid}/stat"));
+    for line in lines {
+        let Ok(line) = line else { break };
+        if Instant::now() >= warmup {
+            current.messages += 1;
+            // "SECONDS.NANOS {json}": arrival, then the payload's time stamp
+            let arrived = line
+                .split_once(' ')
+                .and_then(|(t, _)| t.parse::<f64>().ok())
+                .map(|t| (t * 1000.0) as u64);
+            let sent = line.split_once("\"time_ms\":").and_then(|(_, rest)| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .find(|d| !d.is_empty())?
+                    .parse::<u64>()
+                    .ok()
+            });
+            if let (Some(a), Some(t)) = (arrived, sent) {
+                current.lags.push(a.saturating_sub(t));
+            }
+        }
+        if Instant::now() >= next_window {
+            rss_peak = rss_peak.max(rss_kib_of(&format!("/proc/{pid}/status")));
+            windows.push(std::mem::replace(
+                &mut current,
+                Window {
+                    lags: Vec::new(),
+                    messages: 0,
+                },
+            ));
+            next_window += Duration::from_secs(1);
+        }
+        if Instant::now() >= end {
+            break;
+        }
+    }
+    let cpu = cpu_ms_of(&format!("/proc/{pid}/stat")) - cpu_start;
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let _ = child.kill();
+    let _ = child.wait();
+    format!(
+        "| {n} (mosquitto_sub) | - | {} | {:.0}% | {} | - |",
+        lag_columns(&windows),
         100.0 * cpu as f64 / (seconds as f64 * 1000.0 + 3000.0),
         rss_peak / 1024,
-        if keeps_up { "yes" } else { "**no**" },
-        json_len / 1024
     )
+}
+
+fn rss_kib_of(path: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// CPU time of this process (user + system), milliseconds.
 fn cpu_ms() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_ms_of("/proc/self/stat")
+}
+
+/// CPU time (user + system) of the process whose `/proc/PID/stat` this is, milliseconds.
+fn cpu_ms_of(path: &str) -> u64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
         .next()
@@ -247,9 +346,12 @@ fn main() {
     }
     let mut counts = Vec::new();
     let mut seconds = 20;
+    let mut peer = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        if a == "--seconds" {
+        if a == "--peer" {
+            peer = true;
+        } else if a == "--seconds" {
             seconds = it.next().expect("--seconds N").parse().unwrap();
         } else {
             counts.push(a.parse::<usize>().expect("vehicle counts, e.g. 50 200 800"));
@@ -264,10 +366,14 @@ fn main() {
         "{seconds} s per run after 3 s of warm-up; each vehicle: 10 scores/s, 5 heartbeats/s, 3 events every 10 s"
     );
     println!(
-        "| vehicles | seen | messages/s | lag p50 ms | lag p99 ms | lag max ms | p99 first third -> last third | monitor CPU | monitor RSS MiB | keeps up | dashboard snapshot |"
+        "| vehicles | seen | messages/s | lag p50 ms | lag p99 ms | lag max ms | p99 first third -> last third | keeps up | consumer CPU | consumer RSS MiB | dashboard snapshot |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for n in counts {
-        println!("{}", run(broker.port, n, seconds));
+        if peer {
+            println!("{}", run_peer(broker.port, n, seconds));
+        } else {
+            println!("{}", run(broker.port, n, seconds));
+        }
     }
 }

@@ -388,14 +388,8 @@ fn tls_passwords_and_the_acl_keep_a_vehicle_to_its_own_topics() {
     };
     assert!(first_answer(anonymous).is_err());
     // a CA that did not sign the broker's certificate: the TLS handshake fails
-    let other_key = rcgen::KeyPair::generate().unwrap();
-    let mut other = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    std::fs::write(
-        d.join("other-ca.pem"),
-        other.self_signed(&other_key).unwrap().pem(),
-    )
-    .unwrap();
+    let (other, _) = untrusted_ca();
+    std::fs::write(d.join("other-ca.pem"), other.pem()).unwrap();
     let other_ca = BrokerConfig {
         ca: Some(d.join("other-ca.pem")),
         ..as_user("v1")
@@ -414,29 +408,17 @@ fn tls_passwords_and_the_acl_keep_a_vehicle_to_its_own_topics() {
     .is_err());
 
     let pass = d.join("monitor.pass");
-    let ca = d.join("ca.pem");
-    let child = monitor_command(
+    let child = secure_monitor(
         d,
+        &broker,
         &[
-            "--mqtt",
-            &broker.secure_url(),
-            "--ca",
-            ca.to_str().unwrap(),
             "--username",
             "monitor",
             "--password-file",
             pass.to_str().unwrap(),
-            "--fleet",
-            "yard",
-            "--plain",
-            "--seconds",
-            "6",
         ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+        6,
+    );
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let v1 = FakeVehicle::connect_with(as_user("v1"), "v1");
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -487,10 +469,7 @@ fn client_certificates_log_in_and_the_acl_still_holds() {
     })
     .is_err());
     // a certificate named v1 from a CA the broker does not trust
-    let other_key = rcgen::KeyPair::generate().unwrap();
-    let mut other = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let issuer = rcgen::Issuer::new(other, other_key);
+    let (_, issuer) = untrusted_ca();
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params
@@ -502,28 +481,17 @@ fn client_certificates_log_in_and_the_acl_still_holds() {
     assert!(first_answer(as_cert("forged")).is_err());
 
     let path = |name: &str| d.join(name).to_str().unwrap().to_string();
-    let child = monitor_command(
+    let child = secure_monitor(
         d,
+        &broker,
         &[
-            "--mqtt",
-            &broker.secure_url(),
-            "--ca",
-            &path("ca.pem"),
             "--cert",
             &path("monitor.pem"),
             "--key",
             &path("monitor.key"),
-            "--fleet",
-            "yard",
-            "--plain",
-            "--seconds",
-            "5",
         ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+        5,
+    );
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let v1 = FakeVehicle::connect_with(as_cert("v1"), "v1");
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -539,6 +507,34 @@ fn client_certificates_log_in_and_the_acl_still_holds() {
     assert_eq!(stdout.matches("yard/v1 #0 OOD").count(), 1, "{stdout}");
     assert!(!stdout.contains("yard/v2"), "{stdout}");
     drop(v1);
+}
+
+/// `oodmon-monitor --plain` on a broker from `start_secure` / `start_cert_auth` (its CA in
+/// `ca.pem`), logged in with `login`, for `seconds`.
+fn secure_monitor(
+    d: &Path,
+    broker: &oodmon_testkit::Broker,
+    login: &[&str],
+    seconds: u32,
+) -> std::process::Child {
+    let (url, ca, seconds) = (broker.secure_url(), d.join("ca.pem"), seconds.to_string());
+    let mut args = vec!["--mqtt", url.as_str(), "--ca", ca.to_str().unwrap()];
+    args.extend_from_slice(login);
+    args.extend_from_slice(&["--fleet", "yard", "--plain", "--seconds", &seconds]);
+    monitor_command(d, &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A CA no broker here trusts: its certificate and its issuer.
+fn untrusted_ca() -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    (cert, rcgen::Issuer::new(params, key))
 }
 
 /// One HTTP/1.1 request on a fresh connection; the whole response (or, for an event
