@@ -144,26 +144,20 @@ fn backend_tests(python: &Path) -> Result {
         ])
         .args(["--test", "backends"])
         .env("ORT_DYLIB_PATH", &library))?;
+    // the edge's backend tests, and calibrating on onnxruntime (`fit-model --backend
+    // onnxruntime`), in one build: oodmon-calibrate alone would unify its dependencies'
+    // features differently and build tract once more (a disk filled up that way)
     run(cargo()
         .args([
             "test",
             "-p",
             "oodmon-edge",
-            "--features",
-            "onnxruntime,tract-cuda",
-        ])
-        .args(["--test", "it", "--", "backend", "onnxruntime"])
-        .env("ORT_DYLIB_PATH", &library))?;
-    // calibrating on onnxruntime (`fit-model --backend onnxruntime`)
-    run(cargo()
-        .args([
-            "test",
             "-p",
             "oodmon-calibrate",
             "--features",
-            "onnxruntime",
         ])
-        .args(["--test", "it", "--", "fit_model_records"])
+        .arg("oodmon-edge/onnxruntime,oodmon-edge/tract-cuda,oodmon-calibrate/onnxruntime")
+        .args(["--test", "it", "--", "backend", "onnxruntime"])
         .env("ORT_DYLIB_PATH", &library))
 }
 
