@@ -41,7 +41,11 @@ fn onnxruntime_and_the_checker_agree_with_tract_on_efficientnet_lite0_exports() 
     tch::manual_seed(12);
     let (vs, net) = train::build(&cfg, Device::Cpu);
     tch::no_grad(|| {
-        for (name, mut t) in vs.variables() {
+        // in name order: the map's own order changes from run to run, and with it which
+        // statistics each random draw lands in
+        let mut variables: Vec<_> = vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, mut t) in variables {
             if name.ends_with("running_mean") {
                 let r = t.rand_like() * 0.4 - 0.2;
                 t.copy_(&r);
@@ -156,23 +160,25 @@ fn exports_agree(what: &str, bytes: &[u8], pixels: usize, min_cosine: f64, opera
             "{what} {name} vs float mean cosine: tract {tract_cos:.6}, onnxruntime {ort_cos:.6}"
         );
         if name == "int8-qdq" {
-            // the peer follows the file's activation rounding: most rows equal tract's to
-            // float rounding, a row where one rounding to int8 falls the other way less so
+            // the peer follows the file's activation rounding: a row equals tract's to float
+            // rounding (3e-7 seen) unless one rounding to int8 falls the other way between
+            // the two float paths, which moves a deep network's embedding by up to about 1%
+            // (4e-3 to 6.5e-3 seen)
             let peer = torch_peer(dir.path(), &path, "qdq");
             let mut q = Encoder::load(&path).unwrap().session().unwrap();
-            let mut close = 0;
+            let mut exact = 0;
             for i in 0..n {
                 let ours = q.embed(&inputs[i * len..(i + 1) * len]).unwrap();
                 let scale = ours.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
                 let rel = max_abs_diff(ours, peer.row(i)) / scale;
                 eprintln!("{what} int8-qdq row {i}: tract vs onnx_torch.py qdq {rel:.2e}");
-                close += usize::from(rel <= 1e-3);
-                assert!(cosine(ours, peer.row(i)) >= 0.99, "{what} row {i}");
+                assert!(rel <= 2e-2, "{what} row {i}: {rel}");
+                assert!(cosine(ours, peer.row(i)) >= 0.9999, "{what} row {i}");
+                exact += usize::from(rel <= 1e-5);
             }
-            assert!(
-                close * 2 >= n,
-                "{what}: only {close} of {n} rows agree to 1e-3"
-            );
+            // a peer that ran the float network instead would be off on every row (the
+            // weights' and activations' int8 rounding: 6e-3 here)
+            assert!(exact >= 1, "{what}: no row equals tract's");
         }
         assert!(tract_cos >= min_cosine, "tract {what} {name}: {tract_cos}");
         assert!(

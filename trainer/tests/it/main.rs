@@ -687,7 +687,11 @@ fn exported_efficientnet_lite0_in_tract_matches_the_tch_forward_pass() {
     let (vs, net) = train::build(&cfg, Device::Cpu);
     // batch norm with statistics that are not 0 and 1
     tch::no_grad(|| {
-        for (name, mut t) in vs.variables() {
+        // in name order: the map's own order changes from run to run, and with it which
+        // statistics each random draw lands in
+        let mut variables: Vec<_> = vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, mut t) in variables {
             if name.ends_with("running_mean") {
                 let r = t.rand_like() * 0.4 - 0.2;
                 t.copy_(&r);
