@@ -19,10 +19,11 @@ use crc::{Crc, CRC_32_ISCSI};
 pub mod receiver;
 
 /// Protocol version carried in every message. Version 1 had no session id and no heartbeat
-/// period; version 3 added the camera reasons (codes 12-17). A receiver refuses another
-/// version's frames by their version byte, so an old controller fails safe on a new sender
-/// (version mismatch, then link lost) instead of misreading a reason.
-pub const VERSION: u8 = 3;
+/// period; version 3 added the camera reasons (codes 12-17), version 4 the oversaturated
+/// camera (18). A receiver refuses another version's frames by their version byte, so an
+/// old controller fails safe on a new sender (version mismatch, then link lost) instead of
+/// misreading a reason.
+pub const VERSION: u8 = 4;
 /// Header bytes: version (1), type (1), session (4), sequence (4), timestamp in ms (8).
 pub const HEADER_LEN: usize = 18;
 /// CRC-32C (Castagnoli, as iSCSI) over header and payload.
@@ -110,6 +111,9 @@ pub enum Reason {
     CameraNoisy = 16,
     /// ... too blurred (defocus, motion, water on the lens).
     CameraBlurred = 17,
+    /// ... colours more saturated than any calibration frame (a colour pipeline, white
+    /// balance or gain gone wrong).
+    CameraOversaturated = 18,
 }
 
 impl Reason {
@@ -134,6 +138,7 @@ impl Reason {
             15 => CameraOccluded,
             16 => CameraNoisy,
             17 => CameraBlurred,
+            18 => CameraOversaturated,
             _ => return Option::None,
         })
     }
@@ -159,6 +164,7 @@ impl Reason {
             CameraOccluded => "camera_occluded",
             CameraNoisy => "camera_noisy",
             CameraBlurred => "camera_blurred",
+            CameraOversaturated => "camera_oversaturated",
         }
     }
 }
@@ -187,6 +193,7 @@ impl AlarmState {
                     | CameraOccluded
                     | CameraNoisy
                     | CameraBlurred
+                    | CameraOversaturated
             ),
         }
     }

@@ -246,15 +246,15 @@ pub(crate) fn examples() -> [(Packet, &'static str, &'static str); 3] {
 }
 
 const RAW_HEARTBEAT: &str =
-    "03 01 e3 91 5c 2a 00 00 00 00 00 70 c2 c7 9a 01 00 00 02 09 c8 00 e6 73 53 7b";
+    "04 01 e3 91 5c 2a 00 00 00 00 00 70 c2 c7 9a 01 00 00 02 09 c8 00 1b 8c d6 ea";
 const WIRE_HEARTBEAT: &str =
-    "07 03 01 e3 91 5c 2a 01 01 01 01 06 70 c2 c7 9a 01 01 04 02 09 c8 05 e6 73 53 7b 00";
+    "07 04 01 e3 91 5c 2a 01 01 01 01 06 70 c2 c7 9a 01 01 04 02 09 c8 05 1b 8c d6 ea 00";
 const RAW_STATE_CHANGE: &str =
-    "03 02 e3 91 5c 2a 01 00 00 00 fa 70 c2 c7 9a 01 00 00 01 01 00 00 20 3f 7a c6 83 dd";
+    "04 02 e3 91 5c 2a 01 00 00 00 fa 70 c2 c7 9a 01 00 00 01 01 00 00 20 3f c3 10 58 f4";
 const WIRE_STATE_CHANGE: &str =
-    "08 03 02 e3 91 5c 2a 01 01 01 07 fa 70 c2 c7 9a 01 01 03 01 01 01 07 20 3f 7a c6 83 dd 00";
-const RAW_SCORE: &str = "03 03 e3 91 5c 2a 02 00 00 00 2c 71 c2 c7 9a 01 00 00 00 00 20 3f 00 00 00 3f 03 00 01 33 03 13 74 ea 7e";
-const WIRE_SCORE: &str = "08 03 03 e3 91 5c 2a 02 01 01 07 2c 71 c2 c7 9a 01 01 01 01 03 20 3f 01 01 03 3f 03 08 01 33 03 13 74 ea 7e 00";
+    "08 04 02 e3 91 5c 2a 01 01 01 07 fa 70 c2 c7 9a 01 01 03 01 01 01 07 20 3f c3 10 58 f4 00";
+const RAW_SCORE: &str = "04 03 e3 91 5c 2a 02 00 00 00 2c 71 c2 c7 9a 01 00 00 00 00 20 3f 00 00 00 3f 03 00 01 33 03 41 21 72 10";
+const WIRE_SCORE: &str = "08 04 03 e3 91 5c 2a 02 01 01 07 2c 71 c2 c7 9a 01 01 01 01 03 20 3f 01 01 03 3f 03 08 01 33 03 41 21 72 10 00";
 
 fn hex(bytes: &[u8]) -> std::string::String {
     let parts: Vec<std::string::String> = bytes.iter().map(|b| std::format!("{b:02x}")).collect();
@@ -341,6 +341,9 @@ fn overlong_and_bad_frames_have_typed_errors() {
 /// Version 1's first worked example (PROTOCOL.md of version 1): this receiver refuses it by
 /// its version byte, with a message that says what to do.
 const V1_HEARTBEAT_WIRE: &str = "04 01 01 01 01 01 01 06 70 c2 c7 9a 01 01 01 01 05 38 fc f1 bc 00";
+/// Version 3's first worked example (before the oversaturated camera): refused the same way.
+const V3_HEARTBEAT_WIRE: &str =
+    "07 03 01 e3 91 5c 2a 01 01 01 01 06 70 c2 c7 9a 01 01 04 02 09 c8 05 e6 73 53 7b 00";
 /// Version 2's first worked example (before the camera reasons): refused the same way.
 const V2_HEARTBEAT_WIRE: &str =
     "07 02 01 e3 91 5c 2a 01 01 01 01 06 70 c2 c7 9a 01 01 04 02 09 c8 05 52 9d 46 27 00";
@@ -357,11 +360,13 @@ fn a_version_1_frame_is_refused_by_its_version_byte() {
     assert_eq!(got, [Err(DecodeError::Version(1))]);
     let text = std::format!("{}", DecodeError::Version(1));
     assert!(
-        text.contains("version 1") && text.contains("version 3"),
+        text.contains("version 1") && text.contains("version 4"),
         "{text}"
     );
     let got = decode_all(&unhex(V2_HEARTBEAT_WIRE));
     assert_eq!(got, [Err(DecodeError::Version(2))]);
+    let got = decode_all(&unhex(V3_HEARTBEAT_WIRE));
+    assert_eq!(got, [Err(DecodeError::Version(3))]);
 }
 
 /// What a version 1 receiver did with a frame (its `from_bytes` up to the version check):
@@ -382,10 +387,10 @@ fn v1_receiver_verdict(raw: &[u8]) -> Result<(), u8> {
 }
 
 #[test]
-fn a_version_1_receiver_refuses_version_3_frames_by_their_version_byte() {
+fn a_version_1_receiver_refuses_version_4_frames_by_their_version_byte() {
     for (packet, _, _) in examples() {
         let mut raw = [0u8; MAX_MESSAGE];
         let n = packet.to_bytes(&mut raw);
-        assert_eq!(v1_receiver_verdict(&raw[..n]), Err(3));
+        assert_eq!(v1_receiver_verdict(&raw[..n]), Err(VERSION));
     }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent receiver for the oodmon alarm protocol, version 3, written from PROTOCOL.md alone.
+"""Independent receiver for the oodmon alarm protocol, version 4, written from PROTOCOL.md alone.
 
 Usage: protocol_receiver.py FILE|-      decode raw wire bytes, print one JSON event per line
        protocol_receiver.py --self-test check against the worked examples in PROTOCOL.md
@@ -11,7 +11,7 @@ import struct
 import sys
 from collections import deque
 
-VERSION = 3
+VERSION = 4
 HEADER_LEN, CRC_LEN = 18, 4
 MAX_ENCODED = 36  # "Largest frame on the wire: 37 bytes including the delimiter"
 STATES = {0: "OK", 1: "OOD", 2: "FAULT"}
@@ -23,6 +23,7 @@ REASONS = {
     11: ("frames_dropped", {2}), 12: ("camera_dark", {2}), 13: ("camera_overexposed", {2}),
     14: ("camera_low_contrast", {2}), 15: ("camera_occluded", {2}), 16: ("camera_noisy", {2}),
     17: ("camera_blurred", {2}),
+    18: ("camera_oversaturated", {2}),
 }
 TYPES = {1: ("heartbeat", 4), 2: ("state_change", 6), 3: ("score", 13)}
 PAYLOAD_FMT = {1: "<BBH", 2: "<BBf", 3: "<ffHBH"}
@@ -202,18 +203,18 @@ class Receiver:
         return dict({"event": "summary"}, **self.counts)
 
 EXAMPLES = [  # (message hex, wire hex, expected fields) from PROTOCOL.md "Worked examples"
-    ("03 01 e3 91 5c 2a 00 00 00 00 00 70 c2 c7 9a 01 00 00 02 09 c8 00 e6 73 53 7b",
-     "07 03 01 e3 91 5c 2a 01 01 01 01 06 70 c2 c7 9a 01 01 04 02 09 c8 05 e6 73 53 7b 00",
+    ("04 01 e3 91 5c 2a 00 00 00 00 00 70 c2 c7 9a 01 00 00 02 09 c8 00 1b 8c d6 ea",
+     "07 04 01 e3 91 5c 2a 01 01 01 01 06 70 c2 c7 9a 01 01 04 02 09 c8 05 1b 8c d6 ea 00",
      {"type": 1, "session": 0x2A5C91E3, "sequence": 0, "timestamp_ms": 1764288000000,
       "state": 2, "reason": 9, "period_ms": 200}),
-    ("03 02 e3 91 5c 2a 01 00 00 00 fa 70 c2 c7 9a 01 00 00 01 01 00 00 20 3f 7a c6 83 dd",
-     "08 03 02 e3 91 5c 2a 01 01 01 07 fa 70 c2 c7 9a 01 01 03 01 01 01 07 20 3f 7a c6 83 dd 00",
+    ("04 02 e3 91 5c 2a 01 00 00 00 fa 70 c2 c7 9a 01 00 00 01 01 00 00 20 3f c3 10 58 f4",
+     "08 04 02 e3 91 5c 2a 01 01 01 07 fa 70 c2 c7 9a 01 01 03 01 01 01 07 20 3f c3 10 58 f4 00",
      {"type": 2, "session": 0x2A5C91E3, "sequence": 1, "timestamp_ms": 1764288000250,
       "state": 1, "reason": 1, "period_ms": None, "score": 0.625}),
-    ("03 03 e3 91 5c 2a 02 00 00 00 2c 71 c2 c7 9a 01 00 00 00 00 20 3f 00 00 00 3f 03 00 01 "
-     "33 03 13 74 ea 7e",
-     "08 03 03 e3 91 5c 2a 02 01 01 07 2c 71 c2 c7 9a 01 01 01 01 03 20 3f 01 01 03 3f 03 08 "
-     "01 33 03 13 74 ea 7e 00",
+    ("04 03 e3 91 5c 2a 02 00 00 00 2c 71 c2 c7 9a 01 00 00 00 00 20 3f 00 00 00 3f 03 00 01 "
+     "33 03 41 21 72 10",
+     "08 04 03 e3 91 5c 2a 02 01 01 07 2c 71 c2 c7 9a 01 01 01 01 03 20 3f 01 01 03 3f 03 08 "
+     "01 33 03 41 21 72 10 00",
      {"type": 3, "session": 0x2A5C91E3, "sequence": 2, "timestamp_ms": 1764288000300,
       "state": None, "reason": None, "period_ms": None, "score": 0.625, "threshold": 0.5,
       "cluster": 3, "decision": 1, "p_value": round(0.0125 * 65534)}),

@@ -14,12 +14,13 @@ use crate::quality::QualityBounds;
 use crate::threshold::Thresholds;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 /// The oldest schema version this build reads, migrating it on load: version 1 had no
 /// image-quality bounds (its frames are not guarded until `oodmon-calibrate guards` adds
 /// them); version 2 had no noise and detail bounds (its other bounds are kept, and
 /// `guards` refits all of them); version 3 did not name the runtime that computed its
-/// embeddings (it was always tract).
+/// embeddings (it was always tract); version 4 had no saturation and black-level bounds
+/// (its other bounds are kept, and `guards` refits all of them).
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 const FORMAT: &str = "oodmon-calibration";
 
@@ -375,9 +376,12 @@ fn migrate(value: &mut serde_json::Value, from: u64) {
     }
     // schema 3 added the optional noise and detail bounds: a schema 2 file reads as it is,
     // without them
+    // schema 5 added the optional saturation and black-level bounds: likewise
     if let Some(o) = value.as_object_mut() {
-        // schema 4 names the backend the embeddings came from; before, always tract
-        o.insert("embedded_on".into(), DEFAULT_EMBEDDED_ON.into());
+        if from < 4 {
+            // schema 4 names the backend the embeddings came from; before, always tract
+            o.insert("embedded_on".into(), DEFAULT_EMBEDDED_ON.into());
+        }
         o.insert("schema_version".into(), SCHEMA_VERSION.into());
     }
 }

@@ -44,7 +44,19 @@ pub struct ImageQuality {
     /// too small for both scales.
     #[serde(default)]
     pub detail: f32,
+    /// Mean HSV saturation, 0-1 (0 where a measure was made from luma alone): a colour
+    /// pipeline gone wrong (saturation or gain boosted per channel) raises it.
+    #[serde(default)]
+    pub saturation: f32,
+    /// The black level: the 2nd percentile of luma, 0-1, to 1/256. Glare, flare and an
+    /// overexposed or brightened picture lift the darkest parts of the frame, which natural
+    /// scenes keep dark (shadows) even when bright overall.
+    #[serde(default)]
+    pub black_level: f32,
 }
+
+/// The share of pixels the black level is read at.
+const BLACK_LEVEL_QUANTILE: f32 = 0.02;
 
 /// Measures a luma plane (`width x height`, values in 0-1).
 pub fn measure_luma(luma: &[f32], width: usize, height: usize) -> Result<ImageQuality> {
@@ -69,6 +81,7 @@ pub fn measure_luma(luma: &[f32], width: usize, height: usize) -> Result<ImageQu
     }
     let lap_mean = lap_sum / lap_n;
     let dark = luma.iter().filter(|&&v| v <= 0.02).count() as f32 / n;
+    let black_level = low_quantile(luma, BLACK_LEVEL_QUANTILE);
     let bright = luma.iter().filter(|&&v| v >= 0.98).count() as f32 / n;
     let (mut flat, mut cells) = (0usize, 0usize);
     for cy in (0..height.saturating_sub(3)).step_by(4) {
@@ -89,6 +102,8 @@ pub fn measure_luma(luma: &[f32], width: usize, height: usize) -> Result<ImageQu
         blockiness: blockiness(luma, width, height),
         noise: noise_sigma(luma, width, height),
         detail: detail_ratio(luma, width, height),
+        saturation: 0.0,
+        black_level,
         mean_luma: mean,
         contrast: var.max(0.0).sqrt(),
         sharpness: (lap_sq / lap_n - lap_mean * lap_mean).max(0.0),
@@ -100,6 +115,51 @@ pub fn measure_luma(luma: &[f32], width: usize, height: usize) -> Result<ImageQu
             0.0
         },
     })
+}
+
+/// The `p` quantile of values in 0-1, to 1/256, from a histogram on the stack (no
+/// allocation, one pass); NaN values count as 0 and values out of range are clamped.
+fn low_quantile(values: &[f32], p: f32) -> f32 {
+    let mut histogram = [0u32; 256];
+    for &v in values {
+        // `as` saturates, and maps NaN to 0
+        histogram[((v * 256.0) as usize).min(255)] += 1;
+    }
+    let want = (p * values.len() as f32).ceil().max(1.0) as u32;
+    let mut seen = 0;
+    for (bin, &count) in histogram.iter().enumerate() {
+        seen += count;
+        if seen >= want {
+            return bin as f32 / 256.0;
+        }
+    }
+    1.0
+}
+
+/// Mean HSV saturation of packed RGB values in 0-1 (`(max - min) / max`, 0 for black), as
+/// the corruption benchmark's saturation changes it.
+fn saturation_of(pixel: [f32; 3]) -> f32 {
+    let max = pixel[0].max(pixel[1]).max(pixel[2]);
+    let min = pixel[0].min(pixel[1]).min(pixel[2]);
+    if max > 1e-6 {
+        ((max - min) / max).clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
+/// Measures packed RGB bytes (`width x height`): the luma measures and the colour ones.
+pub fn measure_rgb8(rgb: &[u8], width: usize, height: usize) -> Result<ImageQuality> {
+    let mut luma = Vec::new();
+    luma_of_rgb8(rgb, &mut luma);
+    let mut q = measure_luma(&luma, width, height)?;
+    let n = (rgb.len() / 3).max(1) as f32;
+    q.saturation = rgb
+        .chunks_exact(3)
+        .map(|p| saturation_of([p[0] as f32, p[1] as f32, p[2] as f32]))
+        .sum::<f32>()
+        / n;
+    Ok(q)
 }
 
 /// Immerkaer's fast noise estimate: `sqrt(pi / 2) / (6 (W - 2) (H - 2))` times the sum of
@@ -228,16 +288,20 @@ pub enum CameraFault {
     Noisy,
     /// Too little fine detail: defocus, motion blur, water on the lens.
     Blurred,
+    /// Colours more saturated than any calibration image: a colour pipeline, white balance
+    /// or gain gone wrong.
+    Oversaturated,
 }
 
 impl CameraFault {
-    pub const ALL: [CameraFault; 6] = [
+    pub const ALL: [CameraFault; 7] = [
         CameraFault::Dark,
         CameraFault::Overexposed,
         CameraFault::LowContrast,
         CameraFault::Occluded,
         CameraFault::Noisy,
         CameraFault::Blurred,
+        CameraFault::Oversaturated,
     ];
 
     /// The alarm reason's name (`camera_dark`, ...).
@@ -249,6 +313,7 @@ impl CameraFault {
             CameraFault::LowContrast => "camera_low_contrast",
             CameraFault::Noisy => "camera_noisy",
             CameraFault::Blurred => "camera_blurred",
+            CameraFault::Oversaturated => "camera_oversaturated",
         }
     }
 }
@@ -293,6 +358,13 @@ pub struct QualityBounds {
     /// Lower bound on [`ImageQuality::detail`] (schema 3, as `noise_max`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail_min: Option<f32>,
+    /// Upper bound on [`ImageQuality::saturation`] (schema 5; absent in migrated artifacts
+    /// until `oodmon-calibrate guards` refits them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saturation_max: Option<f32>,
+    /// Upper bound on [`ImageQuality::black_level`] (schema 5, as `saturation_max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub black_level_max: Option<f32>,
 }
 
 impl std::fmt::Display for QualityBounds {
@@ -316,6 +388,12 @@ impl std::fmt::Display for QualityBounds {
         }
         if let Some(d) = self.detail_min {
             write!(f, ", detail >= {d:.3}")?;
+        }
+        if let Some(s) = self.saturation_max {
+            write!(f, ", saturation <= {s:.3}")?;
+        }
+        if let Some(b) = self.black_level_max {
+            write!(f, ", black level <= {b:.3}")?;
         }
         write!(
             f,
@@ -381,6 +459,8 @@ impl QualityBounds {
             blockiness_max: q(|m| m.blockiness, hi)?,
             noise_max: Some(q(|m| m.noise, hi)?),
             detail_min: Some(q(|m| m.detail, lo)?),
+            saturation_max: Some(q(|m| m.saturation, hi)?),
+            black_level_max: Some(q(|m| m.black_level, hi)?),
         })
     }
 
@@ -398,6 +478,8 @@ impl QualityBounds {
             self.blockiness_max,
             self.noise_max.unwrap_or(0.0),
             self.detail_min.unwrap_or(0.0),
+            self.saturation_max.unwrap_or(0.0),
+            self.black_level_max.unwrap_or(0.0),
         ];
         if all.iter().any(|v| !v.is_finite())
             || self.mean_luma.low > self.mean_luma.high
@@ -414,6 +496,23 @@ impl QualityBounds {
     /// The fault a frame with these measures shows, if any. NaN measures (an input that is
     /// no picture) fail every bound, as dark.
     pub fn check(&self, m: &ImageQuality) -> Option<CameraFault> {
+        // NaN noise and detail fail too
+        let noisy = self
+            .noise_max
+            .is_some_and(|b| m.noise.is_nan() || m.noise > b);
+        // Boosted saturation darkens a picture (its weaker channels fall) and lifts the noise
+        // estimate a little, so it is named before exposure; per-channel sensor noise colours
+        // grey pixels too: when both bounds fail, the measure furthest outside its bound names
+        // the cause.
+        if let Some(b) = self.saturation_max {
+            let excess = |v: f32, bound: Option<f32>| v / bound.unwrap_or(f32::MAX).max(1e-9);
+            if m.saturation.is_nan()
+                || (m.saturation > b
+                    && (!noisy || excess(m.saturation, Some(b)) > excess(m.noise, self.noise_max)))
+            {
+                return Some(CameraFault::Oversaturated);
+            }
+        }
         // a uniform region beside a picture that keeps its contrast: something on the lens
         // (a uniformly dark, bright or hazy frame is flat too, and is named below)
         if m.flat_share > self.flat_share_max && m.contrast >= self.contrast_min {
@@ -432,13 +531,16 @@ impl QualityBounds {
         if m.contrast.is_nan() || m.contrast < self.contrast_min {
             return Some(CameraFault::LowContrast);
         }
+        // lifted blacks with the contrast kept: a washed-out picture (NaN fails too)
+        if self
+            .black_level_max
+            .is_some_and(|b| m.black_level.is_nan() || m.black_level > b)
+        {
+            return Some(CameraFault::Overexposed);
+        }
         if m.flat_share > self.flat_share_max {
             return Some(CameraFault::Occluded);
         }
-        // NaN noise and detail fail too
-        let noisy = self
-            .noise_max
-            .is_some_and(|b| m.noise.is_nan() || m.noise > b);
         if noisy || m.sharpness > self.sharpness.high || m.blockiness > self.blockiness_max {
             return Some(CameraFault::Noisy);
         }
@@ -469,8 +571,36 @@ impl QualityMeter {
     /// The measures of the picture in `tensor`, written with `spec`.
     pub fn measure(&mut self, tensor: &[f32], spec: &PreprocessSpec) -> Result<ImageQuality> {
         luma_of_tensor(tensor, spec, &mut self.luma)?;
-        measure_luma(&self.luma, spec.width as usize, spec.height as usize)
+        let mut q = measure_luma(&self.luma, spec.width as usize, spec.height as usize)?;
+        q.saturation = saturation_of_tensor(tensor, spec);
+        Ok(q)
     }
+}
+
+/// Mean HSV saturation of an encoder input tensor written with `spec` (its normalisation
+/// undone); the tensor's length was checked by [`luma_of_tensor`].
+fn saturation_of_tensor(tensor: &[f32], spec: &PreprocessSpec) -> f32 {
+    let plane = spec.width as usize * spec.height as usize;
+    let (s, m) = (spec.std, spec.mean);
+    // saturation does not depend on the channels' order
+    let pixel =
+        |a: f32, b: f32, c: f32| saturation_of([a * s[0] + m[0], b * s[1] + m[1], c * s[2] + m[2]]);
+    let sum: f32 = match spec.layout {
+        Layout::Nchw => {
+            let (c0, rest) = tensor.split_at(plane);
+            let (c1, c2) = rest.split_at(plane);
+            c0.iter()
+                .zip(c1)
+                .zip(&c2[..plane])
+                .map(|((&a, &b), &c)| pixel(a, b, c))
+                .sum()
+        }
+        Layout::Nhwc => tensor[..3 * plane]
+            .chunks_exact(3)
+            .map(|p| pixel(p[0], p[1], p[2]))
+            .sum(),
+    };
+    sum / plane.max(1) as f32
 }
 
 /// Luma of packed RGB bytes, into `out`.
@@ -536,9 +666,7 @@ pub(crate) mod tests {
     }
 
     fn quality(rgb: &[u8], w: usize, h: usize) -> ImageQuality {
-        let mut luma = Vec::new();
-        luma_of_rgb8(rgb, &mut luma);
-        measure_luma(&luma, w, h).unwrap()
+        measure_rgb8(rgb, w, h).unwrap()
     }
 
     #[test]
@@ -569,6 +697,12 @@ pub(crate) mod tests {
         );
         let bright = q("brighten:5");
         assert!(bright.mean_luma > q0.mean_luma, "{bright:?}");
+        assert!(
+            bright.black_level > q0.black_level + 0.1,
+            "{bright:?} {q0:?}"
+        );
+        let vivid = q("saturate:5");
+        assert!(vivid.saturation > q0.saturation + 0.2, "{vivid:?} {q0:?}");
     }
 
     /// The scene moved and relit a little, as consecutive frames of a camera differ.
@@ -602,6 +736,7 @@ pub(crate) mod tests {
             ("gaussian_noise:5", CameraFault::Noisy),
             ("defocus_blur:5", CameraFault::Blurred),
             ("occlusion:5", CameraFault::Occluded),
+            ("saturate:5", CameraFault::Oversaturated),
         ] {
             let corruption: Corruption = c.parse().unwrap();
             let q = quality(&corruption.apply(&probe, w, h, 1).unwrap(), w, h);
@@ -644,6 +779,21 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_black_level_is_the_darkest_two_percent() {
+        // a ramp 0..1: its 2nd percentile is 0.02, to the histogram's 1/256
+        let ramp: Vec<f32> = (0..1000).map(|i| i as f32 / 999.0).collect();
+        let b = low_quantile(&ramp, BLACK_LEVEL_QUANTILE);
+        assert!((b - 0.02).abs() <= 2.0 / 256.0, "{b}");
+        // NaN counts as black, out-of-range values are clamped, and nothing panics
+        assert_eq!(low_quantile(&[f32::NAN; 10], 0.02), 0.0);
+        assert_eq!(low_quantile(&[7.0; 10], 0.02), 255.0 / 256.0);
+        assert_eq!(low_quantile(&[-1.0; 10], 0.02), 0.0);
+        // a lifted floor lifts it
+        let lifted: Vec<f32> = ramp.iter().map(|v| 0.3 + 0.7 * v).collect();
+        assert!(low_quantile(&lifted, BLACK_LEVEL_QUANTILE) > 0.3);
+    }
+
+    #[test]
     fn blockiness_sees_a_block_grid_and_not_a_smooth_scene() {
         let (w, h) = (64, 64);
         let mut luma = Vec::new();
@@ -678,6 +828,13 @@ pub(crate) mod tests {
         let first = meter.measure(&tensor, &spec).unwrap();
         let ptr = meter.luma.as_ptr();
         assert_eq!(meter.measure(&tensor, &spec).unwrap(), first);
+        // the tensor's colours are the image's (its normalisation undone)
+        let direct = measure_rgb8(&img, 32, 32).unwrap();
+        assert!(
+            (first.saturation - direct.saturation).abs() < 1e-3,
+            "{first:?} {direct:?}"
+        );
+        assert!((first.black_level - direct.black_level).abs() <= 1.0 / 256.0);
         assert_eq!(meter.luma.as_ptr(), ptr);
     }
 

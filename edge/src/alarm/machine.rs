@@ -443,6 +443,7 @@ pub fn camera_reason(c: CameraFault) -> Reason {
         CameraFault::Occluded => Reason::CameraOccluded,
         CameraFault::Noisy => Reason::CameraNoisy,
         CameraFault::Blurred => Reason::CameraBlurred,
+        CameraFault::Oversaturated => Reason::CameraOversaturated,
     }
 }
 

@@ -296,6 +296,8 @@ fn a_schema_1_artifact_is_migrated_on_load_and_bounds_round_trip() {
     let iq = o["image_quality"].as_object_mut().unwrap();
     iq.remove("noise_max").unwrap();
     iq.remove("detail_min").unwrap();
+    iq.remove("saturation_max").unwrap();
+    iq.remove("black_level_max").unwrap();
     let v2 = CalibrationArtifact::from_json(&v.to_string()).unwrap();
     let kept = v2.image_quality.unwrap();
     assert_eq!((kept.noise_max, kept.detail_min), (None, None));
@@ -303,9 +305,36 @@ fn a_schema_1_artifact_is_migrated_on_load_and_bounds_round_trip() {
         QualityBounds {
             noise_max: None,
             detail_min: None,
+            saturation_max: None,
+            black_level_max: None,
             ..guarded.image_quality.clone().unwrap()
         },
         kept
+    );
+    // a schema 4 file (no saturation or black-level bounds) keeps the others, and reads
+    // back as the current schema
+    assert!(guarded
+        .image_quality
+        .as_ref()
+        .unwrap()
+        .saturation_max
+        .is_some());
+    let mut v: serde_json::Value = serde_json::from_str(&guarded.to_json()).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.insert("schema_version".into(), 4.into());
+    let iq = o["image_quality"].as_object_mut().unwrap();
+    iq.remove("saturation_max").unwrap();
+    iq.remove("black_level_max").unwrap();
+    let v4 = CalibrationArtifact::from_json(&v.to_string()).unwrap();
+    assert_eq!(v4.schema_version, oodmon_calibration::SCHEMA_VERSION);
+    assert_eq!(v4.embedded_on, guarded.embedded_on);
+    assert_eq!(
+        v4.image_quality.unwrap(),
+        QualityBounds {
+            saturation_max: None,
+            black_level_max: None,
+            ..guarded.image_quality.clone().unwrap()
+        }
     );
     // too few images, or a quantile that is no tail
     assert!(QualityBounds::fit(&images[..10], 0.01).is_err());
