@@ -484,6 +484,63 @@ fn records_to_a_closed_pipe_end_the_run_without_an_error() {
 }
 
 #[test]
+fn an_oversaturated_camera_raises_its_own_fault_in_records_and_journal() {
+    // the built-in bundle on the demo's first frames (a cat, in distribution) through
+    // CIFAR-10-C's strongest saturation: every frame fails the saturation guard (the
+    // corruption report: 100% of the demo's cat frames), and the alarm goes to FAULT with
+    // the reason camera_oversaturated
+    let dir = tempfile::tempdir().unwrap();
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo");
+    let source = format!("avi:{}", demo.join("scenario.avi").display());
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--bundle",
+            demo.join("bundle").to_str().unwrap(),
+            "--source",
+            &source,
+            "--max-frames",
+            "10",
+            "--records",
+            "-",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = edge(dir.path(), &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let clean = run(&[]);
+    assert_eq!(clean.len(), 10);
+    assert!(clean.iter().all(|r| r["camera"].is_null()), "{clean:?}");
+    let vivid = run(&["--corrupt", "saturate:5", "--journal", "journal.jsonl"]);
+    assert_eq!(vivid.len(), 10);
+    for (c, r) in clean.iter().zip(&vivid) {
+        assert_eq!(r["camera"], "oversaturated", "{r}");
+        let saturation = |r: &serde_json::Value| r["quality"]["saturation"].as_f64().unwrap();
+        assert!(saturation(r) > saturation(c) + 0.1, "{c} {r}");
+    }
+    let events =
+        oodmon_edge::output::journal::Journal::read(&dir.path().join("journal.jsonl")).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.state == "FAULT" && e.reason == "camera_oversaturated"),
+        "{events:?}"
+    );
+}
+
+#[test]
 fn backends_are_named_and_a_missing_one_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_bundle(&dir.path().join("b"));

@@ -8,7 +8,7 @@ use oodmon_trainer::model::{Arch, Head, ModelConfig};
 use oodmon_trainer::train;
 use tch::Device;
 
-use crate::util::{run_python, torch_lock};
+use crate::util::{python, run_python, tests_dir, torch_lock};
 
 #[test]
 fn onnxruntime_and_the_checker_agree_with_tract_on_float_int8_and_f16_exports() {
@@ -179,6 +179,9 @@ fn exports_agree(what: &str, bytes: &[u8], pixels: usize, min_cosine: f64, opera
             // a peer that ran the float network instead would be off on every row (the
             // weights' and activations' int8 rounding: 6e-3 here)
             assert!(exact >= 1, "{what}: no row equals tract's");
+            if what == "efficientnet-lite0" {
+                sensitivity_probe_runs(dir.path(), &path);
+            }
         }
         assert!(tract_cos >= min_cosine, "tract {what} {name}: {tract_cos}");
         assert!(
@@ -186,6 +189,52 @@ fn exports_agree(what: &str, bytes: &[u8], pixels: usize, min_cosine: f64, opera
             "onnxruntime {what} {name}: {ort_cos}"
         );
     }
+}
+
+/// `bench/int8_sensitivity.py` (the evidence BENCHMARKS.md cites for backends disagreeing
+/// on int8 files) runs on a QDQ file, over four CIFAR-format records of random pixels, and
+/// reports every probe on every image and every quantized activation.
+fn sensitivity_probe_runs(dir: &std::path::Path, model: &std::path::Path) {
+    use rand::{RngCore, SeedableRng};
+    let bin = dir.join("cifar-test.bin");
+    let mut records = vec![0u8; 4 * 3073];
+    rand_chacha::ChaCha8Rng::seed_from_u64(5).fill_bytes(&mut records);
+    std::fs::write(&bin, records).unwrap();
+    let script = tests_dir()
+        .parent()
+        .unwrap()
+        .join("bench/int8_sensitivity.py");
+    let out = std::process::Command::new(python())
+        .arg(script)
+        .arg(model)
+        .arg(&bin)
+        .args(["--images", "4"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "int8_sensitivity.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for probe in ["noise_1e-7", "conv_f64", "one_step_first_activation"] {
+        assert_eq!(r[probe]["images"], 4, "{probe}: {r}");
+    }
+    // a step up in the first layer reaches the embedding
+    assert!(
+        r["one_step_first_activation"]["max_pct"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
+    let activations = r["per_activation"].as_array().unwrap();
+    assert_eq!(
+        Some(activations.len() as u64),
+        r["activations"].as_u64(),
+        "{r}"
+    );
+    assert!(activations.len() > 20, "{r}");
+    assert!(activations
+        .iter()
+        .all(|a| a["median_steps"].as_f64().is_some_and(|m| m >= 0.0)));
 }
 
 /// `bench/onnx_torch.py` on the CPU over the test's inputs.npy, in `precision`.
