@@ -21,6 +21,8 @@ pub struct GuardData {
     pub split: Split,
     pub limit: usize,
     pub quantile: f64,
+    /// Each bound moved outwards by this many interquartile ranges of its measure.
+    pub margin: f64,
     /// Whether too few images is an error (asked for) or means no guards (by default).
     pub required: bool,
 }
@@ -39,7 +41,7 @@ pub fn guard_bounds(spec: &PreprocessSpec, g: &GuardData) -> Result<Option<Quali
         );
         return Ok(None);
     }
-    QualityBounds::fit(&measures, g.quantile)
+    QualityBounds::fit_with_margin(&measures, g.quantile, g.margin)
         .map(|b| {
             Some(QualityBounds {
                 source: format!(

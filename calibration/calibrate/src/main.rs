@@ -160,6 +160,10 @@ struct GuardArgs {
     /// images' measures.
     #[arg(long, default_value_t = oodmon_calibration::quality::DEFAULT_GUARD_QUANTILE)]
     guard_quantile: f64,
+    /// Then moved outwards by this many interquartile ranges of the measure: for bounds
+    /// fitted on a camera's own frames, which vary little (EVALUATION.md, camera health).
+    #[arg(long, default_value_t = 0.0)]
+    guard_margin: f64,
 }
 
 impl GuardArgs {
@@ -170,6 +174,7 @@ impl GuardArgs {
             split: parse_split(&self.guard_split)?,
             limit: self.guard_images,
             quantile: self.guard_quantile,
+            margin: self.guard_margin,
         })
     }
 }

@@ -341,6 +341,12 @@ pub struct QualityBounds {
     pub quantile: f64,
     /// How many images the bounds were computed from.
     pub images: usize,
+    /// How far each bound lies past its quantile, in interquartile ranges of its measure
+    /// (0: the quantile itself). A camera's own frames vary little, so their extreme
+    /// quantiles sit at the sample's edge and a mild change fails them; a margin widens the
+    /// bounds by each measure's own spread (schema 5).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub margin: f64,
     /// Where they came from (a data spec), when known.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub source: String,
@@ -397,10 +403,18 @@ impl std::fmt::Display for QualityBounds {
         }
         write!(
             f,
-            " (from {} images at quantile {})",
+            " (from {} images at quantile {}",
             self.images, self.quantile
-        )
+        )?;
+        if self.margin > 0.0 {
+            write!(f, ", widened by {} interquartile ranges", self.margin)?;
+        }
+        f.write_str(")")
     }
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// The quantile guards are calibrated at unless told otherwise: each bound alone rejects
@@ -413,6 +427,18 @@ pub const MIN_QUALITY_IMAGES: usize = 50;
 impl QualityBounds {
     /// Bounds at the `quantile` and `1 - quantile` quantiles of the images' measures.
     pub fn fit(images: &[ImageQuality], quantile: f64) -> Result<Self> {
+        Self::fit_with_margin(images, quantile, 0.0)
+    }
+
+    /// As [`QualityBounds::fit`], each bound then moved outwards by `margin` times its
+    /// measure's interquartile range.
+    pub fn fit_with_margin(images: &[ImageQuality], quantile: f64, margin: f64) -> Result<Self> {
+        if !(margin.is_finite() && (0.0..=100.0).contains(&margin)) {
+            return Err(Error::InvalidParameter {
+                what: "margin",
+                reason: format!("{margin} is not in [0, 100]"),
+            });
+        }
         if !(quantile > 0.0 && quantile < 0.5) {
             return Err(Error::InvalidParameter {
                 what: "quantile",
@@ -439,28 +465,37 @@ impl QualityBounds {
             v.sort_by(f32::total_cmp);
             Ok(v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)])
         };
-        let (lo, hi) = (quantile, 1.0 - quantile);
+        // the quantile, moved outwards by `margin` interquartile ranges
+        let low = |f: fn(&ImageQuality) -> f32| -> Result<f32> {
+            let spread = q(f, 0.75)? - q(f, 0.25)?;
+            Ok(q(f, quantile)? - (margin * spread as f64) as f32)
+        };
+        let high = |f: fn(&ImageQuality) -> f32| -> Result<f32> {
+            let spread = q(f, 0.75)? - q(f, 0.25)?;
+            Ok(q(f, 1.0 - quantile)? + (margin * spread as f64) as f32)
+        };
         Ok(Self {
             quantile,
             images: images.len(),
+            margin,
             source: String::new(),
             mean_luma: Range {
-                low: q(|m| m.mean_luma, lo)?,
-                high: q(|m| m.mean_luma, hi)?,
+                low: low(|m| m.mean_luma)?,
+                high: high(|m| m.mean_luma)?,
             },
-            contrast_min: q(|m| m.contrast, lo)?,
+            contrast_min: low(|m| m.contrast)?,
             sharpness: Range {
-                low: q(|m| m.sharpness, lo)?,
-                high: q(|m| m.sharpness, hi)?,
+                low: low(|m| m.sharpness)?,
+                high: high(|m| m.sharpness)?,
             },
-            clipped_dark_max: q(|m| m.clipped_dark, hi)?,
-            clipped_bright_max: q(|m| m.clipped_bright, hi)?,
-            flat_share_max: q(|m| m.flat_share, hi)?,
-            blockiness_max: q(|m| m.blockiness, hi)?,
-            noise_max: Some(q(|m| m.noise, hi)?),
-            detail_min: Some(q(|m| m.detail, lo)?),
-            saturation_max: Some(q(|m| m.saturation, hi)?),
-            black_level_max: Some(q(|m| m.black_level, hi)?),
+            clipped_dark_max: high(|m| m.clipped_dark)?,
+            clipped_bright_max: high(|m| m.clipped_bright)?,
+            flat_share_max: high(|m| m.flat_share)?,
+            blockiness_max: high(|m| m.blockiness)?,
+            noise_max: Some(high(|m| m.noise)?),
+            detail_min: Some(low(|m| m.detail)?),
+            saturation_max: Some(high(|m| m.saturation)?),
+            black_level_max: Some(high(|m| m.black_level)?),
         })
     }
 
@@ -485,6 +520,7 @@ impl QualityBounds {
             || self.mean_luma.low > self.mean_luma.high
             || self.sharpness.low > self.sharpness.high
             || !(self.quantile > 0.0 && self.quantile < 0.5)
+            || !(self.margin.is_finite() && self.margin >= 0.0)
         {
             return Err(Error::InvalidArtifact(
                 "image-quality bounds are not finite, ordered bounds".into(),
@@ -742,6 +778,26 @@ pub(crate) mod tests {
             let q = quality(&corruption.apply(&probe, w, h, 1).unwrap(), w, h);
             assert_eq!(bounds.check(&q), Some(want), "{c}: {q:?} {bounds:?}");
         }
+        // a margin widens every two-sided bound by its measure's own spread, and no more
+        let wide = QualityBounds::fit_with_margin(&clean, 0.01, 1.0).unwrap();
+        wide.validate().unwrap();
+        assert!(wide.mean_luma.low < bounds.mean_luma.low);
+        assert!(wide.mean_luma.high > bounds.mean_luma.high);
+        assert!(wide.saturation_max > bounds.saturation_max);
+        let mut luma: Vec<f32> = clean.iter().map(|q| q.mean_luma).collect();
+        luma.sort_by(f32::total_cmp);
+        let iqr =
+            luma[(0.75f64 * 119.0).round() as usize] - luma[(0.25f64 * 119.0).round() as usize];
+        assert!((wide.mean_luma.high - bounds.mean_luma.high - iqr).abs() < 1e-6);
+        assert!(wide
+            .to_string()
+            .contains("widened by 1 interquartile ranges"));
+        assert!(QualityBounds::fit_with_margin(&clean, 0.01, -1.0).is_err());
+        assert!(QualityBounds::fit_with_margin(&clean, 0.01, f64::NAN).is_err());
+        assert_eq!(
+            QualityBounds::fit_with_margin(&clean, 0.01, 0.0).unwrap(),
+            bounds
+        );
         let nan = ImageQuality {
             mean_luma: f32::NAN,
             ..clean[0]

@@ -247,3 +247,79 @@ fn fit_model_records_the_backend_it_embedded_on() {
         oodmon_runtime::Backend::Tract
     );
 }
+
+#[test]
+fn guards_are_widened_by_the_margin_asked_for_and_record_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("enc.onnx"), tiny_encoder(32)).unwrap();
+    tiny_cifar(&dir.path().join("id.bin"), 150, 1, 0);
+    let fit = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "fit-model",
+            "--model",
+            "enc.onnx",
+            "--train",
+            "cifar10:id.bin",
+            "--holdout",
+            "0.3",
+            "--metric",
+            "euclidean",
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        let o = calibrate(dir.path(), &args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Bundle::load(dir.path().join(out))
+            .unwrap()
+            .artifact
+            .image_quality
+            .expect("guards fitted by default")
+    };
+    let plain = fit("plain", &[]);
+    let wide = fit("wide", &["--guard-margin", "2"]);
+    assert_eq!((plain.margin, wide.margin), (0.0, 2.0));
+    assert!(wide.mean_luma.low < plain.mean_luma.low, "{plain} / {wide}");
+    assert!(
+        wide.mean_luma.high > plain.mean_luma.high,
+        "{plain} / {wide}"
+    );
+    assert!(wide.noise_max > plain.noise_max, "{plain} / {wide}");
+    // `guards` refits with a margin too, and says so
+    let o = calibrate(
+        dir.path(),
+        &[
+            "guards",
+            "--calibration",
+            "plain",
+            "--data",
+            "cifar10:id.bin",
+            "--guard-margin",
+            "2",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("widened by 2 interquartile ranges"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let refit = Bundle::load(dir.path().join("plain"))
+        .unwrap()
+        .artifact
+        .image_quality
+        .unwrap();
+    assert_eq!(refit.margin, 2.0);
+    let o = calibrate(
+        dir.path(),
+        &[
+            "guards",
+            "--calibration",
+            "plain",
+            "--data",
+            "cifar10:id.bin",
+            "--guard-margin=-1",
+        ],
+    );
+    assert_fails_cleanly(&o, "cifar10:id.bin", "margin");
+}
