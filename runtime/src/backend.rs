@@ -98,9 +98,10 @@ impl serde::Serialize for Backend {
     }
 }
 
-/// ONNX Runtime, loaded once per process from its shared library.
+/// ONNX Runtime, loaded once per process from its shared library, and the execution
+/// providers asked of it.
 #[cfg(feature = "onnxruntime")]
-pub(crate) mod onnxruntime {
+pub mod onnxruntime {
     use std::sync::OnceLock;
 
     /// Loads `libonnxruntime` (once; its version is checked) and makes the process's ONNX
@@ -127,5 +128,80 @@ pub(crate) mod onnxruntime {
             })
             .as_ref()
             .map_err(Clone::clone)
+    }
+
+    /// The variable naming the execution providers to ask ONNX Runtime for, in order.
+    pub const PROVIDERS_VARIABLE: &str = "OODMON_ORT_PROVIDERS";
+
+    /// An ONNX Runtime execution provider oodmon can ask for; the CPU provider is always
+    /// there, behind the others, for the nodes they do not take.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Provider {
+        Cpu,
+        Cuda,
+        TensorRt,
+    }
+
+    impl Provider {
+        pub fn name(self) -> &'static str {
+            match self {
+                Provider::Cpu => "cpu",
+                Provider::Cuda => "cuda",
+                Provider::TensorRt => "tensorrt",
+            }
+        }
+    }
+
+    /// The providers `OODMON_ORT_PROVIDERS` asks for (`cpu` when unset), as
+    /// [`parse_providers`] reads them.
+    pub fn providers() -> Result<Vec<Provider>, String> {
+        parse_providers(&std::env::var(PROVIDERS_VARIABLE).unwrap_or_default())
+    }
+
+    /// Execution providers from a comma-separated list (e.g. `tensorrt,cuda`; `cpu` when
+    /// empty), each checked against the loaded library: a provider it was built without is
+    /// an error, not a silent fall back to the CPU.
+    pub fn parse_providers(text: &str) -> Result<Vec<Provider>, String> {
+        use ort::ep::ExecutionProvider;
+        // the provider list is the library's: load it first
+        environment()?;
+        let mut out = Vec::new();
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let p = match name.to_ascii_lowercase().as_str() {
+                "cpu" => Provider::Cpu,
+                "cuda" => Provider::Cuda,
+                "tensorrt" | "trt" => Provider::TensorRt,
+                other => {
+                    return Err(format!(
+                        "{PROVIDERS_VARIABLE}: unknown provider {other:?} (cpu, cuda, tensorrt)"
+                    ))
+                }
+            };
+            let (ort_name, available) = match p {
+                Provider::Cpu => ("CPUExecutionProvider", Ok(true)),
+                Provider::Cuda => (
+                    ort::ep::CUDA::NAME,
+                    ort::ep::CUDA::is_available().map_err(|e| e.to_string()),
+                ),
+                Provider::TensorRt => (
+                    ort::ep::TensorRT::NAME,
+                    ort::ep::TensorRT::is_available().map_err(|e| e.to_string()),
+                ),
+            };
+            if !available? {
+                return Err(format!(
+                    "{PROVIDERS_VARIABLE} asks for {name}, but this libonnxruntime was built \
+                     without {ort_name} (the onnxruntime wheel has the CPU provider only; \
+                     JetPack's onnxruntime has CUDA and TensorRT)"
+                ));
+            }
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        if out.is_empty() {
+            out.push(Provider::Cpu);
+        }
+        Ok(out)
     }
 }

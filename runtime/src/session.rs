@@ -483,9 +483,32 @@ mod ort_runner {
 
     impl OrtRunner {
         pub(super) fn new(bytes: &[u8], shape: [usize; 4]) -> Result<Self, InferenceError> {
-            let environment =
-                crate::backend::onnxruntime::environment().map_err(InferenceError::Onnxruntime)?;
+            use crate::backend::onnxruntime::{environment, providers, Provider};
+            let environment = environment().map_err(InferenceError::Onnxruntime)?;
+            let asked = providers().map_err(InferenceError::Onnxruntime)?;
+            // each asked-for provider must register (no silent fall back to the CPU); the
+            // CPU provider takes what the others leave
+            let dispatch: Vec<ort::ep::ExecutionProviderDispatch> = asked
+                .iter()
+                .filter_map(|p| match p {
+                    Provider::Cpu => None,
+                    Provider::Cuda => Some(ort::ep::CUDA::default().build().error_on_failure()),
+                    Provider::TensorRt => {
+                        Some(ort::ep::TensorRT::default().build().error_on_failure())
+                    }
+                })
+                .collect();
+            log::info!(
+                "onnxruntime providers: {}",
+                asked
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             let session = Session::builder(environment)
+                .map_err(ort_error)?
+                .with_execution_providers(dispatch)
                 .map_err(ort_error)?
                 .with_optimization_level(GraphOptimizationLevel::All)
                 .map_err(ort_error)?

@@ -121,3 +121,43 @@ fn tract_cuda_embeds_like_tract_or_says_why_it_cannot_run_here() {
         Err(other) => panic!("{other}"),
     }
 }
+
+/// `OODMON_ORT_PROVIDERS` picks onnxruntime's execution providers: the CPU one by default,
+/// and a provider the loaded library lacks (the onnxruntime wheel has no CUDA or TensorRT)
+/// or an unknown name is a clear error, never a silent CPU run. (The variable itself is
+/// read at session start; the edge's CLI tests set it on a child process.)
+#[cfg(feature = "onnxruntime")]
+#[test]
+fn onnxruntime_providers_are_asked_for_by_name_and_a_missing_one_is_an_error() {
+    use oodmon_runtime::backend::onnxruntime::{parse_providers, Provider};
+    assert_eq!(parse_providers("").unwrap(), [Provider::Cpu]);
+    assert_eq!(parse_providers(" CPU , cpu").unwrap(), [Provider::Cpu]);
+    let unknown = parse_providers("cpu,gpu").unwrap_err();
+    assert!(
+        unknown.contains("OODMON_ORT_PROVIDERS") && unknown.contains("\"gpu\""),
+        "{unknown}"
+    );
+    // this machine's library is the CPU wheel's: CUDA and TensorRT are refused by name
+    // (where a library has them, they are kept in the order asked)
+    for (asked, ort_name, want) in [
+        ("cuda", "CUDAExecutionProvider", vec![Provider::Cuda]),
+        (
+            "tensorrt,cuda",
+            "TensorrtExecutionProvider",
+            vec![Provider::TensorRt, Provider::Cuda],
+        ),
+    ] {
+        match parse_providers(asked) {
+            Ok(got) => assert_eq!(got, want, "{asked}"),
+            Err(text) => assert!(
+                text.contains(ort_name) && text.contains("built without"),
+                "{asked}: {text}"
+            ),
+        }
+    }
+    // and a session starts on the default
+    Encoder::from_bytes_on(&encoder(8, 0.1), Path::new("p.onnx"), Backend::Onnxruntime)
+        .unwrap()
+        .session()
+        .unwrap();
+}

@@ -694,6 +694,35 @@ fn onnxruntime_runs_a_bundle_unchanged_after_checking_it_against_tract() {
     .output()
     .unwrap();
     assert_fails_cleanly(&out, &["backend onnxruntime", "ORT_DYLIB_PATH"]);
+    // an execution provider the library lacks (the wheel's has the CPU one only): a clear
+    // start-up error, not a run on the CPU; an unknown name likewise
+    for (providers, needle) in [
+        ("cuda", "CUDAExecutionProvider"),
+        ("tensorrt", "TensorrtExecutionProvider"),
+        ("npu", "unknown provider"),
+    ] {
+        let out = edge_command(
+            dir.path(),
+            &["check", "--bundle", "b", "--backend", "onnxruntime"],
+        )
+        .env("OODMON_ORT_PROVIDERS", providers)
+        .output()
+        .unwrap();
+        assert_fails_cleanly(&out, &["OODMON_ORT_PROVIDERS", needle]);
+    }
+    // the CPU provider, named, is the default's run
+    let out = edge_command(
+        dir.path(),
+        &["check", "--bundle", "b", "--backend", "onnxruntime"],
+    )
+    .env("OODMON_ORT_PROVIDERS", "cpu")
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
