@@ -262,8 +262,9 @@ fn bench(
             say!("{}", serde_json::to_string(&t)?);
         } else {
             say!(
-                "{} on {backend}: inference p50 {} us, p99 {} us over {} runs",
+                "{} on {backend} ({}): inference p50 {} us, p99 {} us over {} runs",
                 model.display(),
+                t.own_kernels,
                 t.p50_us,
                 t.p99_us,
                 t.runs

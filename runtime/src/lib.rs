@@ -9,18 +9,22 @@
 //! - [`backend`]: the engines a session can run on (tract on the CPU, tract's CUDA runtime,
 //!   ONNX Runtime), chosen when the encoder is loaded.
 //! - [`bundle`]: the deployable bundle (`encoder.onnx` + `calib.json`), cross-checked on load.
+//! - [`kernels`]: oodmon's own depthwise and quantize-dequantize operators in tract's CPU
+//!   plan, bit-identical to tract's and faster on small planes.
 //! - [`probe`]: intermediate activations, for int8 calibration of the quantizer.
 //! - [`error`]: load errors and the typed [`InferenceError`].
 
 pub mod backend;
 pub mod bundle;
 pub mod error;
+pub mod kernels;
 pub mod probe;
 pub mod session;
 
 pub use backend::Backend;
 pub use bundle::Bundle;
 pub use error::{Error, InferenceError, Result};
+pub use kernels::Kernels;
 pub use session::{Encoder, Session};
 
 /// Metadata key under which an encoder carries its preprocessing spec as JSON.

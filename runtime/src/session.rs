@@ -13,6 +13,7 @@ use tract_onnx::prelude::*;
 
 use crate::backend::Backend;
 use crate::error::{Error, InferenceError, Result};
+use crate::kernels::{self, Kernels, Swapped};
 
 /// An encoder loaded and prepared for one [`Backend`]; cheap to share, each user runs it
 /// through its own [`Session`].
@@ -33,6 +34,8 @@ enum Model {
     Tract {
         runnable: Arc<dyn Runnable>,
         backend: Backend,
+        /// The operators oodmon's own kernels took over (CPU plan only).
+        swapped: Swapped,
     },
     /// ONNX Runtime: the file's bytes; each session builds its own ORT session.
     #[cfg(feature = "onnxruntime")]
@@ -79,6 +82,18 @@ impl Encoder {
     /// (tract reads the graph and its shapes); one not compiled into this build, or whose
     /// library or device cannot be used here, is an [`Error::Backend`].
     pub fn from_bytes_on(bytes: &[u8], path: &Path, backend: Backend) -> Result<Self> {
+        let kernels = Kernels::from_env().map_err(|problem| Error::Backend { backend, problem })?;
+        Self::from_bytes_with(bytes, path, backend, kernels)
+    }
+
+    /// [`Encoder::from_bytes_on`] with the CPU plan's operators chosen here rather than by
+    /// `OODMON_TRACT_KERNELS` (the other backends ignore `kernels`).
+    pub fn from_bytes_with(
+        bytes: &[u8],
+        path: &Path,
+        backend: Backend,
+        kernels: Kernels,
+    ) -> Result<Self> {
         if !backend.compiled_in() {
             return Err(Error::Backend {
                 backend,
@@ -129,7 +144,7 @@ impl Encoder {
                 ))
             }
         };
-        let model = Model::prepare(typed, bytes, path, backend)?;
+        let model = Model::prepare(typed, bytes, path, backend, kernels)?;
         Ok(Self {
             model,
             path: path.to_path_buf(),
@@ -174,6 +189,16 @@ impl Encoder {
         }
     }
 
+    /// The operators oodmon's own kernels run in tract's CPU plan (none on the other
+    /// backends, or with `OODMON_TRACT_KERNELS=tract`).
+    pub fn own_kernels(&self) -> Swapped {
+        match &self.model {
+            Model::Tract { swapped, .. } => *swapped,
+            #[cfg(feature = "onnxruntime")]
+            Model::Onnxruntime { .. } => Swapped::default(),
+        }
+    }
+
     /// A session with its own state and preallocated input and output.
     pub fn session(&self) -> Result<Session, InferenceError> {
         let shape = [1, 3, self.height, self.width];
@@ -205,10 +230,22 @@ impl Encoder {
 }
 
 impl Model {
-    fn prepare(typed: TypedModel, bytes: &[u8], path: &Path, backend: Backend) -> Result<Self> {
+    fn prepare(
+        mut typed: TypedModel,
+        bytes: &[u8],
+        path: &Path,
+        backend: Backend,
+        kernels: Kernels,
+    ) -> Result<Self> {
         let unusable = |problem: String| Error::Backend { backend, problem };
         match backend {
             Backend::Tract => {
+                let swapped = match kernels {
+                    Kernels::Oodmon => {
+                        kernels::swap_in(&mut typed).map_err(|e| Error::model(path, e))?
+                    }
+                    Kernels::Tract => Swapped::default(),
+                };
                 let plan = typed
                     .into_optimized()
                     .and_then(|m| m.into_runnable())
@@ -216,6 +253,7 @@ impl Model {
                 Ok(Model::Tract {
                     runnable: Arc::new(plan),
                     backend,
+                    swapped,
                 })
             }
             Backend::TractCuda => {
@@ -229,6 +267,7 @@ impl Model {
                     Ok(Model::Tract {
                         runnable: Arc::from(runnable),
                         backend,
+                        swapped: Swapped::default(),
                     })
                 }
                 #[cfg(not(any(feature = "tract-cuda", feature = "tract-cuda-13")))]

@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use crate::embeddings::{normalize_in_place, Embeddings};
 use crate::error::{Error, Result};
 use crate::linalg::{
-    dist2, dot64, dot_error_bound, dots, matmul, norm2, to_distances_argmin, BLOCK_ROWS,
+    dist2, dot64, dot_error_bound, dots, matmul, matmul_lower, norm2, to_distances_argmin,
+    BLOCK_ROWS,
 };
 use crate::matrix::{MatrixF32, MatrixF64};
 
@@ -562,7 +563,7 @@ impl Scorer {
                 let target: &[f32] = if self.transforms.is_empty() {
                     x
                 } else {
-                    matmul(x, m, &self.transforms, d, d, &mut s.z[..m * d]);
+                    matmul_lower(x, m, &self.transforms, d, &mut s.z[..m * d]);
                     &s.z[..m * d]
                 };
                 self.nearest_centres(target, m, *cosine, &mut s.dots, &mut s.candidates, out);
@@ -571,9 +572,9 @@ impl Scorer {
                 bg_transform,
                 bg_center,
             } => {
-                matmul(x, m, &self.transforms, d, d, &mut s.z[..m * d]);
+                matmul_lower(x, m, &self.transforms, d, &mut s.z[..m * d]);
                 self.nearest_centres(&s.z[..m * d], m, false, &mut s.dots, &mut s.candidates, out);
-                matmul(x, m, bg_transform, d, d, &mut s.w[..m * d]);
+                matmul_lower(x, m, bg_transform, d, &mut s.w[..m * d]);
                 for (o, w) in out[..m].iter_mut().zip(s.w.chunks_exact(d)) {
                     o.score = o.score * o.score - dist2(w, bg_center);
                 }
@@ -593,7 +594,7 @@ impl Scorer {
                         }
                     }
                     let t = &self.transforms[j * d * d..(j + 1) * d * d];
-                    matmul(&s.z[..m * d], m, t, d, d, &mut s.w[..m * d]);
+                    matmul_lower(&s.z[..m * d], m, t, d, &mut s.w[..m * d]);
                     for (o, w) in out[..m].iter_mut().zip(s.w.chunks_exact(d)) {
                         let v = norm2(w);
                         if v < o.score {

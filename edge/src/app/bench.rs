@@ -97,6 +97,8 @@ pub fn pipeline(
 pub struct InferenceTiming {
     pub model: PathBuf,
     pub backend: Backend,
+    /// Which operators tract's CPU plan runs.
+    pub own_kernels: oodmon_runtime::kernels::Swapped,
     pub runs: usize,
     pub p50_us: u32,
     pub p99_us: u32,
@@ -105,14 +107,15 @@ pub struct InferenceTiming {
 
 /// Times `runs` inferences of the encoder in one session, after 50 untimed ones.
 pub fn inference(model: &Path, runs: usize, backend: Backend) -> Result<InferenceTiming> {
-    let mut times = Encoder::load_on(model, backend)?
-        .session()?
-        .time(50, runs.max(1))?;
+    let encoder = Encoder::load_on(model, backend)?;
+    let own_kernels = encoder.own_kernels();
+    let mut times = encoder.session()?.time(50, runs.max(1))?;
     times.sort_unstable();
     let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
     Ok(InferenceTiming {
         model: model.to_path_buf(),
         backend,
+        own_kernels,
         runs: times.len(),
         p50_us: at(0.5),
         p99_us: at(0.99),

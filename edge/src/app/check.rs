@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use oodmon_runtime::kernels::Swapped;
 use oodmon_runtime::{Backend, Bundle};
 
 use super::demo::{self, probe};
@@ -14,6 +15,8 @@ use crate::source::FrameSource;
 #[derive(Debug, Clone)]
 pub struct CheckReport {
     pub backend: Backend,
+    /// Which operators tract's CPU plan runs (oodmon's own kernels or tract's).
+    pub own_kernels: Swapped,
     /// The backend the calibration was fitted on.
     pub calibrated_on: Backend,
     /// Against `calibrated_on`, when another backend runs.
@@ -45,6 +48,7 @@ pub fn check(dir: &Path, backend: Backend) -> Result<CheckReport> {
     };
     let input = b.encoder.input_size();
     let dim = b.encoder.dim();
+    let own_kernels = b.encoder.own_kernels();
     let clusters = b.artifact.model.clusters();
     let metric = format!("{:?}", b.artifact.fit.metric);
     let threshold_rule = format!("{:?}", b.artifact.thresholds.mode);
@@ -61,6 +65,7 @@ pub fn check(dir: &Path, backend: Backend) -> Result<CheckReport> {
     }
     Ok(CheckReport {
         backend,
+        own_kernels,
         calibrated_on,
         agreement,
         encoder_sha256,
@@ -100,6 +105,9 @@ impl std::fmt::Display for CheckReport {
             "  {} clusters, {}, threshold rule {}",
             self.clusters, self.metric, self.threshold_rule
         )?;
+        if self.backend == Backend::Tract {
+            writeln!(f, "  tract runs {}", self.own_kernels)?;
+        }
         if let Some(a) = &self.agreement {
             writeln!(f, "  against {}: {a}", self.calibrated_on)?;
         }

@@ -115,7 +115,7 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
         .parse()?;
     let backend = cfg.pipeline.backend;
     let bundle = Bundle::load_on(&bundle_dir, backend)?;
-    log::info!("encoder on {backend}");
+    log::info!("encoder on {backend}: {}", bundle.encoder.own_kernels());
     let reference = bundle.calibrated_on();
     if backend != reference && cfg.pipeline.verify_backend {
         let agreement = super::check::agreement(Some(&bundle_dir), reference, backend)?;

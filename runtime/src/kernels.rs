@@ -1,0 +1,793 @@
+//! oodmon's own CPU kernels for the two operator patterns where tract 0.23.9 spends most of
+//! an EfficientNet-Lite0 frame (BENCHMARKS.md, "Where tract loses"): depthwise convolution,
+//! whose per-channel zone walk costs more than its arithmetic on small planes, and the QDQ
+//! file's `QuantizeLinear` -> `DequantizeLinear` pairs, which tract runs as two scalar passes
+//! with an 8-bit tensor in between.
+//!
+//! Both are swapped into the decluttered graph before tract optimises it, and both give
+//! **bit-identical** results to tract's own operators, by construction: every depthwise
+//! output is the bias plus one multiply and one add per tap, in tract's tap order, with no
+//! fused multiply-add (padding taps add an exact zero); the fused quantize-dequantize is
+//! tract's formula element for element. A bundle calibrated through tract stays valid, and
+//! the tests compare the two plans value for value. `OODMON_TRACT_KERNELS=tract` keeps
+//! tract's own operators (to bisect a difference, or to time them).
+//!
+//! The loops are compiled a second time for AVX on x86-64, chosen at run time when the
+//! CPU has it (as tract chooses its own kernels); no multiply and add is ever fused, so the
+//! two give the same values. Output tensors are allocated uninitialised, as tract's own
+//! operators do: the one `unsafe` here, and every element is written before it is read.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+use tract_onnx::tract_core::ops::nn::DataFormat;
+use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8};
+
+/// Which operators tract runs the CPU plan with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// oodmon's depthwise convolution and fused quantize-dequantize where they apply.
+    #[default]
+    Oodmon,
+    /// tract's own operators throughout.
+    Tract,
+}
+
+impl Kernels {
+    /// The choice from `OODMON_TRACT_KERNELS` (`oodmon`, the default, or `tract`); an
+    /// unknown value is an error naming it.
+    pub fn from_env() -> std::result::Result<Self, String> {
+        match std::env::var("OODMON_TRACT_KERNELS") {
+            Err(_) => Ok(Self::Oodmon),
+            Ok(v) => match v.trim() {
+                "" | "oodmon" => Ok(Self::Oodmon),
+                "tract" => Ok(Self::Tract),
+                other => Err(format!(
+                    "OODMON_TRACT_KERNELS={other:?}: expected \"oodmon\" or \"tract\""
+                )),
+            },
+        }
+    }
+}
+
+/// How many operators [`swap_in`] replaced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Swapped {
+    pub depthwise: usize,
+    pub quantize_dequantize: usize,
+}
+
+impl std::fmt::Display for Swapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if *self == Self::default() {
+            write!(f, "tract's own operators")
+        } else {
+            write!(
+                f,
+                "oodmon kernels for {} depthwise convolutions and {} quantize-dequantize pairs",
+                self.depthwise, self.quantize_dequantize
+            )
+        }
+    }
+}
+
+/// Replaces, in a decluttered model, every depthwise convolution this module runs
+/// (f32, NCHW, 2-D, no dilation, constant weights) and every `QuantizeLinear` ->
+/// `DequantizeLinear` pair with oodmon's operators. Anything else is left to tract.
+pub fn swap_in(model: &mut TypedModel) -> TractResult<Swapped> {
+    let mut swapped = Swapped::default();
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        if let Some(op) = depthwise_for(model, node)? {
+            let mut patch = TypedModelPatch::default();
+            let x = patch.tap_model(model, node.inputs[0])?;
+            let y = patch.wire_node(&node.name, op, &[x])?[0];
+            patch.shunt_outside(model, OutletId::new(id, 0), y)?;
+            patch.apply(model)?;
+            swapped.depthwise += 1;
+        } else if let Some((op, input)) = quantize_dequantize_for(model, node)? {
+            let mut patch = TypedModelPatch::default();
+            let x = patch.tap_model(model, input)?;
+            let y = patch.wire_node(&node.name, op, &[x])?[0];
+            patch.shunt_outside(model, OutletId::new(id, 0), y)?;
+            patch.apply(model)?;
+            swapped.quantize_dequantize += 1;
+        }
+    }
+    model.compact()?;
+    Ok(swapped)
+}
+
+fn depthwise_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<DepthwiseNchw>> {
+    let Some(conv) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    let spec = &conv.pool_spec;
+    let channels = spec.input_channels;
+    if conv.q_params.is_some()
+        || conv.group < 2
+        || conv.group != channels
+        || spec.output_channels != channels
+        || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+        || conv.kernel_fmt != KernelFormat::OIHW
+        || spec.kernel_shape.len() != 2
+        || spec.dilations().iter().any(|&d| d != 1)
+        || spec.kernel_shape.iter().product::<usize>() > MAX_TAPS
+        || node.inputs.len() != 3
+    {
+        return Ok(None);
+    }
+    let facts = model.node_input_facts(node.id)?;
+    let (x, kernel, bias) = (facts[0], facts[1], facts[2]);
+    let Some(shape) = x.shape.as_concrete() else {
+        return Ok(None);
+    };
+    let (Some(kernel), Some(bias)) = (kernel.konst.as_ref(), bias.konst.as_ref()) else {
+        return Ok(None);
+    };
+    let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
+    // tract drops a batch of one while decluttering: CHW then
+    let batched = spec.data_format == DataFormat::NCHW;
+    let hw = if batched { 2 } else { 1 };
+    if x.datum_type != f32::datum_type()
+        || shape.len() != hw + 2
+        || shape[hw - 1] != channels
+        || kernel.datum_type() != f32::datum_type()
+        || kernel.shape() != [channels, 1, kh, kw]
+        || bias.datum_type() != f32::datum_type()
+        || !(bias.len() == channels || bias.len() == 1)
+    {
+        return Ok(None);
+    }
+    let padding = spec.computed_padding(&shape[hw..]);
+    let strides = spec.strides();
+    let taps = kernel.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+    let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?;
+    let bias = if bias.len() == channels {
+        bias.to_vec()
+    } else {
+        vec![bias[0]; channels]
+    };
+    Ok(Some(DepthwiseNchw {
+        batched,
+        channels,
+        input_hw: [shape[hw], shape[hw + 1]],
+        output_hw: [padding[0].convoluted, padding[1].convoluted],
+        kernel_hw: [kh, kw],
+        strides: [strides[0], strides[1]],
+        pad_before: [padding[0].pad_before, padding[1].pad_before],
+        taps: Arc::new(taps),
+        bias: Arc::new(bias),
+    }))
+}
+
+fn quantize_dequantize_for(
+    model: &TypedModel,
+    node: &TypedNode,
+) -> TractResult<Option<(QuantizeDequantize, OutletId)>> {
+    let Some(dq) = node.op_as::<DequantizeLinearF32>() else {
+        return Ok(None);
+    };
+    let q_node = model.node(node.inputs[0].node);
+    let Some(q) = q_node.op_as::<ElementWiseOp>() else {
+        return Ok(None);
+    };
+    let (scale, zero_point, low, high) = if let Some(q) = q.0.downcast_ref::<QuantizeLinearU8>() {
+        (q.scale, q.zero_point as i32, 0, 255)
+    } else if let Some(q) = q.0.downcast_ref::<QuantizeLinearI8>() {
+        (q.scale, q.zero_point as i32, -128, 127)
+    } else {
+        return Ok(None);
+    };
+    let input = q_node.inputs[0];
+    if model.outlet_fact(input)?.datum_type != f32::datum_type() {
+        return Ok(None);
+    }
+    Ok(Some((
+        QuantizeDequantize {
+            quantize_scale: scale,
+            quantize_zero_point: zero_point,
+            low,
+            high,
+            dequantize_scale: dq.scale,
+            dequantize_zero_point: dq.zero_point,
+        },
+        input,
+    )))
+}
+
+/// A depthwise 2-D convolution on NCHW (or CHW) `f32` with its weights in the op.
+///
+/// Each channel's padded plane is split into `stride_h x stride_w` phase planes, so that
+/// every tap, at any stride, is one contiguous multiply-add over the output rows laid end
+/// to end (the columns past the output's width are computed and dropped).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DepthwiseNchw {
+    /// NCHW, or CHW where tract dropped a batch of one.
+    batched: bool,
+    channels: usize,
+    input_hw: [usize; 2],
+    output_hw: [usize; 2],
+    kernel_hw: [usize; 2],
+    strides: [usize; 2],
+    pad_before: [usize; 2],
+    /// `[C, kh * kw]`, taps row-major, tract's order.
+    taps: Arc<Vec<f32>>,
+    bias: Arc<Vec<f32>>,
+}
+
+impl Eq for DepthwiseNchw {}
+
+impl Op for DepthwiseNchw {
+    fn name(&self) -> StaticName {
+        "OodmonDepthwiseNchw".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{} channels, {:?} -> {:?}, kernel {:?}, strides {:?}, pad before {:?}",
+            self.channels,
+            self.input_hw,
+            self.output_hw,
+            self.kernel_hw,
+            self.strides,
+            self.pad_before
+        )])
+    }
+
+    fn as_typed(&self) -> Option<&dyn TypedOp> {
+        Some(self)
+    }
+}
+
+impl EvalOp for DepthwiseNchw {
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = &inputs[0];
+        let shape = x.shape();
+        let hw = 1 + self.batched as usize;
+        ensure!(
+            shape.len() == hw + 2
+                && shape[hw - 1] == self.channels
+                && shape[hw..] == self.input_hw[..]
+                && x.datum_type() == f32::datum_type(),
+            "depthwise input {:?} {:?}, expected [{}{}, {}, {}] f32",
+            shape,
+            x.datum_type(),
+            if self.batched { "N, " } else { "" },
+            self.channels,
+            self.input_hw[0],
+            self.input_hw[1]
+        );
+        let mut out_shape: TVec<usize> = shape.into();
+        out_shape[hw..].copy_from_slice(&self.output_hw);
+        // SAFETY: `run` writes every output row of every plane (zeroing first cost 5% of
+        // an EfficientNet-Lite0 inference)
+        #[allow(unsafe_code)]
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
+        {
+            let input = x.try_as_plain_ram()?;
+            let input = input.as_slice::<f32>()?;
+            let mut out = output.try_as_plain_ram_mut()?;
+            let out = out.as_slice_mut::<f32>()?;
+            SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                self.run(input, out, &mut scratch);
+            });
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+
+    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
+        Ok(Some(self.eval(&EvalContext::out_of_plan(), inputs)?))
+    }
+}
+
+impl TypedOp for DepthwiseNchw {
+    fn as_op(&self) -> &dyn Op {
+        self
+    }
+
+    fn as_op_mut(&mut self) -> &mut dyn Op {
+        self
+    }
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
+        let hw = 1 + self.batched as usize;
+        ensure!(
+            shape.len() == hw + 2,
+            "depthwise input rank {}",
+            shape.len()
+        );
+        shape[hw] = self.output_hw[0].to_dim();
+        shape[hw + 1] = self.output_hw[1].to_dim();
+        Ok(tvec!(f32::fact(&*shape)))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let per_image = self.channels * self.output_hw[0] * self.output_hw[1] * self.taps_len();
+        let batch = if self.batched {
+            inputs[0].shape[0].clone()
+        } else {
+            1.to_dim()
+        };
+        Ok(tvec!((Cost::FMA(f32::datum_type()), batch * per_image)))
+    }
+}
+
+thread_local! {
+    /// The phase planes and the accumulator: grown once per thread, reused by every call.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Where the phase planes and the accumulator sit in the scratch, for one channel.
+struct Geometry {
+    /// Rows and columns of one phase plane.
+    phase_hw: [usize; 2],
+    /// Values the accumulator covers: the output rows laid end to end at the phase width,
+    /// rounded up to whole vectors of [`LANES`].
+    run: usize,
+}
+
+/// Values per step of the accumulation loop (one AVX register).
+const LANES: usize = 8;
+
+impl DepthwiseNchw {
+    fn taps_len(&self) -> usize {
+        self.kernel_hw[0] * self.kernel_hw[1]
+    }
+
+    fn geometry(&self) -> Geometry {
+        let [sh, sw] = self.strides;
+        let [kh, kw] = self.kernel_hw;
+        let [oh, ow] = self.output_hw;
+        // the padded extent the output reads, split by stride into phases
+        let padded = [(oh - 1) * sh + kh, (ow - 1) * sw + kw];
+        let phase_hw = [padded[0].div_ceil(sh), padded[1].div_ceil(sw)];
+        Geometry {
+            phase_hw,
+            run: ((oh - 1) * phase_hw[1] + ow).next_multiple_of(LANES),
+        }
+    }
+
+    fn run(&self, input: &[f32], output: &mut [f32], scratch: &mut Vec<f32>) {
+        depthwise(self, input, output, scratch)
+    }
+}
+
+/// Every plane of `input` through `op`'s convolution into `output`.
+#[multiversion::multiversion(targets("x86_64+avx"))]
+fn depthwise(op: &DepthwiseNchw, input: &[f32], output: &mut [f32], scratch: &mut Vec<f32>) {
+    op.convolve_planes(input, output, scratch)
+}
+
+impl DepthwiseNchw {
+    #[inline(always)]
+    fn convolve_planes(&self, input: &[f32], output: &mut [f32], scratch: &mut Vec<f32>) {
+        let [sh, sw] = self.strides;
+        let [kh, kw] = self.kernel_hw;
+        let [ih, iw] = self.input_hw;
+        let [oh, ow] = self.output_hw;
+        let [pt, pl] = self.pad_before;
+        let geo = self.geometry();
+        let [ph, pw] = geo.phase_hw;
+        let phase_len = ph * pw;
+        let phases = sh * sw;
+        // the last tap's run reads up to a vector past the planes: zeros there
+        let planes_len = phases * phase_len + LANES;
+        let need = planes_len + geo.run;
+        if scratch.len() < need {
+            scratch.resize(need, 0.0);
+        }
+        let (planes, acc) = scratch[..need].split_at_mut(planes_len);
+        let taps_len = kh * kw;
+        let (in_plane, out_plane) = (ih * iw, oh * ow);
+        // where each tap's run starts in the planes, the same for every channel
+        let mut starts = [0usize; MAX_TAPS];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                starts[ky * kw + kx] =
+                    (ky % sh * sw + kx % sw) * phase_len + (ky / sh) * pw + kx / sw;
+            }
+        }
+        let starts = &starts[..taps_len];
+        for (plane_index, (x, y)) in input
+            .chunks_exact(in_plane)
+            .zip(output.chunks_exact_mut(out_plane))
+            .enumerate()
+        {
+            let c = plane_index % self.channels;
+            // the zero-padded plane, split into phases: padded (r, q) goes to phase
+            // (r % sh, q % sw) at (r / sh, q / sw)
+            planes.fill(0.0);
+            for iy in 0..ih {
+                let r = iy + pt;
+                if r >= ph * sh {
+                    break;
+                }
+                let row_base = (r % sh * sw) * phase_len + (r / sh) * pw;
+                let src = &x[iy * iw..(iy + 1) * iw];
+                // phase px holds padded columns px, px + sw, ...: input columns from
+                // the first one at or after the left padding
+                for px in 0..sw {
+                    let first_q = if px >= pl {
+                        px
+                    } else {
+                        px + (pl - px).div_ceil(sw) * sw
+                    };
+                    let dst = &mut planes[row_base + px * phase_len..][..pw];
+                    let (Some(dst), Some(src)) =
+                        (dst.get_mut(first_q / sw..), src.get(first_q - pl..))
+                    else {
+                        continue;
+                    };
+                    for (d, &v) in dst.iter_mut().zip(src.iter().step_by(sw)) {
+                        *d = v;
+                    }
+                }
+            }
+            let taps = &self.taps[c * taps_len..(c + 1) * taps_len];
+            convolve(acc, planes, starts, taps, self.bias[c]);
+            for (oy, row) in y.chunks_exact_mut(ow).enumerate() {
+                row.copy_from_slice(&acc[oy * pw..oy * pw + ow]);
+            }
+        }
+    }
+}
+
+/// The most taps a depthwise kernel may have here (7x7); larger ones stay with tract.
+const MAX_TAPS: usize = 49;
+
+/// `acc[i] = bias + taps[0] * planes[starts[0] + i] + taps[1] * ...`, a multiply then an add
+/// per tap in tap order (never fused: tract's rounding), four vectors of [`LANES`] at a
+/// time so that the adds form independent chains and each value is stored once.
+#[inline(always)]
+fn convolve(acc: &mut [f32], planes: &[f32], starts: &[usize], taps: &[f32], bias: f32) {
+    let vector = |at: usize| -> &[f32; LANES] {
+        planes[at..at + LANES]
+            .try_into()
+            .unwrap_or_else(|_| unreachable!())
+    };
+    let mut blocks = acc.chunks_exact_mut(4 * LANES);
+    let mut base = 0;
+    for block in &mut blocks {
+        let mut a = [[bias; LANES]; 4];
+        for (&start, &k) in starts.iter().zip(taps) {
+            for (u, a) in a.iter_mut().enumerate() {
+                let v = vector(start + base + u * LANES);
+                *a = std::array::from_fn(|i| a[i] + k * v[i]);
+            }
+        }
+        for (out, a) in block.chunks_exact_mut(LANES).zip(&a) {
+            out.copy_from_slice(a);
+        }
+        base += 4 * LANES;
+    }
+    for out in blocks.into_remainder().chunks_exact_mut(LANES) {
+        let mut a = [bias; LANES];
+        for (&start, &k) in starts.iter().zip(taps) {
+            let v = vector(start + base);
+            a = std::array::from_fn(|i| a[i] + k * v[i]);
+        }
+        out.copy_from_slice(&a);
+        base += LANES;
+    }
+}
+
+/// Every value of `input` through `op` into `output`.
+#[multiversion::multiversion(targets("x86_64+avx"))]
+fn quantize_dequantize(op: &QuantizeDequantize, input: &[f32], output: &mut [f32]) {
+    op.run_vectors(input, output)
+}
+
+/// Below this magnitude every integer is an `f32`, so adding a zero point is exact.
+const EXACT: f32 = 16_777_216.0;
+
+/// tract's `QuantizeLinear` (u8 or i8) followed by its `DequantizeLinear`, in one pass
+/// with no 8-bit tensor in between, value for value what the two give.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizeDequantize {
+    /// tract's quantize multiplier (the reciprocal of the ONNX scale).
+    quantize_scale: f32,
+    quantize_zero_point: i32,
+    low: i32,
+    high: i32,
+    dequantize_scale: f32,
+    dequantize_zero_point: i32,
+}
+
+impl Eq for QuantizeDequantize {}
+
+impl Op for QuantizeDequantize {
+    fn name(&self) -> StaticName {
+        "OodmonQuantizeDequantize".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "x * {} + {} in [{}, {}], then ({} - {}) * {}",
+            self.quantize_scale,
+            self.quantize_zero_point,
+            self.low,
+            self.high,
+            "q",
+            self.dequantize_zero_point,
+            self.dequantize_scale
+        )])
+    }
+
+    fn as_typed(&self) -> Option<&dyn TypedOp> {
+        Some(self)
+    }
+}
+
+impl EvalOp for QuantizeDequantize {
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = &inputs[0];
+        ensure!(
+            x.datum_type() == f32::datum_type(),
+            "quantize input is not f32"
+        );
+        // SAFETY: `run` writes every element
+        #[allow(unsafe_code)]
+        let mut output = unsafe { Tensor::uninitialized::<f32>(x.shape())? };
+        {
+            let input = x.try_as_plain_ram()?;
+            let mut out = output.try_as_plain_ram_mut()?;
+            self.run(input.as_slice::<f32>()?, out.as_slice_mut::<f32>()?);
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+
+    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
+        Ok(Some(self.eval(&EvalContext::out_of_plan(), inputs)?))
+    }
+}
+
+impl TypedOp for QuantizeDequantize {
+    fn as_op(&self) -> &dyn Op {
+        self
+    }
+
+    fn as_op_mut(&mut self) -> &mut dyn Op {
+        self
+    }
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
+    }
+}
+
+impl QuantizeDequantize {
+    fn run(&self, input: &[f32], output: &mut [f32]) {
+        quantize_dequantize(self, input, output)
+    }
+
+    /// tract's arithmetic, in whole vectors where every rounded value is under 2^24 in
+    /// magnitude (there the clamp in `f32` is exact), element by element elsewhere.
+    #[inline(always)]
+    fn run_vectors(&self, input: &[f32], output: &mut [f32]) {
+        let qs = self.quantize_scale;
+        let (zero, low, high) = (
+            self.quantize_zero_point as f32,
+            self.low as f32,
+            self.high as f32,
+        );
+        let (ds, dz) = (self.dequantize_scale, self.dequantize_zero_point as f32);
+        let mut inputs = input.chunks_exact(LANES);
+        let mut outputs = output.chunks_exact_mut(LANES);
+        for (x, y) in (&mut inputs).zip(&mut outputs) {
+            let rounded: [f32; LANES] = std::array::from_fn(|i| (x[i] * qs).round_ties_even());
+            // NaN fails the test too
+            if rounded.iter().all(|r| r.abs() < EXACT) {
+                let q: [f32; LANES] = std::array::from_fn(|i| {
+                    let q = rounded[i] + zero;
+                    let q = if q < low { low } else { q };
+                    let q = if q > high { high } else { q };
+                    (q - dz) * ds
+                });
+                y.copy_from_slice(&q);
+            } else {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = self.exact(x);
+                }
+            }
+        }
+        for (y, &x) in outputs.into_remainder().iter_mut().zip(inputs.remainder()) {
+            *y = self.exact(x);
+        }
+    }
+
+    /// tract's two operators on one value: `round_ties_to_even(x * scale) as i32 +
+    /// zero_point` (a NaN becomes 0, the cast saturates, the add wraps as tract's release
+    /// build does), clamped to the 8-bit range, then `(q - zero_point) as f32 * scale`.
+    #[inline(always)]
+    fn exact(&self, x: f32) -> f32 {
+        let q = ((x * self.quantize_scale).round_ties_even() as i32)
+            .wrapping_add(self.quantize_zero_point)
+            .clamp(self.low, self.high);
+        (q - self.dequantize_zero_point) as f32 * self.dequantize_scale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use tract_onnx::tract_core::ops::quant::{quantize_linear_f32_i8, quantize_linear_f32_u8};
+
+    /// The depthwise convolution as tract's scalar walk computes it: the bias, then a
+    /// multiply and an add per tap inside the input, taps row-major.
+    fn reference(op: &DepthwiseNchw, x: &[f32]) -> Vec<f32> {
+        let [ih, iw] = op.input_hw;
+        let [oh, ow] = op.output_hw;
+        let [kh, kw] = op.kernel_hw;
+        let [sh, sw] = op.strides;
+        let [pt, pl] = op.pad_before;
+        let mut out = Vec::new();
+        for (p, plane) in x.chunks_exact(ih * iw).enumerate() {
+            let c = p % op.channels;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut sum = op.bias[c];
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let (y, x) = (
+                                (oy * sh + ky) as isize - pt as isize,
+                                (ox * sw + kx) as isize - pl as isize,
+                            );
+                            if (0..ih as isize).contains(&y) && (0..iw as isize).contains(&x) {
+                                sum += op.taps[c * kh * kw + ky * kw + kx]
+                                    * plane[y as usize * iw + x as usize];
+                            }
+                        }
+                    }
+                    out.push(sum);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn depthwise_matches_the_scalar_walk_bit_for_bit_at_every_geometry() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        // (channels, input h x w, kernel, stride, pads top/left/bottom/right)
+        type Case = (usize, [usize; 2], [usize; 2], [usize; 2], [usize; 4]);
+        let cases: &[Case] = &[
+            (32, [32, 32], [3, 3], [1, 1], [1, 1, 1, 1]),
+            (8, [17, 17], [3, 3], [2, 2], [0, 0, 1, 1]), // TF "same", stride 2
+            (6, [16, 16], [5, 5], [2, 2], [1, 1, 2, 2]),
+            (12, [4, 4], [5, 5], [1, 1], [2, 2, 2, 2]),
+            (16, [2, 2], [5, 5], [1, 1], [2, 2, 2, 2]),
+            (5, [7, 9], [3, 3], [1, 1], [0, 0, 0, 0]),
+            (4, [1, 1], [3, 3], [1, 1], [1, 1, 1, 1]),
+            (3, [11, 13], [7, 7], [3, 3], [3, 2, 1, 3]),
+            (4, [6, 6], [3, 3], [2, 2], [0, 0, 0, 0]),
+            (2, [9, 5], [3, 5], [2, 1], [4, 0, 1, 4]), // pads wider than the kernel
+        ];
+        let mut scratch = Vec::new();
+        for &(channels, [ih, iw], [kh, kw], [sh, sw], [pt, pl, pb, pr]) in cases {
+            let (oh, ow) = ((ih + pt + pb - kh) / sh + 1, (iw + pl + pr - kw) / sw + 1);
+            for batch in [1, 2] {
+                let op = DepthwiseNchw {
+                    batched: batch > 1,
+                    channels,
+                    input_hw: [ih, iw],
+                    output_hw: [oh, ow],
+                    kernel_hw: [kh, kw],
+                    strides: [sh, sw],
+                    pad_before: [pt, pl],
+                    taps: Arc::new(
+                        (0..channels * kh * kw)
+                            .map(|_| rng.random_range(-1.0..1.0))
+                            .collect(),
+                    ),
+                    bias: Arc::new((0..channels).map(|_| rng.random_range(-0.5..0.5)).collect()),
+                };
+                let x: Vec<f32> = (0..batch * channels * ih * iw)
+                    .map(|_| rng.random_range(-3.0f32..3.0))
+                    .collect();
+                let mut got = vec![f32::NAN; batch * channels * oh * ow];
+                op.run(&x, &mut got, &mut scratch);
+                let want = reference(&op, &x);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        g == w,
+                        "{channels}x{ih}x{iw} k{kh}x{kw} s{sh}x{sw}: value {i} {g} != {w}"
+                    );
+                }
+                // through tract's eval, as a plan calls it
+                let input =
+                    tract_ndarray::Array4::from_shape_vec((batch, channels, ih, iw), x).unwrap();
+                let input = if batch > 1 {
+                    input.into_tensor()
+                } else {
+                    input.into_tensor().into_shape(&[channels, ih, iw]).unwrap()
+                };
+                let out = op
+                    .eval(&EvalContext::out_of_plan(), tvec!(input.into_tvalue()))
+                    .unwrap();
+                let out = out[0].try_as_plain_ram().unwrap();
+                assert_eq!(out.as_slice::<f32>().unwrap(), &want[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn quantize_dequantize_is_tracts_pair_value_for_value() {
+        let specials = [
+            0.0,
+            -0.0,
+            0.5,
+            1.5,
+            2.5,
+            -0.5,
+            -1.5,
+            127.49,
+            127.5,
+            255.5,
+            1e7,
+            1.6777215e7,
+            1.6777216e7,
+            3e9,
+            -3e9,
+            2.1474835e9,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            1e-40,
+        ];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for (scale, zero_point, signed) in [
+            (0.05f32, 0i32, false),
+            (0.013, 128, false),
+            (0.02, 0, true),
+            (0.7, -5, true),
+            (1.0, 255, false),
+        ] {
+            let (low, high) = if signed { (-128, 127) } else { (0, 255) };
+            let op = QuantizeDequantize {
+                quantize_scale: 1.0 / scale,
+                quantize_zero_point: zero_point,
+                low,
+                high,
+                dequantize_scale: scale,
+                dequantize_zero_point: zero_point,
+            };
+            let mut x: Vec<f32> = specials.iter().map(|v| v * scale).collect();
+            x.extend(specials);
+            x.extend((0..1000).map(|_| rng.random_range(-20.0f32..20.0)));
+            let mut got = vec![0.0; x.len()];
+            op.run(&x, &mut got);
+            for (&x, &g) in x.iter().zip(&got) {
+                // tract's function overflows (a panic in a debug build) where the saturated
+                // cast plus the zero point leaves i32: its release build wraps, as `exact`
+                let rounded = (x * op.quantize_scale).round_ties_even() as i32;
+                if rounded.checked_add(zero_point).is_none() {
+                    let q = rounded.wrapping_add(zero_point).clamp(low, high);
+                    assert_eq!(g.to_bits(), ((q - zero_point) as f32 * scale).to_bits());
+                    continue;
+                }
+                let q = if signed {
+                    quantize_linear_f32_i8(x, op.quantize_scale, zero_point) as i32
+                } else {
+                    quantize_linear_f32_u8(x, op.quantize_scale, zero_point) as i32
+                };
+                let want = (q - zero_point) as f32 * scale;
+                assert_eq!(
+                    g.to_bits(),
+                    want.to_bits(),
+                    "x {x}: {g} != {want} (scale {scale}, zero point {zero_point})"
+                );
+            }
+        }
+    }
+}

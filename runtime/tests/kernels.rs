@@ -1,0 +1,120 @@
+//! oodmon's own kernels in tract's CPU plan against tract's own operators, on the built-in
+//! bundle's int8 EfficientNet-Lite0 and on a small QDQ encoder with depthwise layers:
+//! the operators are swapped in, and the embeddings are the same values.
+// tests fail loudly on any broken assumption
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use oodmon_onnx::{quantize_qdq, ConvShape, OnnxBuilder, RangeMethod};
+use oodmon_runtime::{Backend, Encoder, Kernels};
+use rand::{Rng, SeedableRng};
+
+fn both(bytes: &[u8]) -> (Encoder, Encoder) {
+    let load = |k| Encoder::from_bytes_with(bytes, Path::new("e.onnx"), Backend::Tract, k).unwrap();
+    (load(Kernels::Tract), load(Kernels::Oodmon))
+}
+
+/// Embeds `inputs` through both plans and compares them. On x86-64 they are the same
+/// values. On aarch64 tract's depthwise kernel fuses multiply-adds where oodmon's (and
+/// tract's on x86) does not, and the int8 graph amplifies last-bit differences (BENCHMARKS,
+/// "Why"), so there the embeddings only point the same way.
+fn agree(tract: &Encoder, ours: &Encoder, inputs: &[Vec<f32>]) {
+    let (mut a, mut b) = (tract.session().unwrap(), ours.session().unwrap());
+    for (n, x) in inputs.iter().enumerate() {
+        let (ea, eb) = (
+            a.embed(x).map(<[f32]>::to_vec),
+            b.embed(x).map(<[f32]>::to_vec),
+        );
+        let (ea, eb) = match (ea, eb) {
+            (Ok(ea), Ok(eb)) => (ea, eb),
+            (Err(ea), Err(eb)) => {
+                assert_eq!(ea.to_string(), eb.to_string(), "input {n}");
+                continue;
+            }
+            other => panic!("input {n}: one plan failed: {other:?}"),
+        };
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(ea, eb, "input {n}");
+        } else {
+            let dot: f32 = ea.iter().zip(&eb).map(|(p, q)| p * q).sum();
+            let norm = |v: &[f32]| v.iter().map(|p| p * p).sum::<f32>().sqrt();
+            let cosine = dot / (norm(&ea) * norm(&eb));
+            assert!(cosine > 0.9, "input {n}: cosine {cosine}");
+        }
+    }
+}
+
+fn random_inputs(n: usize, len: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| (0..len).map(|_| rng.random_range(-2.1f32..2.6)).collect())
+        .collect()
+}
+
+#[test]
+fn the_built_in_bundle_runs_on_oodmon_kernels_with_tracts_values() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../edge/demo/bundle/encoder.onnx");
+    let (tract, ours) = both(&std::fs::read(path).unwrap());
+    assert_eq!(
+        tract.own_kernels().depthwise + tract.own_kernels().quantize_dequantize,
+        0
+    );
+    // EfficientNet-Lite0: 16 depthwise layers; 58 activation QDQ pairs in the int8 file
+    assert_eq!(ours.own_kernels().depthwise, 16);
+    assert_eq!(ours.own_kernels().quantize_dequantize, 58);
+    agree(&tract, &ours, &random_inputs(3, tract.input_len(), 1));
+}
+
+/// pointwise 3 -> 8, ReLU6, a depthwise layer of each kind the swap handles (3x3 and 5x5,
+/// stride 1 and 2, TF "same" asymmetric padding), a residual add, pooling, linear.
+fn depthwise_encoder(size: usize) -> Vec<u8> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let mut w = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-0.4f32..0.4)).collect() };
+    let mut b = OnnxBuilder::new(size, size, false);
+    let x = b.input();
+    let x = b.conv(&x, &w(8 * 3), &w(8), 3, 1, 1).unwrap();
+    let x = b.clip(&x, 0.0, 6.0);
+    let dw = |b: &mut OnnxBuilder, x: &str, k, stride, pads, weights: Vec<f32>, bias: Vec<f32>| {
+        let shape = ConvShape {
+            cin: 8,
+            k,
+            stride,
+            groups: 8,
+            pads,
+        };
+        let y = b.conv_with(x, &weights, &bias, shape).unwrap();
+        b.clip(&y, 0.0, 6.0)
+    };
+    let y = dw(&mut b, &x, 3, 1, [1, 1, 1, 1], w(8 * 9), w(8));
+    let x = b.add(&x, &y);
+    let x = dw(&mut b, &x, 3, 2, [0, 0, 1, 1], w(8 * 9), w(8));
+    let x = dw(&mut b, &x, 5, 2, [1, 1, 2, 2], w(8 * 25), w(8));
+    let x = dw(&mut b, &x, 5, 1, [2, 2, 2, 2], w(8 * 25), w(8));
+    let p = b.pool_flatten(&x);
+    let e = b.linear(&p, &w(6 * 8), &w(6), 8).unwrap();
+    b.finish(&e, 6, "test")
+}
+
+#[test]
+fn float_and_int8_depthwise_encoders_agree_with_tract_even_on_wild_inputs() {
+    let size = 19;
+    let float = depthwise_encoder(size);
+    let calibration = random_inputs(16, 3 * size * size, 2);
+    let int8 = quantize_qdq(&float, &calibration, RangeMethod::MinMax).unwrap();
+    let mut inputs = random_inputs(4, 3 * size * size, 3);
+    // values the int8 graph clamps, and a NaN its first quantizer turns into a zero point
+    let mut wild = inputs[0].clone();
+    wild[0] = 1e30;
+    wild[1] = -1e30;
+    wild[5] = 1e6;
+    inputs.push(wild.clone());
+    wild[7] = f32::NAN;
+    inputs.push(wild);
+    for (bytes, what) in [(&float, "float"), (&int8, "int8")] {
+        let (tract, ours) = both(bytes);
+        assert_eq!(ours.own_kernels().depthwise, 4, "{what}");
+        assert_eq!(ours.own_kernels().quantize_dequantize > 0, what == "int8");
+        agree(&tract, &ours, &inputs);
+    }
+}
