@@ -160,6 +160,7 @@ fn depthwise_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dep
         kernel_hw: [kh, kw],
         strides: [strides[0], strides[1]],
         pad_before: [padding[0].pad_before, padding[1].pad_before],
+        taps_by_lanes: Arc::new(taps_by_lanes(&taps, channels, kh * kw)),
         taps: Arc::new(taps),
         bias: Arc::new(bias),
     }))
@@ -200,6 +201,17 @@ fn quantize_dequantize_for(
     )))
 }
 
+/// `[C, T]` taps as `[C / LANES, T, LANES]` (whole blocks of channels only).
+fn taps_by_lanes(taps: &[f32], channels: usize, per_channel: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(channels / LANES * LANES * per_channel);
+    for block in 0..channels / LANES {
+        for t in 0..per_channel {
+            out.extend((0..LANES).map(|l| taps[(block * LANES + l) * per_channel + t]));
+        }
+    }
+    out
+}
+
 /// A depthwise 2-D convolution on NCHW (or CHW) `f32` with its weights in the op.
 ///
 /// Each channel's padded plane is split into `stride_h x stride_w` phase planes, so that
@@ -218,6 +230,9 @@ pub struct DepthwiseNchw {
     /// `[C, kh * kw]`, taps row-major, tract's order.
     taps: Arc<Vec<f32>>,
     bias: Arc<Vec<f32>>,
+    /// The same taps as `[C / LANES, kh * kw, LANES]`, for small planes, where LANES
+    /// channels go through together.
+    taps_by_lanes: Arc<Vec<f32>>,
 }
 
 impl Eq for DepthwiseNchw {}
@@ -362,28 +377,42 @@ impl DepthwiseNchw {
 /// Every plane of `input` through `op`'s convolution into `output`.
 #[multiversion::multiversion(targets("x86_64+avx"))]
 fn depthwise(op: &DepthwiseNchw, input: &[f32], output: &mut [f32], scratch: &mut Vec<f32>) {
-    op.convolve_planes(input, output, scratch)
+    let [oh, ow] = op.output_hw;
+    if oh * ow <= SMALL_PLANE && op.channels >= LANES {
+        op.convolve_across_channels(input, output, scratch);
+    } else {
+        op.convolve_planes(input, output, scratch, 0);
+    }
 }
 
 impl DepthwiseNchw {
+    /// Channels `first_channel..` of every image, plane by plane.
     #[inline(always)]
-    fn convolve_planes(&self, input: &[f32], output: &mut [f32], scratch: &mut Vec<f32>) {
+    fn convolve_planes(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        scratch: &mut Vec<f32>,
+        first_channel: usize,
+    ) {
         let [sh, sw] = self.strides;
         let [kh, kw] = self.kernel_hw;
         let [ih, iw] = self.input_hw;
         let [oh, ow] = self.output_hw;
-        let [pt, pl] = self.pad_before;
         let geo = self.geometry();
         let [ph, pw] = geo.phase_hw;
         let phase_len = ph * pw;
         let phases = sh * sw;
         // the last tap's run reads up to a vector past the planes: zeros there
         let planes_len = phases * phase_len + LANES;
-        let need = planes_len + geo.run;
+        // short runs (2x2 to 4x4 outputs) are one or two vectors: a channel alone is one
+        // chain of dependent adds, so GROUP channels go through together
+        let group = if geo.run <= 2 * LANES { GROUP } else { 1 };
+        let need = group * (planes_len + geo.run);
         if scratch.len() < need {
             scratch.resize(need, 0.0);
         }
-        let (planes, acc) = scratch[..need].split_at_mut(planes_len);
+        let (planes, acc) = scratch[..need].split_at_mut(group * planes_len);
         let taps_len = kh * kw;
         let (in_plane, out_plane) = (ih * iw, oh * ow);
         // where each tap's run starts in the planes, the same for every channel
@@ -395,46 +424,229 @@ impl DepthwiseNchw {
             }
         }
         let starts = &starts[..taps_len];
-        for (plane_index, (x, y)) in input
-            .chunks_exact(in_plane)
-            .zip(output.chunks_exact_mut(out_plane))
-            .enumerate()
-        {
-            let c = plane_index % self.channels;
-            // the zero-padded plane, split into phases: padded (r, q) goes to phase
-            // (r % sh, q % sw) at (r / sh, q / sw)
-            planes.fill(0.0);
-            for iy in 0..ih {
-                let r = iy + pt;
-                if r >= ph * sh {
-                    break;
+        let taps_of = |plane: usize| {
+            let c = plane % self.channels;
+            (&self.taps[c * taps_len..(c + 1) * taps_len], self.bias[c])
+        };
+        let images = input.len() / (in_plane * self.channels);
+        let mut first = first_channel;
+        while first < images * self.channels {
+            let channel = first % self.channels;
+            if channel < first_channel {
+                first += first_channel - channel;
+                continue;
+            }
+            let n = if group == GROUP && channel + GROUP <= self.channels {
+                GROUP
+            } else {
+                1
+            };
+            for g in 0..n {
+                let x = &input[(first + g) * in_plane..][..in_plane];
+                self.pad_into_phases(x, &mut planes[g * planes_len..][..planes_len]);
+            }
+            if n == GROUP {
+                let taps: [(&[f32], f32); GROUP] = std::array::from_fn(|g| taps_of(first + g));
+                convolve_group(acc, geo.run, planes, planes_len, starts, &taps);
+            } else {
+                let (taps, bias) = taps_of(first);
+                convolve(
+                    &mut acc[..geo.run],
+                    &planes[..planes_len],
+                    starts,
+                    taps,
+                    bias,
+                );
+            }
+            for g in 0..n {
+                let y = &mut output[(first + g) * out_plane..][..out_plane];
+                let acc = &acc[g * geo.run..][..geo.run];
+                for (oy, row) in y.chunks_exact_mut(ow).enumerate() {
+                    row.copy_from_slice(&acc[oy * pw..oy * pw + ow]);
                 }
-                let row_base = (r % sh * sw) * phase_len + (r / sh) * pw;
-                let src = &x[iy * iw..(iy + 1) * iw];
-                // phase px holds padded columns px, px + sw, ...: input columns from
-                // the first one at or after the left padding
-                for px in 0..sw {
-                    let first_q = if px >= pl {
-                        px
-                    } else {
-                        px + (pl - px).div_ceil(sw) * sw
-                    };
-                    let dst = &mut planes[row_base + px * phase_len..][..pw];
-                    let (Some(dst), Some(src)) =
-                        (dst.get_mut(first_q / sw..), src.get(first_q - pl..))
-                    else {
-                        continue;
-                    };
-                    for (d, &v) in dst.iter_mut().zip(src.iter().step_by(sw)) {
-                        *d = v;
+            }
+            first += n;
+        }
+    }
+
+    /// Small planes, [`LANES`] channels at a time: each block's padded planes are laid out
+    /// channel-innermost, so every output point and tap is one vector multiply and add over
+    /// the block's channels, with no per-channel setup. Channels past the last whole block
+    /// take the plane path.
+    #[inline(always)]
+    fn convolve_across_channels(&self, input: &[f32], output: &mut [f32], scratch: &mut Vec<f32>) {
+        let [sh, sw] = self.strides;
+        let [kh, kw] = self.kernel_hw;
+        let [ih, iw] = self.input_hw;
+        let [oh, ow] = self.output_hw;
+        let [pt, pl] = self.pad_before;
+        let (padded_h, padded_w) = ((oh - 1) * sh + kh, (ow - 1) * sw + kw);
+        let need = padded_h * padded_w * LANES;
+        if scratch.len() < need {
+            scratch.resize(need, 0.0);
+        }
+        let buf = &mut scratch[..need];
+        let taps_len = kh * kw;
+        let (in_plane, out_plane) = (ih * iw, oh * ow);
+        let blocks = self.channels / LANES;
+        let images = input.len() / (in_plane * self.channels);
+        for image in 0..images {
+            let base = image * self.channels;
+            for block in 0..blocks {
+                let c0 = block * LANES;
+                buf.fill(0.0);
+                for l in 0..LANES {
+                    let x = &input[(base + c0 + l) * in_plane..][..in_plane];
+                    for iy in 0..ih.min(padded_h.saturating_sub(pt)) {
+                        for ix in 0..iw.min(padded_w.saturating_sub(pl)) {
+                            buf[((iy + pt) * padded_w + ix + pl) * LANES + l] = x[iy * iw + ix];
+                        }
                     }
                 }
+                let taps = &self.taps_by_lanes[block * taps_len * LANES..][..taps_len * LANES];
+                let bias: [f32; LANES] = std::array::from_fn(|l| self.bias[c0 + l]);
+                // output points four at a time: four independent chains of adds
+                let point_at = |p: usize| ((p / ow) * sh * padded_w + (p % ow) * sw) * LANES;
+                let mut p = 0;
+                while p < out_plane {
+                    let n = (out_plane - p).min(4);
+                    let at = [0, 1, 2, 3].map(|u| point_at(p + u.min(n - 1)));
+                    let (mut a0, mut a1, mut a2, mut a3) = (bias, bias, bias, bias);
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let t = ky * kw + kx;
+                            let off = (ky * padded_w + kx) * LANES;
+                            let k: [f32; LANES] = lanes(&taps[t * LANES..]);
+                            let x0: [f32; LANES] = lanes(&buf[at[0] + off..]);
+                            let x1: [f32; LANES] = lanes(&buf[at[1] + off..]);
+                            let x2: [f32; LANES] = lanes(&buf[at[2] + off..]);
+                            let x3: [f32; LANES] = lanes(&buf[at[3] + off..]);
+                            a0 = std::array::from_fn(|i| a0[i] + k[i] * x0[i]);
+                            a1 = std::array::from_fn(|i| a1[i] + k[i] * x1[i]);
+                            a2 = std::array::from_fn(|i| a2[i] + k[i] * x2[i]);
+                            a3 = std::array::from_fn(|i| a3[i] + k[i] * x3[i]);
+                        }
+                    }
+                    for (u, a) in [a0, a1, a2, a3].iter().enumerate().take(n) {
+                        for (l, &v) in a.iter().enumerate() {
+                            output[(base + c0 + l) * out_plane + p + u] = v;
+                        }
+                    }
+                    p += n;
+                }
             }
-            let taps = &self.taps[c * taps_len..(c + 1) * taps_len];
-            convolve(acc, planes, starts, taps, self.bias[c]);
-            for (oy, row) in y.chunks_exact_mut(ow).enumerate() {
-                row.copy_from_slice(&acc[oy * pw..oy * pw + ow]);
+        }
+        if blocks * LANES < self.channels {
+            // the channels past the last whole block, through the plane path
+            self.convolve_planes(input, output, scratch, blocks * LANES);
+        }
+    }
+
+    /// One input plane, zero-padded and split into phases: padded (r, q) goes to phase
+    /// (r % sh, q % sw) at (r / sh, q / sw).
+    #[inline(always)]
+    fn pad_into_phases(&self, x: &[f32], planes: &mut [f32]) {
+        let [sh, sw] = self.strides;
+        let [ih, iw] = self.input_hw;
+        let [pt, pl] = self.pad_before;
+        let [ph, pw] = self.geometry().phase_hw;
+        let phase_len = ph * pw;
+        planes.fill(0.0);
+        for iy in 0..ih {
+            let r = iy + pt;
+            if r >= ph * sh {
+                break;
             }
+            let row_base = (r % sh * sw) * phase_len + (r / sh) * pw;
+            let src = &x[iy * iw..(iy + 1) * iw];
+            if sw == 2 {
+                // pairs of input columns go to the two phases side by side
+                let (p0, c0) = (pl % 2, pl / 2);
+                let c1 = (pl + 1) / 2;
+                let m = (iw / 2)
+                    .min(pw.saturating_sub(c0))
+                    .min(pw.saturating_sub(c1));
+                let (head, tail) = planes.split_at_mut(row_base + phase_len);
+                let (first, second) = (&mut head[row_base..row_base + pw], &mut tail[..pw]);
+                let (d0, d1) = if p0 == 0 {
+                    (first, second)
+                } else {
+                    (second, first)
+                };
+                for ((a, b), pair) in d0[c0..c0 + m]
+                    .iter_mut()
+                    .zip(&mut d1[c1..c1 + m])
+                    .zip(src.chunks_exact(2))
+                {
+                    *a = pair[0];
+                    *b = pair[1];
+                }
+                for (ix, &v) in src.iter().enumerate().skip(2 * m) {
+                    let q = ix + pl;
+                    if q / 2 < pw {
+                        planes[row_base + (q % 2) * phase_len + q / 2] = v;
+                    }
+                }
+                continue;
+            }
+            // phase px holds padded columns px, px + sw, ...: input columns from the
+            // first one at or after the left padding
+            for px in 0..sw {
+                let first_q = if px >= pl {
+                    px
+                } else {
+                    px + (pl - px).div_ceil(sw) * sw
+                };
+                let dst = &mut planes[row_base + px * phase_len..][..pw];
+                let (Some(dst), Some(src)) = (dst.get_mut(first_q / sw..), src.get(first_q - pl..))
+                else {
+                    continue;
+                };
+                for (d, &v) in dst.iter_mut().zip(src.iter().step_by(sw)) {
+                    *d = v;
+                }
+            }
+        }
+    }
+}
+
+/// The first [`LANES`] values of `x`, as an array.
+#[inline(always)]
+fn lanes(x: &[f32]) -> [f32; LANES] {
+    x[..LANES].try_into().unwrap_or_else(|_| unreachable!())
+}
+
+/// Channels convolved together when a channel's run is short.
+const GROUP: usize = 4;
+
+/// Output planes up to this many points (4x4) are convolved across channels.
+const SMALL_PLANE: usize = 16;
+
+/// [`convolve`] for [`GROUP`] channels at once (`acc` and `planes` hold one run and one
+/// set of planes per channel): the same arithmetic per value, in independent chains.
+#[inline(always)]
+fn convolve_group(
+    acc: &mut [f32],
+    run: usize,
+    planes: &[f32],
+    planes_len: usize,
+    starts: &[usize],
+    taps: &[(&[f32], f32); GROUP],
+) {
+    for v in (0..run).step_by(LANES) {
+        let mut a: [[f32; LANES]; GROUP] = std::array::from_fn(|g| [taps[g].1; LANES]);
+        for (t, &start) in starts.iter().enumerate() {
+            for (g, a) in a.iter_mut().enumerate() {
+                let k = taps[g].0[t];
+                let at = g * planes_len + start + v;
+                let x: &[f32; LANES] = planes[at..at + LANES]
+                    .try_into()
+                    .unwrap_or_else(|_| unreachable!());
+                *a = std::array::from_fn(|i| a[i] + k * x[i]);
+            }
+        }
+        for (g, a) in a.iter().enumerate() {
+            acc[g * run + v..][..LANES].copy_from_slice(a);
         }
     }
 }
@@ -670,11 +882,16 @@ mod tests {
             (3, [11, 13], [7, 7], [3, 3], [3, 2, 1, 3]),
             (4, [6, 6], [3, 3], [2, 2], [0, 0, 0, 0]),
             (2, [9, 5], [3, 5], [2, 1], [4, 0, 1, 4]), // pads wider than the kernel
+            (6, [2, 2], [3, 3], [1, 1], [1, 1, 1, 1]), // channels in groups of 4, and 2 alone
+            (19, [5, 5], [5, 5], [2, 2], [1, 1, 2, 2]), // across channels, 3 left over
         ];
         let mut scratch = Vec::new();
         for &(channels, [ih, iw], [kh, kw], [sh, sw], [pt, pl, pb, pr]) in cases {
             let (oh, ow) = ((ih + pt + pb - kh) / sh + 1, (iw + pl + pr - kw) / sw + 1);
             for batch in [1, 2] {
+                let taps: Vec<f32> = (0..channels * kh * kw)
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect();
                 let op = DepthwiseNchw {
                     batched: batch > 1,
                     channels,
@@ -683,11 +900,8 @@ mod tests {
                     kernel_hw: [kh, kw],
                     strides: [sh, sw],
                     pad_before: [pt, pl],
-                    taps: Arc::new(
-                        (0..channels * kh * kw)
-                            .map(|_| rng.random_range(-1.0..1.0))
-                            .collect(),
-                    ),
+                    taps_by_lanes: Arc::new(taps_by_lanes(&taps, channels, kh * kw)),
+                    taps: Arc::new(taps),
                     bias: Arc::new((0..channels).map(|_| rng.random_range(-0.5..0.5)).collect()),
                 };
                 let x: Vec<f32> = (0..batch * channels * ih * iw)

@@ -411,6 +411,7 @@ fn test(args: &[String]) -> Result {
         "warnings",
     ]))?;
     step("host tests");
+    prune_stale_test_binaries(&python)?;
     run(cargo_with_torch(&python).args(["test", "--workspace"]))?;
     backend_tests(&python)?;
     if aarch64 {
@@ -791,6 +792,64 @@ fn required_glibc(binary: &Path) -> Result<(u32, u32)> {
         })
         .max()
         .ok_or_else(|| format!("{}: no GLIBC symbol versions found", binary.display()))
+}
+
+/// Deletes the test executables of earlier builds. The target directory outlives the
+/// clone (warm CI runs), and every change relinks each test binary under a new hash: 111
+/// stale ones (25 GB) once filled this machine's disk mid-run. Cargo names the current
+/// ones (`--no-run --message-format=json`, which also builds them); every other
+/// executable in `debug/deps` is an older build.
+fn prune_stale_test_binaries(python: &Path) -> Result {
+    use std::os::unix::fs::PermissionsExt;
+    let out = cargo_with_torch(python)
+        .args(["test", "--workspace", "--no-run", "--message-format=json"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err("cargo test --no-run failed (its errors are above)".into());
+    }
+    let current: std::collections::HashSet<PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let at = line.find(r#""executable":""#)? + r#""executable":""#.len();
+            let end = line[at..].find('"')?;
+            Some(PathBuf::from(&line[at..at + end]))
+        })
+        .collect();
+    // the programs themselves (debug/oodmon-edge, ...) are hard links to their deps/ build
+    let uplifted: std::collections::HashSet<u64> = std::fs::read_dir(target_dir().join("debug"))
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .collect();
+    let deps = target_dir().join("debug/deps");
+    let (mut freed, mut files) = (0u64, 0usize);
+    for entry in std::fs::read_dir(&deps)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        let executable = meta.is_file()
+            && meta.permissions().mode() & 0o111 != 0
+            && !entry.file_name().to_string_lossy().contains('.');
+        let stale = !current.contains(&path)
+            && !uplifted.contains(&std::os::unix::fs::MetadataExt::ino(&meta));
+        if executable && stale && std::fs::remove_file(&path).is_ok() {
+            freed += meta.len();
+            files += 1;
+        }
+    }
+    if files > 0 {
+        println!(
+            "(deleted {files} superseded test binaries, {:.1} GB)",
+            freed as f64 / 1e9
+        );
+    }
+    Ok(())
 }
 
 fn target_dir() -> PathBuf {
