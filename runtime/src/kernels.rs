@@ -562,7 +562,7 @@ impl DepthwiseNchw {
             if sw == 2 {
                 // pairs of input columns go to the two phases side by side
                 let (p0, c0) = (pl % 2, pl / 2);
-                let c1 = (pl + 1) / 2;
+                let c1 = pl.div_ceil(2);
                 let m = (iw / 2)
                     .min(pw.saturating_sub(c0))
                     .min(pw.saturating_sub(c1));
