@@ -10,7 +10,9 @@
 //! fused multiply-add (padding taps add an exact zero); the fused quantize-dequantize is
 //! tract's formula element for element. A bundle calibrated through tract stays valid, and
 //! the tests compare the two plans value for value. `OODMON_TRACT_KERNELS=tract` keeps
-//! tract's own operators (to bisect a difference, or to time them).
+//! tract's own operators (to bisect a difference, or to time them). On aarch64 tract's
+//! decluttering lays most depthwise layers out channel-last (HWC) for a NEON kernel of its
+//! own; those stay tract's.
 //!
 //! The loops are compiled a second time for AVX on x86-64, chosen at run time when the
 //! CPU has it (as tract chooses its own kernels); no multiply and add is ever fused, so the
@@ -145,6 +147,9 @@ fn depthwise_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dep
     }
     let padding = spec.computed_padding(&shape[hw..]);
     let strides = spec.strides();
+    if padding.iter().any(|p| p.convoluted == 0) || strides.contains(&0) {
+        return Ok(None);
+    }
     let taps = kernel.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
     let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?;
     let bias = if bias.len() == channels {
@@ -886,7 +891,20 @@ mod tests {
             (19, [5, 5], [5, 5], [2, 2], [1, 1, 2, 2]), // across channels, 3 left over
         ];
         let mut scratch = Vec::new();
-        for &(channels, [ih, iw], [kh, kw], [sh, sw], [pt, pl, pb, pr]) in cases {
+        let mut cases = cases.to_vec();
+        // and 300 random geometries: 1-20 channels, planes 1-20, kernels 1-7, strides 1-3,
+        // pads 0-4 on each side
+        for _ in 0..300 {
+            let mut r = |lo: usize, hi: usize| rng.random_range(lo..=hi);
+            let (kh, kw) = (r(1, 7), r(1, 7));
+            let pads = [r(0, 4), r(0, 4), r(0, 4), r(0, 4)];
+            let (ih, iw) = (r(1, 20), r(1, 20));
+            if ih + pads[0] + pads[2] < kh || iw + pads[1] + pads[3] < kw {
+                continue;
+            }
+            cases.push((r(1, 20), [ih, iw], [kh, kw], [r(1, 3), r(1, 3)], pads));
+        }
+        for (channels, [ih, iw], [kh, kw], [sh, sw], [pt, pl, pb, pr]) in cases {
             let (oh, ow) = ((ih + pt + pb - kh) / sh + 1, (iw + pl + pr - kw) / sw + 1);
             for batch in [1, 2] {
                 let taps: Vec<f32> = (0..channels * kh * kw)
