@@ -295,9 +295,13 @@ def preprocess(img, order, spec, exact=False):
 
 def matrix(stored):
     """A matrix of the artifact: shape, dtype, little-endian bytes in base64; `-symmetric`
-    holds the upper triangle row by row."""
+    holds the upper triangle row by row, `f32-lower` the lower one (a Cholesky factor)."""
     raw = base64.b64decode(stored["data"])
     n, m = stored["rows"], stored["cols"]
+    if stored["dtype"] == "f32-lower":
+        full = np.zeros((n, n), np.float32)
+        full[np.tril_indices(n)] = np.frombuffer(raw, "<f4")
+        return full
     if stored["dtype"] == "f64-symmetric":
         full = np.zeros((n, n))
         iu = np.triu_indices(n)
@@ -326,9 +330,11 @@ class Scorer:
             centres = unit(centres)
         if self.kind == "cosine":
             centres = unit(centres)
-        precision = [matrix(p) for p in model.get("precision", [])]
-        # P = L L^T, so (x - c)^T P (x - c) = ||x L - c L||^2
-        factors = [np.linalg.cholesky(p).astype(np.float32) for p in precision]
+        # P = L L^T, so (x - c)^T P (x - c) = ||x L - c L||^2; schema 6 stores L
+        # ("whitening"), older files P ("precision")
+        factors = [matrix(w) for w in model.get("whitening", [])] or [
+            np.linalg.cholesky(matrix(p)).astype(np.float32) for p in model.get("precision", [])
+        ]
         per_cluster = self.kind == "mahalanobis" and model["metric"]["covariance"] == "per_cluster"
         if self.kind in ("mahalanobis", "mahalanobis_plus_plus", "relative_mahalanobis"):
             if per_cluster:
@@ -338,7 +344,10 @@ class Scorer:
                 centres = centres @ self.factor
         if self.kind == "relative_mahalanobis":
             bg = model["background"]
-            self.bg_factor = np.linalg.cholesky(matrix(bg["precision"])).astype(np.float32)
+            self.bg_factor = (
+                matrix(bg["whitening"]) if "whitening" in bg
+                else np.linalg.cholesky(matrix(bg["precision"])).astype(np.float32)
+            )
             self.bg_centre = np.asarray(bg["mean"], np.float32) @ self.bg_factor
         if self.kind == "knn":
             self.k = model["metric"]["k"]

@@ -14,13 +14,15 @@ use crate::quality::QualityBounds;
 use crate::threshold::Thresholds;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 /// The oldest schema version this build reads, migrating it on load: version 1 had no
 /// image-quality bounds (its frames are not guarded until `oodmon-calibrate guards` adds
 /// them); version 2 had no noise and detail bounds (its other bounds are kept, and
 /// `guards` refits all of them); version 3 did not name the runtime that computed its
 /// embeddings (it was always tract); version 4 had no saturation and black-level bounds
-/// (its other bounds are kept, and `guards` refits all of them).
+/// (its other bounds are kept, and `guards` refits all of them); version 5 stored the
+/// Mahalanobis precision matrices in `f64` (they are factored into the `f32` whitening
+/// matrices version 6 stores, the same values the scorer used).
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 const FORMAT: &str = "oodmon-calibration";
 
@@ -305,7 +307,9 @@ impl CalibrationArtifact {
                 }))
             }
         }
-        let a: Self = serde_json::from_value(value).map_err(Error::ArtifactParse)?;
+        let mut a: Self = serde_json::from_value(value).map_err(Error::ArtifactParse)?;
+        // precision matrices (schema 5 and older) become whitening factors
+        a.model.upgrade()?;
         a.validate()?;
         Ok(a)
     }
@@ -377,6 +381,8 @@ fn migrate(value: &mut serde_json::Value, from: u64) {
     // schema 3 added the optional noise and detail bounds: a schema 2 file reads as it is,
     // without them
     // schema 5 added the optional saturation and black-level bounds: likewise
+    // schema 6 stores whitening factors instead of precision matrices: `Model::upgrade`
+    // factors those of an older file after parsing
     if let Some(o) = value.as_object_mut() {
         if from < 4 {
             // schema 4 names the backend the embeddings came from; before, always tract

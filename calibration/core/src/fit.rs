@@ -303,16 +303,20 @@ pub fn fit_metric(clusters: &Clusters, cfg: &FitConfig) -> Result<Model> {
         }
         _ => None,
     };
-    Ok(Model {
+    let mut model = Model {
         dim: d,
         normalize: clusters.normalize,
         metric: cfg.metric,
         centroids: MatrixF32::new(k, d, centroids.clone()),
         cluster_class: cluster_class.clone(),
+        whitening: Vec::new(),
         precision,
         knn_bank,
         background,
-    })
+    };
+    // stored and scored as whitening factors
+    model.upgrade()?;
+    Ok(model)
 }
 
 /// One Gaussian over all training embeddings (the mean and shrunk precision), the
@@ -330,7 +334,15 @@ fn fit_background(data: &Embeddings, shrinkage: Shrinkage) -> Result<Background>
     let all: Vec<usize> = (0..n).collect();
     let (cov, fourth, nf) = scatter(data, &all, &mean, &vec![0; n]);
     Ok(Background {
-        precision: shrunk_precision(&cov, fourth, nf, d, shrinkage, "the background covariance")?,
+        precision: Some(shrunk_precision(
+            &cov,
+            fourth,
+            nf,
+            d,
+            shrinkage,
+            "the background covariance",
+        )?),
+        whitening: None,
         mean,
     })
 }
@@ -536,12 +548,12 @@ mod tests {
         let e = Embeddings::new(3, 5, (0..15).map(|v| (v * v % 7) as f32).collect()).unwrap();
         let cfg = FitConfig::new(ClusterSpec::Class, Metric::parse("mahalanobis").unwrap());
         let fitted = fit_model(&e, Some(&[0, 0, 0]), &cfg).unwrap();
-        assert_eq!(fitted.model.precision.len(), 1);
+        assert_eq!(fitted.model.whitening.len(), 1);
         let per = FitConfig::new(
             ClusterSpec::Class,
             Metric::parse("mahalanobis-per-cluster").unwrap(),
         );
         let fitted = fit_model(&e, Some(&[0, 1, 1]), &per).unwrap();
-        assert_eq!(fitted.model.precision.len(), 2);
+        assert_eq!(fitted.model.whitening.len(), 2);
     }
 }

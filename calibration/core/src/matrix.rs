@@ -156,6 +156,81 @@ macro_rules! stored_matrix {
 stored_matrix!(MatrixF32, f32, "f32", 4, false);
 stored_matrix!(MatrixF64, f64, "f64", 8, true);
 
+/// A square lower-triangular `f32` matrix (a Cholesky factor, as the scorer multiplies by
+/// it), row-major with zeros above the diagonal in memory; stored as its lower triangle
+/// only (`dtype` `f32-lower`): a quarter of the bytes of the `f64` matrix it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LowerF32 {
+    pub n: usize,
+    pub data: Vec<f32>,
+}
+
+impl LowerF32 {
+    /// From a full row-major `n x n` matrix; what is above the diagonal is dropped.
+    pub fn from_full(n: usize, full: &[f32]) -> Self {
+        let mut data = vec![0f32; n * n];
+        for i in 0..n {
+            data[i * n..i * n + i + 1].copy_from_slice(&full[i * n..i * n + i + 1]);
+        }
+        Self { n, data }
+    }
+}
+
+impl Serialize for LowerF32 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let n = self.n;
+        let bytes: Vec<u8> = (0..n)
+            .flat_map(|i| self.data[i * n..i * n + i + 1].iter())
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        Stored {
+            rows: n,
+            cols: n,
+            dtype: "f32-lower".into(),
+            data: base64::engine::general_purpose::STANDARD.encode(bytes),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for LowerF32 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let st = Stored::deserialize(d)?;
+        if st.dtype != "f32-lower" || st.rows != st.cols {
+            return Err(D::Error::custom(format!(
+                "a {} matrix of {}x{}, expected a square \"f32-lower\" one",
+                st.dtype, st.rows, st.cols
+            )));
+        }
+        let n = st.rows;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(st.data.as_bytes())
+            .map_err(|e| D::Error::custom(format!("matrix data is not base64: {e}")))?;
+        let want = n
+            .checked_add(1)
+            .and_then(|m| m.checked_mul(n))
+            .and_then(|m| (m / 2).checked_mul(4))
+            .ok_or_else(|| D::Error::custom("matrix shape overflows"))?;
+        if bytes.len() != want {
+            return Err(D::Error::custom(format!(
+                "lower-triangular {n}x{n} matrix needs {want} bytes, found {}",
+                bytes.len()
+            )));
+        }
+        let mut values = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        let mut data = vec![0f32; n * n];
+        for i in 0..n {
+            for v in &mut data[i * n..i * n + i + 1] {
+                *v = values.next().unwrap_or_default();
+            }
+        }
+        Ok(Self { n, data })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +243,20 @@ mod tests {
         let bad = s.replace("\"rows\":2", "\"rows\":3");
         assert!(serde_json::from_str::<MatrixF32>(&bad).is_err());
         assert!(serde_json::from_str::<MatrixF64>(&s).is_err());
+    }
+
+    #[test]
+    fn lower_f32_keeps_the_triangle_and_round_trips_exactly() {
+        let n = 4;
+        let full: Vec<f32> = (0..n * n).map(|i| i as f32 * 0.37 - 1.0).collect();
+        let m = LowerF32::from_full(n, &full);
+        assert_eq!(m.data[1], 0.0); // above the diagonal
+        assert_eq!(m.data[n + 1], full[n + 1]);
+        let s = serde_json::to_string(&m).unwrap();
+        assert!(s.contains("f32-lower"), "{s}");
+        assert_eq!(serde_json::from_str::<LowerF32>(&s).unwrap(), m);
+        assert!(serde_json::from_str::<LowerF32>(&s.replace("\"rows\":4", "\"rows\":3")).is_err());
+        assert!(serde_json::from_str::<LowerF32>(&s.replace("f32-lower", "f32")).is_err());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::linalg::{
     dist2, dot64, dot_error_bound, dots, matmul, matmul_lower, norm2, to_distances_argmin,
     BLOCK_ROWS,
 };
-use crate::matrix::{MatrixF32, MatrixF64};
+use crate::matrix::{LowerF32, MatrixF32, MatrixF64};
 
 /// Which covariance Mahalanobis uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,8 +148,14 @@ impl Metric {
 pub struct Background {
     /// Mean of all training embeddings (after normalisation when the model normalises).
     pub mean: Vec<f32>,
-    /// Shrunk precision of all training embeddings around `mean`.
-    pub precision: MatrixF64,
+    /// Lower Cholesky factor `L` of the shrunk precision `P = L L^T` around `mean`, in the
+    /// `f32` the scorer multiplies by (since schema 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whitening: Option<LowerF32>,
+    /// The precision itself, as files before schema 6 stored it; read, turned into
+    /// `whitening` by [`Model::upgrade`], never written.
+    #[serde(default, skip_serializing)]
+    pub precision: Option<MatrixF64>,
 }
 
 /// The stored neighbours of the k-NN score.
@@ -172,8 +178,15 @@ pub struct Model {
     pub centroids: MatrixF32,
     /// The class each cluster summarises, when labels were given.
     pub cluster_class: Vec<Option<usize>>,
-    /// Mahalanobis precision matrices: one when tied, one per cluster otherwise.
+    /// Mahalanobis precision matrices `P = L L^T` as their lower Cholesky factors `L`, in
+    /// the `f32` the scorer multiplies by: one when tied, one per cluster otherwise. Stored
+    /// since schema 6 (a quarter of the `f64` precision's bytes, and no factorisation at
+    /// load); the scores are the same as from the precision they came from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub whitening: Vec<LowerF32>,
+    /// The precision matrices themselves, as files before schema 6 stored them; read,
+    /// turned into `whitening` by [`Model::upgrade`], never written.
+    #[serde(default, skip_serializing)]
     pub precision: Vec<MatrixF64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knn_bank: Option<KnnBank>,
@@ -186,6 +199,63 @@ impl Model {
     pub fn clusters(&self) -> usize {
         self.centroids.rows
     }
+
+    /// Replaces precision matrices (fitted, or read from a file before schema 6) by their
+    /// whitening factors, checking each (shape, finite, symmetric, positive definite).
+    pub fn upgrade(&mut self) -> Result<()> {
+        let d = self.dim;
+        if !self.precision.is_empty() {
+            self.whitening = self
+                .precision
+                .iter()
+                .enumerate()
+                .map(|(i, p)| whitening_of(p, d, &format!("precision matrix {i}")))
+                .collect::<Result<_>>()?;
+            self.precision.clear();
+        }
+        if let Some(bg) = &mut self.background {
+            if let Some(p) = bg.precision.take() {
+                bg.whitening = Some(whitening_of(&p, d, "background precision")?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `f32` lower Cholesky factor of a checked precision matrix.
+fn whitening_of(p: &MatrixF64, d: usize, what: &str) -> Result<LowerF32> {
+    let l = precision_factor(p, d, what)?;
+    Ok(LowerF32 {
+        n: d,
+        data: l.iter().map(|&v| v as f32).collect(),
+    })
+}
+
+/// Checks a stored whitening factor: its size, finite values, and a positive diagonal
+/// (which makes `L L^T` positive definite).
+fn checked_whitening<'a>(l: &'a LowerF32, d: usize, what: &str) -> Result<&'a [f32]> {
+    if l.n != d || l.data.len() != d * d {
+        return Err(Error::DimensionMismatch {
+            what: what.into(),
+            expected: d,
+            found: l.n,
+        });
+    }
+    if l.data.iter().any(|v| !v.is_finite()) {
+        return Err(Error::InvalidArtifact(format!(
+            "{what} holds NaN or infinite values"
+        )));
+    }
+    if (0..d).any(|i| l.data[i * d + i] <= 0.0) {
+        return Err(Error::NotPositiveDefinite { what: what.into() });
+    }
+    // the per-frame product skips what is above the diagonal: it must be zero
+    if (0..d).any(|i| l.data[i * d + i + 1..(i + 1) * d].iter().any(|&v| v != 0.0)) {
+        return Err(Error::InvalidArtifact(format!(
+            "{what} is not lower-triangular"
+        )));
+    }
+    Ok(&l.data)
 }
 
 /// One embedding's score and the cluster it is nearest to.
@@ -286,6 +356,21 @@ fn precision_factor(p: &MatrixF64, d: usize, what: &str) -> Result<Vec<f64>> {
 impl Scorer {
     /// Validates the model and precomputes what scoring needs.
     pub fn new(model: &Model) -> Result<Self> {
+        // a model holding precision matrices (built in memory, not read) is factored first
+        let upgraded;
+        let model = if !model.precision.is_empty()
+            || model
+                .background
+                .as_ref()
+                .is_some_and(|b| b.precision.is_some())
+        {
+            let mut m = model.clone();
+            m.upgrade()?;
+            upgraded = m;
+            &upgraded
+        } else {
+            model
+        };
         let d = model.dim;
         let k = model.centroids.rows;
         if d == 0 {
@@ -336,10 +421,10 @@ impl Scorer {
                     Covariance::Tied => 1,
                     Covariance::PerCluster => k,
                 };
-                if model.precision.len() != want {
+                if model.whitening.len() != want {
                     return Err(Error::InvalidArtifact(format!(
-                        "{} precision matrices, expected {want}",
-                        model.precision.len()
+                        "{} precision (whitening) matrices, expected {want}",
+                        model.whitening.len()
                     )));
                 }
                 if model.metric.needs_unit_norm() && !model.normalize {
@@ -348,9 +433,12 @@ impl Scorer {
                         model.metric.name()
                     )));
                 }
-                for (i, p) in model.precision.iter().enumerate() {
-                    let l = precision_factor(p, d, &format!("precision matrix {i}"))?;
-                    transforms.extend(l.iter().map(|&v| v as f32));
+                for (i, l) in model.whitening.iter().enumerate() {
+                    transforms.extend_from_slice(checked_whitening(
+                        l,
+                        d,
+                        &format!("whitening {i}"),
+                    )?);
                 }
                 let mut transformed = vec![0f32; k * d];
                 match (covariance, &model.metric) {
@@ -373,11 +461,12 @@ impl Scorer {
                                 "background mean holds NaN or infinite values".into(),
                             ));
                         }
-                        let l0: Vec<f32> =
-                            precision_factor(&bg.precision, d, "background precision")?
-                                .iter()
-                                .map(|&v| v as f32)
-                                .collect();
+                        let l0 = bg.whitening.as_ref().ok_or_else(|| {
+                            Error::InvalidArtifact(
+                                "relative Mahalanobis without a background whitening".into(),
+                            )
+                        })?;
+                        let l0 = checked_whitening(l0, d, "background whitening")?.to_vec();
                         // the mean as fitted (of normalised embeddings when the model
                         // normalises), since the precision was estimated around it
                         let mut bg_center = vec![0f32; d];

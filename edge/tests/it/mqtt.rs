@@ -66,6 +66,10 @@ impl Subscriber {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (seen.clone(), stop.clone());
+        // the four subscriptions the broker has acknowledged: events published before them
+        // reach no session and are not queued for this one
+        let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ack = acked.clone();
         let fleet = fleet.to_string();
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::SeqCst) {
@@ -119,12 +123,21 @@ impl Subscriber {
                             }
                         }
                     }
+                    Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                        ack.fetch_add(1, Ordering::SeqCst);
+                    }
                     Ok(Ok(_)) | Err(rumqttc::RecvTimeoutError::Timeout) => {}
                     Ok(Err(_)) => std::thread::sleep(Duration::from_millis(200)),
                     Err(rumqttc::RecvTimeoutError::Disconnected) => return,
                 }
             }
         });
+        // a vehicle started next must not publish before the monitor listens (a TLS
+        // handshake made that race visible once the edge started faster)
+        let until = Instant::now() + Duration::from_secs(20);
+        while acked.load(Ordering::SeqCst) < 4 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Self {
             seen,
             stop,

@@ -185,21 +185,50 @@ fn artifact_round_trips_and_rejects_tampering() {
         a.check_encoder_hash(&"cd".repeat(32)),
         Err(oodmon_calibration::Error::EncoderHashMismatch { .. })
     ));
-    // a precision matrix that is not positive definite
+    // a whitening factor whose L L^T is not positive definite (a zero on the diagonal)
     let mut bad = a.clone();
     let d = bad.model.dim;
-    bad.model.precision[0]
-        .data
-        .iter_mut()
-        .for_each(|v| *v = 0.0);
-    bad.model.precision[0].data[0] = -1.0;
-    for i in 1..d {
-        bad.model.precision[0].data[i * d + i] = 1.0;
-    }
+    bad.model.whitening[0].data[(d - 1) * d + d - 1] = 0.0;
     assert!(matches!(
         CalibrationArtifact::from_json(&bad.to_json()),
         Err(oodmon_calibration::Error::NotPositiveDefinite { .. })
     ));
+    // a schema-5 file stores the precision P = L L^T itself: it loads as the same factor
+    // (to the f32 rounding the scorer always applied), and scores the same
+    let l = &a.model.whitening[0];
+    let mut p = vec![0f64; d * d];
+    for i in 0..d {
+        for j in 0..d {
+            p[i * d + j] = (0..d)
+                .map(|k| l.data[i * d + k] as f64 * l.data[j * d + k] as f64)
+                .sum();
+        }
+    }
+    let mut v5: serde_json::Value = serde_json::from_str(&a.to_json()).unwrap();
+    v5["schema_version"] = 5.into();
+    let model = v5["model"].as_object_mut().unwrap();
+    model.remove("whitening");
+    model.insert(
+        "precision".into(),
+        serde_json::to_value(vec![oodmon_calibration::matrix::MatrixF64::new(d, d, p)]).unwrap(),
+    );
+    let old = CalibrationArtifact::from_json(&v5.to_string()).unwrap();
+    assert_eq!(old.schema_version, oodmon_calibration::SCHEMA_VERSION);
+    assert!(old.model.precision.is_empty());
+    for (x, y) in old.model.whitening[0].data.iter().zip(&l.data) {
+        assert!((x - y).abs() <= 1e-5 * y.abs().max(1e-3), "{x} vs {y}");
+    }
+    let (probe, _) = blobs(10, 4, 2, 7);
+    let score = |m| {
+        oodmon_calibration::Scorer::new(m)
+            .unwrap()
+            .score_batch(&probe)
+            .unwrap()
+    };
+    for (x, y) in score(&a.model).iter().zip(&score(&old.model)) {
+        assert!((x.score - y.score).abs() <= 1e-4 * x.score.abs().max(1.0));
+        assert_eq!(x.nearest, y.nearest);
+    }
     // non-finite values
     let mut bad = a.clone();
     bad.thresholds.global = f64::NAN;
@@ -457,10 +486,18 @@ fn mahalanobis_family_artifacts_round_trip_and_refuse_broken_parts() {
             Err(oodmon_calibration::Error::DimensionMismatch { .. })
         ));
         let mut bad = a.clone();
-        if let Some(bg) = bad.model.background.as_mut() {
-            bg.precision.data[0] = -1.0;
+        if let Some(w) = bad
+            .model
+            .background
+            .as_mut()
+            .and_then(|bg| bg.whitening.as_mut())
+        {
+            w.data[0] = -1.0;
         }
-        assert!(CalibrationArtifact::from_json(&bad.to_json()).is_err());
+        assert!(matches!(
+            CalibrationArtifact::from_json(&bad.to_json()),
+            Err(oodmon_calibration::Error::NotPositiveDefinite { .. })
+        ));
     }
 }
 
