@@ -1,7 +1,8 @@
 //! Matrices as they are stored in the artifact: shape plus little-endian bytes in base64,
-//! which is exact, compact and still plain JSON. Symmetric `f64` matrices (precision
-//! matrices) keep only their upper triangle (`dtype` `f64-symmetric`): half the bytes, which
-//! matters at 1280 dimensions (13 MB of doubles in full).
+//! which is exact, compact and still plain JSON. Symmetric `f64` matrices (the precision
+//! matrices of files before schema 6) keep only their upper triangle (`dtype`
+//! `f64-symmetric`), and the `f32` Cholesky factors stored since only their lower one
+//! (`f32-lower`): at 1280 dimensions 3.3 MB against 13 MB of doubles in full.
 
 use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
