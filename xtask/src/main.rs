@@ -411,32 +411,39 @@ fn test(args: &[String]) -> Result {
         "warnings",
     ]))?;
     step("host tests");
-    prune_stale_test_binaries(&python)?;
+    prune_stale_test_binaries(
+        cargo_with_torch(&python).args(["test", "--workspace"]),
+        &target_dir().join("debug"),
+    )?;
     run(cargo_with_torch(&python).args(["test", "--workspace"]))?;
     backend_tests(&python)?;
     if aarch64 {
         step("aarch64 build and tests under qemu");
         let target_dir = target_dir().join("aarch64-debian");
-        let mut cmd = Command::new("/usr/bin/cargo");
-        // dependencies optimised (our crates keep debug assertions): debug-mode tract runs
-        // the shipped EfficientNet-Lite0 under qemu at seconds a frame, and the demo tests
-        // took 26 of this step's 36 minutes
-        cmd.current_dir(root())
-            .args(["test", "--target", AARCH64])
-            .args(AARCH64_CRATES.iter().flat_map(|c| ["-p", c]))
-            .args(["--config", r#"profile.dev.package."*".opt-level=2"#])
-            .args(["--config", r#"profile.dev.package."*".debug=false"#])
-            .env("RUSTC", "/usr/bin/rustc")
-            .env("RUSTDOC", "/usr/bin/rustdoc")
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .env(
-                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER",
-                qemu_aarch64(),
-            )
-            .env("OODMON_TEST_RUNNER", qemu_aarch64())
-            .env("QEMU_CPU", "neoverse-n1");
-        run(&mut cmd)?;
+        let tests = || {
+            let mut cmd = Command::new("/usr/bin/cargo");
+            // dependencies optimised (our crates keep debug assertions): debug-mode tract
+            // runs the shipped EfficientNet-Lite0 under qemu at seconds a frame, and the
+            // demo tests took 26 of this step's 36 minutes
+            cmd.current_dir(root())
+                .args(["test", "--target", AARCH64])
+                .args(AARCH64_CRATES.iter().flat_map(|c| ["-p", c]))
+                .args(["--config", r#"profile.dev.package."*".opt-level=2"#])
+                .args(["--config", r#"profile.dev.package."*".debug=false"#])
+                .env("RUSTC", "/usr/bin/rustc")
+                .env("RUSTDOC", "/usr/bin/rustdoc")
+                .env_remove("RUSTUP_TOOLCHAIN")
+                .env("CARGO_TARGET_DIR", &target_dir)
+                .env(
+                    "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER",
+                    qemu_aarch64(),
+                )
+                .env("OODMON_TEST_RUNNER", qemu_aarch64())
+                .env("QEMU_CPU", "neoverse-n1");
+            cmd
+        };
+        prune_stale_test_binaries(&mut tests(), &target_dir.join(AARCH64).join("debug"))?;
+        run(&mut tests())?;
         let edge = target_dir.join(AARCH64).join("debug").join("oodmon-edge");
         step("aarch64 oodmon-edge demo under qemu");
         let mut qemu = qemu_aarch64()
@@ -794,15 +801,16 @@ fn required_glibc(binary: &Path) -> Result<(u32, u32)> {
         .ok_or_else(|| format!("{}: no GLIBC symbol versions found", binary.display()))
 }
 
-/// Deletes the test executables of earlier builds. The target directory outlives the
-/// clone (warm CI runs), and every change relinks each test binary under a new hash: 111
-/// stale ones (25 GB) once filled this machine's disk mid-run. Cargo names the current
-/// ones (`--no-run --message-format=json`, which also builds them); every other
-/// executable in `debug/deps` is an older build.
-fn prune_stale_test_binaries(python: &Path) -> Result {
+/// Deletes the test executables of earlier builds from `profile_dir/deps` (`tests` is the
+/// `cargo test` command about to run). The target directory outlives the clone (warm CI
+/// runs), and every change relinks each test binary under a new hash: 111 stale ones
+/// (25 GB) once filled this machine's disk mid-run. Cargo names the current ones
+/// (`--no-run --message-format=json`, which also builds them); every other executable in
+/// `deps` is an older build.
+fn prune_stale_test_binaries(tests: &mut Command, profile_dir: &Path) -> Result {
     use std::os::unix::fs::PermissionsExt;
-    let out = cargo_with_torch(python)
-        .args(["test", "--workspace", "--no-run", "--message-format=json"])
+    let out = tests
+        .args(["--no-run", "--message-format=json"])
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| e.to_string())?;
@@ -818,14 +826,14 @@ fn prune_stale_test_binaries(python: &Path) -> Result {
         })
         .collect();
     // the programs themselves (debug/oodmon-edge, ...) are hard links to their deps/ build
-    let uplifted: std::collections::HashSet<u64> = std::fs::read_dir(target_dir().join("debug"))
+    let uplifted: std::collections::HashSet<u64> = std::fs::read_dir(profile_dir)
         .map_err(|e| e.to_string())?
         .flatten()
         .filter_map(|e| e.metadata().ok())
         .filter(|m| m.is_file())
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
         .collect();
-    let deps = target_dir().join("debug/deps");
+    let deps = profile_dir.join("deps");
     let (mut freed, mut files) = (0u64, 0usize);
     for entry in std::fs::read_dir(&deps)
         .map_err(|e| e.to_string())?
