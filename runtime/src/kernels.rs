@@ -410,14 +410,11 @@ impl DepthwiseNchw {
         let phases = sh * sw;
         // the last tap's run reads up to a vector past the planes: zeros there
         let planes_len = phases * phase_len + LANES;
-        // short runs (2x2 to 4x4 outputs) are one or two vectors: a channel alone is one
-        // chain of dependent adds, so GROUP channels go through together
-        let group = if geo.run <= 2 * LANES { GROUP } else { 1 };
-        let need = group * (planes_len + geo.run);
+        let need = planes_len + geo.run;
         if scratch.len() < need {
             scratch.resize(need, 0.0);
         }
-        let (planes, acc) = scratch[..need].split_at_mut(group * planes_len);
+        let (planes, acc) = scratch[..need].split_at_mut(planes_len);
         let taps_len = kh * kw;
         let (in_plane, out_plane) = (ih * iw, oh * ow);
         // where each tap's run starts in the planes, the same for every channel
@@ -429,48 +426,19 @@ impl DepthwiseNchw {
             }
         }
         let starts = &starts[..taps_len];
-        let taps_of = |plane: usize| {
-            let c = plane % self.channels;
-            (&self.taps[c * taps_len..(c + 1) * taps_len], self.bias[c])
-        };
         let images = input.len() / (in_plane * self.channels);
-        let mut first = first_channel;
-        while first < images * self.channels {
-            let channel = first % self.channels;
-            if channel < first_channel {
-                first += first_channel - channel;
-                continue;
-            }
-            let n = if group == GROUP && channel + GROUP <= self.channels {
-                GROUP
-            } else {
-                1
-            };
-            for g in 0..n {
-                let x = &input[(first + g) * in_plane..][..in_plane];
-                self.pad_into_phases(x, &mut planes[g * planes_len..][..planes_len]);
-            }
-            if n == GROUP {
-                let taps: [(&[f32], f32); GROUP] = std::array::from_fn(|g| taps_of(first + g));
-                convolve_group(acc, geo.run, planes, planes_len, starts, &taps);
-            } else {
-                let (taps, bias) = taps_of(first);
-                convolve(
-                    &mut acc[..geo.run],
-                    &planes[..planes_len],
-                    starts,
-                    taps,
-                    bias,
-                );
-            }
-            for g in 0..n {
-                let y = &mut output[(first + g) * out_plane..][..out_plane];
-                let acc = &acc[g * geo.run..][..geo.run];
+        for image in 0..images {
+            for c in first_channel..self.channels {
+                let plane = image * self.channels + c;
+                let x = &input[plane * in_plane..][..in_plane];
+                self.pad_into_phases(x, planes, geo.phase_hw);
+                let taps = &self.taps[c * taps_len..(c + 1) * taps_len];
+                convolve(acc, planes, starts, taps, self.bias[c]);
+                let y = &mut output[plane * out_plane..][..out_plane];
                 for (oy, row) in y.chunks_exact_mut(ow).enumerate() {
                     row.copy_from_slice(&acc[oy * pw..oy * pw + ow]);
                 }
             }
-            first += n;
         }
     }
 
@@ -550,11 +518,10 @@ impl DepthwiseNchw {
     /// One input plane, zero-padded and split into phases: padded (r, q) goes to phase
     /// (r % sh, q % sw) at (r / sh, q / sw).
     #[inline(always)]
-    fn pad_into_phases(&self, x: &[f32], planes: &mut [f32]) {
+    fn pad_into_phases(&self, x: &[f32], planes: &mut [f32], [ph, pw]: [usize; 2]) {
         let [sh, sw] = self.strides;
         let [ih, iw] = self.input_hw;
         let [pt, pl] = self.pad_before;
-        let [ph, pw] = self.geometry().phase_hw;
         let phase_len = ph * pw;
         planes.fill(0.0);
         for iy in 0..ih {
@@ -621,40 +588,8 @@ fn lanes(x: &[f32]) -> [f32; LANES] {
     x[..LANES].try_into().unwrap_or_else(|_| unreachable!())
 }
 
-/// Channels convolved together when a channel's run is short.
-const GROUP: usize = 4;
-
 /// Output planes up to this many points (4x4) are convolved across channels.
 const SMALL_PLANE: usize = 16;
-
-/// [`convolve`] for [`GROUP`] channels at once (`acc` and `planes` hold one run and one
-/// set of planes per channel): the same arithmetic per value, in independent chains.
-#[inline(always)]
-fn convolve_group(
-    acc: &mut [f32],
-    run: usize,
-    planes: &[f32],
-    planes_len: usize,
-    starts: &[usize],
-    taps: &[(&[f32], f32); GROUP],
-) {
-    for v in (0..run).step_by(LANES) {
-        let mut a: [[f32; LANES]; GROUP] = std::array::from_fn(|g| [taps[g].1; LANES]);
-        for (t, &start) in starts.iter().enumerate() {
-            for (g, a) in a.iter_mut().enumerate() {
-                let k = taps[g].0[t];
-                let at = g * planes_len + start + v;
-                let x: &[f32; LANES] = planes[at..at + LANES]
-                    .try_into()
-                    .unwrap_or_else(|_| unreachable!());
-                *a = std::array::from_fn(|i| a[i] + k * x[i]);
-            }
-        }
-        for (g, a) in a.iter().enumerate() {
-            acc[g * run + v..][..LANES].copy_from_slice(a);
-        }
-    }
-}
 
 /// The most taps a depthwise kernel may have here (7x7); larger ones stay with tract.
 const MAX_TAPS: usize = 49;
@@ -887,7 +822,7 @@ mod tests {
             (3, [11, 13], [7, 7], [3, 3], [3, 2, 1, 3]),
             (4, [6, 6], [3, 3], [2, 2], [0, 0, 0, 0]),
             (2, [9, 5], [3, 5], [2, 1], [4, 0, 1, 4]), // pads wider than the kernel
-            (6, [2, 2], [3, 3], [1, 1], [1, 1, 1, 1]), // channels in groups of 4, and 2 alone
+            (6, [2, 2], [3, 3], [1, 1], [1, 1, 1, 1]), // a small plane, too few channels for a block
             (19, [5, 5], [5, 5], [2, 2], [1, 1, 2, 2]), // across channels, 3 left over
         ];
         let mut scratch = Vec::new();
