@@ -14,7 +14,7 @@ use crate::quality::QualityBounds;
 use crate::threshold::Thresholds;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 /// The oldest schema version this build reads, migrating it on load: version 1 had no
 /// image-quality bounds (its frames are not guarded until `oodmon-calibrate guards` adds
 /// them); version 2 had no noise and detail bounds (its other bounds are kept, and
@@ -22,7 +22,9 @@ pub const SCHEMA_VERSION: u32 = 6;
 /// embeddings (it was always tract); version 4 had no saturation and black-level bounds
 /// (its other bounds are kept, and `guards` refits all of them); version 5 stored the
 /// Mahalanobis precision matrices in `f64` (they are factored into the `f32` whitening
-/// matrices version 6 stores, the same values the scorer used).
+/// matrices version 6 stores, the same values the scorer used); version 6 had no dark
+/// flat, darkest-value and saturated-share bounds (its other bounds are kept, and `guards`
+/// refits all of them).
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 const FORMAT: &str = "oodmon-calibration";
 
@@ -383,6 +385,8 @@ fn migrate(value: &mut serde_json::Value, from: u64) {
     // schema 5 added the optional saturation and black-level bounds: likewise
     // schema 6 stores whitening factors instead of precision matrices: `Model::upgrade`
     // factors those of an older file after parsing
+    // schema 7 added the optional dark flat, darkest-value and saturated-share bounds: a
+    // schema 6 file reads as it is, without them
     if let Some(o) = value.as_object_mut() {
         if from < 4 {
             // schema 4 names the backend the embeddings came from; before, always tract

@@ -10,7 +10,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::preprocess::{ChannelOrder, Layout, PreprocessSpec};
+
+mod measure;
+
+pub use measure::{luma_of_rgb8, luma_of_tensor, measure_luma, measure_rgb8, QualityMeter};
 
 /// What one frame looks like, as numbers a bound can be put on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -53,222 +56,22 @@ pub struct ImageQuality {
     /// scenes keep dark (shadows) even when bright overall.
     #[serde(default)]
     pub black_level: f32,
-}
-
-/// The share of pixels the black level is read at.
-const BLACK_LEVEL_QUANTILE: f32 = 0.02;
-
-/// Measures a luma plane (`width x height`, values in 0-1).
-pub fn measure_luma(luma: &[f32], width: usize, height: usize) -> Result<ImageQuality> {
-    if width < 3 || height < 3 || luma.len() != width * height {
-        return Err(Error::InvalidParameter {
-            what: "image",
-            reason: format!("{} values are not a {width}x{height} plane", luma.len()),
-        });
-    }
-    let n = luma.len() as f32;
-    let mean = luma.iter().sum::<f32>() / n;
-    let var = luma.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    let (mut lap_sum, mut lap_sq, mut lap_n) = (0f32, 0f32, 0f32);
-    for y in 1..height - 1 {
-        for x in 1..width - 1 {
-            let i = y * width + x;
-            let l = luma[i - 1] + luma[i + 1] + luma[i - width] + luma[i + width] - 4.0 * luma[i];
-            lap_sum += l;
-            lap_sq += l * l;
-            lap_n += 1.0;
-        }
-    }
-    let lap_mean = lap_sum / lap_n;
-    let dark = luma.iter().filter(|&&v| v <= 0.02).count() as f32 / n;
-    let black_level = low_quantile(luma, BLACK_LEVEL_QUANTILE);
-    let bright = luma.iter().filter(|&&v| v >= 0.98).count() as f32 / n;
-    let (mut flat, mut cells) = (0usize, 0usize);
-    for cy in (0..height.saturating_sub(3)).step_by(4) {
-        for cx in (0..width.saturating_sub(3)).step_by(4) {
-            let (mut lo, mut hi) = (f32::MAX, f32::MIN);
-            for y in cy..cy + 4 {
-                for &v in &luma[y * width + cx..y * width + cx + 4] {
-                    lo = lo.min(v);
-                    hi = hi.max(v);
-                }
-            }
-            cells += 1;
-            // clipped cells are exposure's business, not the lens's
-            flat += (hi - lo < 0.02 && lo > 0.02 && hi < 0.98) as usize;
-        }
-    }
-    Ok(ImageQuality {
-        blockiness: blockiness(luma, width, height),
-        noise: noise_sigma(luma, width, height),
-        detail: detail_ratio(luma, width, height),
-        saturation: 0.0,
-        black_level,
-        mean_luma: mean,
-        contrast: var.max(0.0).sqrt(),
-        sharpness: (lap_sq / lap_n - lap_mean * lap_mean).max(0.0),
-        clipped_dark: dark,
-        clipped_bright: bright,
-        flat_share: if cells > 0 {
-            flat as f32 / cells as f32
-        } else {
-            0.0
-        },
-    })
-}
-
-/// The `p` quantile of values in 0-1, to 1/256, from a histogram on the stack (no
-/// allocation, one pass); NaN values count as 0 and values out of range are clamped.
-fn low_quantile(values: &[f32], p: f32) -> f32 {
-    let mut histogram = [0u32; 256];
-    for &v in values {
-        // `as` saturates, and maps NaN to 0
-        histogram[((v * 256.0) as usize).min(255)] += 1;
-    }
-    let want = (p * values.len() as f32).ceil().max(1.0) as u32;
-    let mut seen = 0;
-    for (bin, &count) in histogram.iter().enumerate() {
-        seen += count;
-        if seen >= want {
-            return bin as f32 / 256.0;
-        }
-    }
-    1.0
-}
-
-/// Mean HSV saturation of packed RGB values in 0-1 (`(max - min) / max`, 0 for black), as
-/// the corruption benchmark's saturation changes it.
-fn saturation_of(pixel: [f32; 3]) -> f32 {
-    let max = pixel[0].max(pixel[1]).max(pixel[2]);
-    let min = pixel[0].min(pixel[1]).min(pixel[2]);
-    if max > 1e-6 {
-        ((max - min) / max).clamp(0.0, 1.0)
-    } else {
-        0.0
-    }
-}
-
-/// Measures packed RGB bytes (`width x height`): the luma measures and the colour ones.
-pub fn measure_rgb8(rgb: &[u8], width: usize, height: usize) -> Result<ImageQuality> {
-    let mut luma = Vec::new();
-    luma_of_rgb8(rgb, &mut luma);
-    let mut q = measure_luma(&luma, width, height)?;
-    let n = (rgb.len() / 3).max(1) as f32;
-    q.saturation = rgb
-        .chunks_exact(3)
-        .map(|p| saturation_of([p[0] as f32, p[1] as f32, p[2] as f32]))
-        .sum::<f32>()
-        / n;
-    Ok(q)
-}
-
-/// Immerkaer's fast noise estimate: `sqrt(pi / 2) / (6 (W - 2) (H - 2))` times the sum of
-/// absolute responses to `[1 -2 1; -2 4 -2; 1 -2 1]` over the interior.
-fn noise_sigma(luma: &[f32], width: usize, height: usize) -> f32 {
-    let mut sum = 0f32;
-    for y in 1..height - 1 {
-        let (a, b, c) = (
-            &luma[(y - 1) * width..y * width],
-            &luma[y * width..(y + 1) * width],
-            &luma[(y + 1) * width..(y + 2) * width],
-        );
-        for x in 1..width - 1 {
-            let r = a[x - 1] - 2.0 * a[x] + a[x + 1] - 2.0 * (b[x - 1] - 2.0 * b[x] + b[x + 1])
-                + c[x - 1]
-                - 2.0 * c[x]
-                + c[x + 1];
-            sum += r.abs();
-        }
-    }
-    let n = ((width - 2) * (height - 2)) as f32;
-    sum * (std::f32::consts::FRAC_PI_2).sqrt() / (6.0 * n)
-}
-
-/// Variance of the 4-neighbour Laplacian of the plane averaged over `f x f` blocks (the
-/// blocks computed on the fly: no buffer), or `None` when the reduced plane has no interior.
-fn binned_laplacian_variance(luma: &[f32], width: usize, height: usize, f: usize) -> Option<f32> {
-    let (bw, bh) = (width / f, height / f);
-    if bw < 3 || bh < 3 {
-        return None;
-    }
-    let inv = 1.0 / (f * f) as f32;
-    let block = |bx: usize, by: usize| -> f32 {
-        let mut s = 0f32;
-        for y in by * f..(by + 1) * f {
-            s += luma[y * width + bx * f..y * width + (bx + 1) * f]
-                .iter()
-                .sum::<f32>();
-        }
-        s * inv
-    };
-    let (mut sum, mut sq, mut n) = (0f32, 0f32, 0f32);
-    for by in 1..bh - 1 {
-        for bx in 1..bw - 1 {
-            let l = block(bx - 1, by) + block(bx + 1, by) + block(bx, by - 1) + block(bx, by + 1)
-                - 4.0 * block(bx, by);
-            sum += l;
-            sq += l * l;
-            n += 1.0;
-        }
-    }
-    let mean = sum / n;
-    Some((sq / n - mean * mean).max(0.0))
-}
-
-/// Laplacian variance at half resolution over that at quarter resolution (see
-/// [`ImageQuality::detail`]); a flat plane gives 1.
-fn detail_ratio(luma: &[f32], width: usize, height: usize) -> f32 {
-    const FLOOR: f32 = 1e-9;
-    match (
-        binned_laplacian_variance(luma, width, height, 2),
-        binned_laplacian_variance(luma, width, height, 4),
-    ) {
-        (Some(fine), Some(coarse)) => (fine + FLOOR) / (coarse + FLOOR),
-        _ => 0.0,
-    }
-}
-
-/// The largest ratio, over grid sizes 4, 8 and 16, of the mean absolute luma step across
-/// grid edges to the mean step inside the cells (horizontal and vertical steps together).
-fn blockiness(luma: &[f32], width: usize, height: usize) -> f32 {
-    // steps summed by position in a 16-periodic grid: edge sums of the smaller grids are
-    // subsets of these, so one pass over the plane serves all three
-    let (mut by_phase, mut count) = ([0f32; 16], [0u32; 16]);
-    for y in 0..height {
-        let row = &luma[y * width..(y + 1) * width];
-        for x in 1..width {
-            by_phase[x % 16] += (row[x] - row[x - 1]).abs();
-            count[x % 16] += 1;
-        }
-        if y > 0 {
-            let above = &luma[(y - 1) * width..y * width];
-            let (sum, n) = (&mut by_phase[y % 16], &mut count[y % 16]);
-            for x in 0..width {
-                *sum += (row[x] - above[x]).abs();
-                *n += 1;
-            }
-        }
-    }
-    let mut worst = 0f32;
-    for grid in [4usize, 8, 16] {
-        let (mut edge, mut edge_n, mut inner, mut inner_n) = (0f32, 0u32, 0f32, 0u32);
-        for phase in 0..16 {
-            if phase % grid == 0 {
-                edge += by_phase[phase];
-                edge_n += count[phase];
-            } else {
-                inner += by_phase[phase];
-                inner_n += count[phase];
-            }
-        }
-        if edge_n == 0 || inner_n == 0 {
-            continue;
-        }
-        let inner_mean = inner / inner_n as f32;
-        let ratio = (edge / edge_n as f32) / inner_mean.max(1e-4);
-        worst = worst.max(ratio);
-    }
-    worst
+    /// Share of the cells of an 8x8 grid over the frame that are flat (luma range under
+    /// 0.02) and dark (mean luma under 0.25). Something on or near the lens (mud, a
+    /// finger, a cover) is unlit and out of focus: dark and smooth, where a photo's flat
+    /// regions are mostly sky, walls and backdrops, which are lit.
+    #[serde(default)]
+    pub dark_flat_share: f32,
+    /// The darkest pixel's HSV value (its brightest channel), 0-1 (0 where measured from
+    /// luma alone): brightening, glare and a lifted black level raise every pixel's value,
+    /// a dark blue or red included, which luma underrates.
+    #[serde(default)]
+    pub value_min: f32,
+    /// Share of pixels with HSV saturation at least 0.95 and value at least 0.2 (0 where
+    /// measured from luma alone): boosted saturation drives strong colours to the gamut's
+    /// edge, which natural colours rarely reach.
+    #[serde(default)]
+    pub saturated_share: f32,
 }
 
 /// Why a frame's picture cannot be trusted, from its [`ImageQuality`] against calibrated
@@ -371,6 +174,16 @@ pub struct QualityBounds {
     /// Upper bound on [`ImageQuality::black_level`] (schema 5, as `saturation_max`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub black_level_max: Option<f32>,
+    /// Upper bound on [`ImageQuality::dark_flat_share`] (schema 7; absent in migrated
+    /// artifacts until `oodmon-calibrate guards` refits them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dark_flat_share_max: Option<f32>,
+    /// Upper bound on [`ImageQuality::value_min`] (schema 7, as `dark_flat_share_max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_min_max: Option<f32>,
+    /// Upper bound on [`ImageQuality::saturated_share`] (schema 7, as `dark_flat_share_max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saturated_share_max: Option<f32>,
 }
 
 impl std::fmt::Display for QualityBounds {
@@ -400,6 +213,15 @@ impl std::fmt::Display for QualityBounds {
         }
         if let Some(b) = self.black_level_max {
             write!(f, ", black level <= {b:.3}")?;
+        }
+        if let Some(d) = self.dark_flat_share_max {
+            write!(f, ", dark flat cells <= {d:.3}")?;
+        }
+        if let Some(v) = self.value_min_max {
+            write!(f, ", darkest value <= {v:.3}")?;
+        }
+        if let Some(s) = self.saturated_share_max {
+            write!(f, ", saturated pixels <= {s:.3}")?;
         }
         write!(
             f,
@@ -496,6 +318,9 @@ impl QualityBounds {
             detail_min: Some(low(|m| m.detail)?),
             saturation_max: Some(high(|m| m.saturation)?),
             black_level_max: Some(high(|m| m.black_level)?),
+            dark_flat_share_max: Some(high(|m| m.dark_flat_share)?),
+            value_min_max: Some(high(|m| m.value_min)?),
+            saturated_share_max: Some(high(|m| m.saturated_share)?),
         })
     }
 
@@ -515,6 +340,9 @@ impl QualityBounds {
             self.detail_min.unwrap_or(0.0),
             self.saturation_max.unwrap_or(0.0),
             self.black_level_max.unwrap_or(0.0),
+            self.dark_flat_share_max.unwrap_or(0.0),
+            self.value_min_max.unwrap_or(0.0),
+            self.saturated_share_max.unwrap_or(0.0),
         ];
         if all.iter().any(|v| !v.is_finite())
             || self.mean_luma.low > self.mean_luma.high
@@ -538,20 +366,30 @@ impl QualityBounds {
             .is_some_and(|b| m.noise.is_nan() || m.noise > b);
         // Boosted saturation darkens a picture (its weaker channels fall) and lifts the noise
         // estimate a little, so it is named before exposure; per-channel sensor noise colours
-        // grey pixels too: when both bounds fail, the measure furthest outside its bound names
-        // the cause.
-        if let Some(b) = self.saturation_max {
-            let excess = |v: f32, bound: Option<f32>| v / bound.unwrap_or(f32::MAX).max(1e-9);
-            if m.saturation.is_nan()
-                || (m.saturation > b
-                    && (!noisy || excess(m.saturation, Some(b)) > excess(m.noise, self.noise_max)))
-            {
-                return Some(CameraFault::Oversaturated);
-            }
+        // grey pixels too: when both the mean saturation's and the noise's bounds fail, the
+        // measure furthest outside its bound names the cause. Noise also scatters a few
+        // pixels to the gamut's edge, so the saturated share counts on a frame that is not
+        // noisy.
+        let excess = |v: f32, bound: Option<f32>| v / bound.unwrap_or(f32::MAX).max(1e-9);
+        let saturated = self.saturation_max.is_some_and(|b| {
+            m.saturation > b
+                && (!noisy || excess(m.saturation, Some(b)) > excess(m.noise, self.noise_max))
+        }) || (!noisy
+            && self
+                .saturated_share_max
+                .is_some_and(|b| m.saturated_share > b));
+        if (self.saturation_max.is_some() && m.saturation.is_nan())
+            || (self.saturated_share_max.is_some() && m.saturated_share.is_nan())
+            || saturated
+        {
+            return Some(CameraFault::Oversaturated);
         }
         // a uniform region beside a picture that keeps its contrast: something on the lens
         // (a uniformly dark, bright or hazy frame is flat too, and is named below)
-        if m.flat_share > self.flat_share_max && m.contrast >= self.contrast_min {
+        let dark_flat = self
+            .dark_flat_share_max
+            .is_some_and(|b| m.dark_flat_share.is_nan() || m.dark_flat_share > b);
+        if (m.flat_share > self.flat_share_max || dark_flat) && m.contrast >= self.contrast_min {
             return Some(CameraFault::Occluded);
         }
         if !m.mean_luma.is_finite()
@@ -571,6 +409,9 @@ impl QualityBounds {
         if self
             .black_level_max
             .is_some_and(|b| m.black_level.is_nan() || m.black_level > b)
+            || self
+                .value_min_max
+                .is_some_and(|b| m.value_min.is_nan() || m.value_min > b)
         {
             return Some(CameraFault::Overexposed);
         }
@@ -590,100 +431,10 @@ impl QualityBounds {
     }
 }
 
-/// Measures image quality from an encoder input tensor, reusing one luma buffer: what the
-/// edge runs on every frame (no allocation once the buffer has grown to the plane).
-#[derive(Debug, Clone, Default)]
-pub struct QualityMeter {
-    luma: Vec<f32>,
-}
-
-impl QualityMeter {
-    pub fn new(spec: &PreprocessSpec) -> Self {
-        Self {
-            luma: Vec::with_capacity(spec.width as usize * spec.height as usize),
-        }
-    }
-
-    /// The measures of the picture in `tensor`, written with `spec`.
-    pub fn measure(&mut self, tensor: &[f32], spec: &PreprocessSpec) -> Result<ImageQuality> {
-        luma_of_tensor(tensor, spec, &mut self.luma)?;
-        let mut q = measure_luma(&self.luma, spec.width as usize, spec.height as usize)?;
-        q.saturation = saturation_of_tensor(tensor, spec);
-        Ok(q)
-    }
-}
-
-/// Mean HSV saturation of an encoder input tensor written with `spec` (its normalisation
-/// undone); the tensor's length was checked by [`luma_of_tensor`].
-fn saturation_of_tensor(tensor: &[f32], spec: &PreprocessSpec) -> f32 {
-    let plane = spec.width as usize * spec.height as usize;
-    let (s, m) = (spec.std, spec.mean);
-    // saturation does not depend on the channels' order
-    let pixel =
-        |a: f32, b: f32, c: f32| saturation_of([a * s[0] + m[0], b * s[1] + m[1], c * s[2] + m[2]]);
-    let sum: f32 = match spec.layout {
-        Layout::Nchw => {
-            let (c0, rest) = tensor.split_at(plane);
-            let (c1, c2) = rest.split_at(plane);
-            c0.iter()
-                .zip(c1)
-                .zip(&c2[..plane])
-                .map(|((&a, &b), &c)| pixel(a, b, c))
-                .sum()
-        }
-        Layout::Nhwc => tensor[..3 * plane]
-            .chunks_exact(3)
-            .map(|p| pixel(p[0], p[1], p[2]))
-            .sum(),
-    };
-    sum / plane.max(1) as f32
-}
-
-/// Luma of packed RGB bytes, into `out`.
-pub fn luma_of_rgb8(rgb: &[u8], out: &mut Vec<f32>) {
-    out.clear();
-    out.extend(
-        rgb.chunks_exact(3)
-            .map(|p| (0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32) / 255.0),
-    );
-}
-
-/// Luma of an encoder input tensor written with `spec` (its normalisation undone), into
-/// `out`; the plane is `spec.width x spec.height`.
-pub fn luma_of_tensor(tensor: &[f32], spec: &PreprocessSpec, out: &mut Vec<f32>) -> Result<()> {
-    let (w, h) = (spec.width as usize, spec.height as usize);
-    if tensor.len() != 3 * w * h {
-        return Err(Error::InvalidParameter {
-            what: "tensor",
-            reason: format!("{} values are not 3x{w}x{h}", tensor.len()),
-        });
-    }
-    // tensor channel c holds colour order[c]
-    let order = match spec.channel_order {
-        ChannelOrder::Rgb => [0, 1, 2],
-        ChannelOrder::Bgr => [2, 1, 0],
-    };
-    let weight = |colour: usize| [0.299f32, 0.587, 0.114][colour];
-    out.clear();
-    out.resize(w * h, 0.0);
-    for c in 0..3 {
-        let (m, s, k) = (spec.mean[c], spec.std[c], weight(order[c]));
-        for (p, l) in out.iter_mut().enumerate() {
-            let v = match spec.layout {
-                Layout::Nchw => tensor[c * w * h + p],
-                Layout::Nhwc => tensor[p * 3 + c],
-            };
-            *l += k * (v * s + m);
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::corrupt::Corruption;
-    use crate::preprocess::{PixelFormat, Preprocessor};
 
     /// A camera-like picture: smooth shading, rings and 6-pixel checks.
     pub(crate) fn scene(w: usize, h: usize) -> Vec<u8> {
@@ -731,14 +482,27 @@ pub(crate) mod tests {
             blocked.flat_share > q0.flat_share + 0.4,
             "{blocked:?} {q0:?}"
         );
+        // the patch is dark and covers 60% of the frame: at least a third of the 64 cells
+        // lie inside it whatever its place
+        assert_eq!(q0.dark_flat_share, 0.0, "{q0:?}");
+        assert!(blocked.dark_flat_share > 0.3, "{blocked:?}");
         let bright = q("brighten:5");
         assert!(bright.mean_luma > q0.mean_luma, "{bright:?}");
         assert!(
             bright.black_level > q0.black_level + 0.1,
             "{bright:?} {q0:?}"
         );
+        // every value lifted by 0.3
+        assert!(
+            bright.value_min >= (q0.value_min + 0.29).min(1.0),
+            "{bright:?} {q0:?}"
+        );
         let vivid = q("saturate:5");
         assert!(vivid.saturation > q0.saturation + 0.2, "{vivid:?} {q0:?}");
+        assert!(
+            vivid.saturated_share > q0.saturated_share + 0.3,
+            "{vivid:?} {q0:?}"
+        );
     }
 
     /// The scene moved and relit a little, as consecutive frames of a camera differ.
@@ -806,109 +570,5 @@ pub(crate) mod tests {
         // a plane of one mid-grey value: no contrast at all
         let flat = measure_luma(&[0.5; 64], 8, 8).unwrap();
         assert_eq!(bounds.check(&flat), Some(CameraFault::LowContrast));
-    }
-
-    #[test]
-    fn the_noise_estimate_reads_the_noise_of_a_shaded_plane() {
-        use rand::SeedableRng;
-        use rand_distr::{Distribution, Normal};
-        let (w, h) = (64, 48);
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        for sigma in [0.01f32, 0.05] {
-            let normal = Normal::new(0.0, sigma).unwrap();
-            // a ramp and a straight edge, which the mask cancels
-            let luma: Vec<f32> = (0..w * h)
-                .map(|i| {
-                    let (x, y) = (i % w, i / w);
-                    0.2 + 0.005 * x as f32 + 0.3 * (y > 20) as u8 as f32 + normal.sample(&mut rng)
-                })
-                .collect();
-            let m = measure_luma(&luma, w, h).unwrap();
-            assert!(
-                (m.noise - sigma).abs() < 0.1 * sigma,
-                "{} for {sigma}",
-                m.noise
-            );
-        }
-        // too small for the coarse scale: no detail figure, and no panic
-        assert_eq!(measure_luma(&[0.5; 100], 10, 10).unwrap().detail, 0.0);
-    }
-
-    #[test]
-    fn the_black_level_is_the_darkest_two_percent() {
-        // a ramp 0..1: its 2nd percentile is 0.02, to the histogram's 1/256
-        let ramp: Vec<f32> = (0..1000).map(|i| i as f32 / 999.0).collect();
-        let b = low_quantile(&ramp, BLACK_LEVEL_QUANTILE);
-        assert!((b - 0.02).abs() <= 2.0 / 256.0, "{b}");
-        // NaN counts as black, out-of-range values are clamped, and nothing panics
-        assert_eq!(low_quantile(&[f32::NAN; 10], 0.02), 0.0);
-        assert_eq!(low_quantile(&[7.0; 10], 0.02), 255.0 / 256.0);
-        assert_eq!(low_quantile(&[-1.0; 10], 0.02), 0.0);
-        // a lifted floor lifts it
-        let lifted: Vec<f32> = ramp.iter().map(|v| 0.3 + 0.7 * v).collect();
-        assert!(low_quantile(&lifted, BLACK_LEVEL_QUANTILE) > 0.3);
-    }
-
-    #[test]
-    fn blockiness_sees_a_block_grid_and_not_a_smooth_scene() {
-        let (w, h) = (64, 64);
-        let mut luma = Vec::new();
-        luma_of_rgb8(&scene(w, h), &mut luma);
-        let smooth = measure_luma(&luma, w, h).unwrap().blockiness;
-        // the same scene averaged over 8x8 cells: steps only on the grid
-        let mut blocks = luma.clone();
-        for cy in (0..h).step_by(8) {
-            for cx in (0..w).step_by(8) {
-                let mean = (0..64)
-                    .map(|i| luma[(cy + i / 8) * w + cx + i % 8])
-                    .sum::<f32>()
-                    / 64.0;
-                for i in 0..64 {
-                    blocks[(cy + i / 8) * w + cx + i % 8] = mean;
-                }
-            }
-        }
-        let blocky = measure_luma(&blocks, w, h).unwrap().blockiness;
-        // the test scene has a hard 6-pixel checker, which meets a 4-pixel grid now and then
-        assert!(smooth < 3.0 && blocky > 20.0 * smooth, "{smooth} {blocky}");
-    }
-
-    #[test]
-    fn the_meter_reuses_its_buffer() {
-        let spec = PreprocessSpec::cifar(32);
-        let img = scene(32, 32);
-        let mut pre = Preprocessor::new(&spec, 32, 32, PixelFormat::Rgb8).unwrap();
-        let mut tensor = vec![0f32; pre.tensor_len()];
-        pre.run(&img, None, &mut tensor).unwrap();
-        let mut meter = QualityMeter::new(&spec);
-        let first = meter.measure(&tensor, &spec).unwrap();
-        let ptr = meter.luma.as_ptr();
-        assert_eq!(meter.measure(&tensor, &spec).unwrap(), first);
-        // the tensor's colours are the image's (its normalisation undone)
-        let direct = measure_rgb8(&img, 32, 32).unwrap();
-        assert!(
-            (first.saturation - direct.saturation).abs() < 1e-3,
-            "{first:?} {direct:?}"
-        );
-        assert!((first.black_level - direct.black_level).abs() <= 1.0 / 256.0);
-        assert_eq!(meter.luma.as_ptr(), ptr);
-    }
-
-    #[test]
-    fn the_tensor_gives_the_luma_of_the_image_it_was_made_from() {
-        let (w, h) = (32, 32);
-        let img = scene(w, h);
-        let spec = PreprocessSpec::cifar(32);
-        let mut pre = Preprocessor::new(&spec, w, h, PixelFormat::Rgb8).unwrap();
-        let mut tensor = vec![0f32; pre.tensor_len()];
-        pre.run(&img, None, &mut tensor).unwrap();
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        luma_of_tensor(&tensor, &spec, &mut a).unwrap();
-        luma_of_rgb8(&img, &mut b);
-        for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() < 2e-3, "{x} {y}");
-        }
-        assert!(measure_luma(&a[..10], 3, 3).is_err());
-        assert!(luma_of_tensor(&tensor[1..], &spec, &mut a).is_err());
     }
 }

@@ -327,6 +327,13 @@ fn a_schema_1_artifact_is_migrated_on_load_and_bounds_round_trip() {
     iq.remove("detail_min").unwrap();
     iq.remove("saturation_max").unwrap();
     iq.remove("black_level_max").unwrap();
+    for added_in_7 in [
+        "dark_flat_share_max",
+        "value_min_max",
+        "saturated_share_max",
+    ] {
+        iq.remove(added_in_7).unwrap();
+    }
     let v2 = CalibrationArtifact::from_json(&v.to_string()).unwrap();
     let kept = v2.image_quality.unwrap();
     assert_eq!((kept.noise_max, kept.detail_min), (None, None));
@@ -336,6 +343,9 @@ fn a_schema_1_artifact_is_migrated_on_load_and_bounds_round_trip() {
             detail_min: None,
             saturation_max: None,
             black_level_max: None,
+            dark_flat_share_max: None,
+            value_min_max: None,
+            saturated_share_max: None,
             ..guarded.image_quality.clone().unwrap()
         },
         kept
@@ -354,6 +364,13 @@ fn a_schema_1_artifact_is_migrated_on_load_and_bounds_round_trip() {
     let iq = o["image_quality"].as_object_mut().unwrap();
     iq.remove("saturation_max").unwrap();
     iq.remove("black_level_max").unwrap();
+    for added_in_7 in [
+        "dark_flat_share_max",
+        "value_min_max",
+        "saturated_share_max",
+    ] {
+        iq.remove(added_in_7).unwrap();
+    }
     let v4 = CalibrationArtifact::from_json(&v.to_string()).unwrap();
     assert_eq!(v4.schema_version, oodmon_calibration::SCHEMA_VERSION);
     assert_eq!(v4.embedded_on, guarded.embedded_on);
@@ -362,6 +379,32 @@ fn a_schema_1_artifact_is_migrated_on_load_and_bounds_round_trip() {
         QualityBounds {
             saturation_max: None,
             black_level_max: None,
+            dark_flat_share_max: None,
+            value_min_max: None,
+            saturated_share_max: None,
+            ..guarded.image_quality.clone().unwrap()
+        }
+    );
+    // a schema 6 file (no dark flat, darkest-value or saturated-share bounds) likewise
+    let mut v: serde_json::Value = serde_json::from_str(&guarded.to_json()).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.insert("schema_version".into(), 6.into());
+    let iq = o["image_quality"].as_object_mut().unwrap();
+    for added_in_7 in [
+        "dark_flat_share_max",
+        "value_min_max",
+        "saturated_share_max",
+    ] {
+        iq.remove(added_in_7).unwrap();
+    }
+    let v6 = CalibrationArtifact::from_json(&v.to_string()).unwrap();
+    assert_eq!(v6.schema_version, oodmon_calibration::SCHEMA_VERSION);
+    assert_eq!(
+        v6.image_quality.unwrap(),
+        QualityBounds {
+            dark_flat_share_max: None,
+            value_min_max: None,
+            saturated_share_max: None,
             ..guarded.image_quality.clone().unwrap()
         }
     );
