@@ -368,18 +368,20 @@ fn artifact_problems_on_score() {
         "s.npy",
     ];
 
+    // a file from a newer build
+    let newer = oodmon_calibration::SCHEMA_VERSION + 1;
     std::fs::write(
         &p,
         good.replace(
             &format!("\"schema_version\": {}", oodmon_calibration::SCHEMA_VERSION),
-            "\"schema_version\": 7",
+            &format!("\"schema_version\": {newer}"),
         ),
     )
     .unwrap();
     assert_fails_cleanly(
         &calibrate(dir.path(), &score),
         "calib.json",
-        "unknown calibration schema version 7",
+        &format!("unknown calibration schema version {newer}"),
     );
 
     std::fs::write(&p, &good[..good.len() / 2]).unwrap();
