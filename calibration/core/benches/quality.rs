@@ -1,5 +1,6 @@
 //! The camera guards' measures (`QualityMeter::measure`) on the shipped default's 64x64
-//! input tensor: work the edge does on every frame besides inference.
+//! input tensor, and the frame's own noise on camera-sized frames: work the edge does on
+//! every frame besides inference.
 // tests and benches fail loudly on any broken assumption
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,6 +28,24 @@ fn quality(c: &mut Criterion) {
         let mut meter = QualityMeter::new(&spec);
         group.bench_function(format!("measure/{size}x{size}"), |b| {
             b.iter(|| meter.measure(black_box(&tensor), &spec).unwrap())
+        });
+    }
+    // the frame's own noise, before any reduction, on camera-sized frames
+    let mut meter = QualityMeter::default();
+    for (w, h, format, name) in [
+        (640, 480, PixelFormat::Rgb8, "rgb"),
+        (640, 480, PixelFormat::Yuyv, "yuyv"),
+        (1280, 720, PixelFormat::Yuyv, "yuyv"),
+    ] {
+        let frame: Vec<u8> = (0..format.row_bytes(w) * h)
+            .map(|i| ((i * 7 + (i / 640) * 13 + i % 31) % 220 + 16) as u8)
+            .collect();
+        group.bench_function(format!("frame_noise/{name}/{w}x{h}"), |b| {
+            b.iter(|| {
+                meter
+                    .frame_noise(black_box(&frame), w, h, None, format)
+                    .unwrap()
+            })
         });
     }
     group.finish();

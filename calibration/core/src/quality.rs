@@ -13,7 +13,9 @@ use crate::error::{Error, Result};
 
 mod measure;
 
-pub use measure::{luma_of_rgb8, luma_of_tensor, measure_luma, measure_rgb8, QualityMeter};
+pub use measure::{
+    luma_of_rgb8, luma_of_tensor, measure_luma, measure_rgb8, reduces_frame, QualityMeter,
+};
 
 /// What one frame looks like, as numbers a bound can be put on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -72,6 +74,13 @@ pub struct ImageQuality {
     /// edge, which natural colours rarely reach.
     #[serde(default)]
     pub saturated_share: f32,
+    /// Estimated standard deviation of pixel noise in luma, as [`ImageQuality::noise`] but
+    /// on the frame as it arrived, before the preprocessing reduces it (`None` when the
+    /// frame reached the model unreduced, or was decoded at a reduced scale): a noisy sensor
+    /// whose noise the reduction averages away, so that neither the model nor the other
+    /// measures see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_noise: Option<f32>,
 }
 
 /// Why a frame's picture cannot be trusted, from its [`ImageQuality`] against calibrated
@@ -184,6 +193,11 @@ pub struct QualityBounds {
     /// Upper bound on [`ImageQuality::saturated_share`] (schema 7, as `dark_flat_share_max`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saturated_share_max: Option<f32>,
+    /// Upper bound on [`ImageQuality::frame_noise`] (schema 7): only when at least
+    /// [`MIN_QUALITY_IMAGES`] calibration frames were reduced on their way to the model
+    /// (a camera's frames, not 32x32 photos), and only checked on frames that carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_noise_max: Option<f32>,
 }
 
 impl std::fmt::Display for QualityBounds {
@@ -222,6 +236,9 @@ impl std::fmt::Display for QualityBounds {
         }
         if let Some(s) = self.saturated_share_max {
             write!(f, ", saturated pixels <= {s:.3}")?;
+        }
+        if let Some(n) = self.frame_noise_max {
+            write!(f, ", frame noise <= {n:.2e}")?;
         }
         write!(
             f,
@@ -276,8 +293,8 @@ impl QualityBounds {
                 ),
             });
         }
-        let q = |f: fn(&ImageQuality) -> f32, p: f64| -> Result<f32> {
-            let mut v: Vec<f32> = images.iter().map(f).collect();
+        // one measure's values, sorted, and a quantile of them
+        let sorted = |mut v: Vec<f32>| -> Result<Vec<f32>> {
             if v.iter().any(|x| !x.is_finite()) {
                 return Err(Error::InvalidParameter {
                     what: "images",
@@ -285,16 +302,28 @@ impl QualityBounds {
                 });
             }
             v.sort_by(f32::total_cmp);
-            Ok(v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)])
+            Ok(v)
         };
+        let at =
+            |v: &[f32], p: f64| v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
         // the quantile, moved outwards by `margin` interquartile ranges
+        let widen = |v: &[f32]| (margin * (at(v, 0.75) - at(v, 0.25)) as f64) as f32;
         let low = |f: fn(&ImageQuality) -> f32| -> Result<f32> {
-            let spread = q(f, 0.75)? - q(f, 0.25)?;
-            Ok(q(f, quantile)? - (margin * spread as f64) as f32)
+            let v = sorted(images.iter().map(f).collect())?;
+            Ok(at(&v, quantile) - widen(&v))
         };
-        let high = |f: fn(&ImageQuality) -> f32| -> Result<f32> {
-            let spread = q(f, 0.75)? - q(f, 0.25)?;
-            Ok(q(f, 1.0 - quantile)? + (margin * spread as f64) as f32)
+        let high_of = |v: Vec<f32>| -> Result<f32> {
+            let v = sorted(v)?;
+            Ok(at(&v, 1.0 - quantile) + widen(&v))
+        };
+        let high = |f: fn(&ImageQuality) -> f32| high_of(images.iter().map(f).collect());
+        // measured on some frames only (those the preprocessing reduces): bounded when
+        // enough were
+        let frame_noise: Vec<f32> = images.iter().filter_map(|m| m.frame_noise).collect();
+        let frame_noise_max = if frame_noise.len() >= MIN_QUALITY_IMAGES {
+            Some(high_of(frame_noise)?)
+        } else {
+            None
         };
         Ok(Self {
             quantile,
@@ -321,6 +350,7 @@ impl QualityBounds {
             dark_flat_share_max: Some(high(|m| m.dark_flat_share)?),
             value_min_max: Some(high(|m| m.value_min)?),
             saturated_share_max: Some(high(|m| m.saturated_share)?),
+            frame_noise_max,
         })
     }
 
@@ -343,6 +373,7 @@ impl QualityBounds {
             self.dark_flat_share_max.unwrap_or(0.0),
             self.value_min_max.unwrap_or(0.0),
             self.saturated_share_max.unwrap_or(0.0),
+            self.frame_noise_max.unwrap_or(0.0),
         ];
         if all.iter().any(|v| !v.is_finite())
             || self.mean_luma.low > self.mean_luma.high
@@ -360,10 +391,15 @@ impl QualityBounds {
     /// The fault a frame with these measures shows, if any. NaN measures (an input that is
     /// no picture) fail every bound, as dark.
     pub fn check(&self, m: &ImageQuality) -> Option<CameraFault> {
-        // NaN noise and detail fail too
+        // NaN noise and detail fail too; the frame's own noise where both it and its bound
+        // exist
         let noisy = self
             .noise_max
-            .is_some_and(|b| m.noise.is_nan() || m.noise > b);
+            .is_some_and(|b| m.noise.is_nan() || m.noise > b)
+            || self
+                .frame_noise_max
+                .zip(m.frame_noise)
+                .is_some_and(|(b, n)| n.is_nan() || n > b);
         // Boosted saturation darkens a picture (its weaker channels fall) and lifts the noise
         // estimate a little, so it is named before exposure; per-channel sensor noise colours
         // grey pixels too: when both the mean saturation's and the noise's bounds fail, the
@@ -561,6 +597,44 @@ pub(crate) mod tests {
         assert_eq!(
             QualityBounds::fit_with_margin(&clean, 0.01, 0.0).unwrap(),
             bounds
+        );
+        // the frame's own noise: bounded only when enough frames carry it, checked only on
+        // frames that do
+        assert_eq!(bounds.frame_noise_max, None);
+        let framed: Vec<ImageQuality> = clean
+            .iter()
+            .enumerate()
+            .map(|(i, q)| ImageQuality {
+                frame_noise: Some(0.01 + 0.0001 * i as f32),
+                ..*q
+            })
+            .collect();
+        let with_frames = QualityBounds::fit(&framed, 0.01).unwrap();
+        let bound = with_frames.frame_noise_max.unwrap();
+        assert!((0.0215..0.0222).contains(&bound), "{bound}");
+        assert!(with_frames.to_string().contains("frame noise <="));
+        // a frame that passes every bound (a few clean ones fail one)
+        let ok = (0..framed.len())
+            .find(|&i| with_frames.check(&framed[i]).is_none())
+            .unwrap();
+        let noisy = ImageQuality {
+            frame_noise: Some(0.05),
+            ..framed[ok]
+        };
+        assert_eq!(with_frames.check(&noisy), Some(CameraFault::Noisy));
+        assert_eq!(bounds.check(&noisy), None);
+        let unmeasured = ImageQuality {
+            frame_noise: None,
+            ..framed[ok]
+        };
+        assert_eq!(with_frames.check(&unmeasured), None);
+        let mut few = framed.clone();
+        for q in &mut few[MIN_QUALITY_IMAGES - 1..] {
+            q.frame_noise = None;
+        }
+        assert_eq!(
+            QualityBounds::fit(&few, 0.01).unwrap().frame_noise_max,
+            None
         );
         let nan = ImageQuality {
             mean_luma: f32::NAN,

@@ -3,7 +3,7 @@
 //! encoder's input tensor, exactly as a camera frame does on the edge.
 
 use oodmon_calibration::preprocess::{PixelFormat, PreprocessSpec, Preprocessor};
-use oodmon_calibration::quality::{ImageQuality, QualityMeter};
+use oodmon_calibration::quality::{reduces_frame, ImageQuality, QualityMeter};
 use oodmon_calibration::Embeddings;
 use oodmon_runtime::Encoder;
 
@@ -26,6 +26,28 @@ pub fn for_each_input(
     limit: Option<usize>,
     mut f: impl FnMut(&[f32], i64) -> std::result::Result<(), DataError>,
 ) -> std::result::Result<Vec<String>, DataError> {
+    for_each_stored(spec, data, split, limit, |tensor, label, _| {
+        f(tensor, label)
+    })
+}
+
+/// An image as it was stored, before the preprocessing.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredImage<'a> {
+    pub pixels: &'a [u8],
+    pub width: usize,
+    pub height: usize,
+    pub format: PixelFormat,
+}
+
+/// As [`for_each_input`], with each image as it was stored beside its tensor.
+pub fn for_each_stored(
+    spec: &PreprocessSpec,
+    data: &DataSpec,
+    split: Split,
+    limit: Option<usize>,
+    mut f: impl FnMut(&[f32], i64, &StoredImage<'_>) -> std::result::Result<(), DataError>,
+) -> std::result::Result<Vec<String>, DataError> {
     let mut planned: Option<((usize, usize, PixelFormat), Preprocessor)> = None;
     let mut tensor = vec![0f32; 3 * spec.width as usize * spec.height as usize];
     let mut seen = 0usize;
@@ -44,7 +66,13 @@ pub fn for_each_input(
         };
         p.run(img, None, &mut tensor)?;
         seen += 1;
-        f(&tensor, label)
+        let stored = StoredImage {
+            pixels: img,
+            width: w,
+            height: h,
+            format,
+        };
+        f(&tensor, label, &stored)
     };
     visit(data, split, &mut sink)
 }
@@ -91,9 +119,9 @@ fn embed_measured(
     let mut values = Vec::new();
     let mut labels = Vec::new();
     let mut meter = QualityMeter::new(spec);
-    let class_names = for_each_input(spec, data, split, limit, |tensor, label| {
+    let class_names = for_each_stored(spec, data, split, limit, |tensor, label, stored| {
         if let Some(q) = quality.as_deref_mut() {
-            q.push(meter.measure(tensor, spec)?);
+            q.push(measure_stored(&mut meter, spec, tensor, stored)?);
         }
         pending.extend_from_slice(tensor);
         labels.push(label);
@@ -218,14 +246,36 @@ pub fn image_quality(
 ) -> std::result::Result<Vec<ImageQuality>, DataError> {
     let mut meter = QualityMeter::new(spec);
     let mut out = Vec::new();
-    for_each_input(spec, data, split, limit, |tensor, _| {
-        out.push(meter.measure(tensor, spec)?);
+    for_each_stored(spec, data, split, limit, |tensor, _, stored| {
+        out.push(measure_stored(&mut meter, spec, tensor, stored)?);
         Ok(())
     })?;
     Ok(out)
 }
 
-/// Image-quality measures of every image of a loaded data set (see [`image_quality`]).
+/// The measures of an image's tensor, and its own noise where the preprocessing reduces it
+/// (a camera's frames; not 32x32 photos): what the edge measures on a frame.
+fn measure_stored(
+    meter: &mut QualityMeter,
+    spec: &PreprocessSpec,
+    tensor: &[f32],
+    stored: &StoredImage<'_>,
+) -> std::result::Result<ImageQuality, DataError> {
+    let mut q = meter.measure(tensor, spec)?;
+    if reduces_frame(spec, stored.width, stored.height) {
+        q.frame_noise = Some(meter.frame_noise(
+            stored.pixels,
+            stored.width,
+            stored.height,
+            None,
+            stored.format,
+        )?);
+    }
+    Ok(q)
+}
+
+/// Image-quality measures of every image of a loaded data set (see [`image_quality`]);
+/// its images were stored reduced, so they carry no frame noise.
 pub fn image_quality_loaded(
     ds: &Dataset,
     spec: &PreprocessSpec,

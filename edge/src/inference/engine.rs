@@ -5,7 +5,9 @@
 use std::time::Instant;
 
 use oodmon_calibration::preprocess::{PixelFormat, Preprocessor};
-use oodmon_calibration::quality::{CameraFault, ImageQuality, QualityBounds, QualityMeter};
+use oodmon_calibration::quality::{
+    reduces_frame, CameraFault, ImageQuality, QualityBounds, QualityMeter,
+};
 use oodmon_calibration::PreprocessSpec;
 use oodmon_runtime::{Bundle, Session};
 
@@ -39,6 +41,9 @@ pub struct FramePreparer {
     decoder: FrameDecoder,
     meter: QualityMeter,
     guards: Option<QualityBounds>,
+    /// The calibration bounds the frame's own noise: measure it (kept when the guards are
+    /// turned off, so that records still carry it).
+    frame_noise: bool,
 }
 
 impl FramePreparer {
@@ -49,6 +54,7 @@ impl FramePreparer {
             preprocessor: None,
             decoder: FrameDecoder::new(spec, true),
             meter: QualityMeter::new(spec),
+            frame_noise: guards.as_ref().is_some_and(|g| g.frame_noise_max.is_some()),
             guards,
         }
     }
@@ -83,7 +89,19 @@ impl FramePreparer {
         preprocess_into(&mut self.preprocessor, &self.spec, &pixels, out)?;
         let preprocess_us = micros(t);
         let t = Instant::now();
-        let quality = self.meter.measure(out, &self.spec)?;
+        let mut quality = self.meter.measure(out, &self.spec)?;
+        if self.frame_noise
+            && !pixels.reduced
+            && reduces_frame(&self.spec, pixels.width, pixels.height)
+        {
+            quality.frame_noise = Some(self.meter.frame_noise(
+                pixels.data,
+                pixels.width,
+                pixels.height,
+                pixels.stride,
+                pixels.format,
+            )?);
+        }
         let camera = self.guards.as_ref().and_then(|g| g.check(&quality));
         Ok(Prepared {
             decode_us,

@@ -20,6 +20,9 @@ pub struct Pixels<'a> {
     pub height: usize,
     pub stride: Option<usize>,
     pub format: PixelFormat,
+    /// Decoded at a reduced scale (a DCT-scaled JPEG): the frame's own pixel noise is
+    /// averaged away already.
+    pub reduced: bool,
 }
 
 /// Largest decoded image accepted (a corrupt header must not make us allocate gigabytes).
@@ -87,6 +90,7 @@ impl FrameDecoder {
                     height: frame.height,
                     stride: frame.stride,
                     format,
+                    reduced: false,
                 })
             }
             FrameFormat::Jpeg => self.decode_jpeg(frame.data),
@@ -103,6 +107,7 @@ impl FrameDecoder {
                     height: h as usize,
                     stride: None,
                     format: PixelFormat::Rgb8,
+                    reduced: false,
                 })
             }
         }
@@ -153,6 +158,7 @@ impl FrameDecoder {
             height: h as usize,
             stride: None,
             format,
+            reduced: false,
         })
     }
 
@@ -191,6 +197,7 @@ impl FrameDecoder {
             height: h,
             stride: None,
             format,
+            reduced: true,
         })
     }
 }

@@ -148,8 +148,21 @@ impl InferStage for Constant {
 fn the_overlapped_loop_allocates_nothing_per_frame_on_either_thread() {
     // setup (thread, channel, tensors, statistics) costs the same for any run length: the
     // per-frame cost is the difference between a long and a short run
-    let count_run = |frames: u64| {
-        let mut preparer = FramePreparer::new(&PreprocessSpec::cifar(16), None);
+    // guards that bound the frame's own noise: it is measured on every frame too
+    let measured: Vec<oodmon_calibration::ImageQuality> = (0..60)
+        .map(|i| oodmon_calibration::ImageQuality {
+            mean_luma: 0.3 + 0.005 * i as f32,
+            contrast: 0.2,
+            sharpness: 0.01,
+            detail: 1.0,
+            frame_noise: Some(0.01 + 0.0001 * i as f32),
+            ..Default::default()
+        })
+        .collect();
+    let guards = oodmon_calibration::QualityBounds::fit(&measured, 0.01).unwrap();
+    assert!(guards.frame_noise_max.is_some());
+    let count_run = |frames: u64, guards: Option<oodmon_calibration::QualityBounds>| {
+        let mut preparer = FramePreparer::new(&PreprocessSpec::cifar(16), guards);
         let mut source = SameFrame {
             pixels: id_image(2, 40, 30, 3),
             next: 0,
@@ -184,11 +197,15 @@ fn the_overlapped_loop_allocates_nothing_per_frame_on_either_thread() {
         assert_eq!(summary.frames, frames);
         (allocations() - before, worker.load(Ordering::Relaxed))
     };
-    let (short, long) = (count_run(20), count_run(220));
-    assert_eq!(
-        long, short,
-        "allocations (reading thread, inference thread) for 20 and 220 frames"
-    );
+    for guards in [None, Some(guards)] {
+        let with = guards.is_some();
+        let (short, long) = (count_run(20, guards.clone()), count_run(220, guards));
+        assert_eq!(
+            long, short,
+            "allocations (reading thread, inference thread) for 20 and 220 frames, frame \
+             noise measured: {with}"
+        );
+    }
 }
 
 #[test]

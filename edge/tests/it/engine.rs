@@ -343,3 +343,92 @@ fn records_name_the_nearest_class_through_the_cluster_to_class_map() {
     }
     assert_eq!(frames, 144);
 }
+
+/// A camera's frame: shading and a disc, with sensor noise of standard deviation `sigma`.
+fn camera_frame(w: usize, h: usize, sigma: f32, seed: u64) -> Vec<u8> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    // uniform noise of that standard deviation
+    let half = sigma * 3f32.sqrt();
+    let mut out = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+            // the scene moves and the light changes a little from frame to frame
+            let cx = 0.3 + 0.03 * (seed % 10) as f32;
+            let gain = 0.9 + 0.03 * (seed % 7) as f32;
+            let shape = (((fx - cx).powi(2) + (fy - 0.5).powi(2)) < 0.04) as u8 as f32;
+            for c in 0..3 {
+                let v = gain * (0.25 + 0.3 * fx + 0.1 * c as f32 + 0.2 * shape)
+                    + rng.random_range(-half..=half);
+                out.push((v * 255.0).round().clamp(0.0, 255.0) as u8);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_noisy_sensor_fails_the_frame_noise_bound_that_the_reduction_would_hide() {
+    use oodmon_calibration::quality::{CameraFault, QualityBounds};
+    use oodmon_edge::inference::FramePreparer;
+    let mut spec = oodmon_calibration::PreprocessSpec::imagenet(64);
+    spec.detail_size = Some(32);
+    let (w, h) = (320, 240);
+    // bounds fitted on the camera's clean frames, measured as calibration measures them
+    let mut unguarded = FramePreparer::new(&spec, None);
+    let mut tensor = vec![0f32; unguarded.tensor_len()];
+    let mut meter = oodmon_calibration::quality::QualityMeter::new(&spec);
+    let clean: Vec<_> = (0..60)
+        .map(|i| {
+            let img = camera_frame(w, h, 0.004, i);
+            let p = unguarded
+                .prepare(&raw(&img, w, h, PixelFormat::Rgb8), &mut tensor)
+                .unwrap();
+            // no bound to check against: the frame's own noise is not measured
+            assert_eq!(p.quality.frame_noise, None);
+            let mut q = p.quality;
+            q.frame_noise = Some(
+                meter
+                    .frame_noise(&img, w, h, None, PixelFormat::Rgb8)
+                    .unwrap(),
+            );
+            q
+        })
+        .collect();
+    let bounds = QualityBounds::fit(&clean, 0.01).unwrap();
+    assert!(bounds.frame_noise_max.is_some(), "{bounds}");
+    let mut guarded = FramePreparer::new(&spec, Some(bounds.clone()));
+    let quiet = camera_frame(w, h, 0.004, 100);
+    let noisy = camera_frame(w, h, 0.01, 101);
+    let p = guarded
+        .prepare(&raw(&quiet, w, h, PixelFormat::Rgb8), &mut tensor)
+        .unwrap();
+    assert_eq!(p.camera, None, "{:?} {bounds}", p.quality);
+    let p = guarded
+        .prepare(&raw(&noisy, w, h, PixelFormat::Rgb8), &mut tensor)
+        .unwrap();
+    // the 32x32 detail averages the noise away: only the frame's own estimate sees it
+    assert_eq!(
+        p.camera,
+        Some(CameraFault::Noisy),
+        "{:?} {bounds}",
+        p.quality
+    );
+    let seen = p.quality.frame_noise.unwrap();
+    assert!(
+        seen > 1.5 * bounds.frame_noise_max.unwrap(),
+        "{seen} {bounds}"
+    );
+    let without_frame = oodmon_calibration::ImageQuality {
+        frame_noise: None,
+        ..p.quality
+    };
+    assert_eq!(bounds.check(&without_frame), None, "{without_frame:?}");
+    // a frame the model sees unreduced carries no frame noise
+    let small = camera_frame(32, 32, 0.04, 102);
+    let p = guarded
+        .prepare(&raw(&small, 32, 32, PixelFormat::Rgb8), &mut tensor)
+        .unwrap();
+    assert_eq!(p.quality.frame_noise, None);
+}

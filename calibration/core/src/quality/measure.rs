@@ -5,7 +5,7 @@
 
 use super::ImageQuality;
 use crate::error::{Error, Result};
-use crate::preprocess::{ChannelOrder, Layout, PreprocessSpec};
+use crate::preprocess::{ChannelOrder, Layout, PixelFormat, PreprocessSpec};
 
 /// The share of pixels the black level is read at.
 pub(super) const BLACK_LEVEL_QUANTILE: f32 = 0.02;
@@ -19,6 +19,10 @@ const DARK_FLAT_GRID: usize = 8;
 const SATURATED: f32 = 0.95;
 /// ...and value at least this (the saturation of near-black pixels is noise).
 const SATURATED_MIN_VALUE: f32 = 0.2;
+
+/// Row triples the frame-noise estimate reads, evenly spaced down the frame: about 5,000
+/// responses on a 640x480 frame (a 1.5% estimate), at a twentieth of the frame's reads.
+const FRAME_NOISE_TRIPLES: usize = 8;
 
 /// Independent running sums.
 const LANES: usize = 8;
@@ -124,6 +128,7 @@ fn measure_luma_with(
         dark_flat_share: dark_flat_share(luma, width, height),
         value_min: 0.0,
         saturated_share: 0.0,
+        frame_noise: None,
     })
 }
 
@@ -449,6 +454,8 @@ pub struct QualityMeter {
     luma: Vec<f32>,
     /// The reduced planes of the detail ratio.
     scratch: Vec<f32>,
+    /// Three rows of a frame's luma, for the frame-noise estimate.
+    rows: Vec<f32>,
 }
 
 impl QualityMeter {
@@ -457,6 +464,7 @@ impl QualityMeter {
         Self {
             luma: Vec::with_capacity(plane),
             scratch: Vec::with_capacity(plane / 4 + plane / 16),
+            rows: Vec::new(),
         }
     }
 
@@ -468,6 +476,89 @@ impl QualityMeter {
         colour_of_tensor(tensor, spec).finish(w * h, &mut q);
         Ok(q)
     }
+
+    /// Immerkaer's noise estimate of a frame's luma at the frame's own resolution, before
+    /// any reduction (see [`ImageQuality::frame_noise`]), on [`FRAME_NOISE_TRIPLES`] row
+    /// triples spread down the frame. `stride`: bytes from one row to the next (`None`:
+    /// packed). Allocation-free once the buffer has grown to the frame's width.
+    pub fn frame_noise(
+        &mut self,
+        frame: &[u8],
+        width: usize,
+        height: usize,
+        stride: Option<usize>,
+        format: PixelFormat,
+    ) -> Result<f32> {
+        let row_bytes = format.row_bytes(width);
+        let stride = stride.unwrap_or(row_bytes);
+        if width < 3
+            || height < 3
+            || stride < row_bytes
+            || frame.len() < stride * (height - 1) + row_bytes
+        {
+            return Err(Error::InvalidParameter {
+                what: "frame",
+                reason: format!(
+                    "{} bytes are not a {width}x{height} {format:?} frame with stride {stride}",
+                    frame.len()
+                ),
+            });
+        }
+        self.rows.clear();
+        self.rows.resize(3 * width, 0.0);
+        let triples = FRAME_NOISE_TRIPLES.min(height - 2);
+        let mut sum = 0f32;
+        for t in 0..triples {
+            // the middle rows, 1..=height - 2, evenly spaced
+            let middle = 1 + t * (height - 2) / triples;
+            for (r, out) in self.rows.chunks_exact_mut(width).enumerate() {
+                let y = middle + r - 1;
+                frame_luma(&frame[y * stride..][..row_bytes], format, out);
+            }
+            sum += laplacian_and_noise(&self.rows, width, 3).1;
+        }
+        Ok(sum / triples as f32)
+    }
+}
+
+/// Luma in 0-1 of one row of a frame, into `out` (its width).
+fn frame_luma(row: &[u8], format: PixelFormat, out: &mut [f32]) {
+    let rgb =
+        |r: u8, g: u8, b: u8| (0.299 * r as f32 + 0.587 * g as f32 + 0.114 * b as f32) / 255.0;
+    match format {
+        PixelFormat::Rgb8 => {
+            for (l, p) in out.iter_mut().zip(row.chunks_exact(3)) {
+                *l = rgb(p[0], p[1], p[2]);
+            }
+        }
+        PixelFormat::Bgr8 => {
+            for (l, p) in out.iter_mut().zip(row.chunks_exact(3)) {
+                *l = rgb(p[2], p[1], p[0]);
+            }
+        }
+        PixelFormat::Gray8 => {
+            for (l, &v) in out.iter_mut().zip(row) {
+                *l = v as f32 / 255.0;
+            }
+        }
+        PixelFormat::Yuyv => {
+            // Y0 U Y1 V: BT.601 limited-range luma, as the preprocessing reads it
+            for (x, l) in out.iter_mut().enumerate() {
+                *l = 1.164_383 * (row[x / 2 * 4 + x % 2 * 2] as f32 - 16.0) / 255.0;
+            }
+        }
+    }
+}
+
+/// Whether frames of `width x height` reach the model reduced (to the spec's detail size,
+/// or its input size), so that per-pixel damage is averaged away before the tensor's
+/// measures see it and [`QualityMeter::frame_noise`] has something to add.
+pub fn reduces_frame(spec: &PreprocessSpec, width: usize, height: usize) -> bool {
+    let (w, h) = match spec.detail_size {
+        Some(d) => (d.min(spec.width), d.min(spec.height)),
+        None => (spec.width, spec.height),
+    };
+    width > w as usize || height > h as usize
 }
 
 /// The colour measures of an encoder input tensor written with `spec` (its normalisation
@@ -632,6 +723,7 @@ mod tests {
                 saturation: 0.0,
                 value_min: 0.0,
                 saturated_share: 0.0,
+                frame_noise: None,
                 dark_flat_share: dark_flat_share(luma, width, height),
                 black_level,
                 mean_luma: mean,
@@ -878,6 +970,84 @@ mod tests {
     fn close(a: f32, b: f32, what: &str) {
         let tolerance = 2e-4 * a.abs().max(b.abs()) + 1e-6;
         assert!((a - b).abs() <= tolerance, "{what}: {a} against {b}");
+    }
+
+    #[test]
+    fn the_frame_noise_is_read_at_the_frames_resolution() {
+        use rand::SeedableRng;
+        use rand_distr::{Distribution, Normal};
+        let (w, h) = (320, 240);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let mut meter = QualityMeter::default();
+        for sigma in [0.02f32, 0.05] {
+            let normal = Normal::new(0.0, sigma).unwrap();
+            // a ramp and a straight edge, which the mask cancels, plus noise
+            let luma: Vec<f32> = (0..w * h)
+                .map(|i| {
+                    let (x, y) = (i % w, i / w);
+                    0.2 + 0.4 * x as f32 / w as f32
+                        + 0.2 * (y > 100) as u8 as f32
+                        + normal.sample(&mut rng)
+                })
+                .collect();
+            let byte = |l: f32| (l * 255.0).round().clamp(0.0, 255.0) as u8;
+            let grey: Vec<u8> = luma.iter().map(|&l| byte(l)).collect();
+            let rgb: Vec<u8> = grey.iter().flat_map(|&v| [v, v, v]).collect();
+            // YUYV: limited-range luma, neutral chroma
+            let yuyv: Vec<u8> = luma
+                .chunks_exact(2)
+                .flat_map(|p| {
+                    let y = |l: f32| (16.0 + l * 219.0).round().clamp(0.0, 255.0) as u8;
+                    [y(p[0]), 128, y(p[1]), 128]
+                })
+                .collect();
+            // rows padded to a stride, as a camera's buffer may be
+            let stride = 3 * w + 64;
+            let padded: Vec<u8> = rgb
+                .chunks_exact(3 * w)
+                .flat_map(|row| row.iter().copied().chain([7u8; 64]))
+                .collect();
+            for (frame, format, stride) in [
+                (&grey, PixelFormat::Gray8, None),
+                (&rgb, PixelFormat::Rgb8, None),
+                (&rgb, PixelFormat::Bgr8, None),
+                (&yuyv, PixelFormat::Yuyv, None),
+                (&padded, PixelFormat::Rgb8, Some(stride)),
+            ] {
+                let n = meter.frame_noise(frame, w, h, stride, format).unwrap();
+                assert!(
+                    (n - sigma).abs() < 0.1 * sigma,
+                    "{format:?}: {n} for {sigma}"
+                );
+            }
+        }
+        // the buffer is reused, and a frame that is no frame is an error, not a panic
+        let ptr = meter.rows.as_ptr();
+        let frame = vec![100u8; 3 * w * h];
+        assert!(
+            meter
+                .frame_noise(&frame, w, h, None, PixelFormat::Rgb8)
+                .unwrap()
+                < 1e-6
+        );
+        assert_eq!(meter.rows.as_ptr(), ptr);
+        assert!(meter
+            .frame_noise(&frame[1..], w, h, None, PixelFormat::Rgb8)
+            .is_err());
+        assert!(meter
+            .frame_noise(&frame, 2, 2, None, PixelFormat::Rgb8)
+            .is_err());
+        assert!(meter
+            .frame_noise(&frame, w, h, Some(3), PixelFormat::Rgb8)
+            .is_err());
+        // a frame is reduced on its way to the shipped default's 32x32 detail, a CIFAR
+        // image is not
+        let mut spec = PreprocessSpec::imagenet(64);
+        spec.detail_size = Some(32);
+        assert!(reduces_frame(&spec, 320, 240));
+        assert!(!reduces_frame(&spec, 32, 32));
+        assert!(!reduces_frame(&PreprocessSpec::cifar(32), 32, 32));
+        assert!(reduces_frame(&PreprocessSpec::cifar(32), 33, 32));
     }
 
     #[test]
