@@ -59,9 +59,10 @@ pub struct ImageQuality {
     #[serde(default)]
     pub black_level: f32,
     /// Share of the cells of an 8x8 grid over the frame that are flat (luma range under
-    /// 0.02) and dark (mean luma under 0.25). Something on or near the lens (mud, a
-    /// finger, a cover) is unlit and out of focus: dark and smooth, where a photo's flat
-    /// regions are mostly sky, walls and backdrops, which are lit.
+    /// 0.02) and dark (mean luma under 0.25) but not crushed black (any pixel at or under
+    /// 0.02: exposure's business). Something on or near the lens (mud, a finger, a cover)
+    /// is unlit and out of focus: dark and smooth, where a photo's flat regions are mostly
+    /// sky, walls and backdrops, which are lit.
     #[serde(default)]
     pub dark_flat_share: f32,
     /// The darkest pixel's HSV value (its brightest channel), 0-1 (0 where measured from
@@ -98,7 +99,8 @@ pub enum CameraFault {
     Occluded,
     /// Too much fine detail: sensor noise, or compression or pixelation blocks.
     Noisy,
-    /// Too little fine detail: defocus, motion blur, water on the lens.
+    /// Too little fine detail: defocus, motion blur, water on the lens; with a camera's
+    /// frame-noise bounds also heavy compression or pixelation, which smooth its grain.
     Blurred,
     /// Colours more saturated than any calibration image: a colour pipeline, white balance
     /// or gain gone wrong.
@@ -198,6 +200,11 @@ pub struct QualityBounds {
     /// (a camera's frames, not 32x32 photos), and only checked on frames that carry it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frame_noise_max: Option<f32>,
+    /// Lower bound on [`ImageQuality::frame_noise`] (schema 7, with `frame_noise_max`): a
+    /// frame that lost the fine grain its camera always has (heavy compression,
+    /// pixelation, defocus) falls under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_noise_min: Option<f32>,
 }
 
 impl std::fmt::Display for QualityBounds {
@@ -236,6 +243,9 @@ impl std::fmt::Display for QualityBounds {
         }
         if let Some(s) = self.saturated_share_max {
             write!(f, ", saturated pixels <= {s:.3}")?;
+        }
+        if let Some(n) = self.frame_noise_min {
+            write!(f, ", frame noise >= {n:.2e}")?;
         }
         if let Some(n) = self.frame_noise_max {
             write!(f, ", frame noise <= {n:.2e}")?;
@@ -308,10 +318,11 @@ impl QualityBounds {
             |v: &[f32], p: f64| v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
         // the quantile, moved outwards by `margin` interquartile ranges
         let widen = |v: &[f32]| (margin * (at(v, 0.75) - at(v, 0.25)) as f64) as f32;
-        let low = |f: fn(&ImageQuality) -> f32| -> Result<f32> {
-            let v = sorted(images.iter().map(f).collect())?;
+        let low_of = |v: Vec<f32>| -> Result<f32> {
+            let v = sorted(v)?;
             Ok(at(&v, quantile) - widen(&v))
         };
+        let low = |f: fn(&ImageQuality) -> f32| low_of(images.iter().map(f).collect());
         let high_of = |v: Vec<f32>| -> Result<f32> {
             let v = sorted(v)?;
             Ok(at(&v, 1.0 - quantile) + widen(&v))
@@ -320,10 +331,13 @@ impl QualityBounds {
         // measured on some frames only (those the preprocessing reduces): bounded when
         // enough were
         let frame_noise: Vec<f32> = images.iter().filter_map(|m| m.frame_noise).collect();
-        let frame_noise_max = if frame_noise.len() >= MIN_QUALITY_IMAGES {
-            Some(high_of(frame_noise)?)
+        let (frame_noise_min, frame_noise_max) = if frame_noise.len() >= MIN_QUALITY_IMAGES {
+            (
+                Some(low_of(frame_noise.clone())?),
+                Some(high_of(frame_noise)?),
+            )
         } else {
-            None
+            (None, None)
         };
         Ok(Self {
             quantile,
@@ -351,6 +365,7 @@ impl QualityBounds {
             value_min_max: Some(high(|m| m.value_min)?),
             saturated_share_max: Some(high(|m| m.saturated_share)?),
             frame_noise_max,
+            frame_noise_min,
         })
     }
 
@@ -374,6 +389,7 @@ impl QualityBounds {
             self.value_min_max.unwrap_or(0.0),
             self.saturated_share_max.unwrap_or(0.0),
             self.frame_noise_max.unwrap_or(0.0),
+            self.frame_noise_min.unwrap_or(0.0),
         ];
         if all.iter().any(|v| !v.is_finite())
             || self.mean_luma.low > self.mean_luma.high
@@ -407,9 +423,13 @@ impl QualityBounds {
         // pixels to the gamut's edge, so the saturated share counts on a frame that is not
         // noisy.
         let excess = |v: f32, bound: Option<f32>| v / bound.unwrap_or(f32::MAX).max(1e-9);
+        // the noise furthest outside its bound: the tensor's, or the frame's own
+        let noise_excess = excess(m.noise, self.noise_max).max(
+            m.frame_noise
+                .map_or(0.0, |n| excess(n, self.frame_noise_max)),
+        );
         let saturated = self.saturation_max.is_some_and(|b| {
-            m.saturation > b
-                && (!noisy || excess(m.saturation, Some(b)) > excess(m.noise, self.noise_max))
+            m.saturation > b && (!noisy || excess(m.saturation, Some(b)) > noise_excess)
         }) || (!noisy
             && self
                 .saturated_share_max
@@ -457,9 +477,14 @@ impl QualityBounds {
         if noisy || m.sharpness > self.sharpness.high || m.blockiness > self.blockiness_max {
             return Some(CameraFault::Noisy);
         }
+        // the frame's own grain lost too (compression and pixelation smooth it, as blur does)
         let blurred = self
             .detail_min
-            .is_some_and(|b| m.detail.is_nan() || m.detail < b);
+            .is_some_and(|b| m.detail.is_nan() || m.detail < b)
+            || self
+                .frame_noise_min
+                .zip(m.frame_noise)
+                .is_some_and(|(b, n)| n < b);
         if blurred || !self.sharpness.contains(m.sharpness) {
             return Some(CameraFault::Blurred);
         }
@@ -622,6 +647,15 @@ pub(crate) mod tests {
             ..framed[ok]
         };
         assert_eq!(with_frames.check(&noisy), Some(CameraFault::Noisy));
+        // a frame smoother than the camera ever is: its grain compressed or blurred away
+        let low = with_frames.frame_noise_min.unwrap();
+        assert!((0.0100..0.0103).contains(&low), "{low}");
+        let smooth = ImageQuality {
+            frame_noise: Some(0.002),
+            ..framed[ok]
+        };
+        assert_eq!(with_frames.check(&smooth), Some(CameraFault::Blurred));
+        assert!(with_frames.to_string().contains("frame noise >="));
         assert_eq!(bounds.check(&noisy), None);
         let unmeasured = ImageQuality {
             frame_noise: None,
@@ -632,9 +666,10 @@ pub(crate) mod tests {
         for q in &mut few[MIN_QUALITY_IMAGES - 1..] {
             q.frame_noise = None;
         }
+        let without = QualityBounds::fit(&few, 0.01).unwrap();
         assert_eq!(
-            QualityBounds::fit(&few, 0.01).unwrap().frame_noise_max,
-            None
+            (without.frame_noise_min, without.frame_noise_max),
+            (None, None)
         );
         let nan = ImageQuality {
             mean_luma: f32::NAN,

@@ -44,6 +44,8 @@ pub struct FramePreparer {
     /// The calibration bounds the frame's own noise: measure it (kept when the guards are
     /// turned off, so that records still carry it).
     frame_noise: bool,
+    /// Said once that DCT-scaled JPEG frames carry no frame noise.
+    warned_scaled: bool,
 }
 
 impl FramePreparer {
@@ -55,6 +57,7 @@ impl FramePreparer {
             decoder: FrameDecoder::new(spec, true),
             meter: QualityMeter::new(spec),
             frame_noise: guards.as_ref().is_some_and(|g| g.frame_noise_max.is_some()),
+            warned_scaled: false,
             guards,
         }
     }
@@ -90,6 +93,14 @@ impl FramePreparer {
         let preprocess_us = micros(t);
         let t = Instant::now();
         let mut quality = self.meter.measure(out, &self.spec)?;
+        if self.frame_noise && pixels.reduced && !self.warned_scaled {
+            self.warned_scaled = true;
+            log::warn!(
+                "the camera guards bound the frame's own noise, but this source's JPEG frames \
+                 are decoded at a reduced scale, which averages that noise away: it is not \
+                 checked (set `scaled_jpeg_decode = false` in [camera] to check it)"
+            );
+        }
         if self.frame_noise
             && !pixels.reduced
             && reduces_frame(&self.spec, pixels.width, pixels.height)

@@ -13,6 +13,8 @@ pub(super) const BLACK_LEVEL_QUANTILE: f32 = 0.02;
 const DARK_FLAT_RANGE: f32 = 0.02;
 /// ...and mean luma under this.
 const DARK_FLAT_MEAN: f32 = 0.25;
+/// Luma at or under this is crushed black (see [`ImageQuality::clipped_dark`]).
+const CRUSHED: f32 = 0.02;
 /// The grid the dark flat cells are counted on: this many cells across and down.
 const DARK_FLAT_GRID: usize = 8;
 /// A saturated pixel ([`ImageQuality::saturated_share`]): saturation at least this...
@@ -228,7 +230,10 @@ fn dark_flat_share(luma: &[f32], width: usize, height: usize) -> f32 {
             let lo = lo.iter().fold(f32::MAX, |a, &b| smaller(a, b));
             let hi = hi.iter().fold(f32::MIN, |a, &b| larger(a, b));
             let mean = total(sum) / (cw * ch) as f32;
-            dark_flat += (hi - lo < DARK_FLAT_RANGE && mean < DARK_FLAT_MEAN) as usize;
+            // crushed cells (night, a black backdrop) are exposure's business, as in
+            // `flat_share`
+            dark_flat +=
+                (hi - lo < DARK_FLAT_RANGE && mean < DARK_FLAT_MEAN && lo > CRUSHED) as usize;
         }
     }
     dark_flat as f32 / (DARK_FLAT_GRID * DARK_FLAT_GRID) as f32
@@ -544,7 +549,10 @@ fn frame_luma(row: &[u8], format: PixelFormat, out: &mut [f32]) {
         PixelFormat::Yuyv => {
             // Y0 U Y1 V: BT.601 limited-range luma, as the preprocessing reads it
             for (x, l) in out.iter_mut().enumerate() {
-                *l = 1.164_383 * (row[x / 2 * 4 + x % 2 * 2] as f32 - 16.0) / 255.0;
+                // clamped as the preprocessing clamps the RGB it makes: noise past black
+                // and white counts no more than in an RGB frame
+                *l = (1.164_383 * (row[x / 2 * 4 + x % 2 * 2] as f32 - 16.0) / 255.0)
+                    .clamp(0.0, 1.0);
             }
         }
     }
@@ -664,9 +672,26 @@ mod tests {
     /// lane-wise version must agree with them up to rounding.
     mod reference {
         use super::super::{
-            low_quantile, BLACK_LEVEL_QUANTILE, DARK_FLAT_GRID, DARK_FLAT_MEAN, DARK_FLAT_RANGE,
-            SATURATED, SATURATED_MIN_VALUE,
+            BLACK_LEVEL_QUANTILE, DARK_FLAT_GRID, DARK_FLAT_MEAN, DARK_FLAT_RANGE, SATURATED,
+            SATURATED_MIN_VALUE,
         };
+
+        /// The first version's black-level histogram: one, filled in order.
+        fn low_quantile(values: &[f32], p: f32) -> f32 {
+            let mut histogram = [0u32; 256];
+            for &v in values {
+                histogram[((v * 256.0) as usize).min(255)] += 1;
+            }
+            let want = (p * values.len() as f32).ceil().max(1.0) as u32;
+            let mut seen = 0;
+            for (bin, &count) in histogram.iter().enumerate() {
+                seen += count;
+                if seen >= want {
+                    return bin as f32 / 256.0;
+                }
+            }
+            1.0
+        }
         use crate::error::{Error, Result};
         use crate::preprocess::{Layout, PreprocessSpec};
         use crate::quality::ImageQuality;
@@ -758,7 +783,8 @@ mod tests {
                         }
                     }
                     let mean = sum / (cw * ch) as f32;
-                    dark_flat += (hi - lo < DARK_FLAT_RANGE && mean < DARK_FLAT_MEAN) as usize;
+                    dark_flat +=
+                        (hi - lo < DARK_FLAT_RANGE && mean < DARK_FLAT_MEAN && lo > 0.02) as usize;
                 }
             }
             dark_flat as f32 / (DARK_FLAT_GRID * DARK_FLAT_GRID) as f32
