@@ -1,7 +1,8 @@
 //! Where tract spends an encoder's inference time, per optimised node (a tool for the
 //! open performance work on x86; see BENCHMARKS.md).
 //!
-//! `cargo run --release -p oodmon-runtime --example profile_ops -- encoder.onnx`
+//! `cargo run --release -p oodmon-runtime --example profile_ops -- encoder.onnx` (set
+//! `PROFILE_ALL_INFO=1` for every operator's shapes, tract's matmul geometry included)
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,6 +16,7 @@ fn main() -> TractResult<()> {
     let (w, h) = enc.input_size();
     let mut state = enc.plan().unwrap().spawn()?;
     let input: TValue = Tensor::zero::<f32>(&[1, 3, h, w])?.into();
+    let all_info = std::env::var_os("PROFILE_ALL_INFO").is_some();
     let mut times: HashMap<String, (u128, usize)> = HashMap::new();
     for round in 0..300 {
         state.run_plan_with_eval(tvec!(input.clone()), |ctx, st, node, inputs| {
@@ -26,8 +28,9 @@ fn main() -> TractResult<()> {
                         "{} {}{}",
                         node.id,
                         node.op().name(),
-                        // oodmon's own operators say their shapes
-                        if node.op().name().starts_with("Oodmon") {
+                        // oodmon's own operators say their shapes; every operator's
+                        // with PROFILE_ALL_INFO=1 (tract's matmuls: m, k, n and kernel)
+                        if node.op().name().starts_with("Oodmon") || all_info {
                             format!(" [{}]", node.op().info().unwrap_or_default().join("; "))
                         } else {
                             String::new()

@@ -82,6 +82,10 @@ pub struct ImageQuality {
     /// measures see it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frame_noise: Option<f32>,
+    /// The size (width, height) of the frame `frame_noise` was measured on: the estimate
+    /// depends on it (a halved frame's noise is half as strong).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_size: Option<[u32; 2]>,
 }
 
 /// Why a frame's picture cannot be trusted, from its [`ImageQuality`] against calibrated
@@ -205,6 +209,10 @@ pub struct QualityBounds {
     /// pixelation, defocus) falls under it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frame_noise_min: Option<f32>,
+    /// The frame size (width, height) the frame-noise bounds were fitted on (the commonest
+    /// among the calibration frames); frames of another size are not checked against them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_noise_size: Option<[u32; 2]>,
 }
 
 impl std::fmt::Display for QualityBounds {
@@ -250,6 +258,9 @@ impl std::fmt::Display for QualityBounds {
         if let Some(n) = self.frame_noise_max {
             write!(f, ", frame noise <= {n:.2e}")?;
         }
+        if let Some([w, h]) = self.frame_noise_size {
+            write!(f, " (on {w}x{h} frames)")?;
+        }
         write!(
             f,
             " (from {} images at quantile {}",
@@ -258,7 +269,12 @@ impl std::fmt::Display for QualityBounds {
         if self.margin > 0.0 {
             write!(f, ", widened by {} interquartile ranges", self.margin)?;
         }
-        f.write_str(")")
+        f.write_str(")")?;
+        let absent = self.absent();
+        if !absent.is_empty() {
+            write!(f, "; not bounded, so not checked: {}", absent.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -330,15 +346,32 @@ impl QualityBounds {
         let high = |f: fn(&ImageQuality) -> f32| high_of(images.iter().map(f).collect());
         // measured on some frames only (those the preprocessing reduces): bounded when
         // enough were
-        let frame_noise: Vec<f32> = images.iter().filter_map(|m| m.frame_noise).collect();
-        let (frame_noise_min, frame_noise_max) = if frame_noise.len() >= MIN_QUALITY_IMAGES {
-            (
-                Some(low_of(frame_noise.clone())?),
-                Some(high_of(frame_noise)?),
-            )
-        } else {
-            (None, None)
-        };
+        // the frame noise depends on the frame's size: bounded on the commonest one
+        let mut sizes: Vec<[u32; 2]> = images
+            .iter()
+            .filter(|m| m.frame_noise.is_some())
+            .filter_map(|m| m.frame_size)
+            .collect();
+        sizes.sort_unstable();
+        let frame_noise_size = sizes
+            .chunk_by(|a, b| a == b)
+            .max_by_key(|run| run.len())
+            .map(|run| run[0]);
+        let frame_noise: Vec<f32> = images
+            .iter()
+            .filter(|m| m.frame_size == frame_noise_size)
+            .filter_map(|m| m.frame_noise)
+            .collect();
+        let (frame_noise_min, frame_noise_max, frame_noise_size) =
+            if frame_noise.len() >= MIN_QUALITY_IMAGES {
+                (
+                    Some(low_of(frame_noise.clone())?),
+                    Some(high_of(frame_noise)?),
+                    frame_noise_size,
+                )
+            } else {
+                (None, None, None)
+            };
         Ok(Self {
             quantile,
             images: images.len(),
@@ -366,42 +399,110 @@ impl QualityBounds {
             saturated_share_max: Some(high(|m| m.saturated_share)?),
             frame_noise_max,
             frame_noise_min,
+            frame_noise_size,
         })
     }
 
     /// Checks every bound is finite and ordered.
     pub fn validate(&self) -> Result<()> {
-        let all = [
-            self.mean_luma.low,
-            self.mean_luma.high,
-            self.contrast_min,
-            self.sharpness.low,
-            self.sharpness.high,
-            self.clipped_dark_max,
-            self.clipped_bright_max,
-            self.flat_share_max,
-            self.blockiness_max,
-            self.noise_max.unwrap_or(0.0),
-            self.detail_min.unwrap_or(0.0),
-            self.saturation_max.unwrap_or(0.0),
-            self.black_level_max.unwrap_or(0.0),
-            self.dark_flat_share_max.unwrap_or(0.0),
-            self.value_min_max.unwrap_or(0.0),
-            self.saturated_share_max.unwrap_or(0.0),
-            self.frame_noise_max.unwrap_or(0.0),
-            self.frame_noise_min.unwrap_or(0.0),
+        let bad = |what: String| {
+            Err(Error::InvalidArtifact(format!(
+                "image-quality bounds: {what}"
+            )))
+        };
+        // (name, value, whether the measure is never negative, so that an upper bound
+        // under 0 would reject every frame)
+        let bounds = [
+            ("mean_luma.low", Some(self.mean_luma.low), false),
+            ("mean_luma.high", Some(self.mean_luma.high), true),
+            ("contrast_min", Some(self.contrast_min), false),
+            ("sharpness.low", Some(self.sharpness.low), false),
+            ("sharpness.high", Some(self.sharpness.high), true),
+            ("clipped_dark_max", Some(self.clipped_dark_max), true),
+            ("clipped_bright_max", Some(self.clipped_bright_max), true),
+            ("flat_share_max", Some(self.flat_share_max), true),
+            ("blockiness_max", Some(self.blockiness_max), true),
+            ("noise_max", self.noise_max, true),
+            ("detail_min", self.detail_min, false),
+            ("saturation_max", self.saturation_max, true),
+            ("black_level_max", self.black_level_max, true),
+            ("dark_flat_share_max", self.dark_flat_share_max, true),
+            ("value_min_max", self.value_min_max, true),
+            ("saturated_share_max", self.saturated_share_max, true),
+            ("frame_noise_max", self.frame_noise_max, true),
+            ("frame_noise_min", self.frame_noise_min, false),
         ];
-        if all.iter().any(|v| !v.is_finite())
-            || self.mean_luma.low > self.mean_luma.high
-            || self.sharpness.low > self.sharpness.high
-            || !(self.quantile > 0.0 && self.quantile < 0.5)
-            || !(self.margin.is_finite() && self.margin >= 0.0)
-        {
-            return Err(Error::InvalidArtifact(
-                "image-quality bounds are not finite, ordered bounds".into(),
+        for (name, value, upper_of_non_negative) in bounds {
+            match value {
+                Some(v) if !v.is_finite() => return bad(format!("{name} is {v}, not a number")),
+                Some(v) if upper_of_non_negative && v < 0.0 => {
+                    return bad(format!(
+                        "{name} is {v}: the measure is never negative, so every frame would fail"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        let ordered = |name: &str, low: Option<f32>, high: Option<f32>| {
+            match (low, high) {
+            (Some(l), Some(h)) if l > h => bad(format!(
+                "{name}: the lower bound {l} is above the upper bound {h}, so every frame would fail"
+            )),
+            _ => Ok(()),
+        }
+        };
+        ordered(
+            "mean_luma",
+            Some(self.mean_luma.low),
+            Some(self.mean_luma.high),
+        )?;
+        ordered(
+            "sharpness",
+            Some(self.sharpness.low),
+            Some(self.sharpness.high),
+        )?;
+        ordered("frame_noise", self.frame_noise_min, self.frame_noise_max)?;
+        if !(self.quantile > 0.0 && self.quantile < 0.5) {
+            return bad(format!("quantile {} is not in (0, 0.5)", self.quantile));
+        }
+        if !(self.margin.is_finite() && self.margin >= 0.0) {
+            return bad(format!(
+                "margin {} is not a non-negative number",
+                self.margin
             ));
         }
         Ok(())
+    }
+
+    /// A frame's own noise where these bounds apply to it: measured on a frame of the size
+    /// they were fitted on.
+    pub fn frame_noise_of(&self, m: &ImageQuality) -> Option<f32> {
+        match self.frame_noise_size {
+            Some(size) if m.frame_size != Some(size) => None,
+            _ => m.frame_noise,
+        }
+    }
+
+    /// The bounds this calibration does not have, by name: fitted by an older build (until
+    /// `oodmon-calibrate guards` refits them), or not measurable on its images (the frame's
+    /// own noise on images that were not reduced). Their measures are not checked.
+    pub fn absent(&self) -> Vec<&'static str> {
+        [
+            ("noise", self.noise_max.is_none()),
+            ("detail", self.detail_min.is_none()),
+            ("saturation", self.saturation_max.is_none()),
+            ("black level", self.black_level_max.is_none()),
+            ("dark flat cells", self.dark_flat_share_max.is_none()),
+            ("darkest value", self.value_min_max.is_none()),
+            ("saturated pixels", self.saturated_share_max.is_none()),
+            (
+                "frame noise",
+                self.frame_noise_max.is_none() && self.frame_noise_min.is_none(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, missing)| missing.then_some(name))
+        .collect()
     }
 
     /// The fault a frame with these measures shows, if any. NaN measures (an input that is
@@ -414,7 +515,7 @@ impl QualityBounds {
             .is_some_and(|b| m.noise.is_nan() || m.noise > b)
             || self
                 .frame_noise_max
-                .zip(m.frame_noise)
+                .zip(self.frame_noise_of(m))
                 .is_some_and(|(b, n)| n.is_nan() || n > b);
         // Boosted saturation darkens a picture (its weaker channels fall) and lifts the noise
         // estimate a little, so it is named before exposure; per-channel sensor noise colours
@@ -425,7 +526,7 @@ impl QualityBounds {
         let excess = |v: f32, bound: Option<f32>| v / bound.unwrap_or(f32::MAX).max(1e-9);
         // the noise furthest outside its bound: the tensor's, or the frame's own
         let noise_excess = excess(m.noise, self.noise_max).max(
-            m.frame_noise
+            self.frame_noise_of(m)
                 .map_or(0.0, |n| excess(n, self.frame_noise_max)),
         );
         let saturated = self.saturation_max.is_some_and(|b| {
@@ -483,7 +584,7 @@ impl QualityBounds {
             .is_some_and(|b| m.detail.is_nan() || m.detail < b)
             || self
                 .frame_noise_min
-                .zip(m.frame_noise)
+                .zip(self.frame_noise_of(m))
                 .is_some_and(|(b, n)| n < b);
         if blurred || !self.sharpness.contains(m.sharpness) {
             return Some(CameraFault::Blurred);
@@ -656,6 +757,39 @@ pub(crate) mod tests {
         };
         assert_eq!(with_frames.check(&smooth), Some(CameraFault::Blurred));
         assert!(with_frames.to_string().contains("frame noise >="));
+        assert!(!with_frames.to_string().contains("not bounded"));
+        // bounds without the frame's own noise say so
+        assert!(bounds
+            .to_string()
+            .ends_with("; not bounded, so not checked: frame noise"));
+        // bounds no fit could give are refused, naming the bound
+        for (broken, names) in [
+            (
+                QualityBounds {
+                    frame_noise_min: Some(0.02),
+                    frame_noise_max: Some(0.01),
+                    ..with_frames.clone()
+                },
+                "frame_noise: the lower bound",
+            ),
+            (
+                QualityBounds {
+                    noise_max: Some(-1.0),
+                    ..with_frames.clone()
+                },
+                "noise_max is -1",
+            ),
+            (
+                QualityBounds {
+                    detail_min: Some(f32::NAN),
+                    ..with_frames.clone()
+                },
+                "detail_min is NaN",
+            ),
+        ] {
+            let e = broken.validate().unwrap_err().to_string();
+            assert!(e.contains(names), "{e}");
+        }
         assert_eq!(bounds.check(&noisy), None);
         let unmeasured = ImageQuality {
             frame_noise: None,
@@ -666,6 +800,29 @@ pub(crate) mod tests {
         for q in &mut few[MIN_QUALITY_IMAGES - 1..] {
             q.frame_noise = None;
         }
+        // the frame noise depends on the frame's size: bounded on the commonest size, checked
+        // on frames of that size only
+        let sized: Vec<ImageQuality> = framed
+            .iter()
+            .enumerate()
+            .map(|(i, q)| ImageQuality {
+                frame_size: Some(if i < 100 { [320, 240] } else { [640, 480] }),
+                ..*q
+            })
+            .collect();
+        let by_size = QualityBounds::fit(&sized, 0.01).unwrap();
+        assert_eq!(by_size.frame_noise_size, Some([320, 240]));
+        assert!(by_size.to_string().contains("(on 320x240 frames)"));
+        let noisy_here = ImageQuality {
+            frame_size: Some([320, 240]),
+            ..noisy
+        };
+        let noisy_elsewhere = ImageQuality {
+            frame_size: Some([640, 480]),
+            ..noisy
+        };
+        assert_eq!(by_size.check(&noisy_here), Some(CameraFault::Noisy));
+        assert_eq!(by_size.check(&noisy_elsewhere), None);
         let without = QualityBounds::fit(&few, 0.01).unwrap();
         assert_eq!(
             (without.frame_noise_min, without.frame_noise_max),

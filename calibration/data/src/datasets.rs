@@ -620,6 +620,7 @@ fn load_idx(dir: &Path, split: Split, b: &mut dyn ImageSink) -> Result<Vec<Strin
 /// splits, otherwise all images form the train split and `test` is refused.
 fn load_folder(dir: &Path, split: Split, b: &mut dyn ImageSink) -> Result<Vec<String>> {
     let (train, test) = (dir.join("train"), dir.join("test"));
+    let one_split_folder = train.is_dir() != test.is_dir();
     let root = if train.is_dir() && test.is_dir() {
         match split {
             Split::Train => train,
@@ -640,7 +641,11 @@ fn load_folder(dir: &Path, split: Split, b: &mut dyn ImageSink) -> Result<Vec<St
         .collect();
     classes.sort();
     if classes.is_empty() {
-        return Err(malformed(&root, "holds no class subfolders"));
+        return Err(malformed(
+            &root,
+            "holds no class subfolders: a folder data set is DIR/CLASS/*.png (one class \
+             folder is enough, e.g. DIR/camera/*.jpg), or DIR/train/CLASS/ beside DIR/test/CLASS/",
+        ));
     }
     let mut count = 0usize;
     for (label, class_dir) in classes.iter().enumerate() {
@@ -677,7 +682,15 @@ fn load_folder(dir: &Path, split: Split, b: &mut dyn ImageSink) -> Result<Vec<St
         }
     }
     if count == 0 {
-        return Err(malformed(&root, "holds no JPEG or PNG images"));
+        let half = if one_split_folder {
+            " (it has one of train/ and test/ but not the other: the splits need both)"
+        } else {
+            ""
+        };
+        return Err(malformed(
+            &root,
+            format!("holds no JPEG or PNG images in its class subfolders (DIR/CLASS/*.png){half}"),
+        ));
     }
     Ok(classes
         .iter()
@@ -879,6 +892,25 @@ mod tests {
             err.contains("broken.jpg") && err.contains("cannot decode"),
             "{err}"
         );
+        // the layouts a user gets wrong are named in the error
+        let flat = tempfile::tempdir().unwrap();
+        image::RgbImage::from_pixel(8, 8, image::Rgb([9, 9, 9]))
+            .save(flat.path().join("frame.png"))
+            .unwrap();
+        let err = load(&DataSpec::Folder(flat.path().into()), Split::Train, &spec())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DIR/CLASS/*.png"), "{err}");
+        let half = tempfile::tempdir().unwrap();
+        let street = half.path().join("train/street");
+        std::fs::create_dir_all(&street).unwrap();
+        image::RgbImage::from_pixel(8, 8, image::Rgb([9, 9, 9]))
+            .save(street.join("frame.png"))
+            .unwrap();
+        let err = load(&DataSpec::Folder(half.path().into()), Split::Train, &spec())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the splits need both"), "{err}");
         assert!("bogus:x".parse::<DataSpec>().is_err());
         assert_eq!(
             "cifar10:/d".parse::<DataSpec>().unwrap(),

@@ -270,6 +270,7 @@ fn measure_stored(
             None,
             stored.format,
         )?);
+        q.frame_size = Some([stored.width as u32, stored.height as u32]);
     }
     Ok(q)
 }

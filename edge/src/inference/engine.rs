@@ -46,6 +46,8 @@ pub struct FramePreparer {
     frame_noise: bool,
     /// Said once that DCT-scaled JPEG frames carry no frame noise.
     warned_scaled: bool,
+    /// Said once that the frames' size is not the one the frame-noise bounds were fitted on.
+    warned_size: bool,
 }
 
 impl FramePreparer {
@@ -58,6 +60,7 @@ impl FramePreparer {
             meter: QualityMeter::new(spec),
             frame_noise: guards.as_ref().is_some_and(|g| g.frame_noise_max.is_some()),
             warned_scaled: false,
+            warned_size: false,
             guards,
         }
     }
@@ -112,6 +115,20 @@ impl FramePreparer {
                 pixels.stride,
                 pixels.format,
             )?);
+            let size = [pixels.width as u32, pixels.height as u32];
+            quality.frame_size = Some(size);
+            let fitted = self.guards.as_ref().and_then(|g| g.frame_noise_size);
+            if fitted.is_some_and(|f| f != size) && !self.warned_size {
+                self.warned_size = true;
+                let [w, h] = fitted.unwrap_or_default();
+                log::warn!(
+                    "the camera guards' frame-noise bounds were fitted on {w}x{h} frames and \
+                     this source delivers {}x{}: the frame's own noise depends on the size, \
+                     so it is not checked (fit the guards on this camera's own frames)",
+                    size[0],
+                    size[1]
+                );
+            }
         }
         let camera = self.guards.as_ref().and_then(|g| g.check(&quality));
         Ok(Prepared {

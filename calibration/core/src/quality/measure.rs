@@ -131,6 +131,7 @@ fn measure_luma_with(
         value_min: 0.0,
         saturated_share: 0.0,
         frame_noise: None,
+        frame_size: None,
     })
 }
 
@@ -749,6 +750,7 @@ mod tests {
                 value_min: 0.0,
                 saturated_share: 0.0,
                 frame_noise: None,
+                frame_size: None,
                 dark_flat_share: dark_flat_share(luma, width, height),
                 black_level,
                 mean_luma: mean,
