@@ -183,6 +183,9 @@ pub struct AlarmMachine {
     camera_at: usize,
     camera_filled: usize,
     camera_counts: [usize; CameraFault::ALL.len()],
+    /// The camera fault named last (an index in [`CameraFault::ALL`]), kept while it stays
+    /// nearly as common as raising needs, so that the reason does not flap between causes.
+    camera_shown: Option<usize>,
     /// The fault that holds now, if any (cleared by the condition going away).
     fault: Option<Reason>,
     /// Outputs that cannot deliver now ([`Output`] bits).
@@ -210,6 +213,7 @@ impl AlarmMachine {
             camera_at: 0,
             camera_filled: 0,
             camera_counts: [0; CameraFault::ALL.len()],
+            camera_shown: None,
             fault: Some(Reason::Starting),
             failed_outputs: 0,
         }
@@ -260,7 +264,11 @@ impl AlarmMachine {
     }
 
     /// Records the frame's guard outcome; returns the camera fault that k of the last n
-    /// frames show, if any (the commonest in the window, ties to the latest frame's).
+    /// frames show, if any: the one named last while it still fails on k - 1 of the
+    /// window's frames (at least one), else the commonest in the window, ties to the latest
+    /// frame's. A degraded camera often fails several guards by turns (fog: contrast,
+    /// exposure, detail); naming the commonest afresh each frame made the reason, and the
+    /// journal, flap.
     fn push_camera(&mut self, camera: Option<CameraFault>) -> Option<CameraFault> {
         let n = self.config.camera_window_n;
         if self.camera_filled == n {
@@ -280,14 +288,23 @@ impl AlarmMachine {
         }
         self.camera_at = (self.camera_at + 1) % n;
         if self.camera_counts.iter().sum::<usize>() < self.config.camera_raise_k {
+            self.camera_shown = None;
             return None;
         }
-        let mut best = (code as usize).saturating_sub(1);
-        for (i, &count) in self.camera_counts.iter().enumerate() {
-            if count > self.camera_counts[best] {
-                best = i;
+        let keep = self.config.camera_raise_k.saturating_sub(1).max(1);
+        let best = match self.camera_shown {
+            Some(shown) if self.camera_counts[shown] >= keep => shown,
+            _ => {
+                let mut best = (code as usize).saturating_sub(1);
+                for (i, &count) in self.camera_counts.iter().enumerate() {
+                    if count > self.camera_counts[best] {
+                        best = i;
+                    }
+                }
+                best
             }
-        }
+        };
+        self.camera_shown = Some(best);
         Some(CameraFault::ALL[best])
     }
 
@@ -721,6 +738,29 @@ mod tests {
             m.on_frame(scored(false, t), t);
             assert_eq!(m.state(), (AlarmState::Ok, Reason::Cleared), "round {i}");
         }
+        // a camera failing two guards by turns keeps one reason, and a lasting change of cause
+        // still renames it
+        let mut m = AlarmMachine::new(config(), 0);
+        let mut t = 0;
+        run(&mut m, &mut t, &[false; 4]);
+        let mut reasons = Vec::new();
+        for i in 0..20 {
+            t += 10;
+            let cause = [CameraFault::LowContrast, CameraFault::Overexposed][i % 2];
+            m.on_frame(degraded(false, t, cause), t);
+            reasons.push(m.state().1);
+        }
+        reasons.dedup();
+        assert_eq!(
+            reasons,
+            [Reason::Cleared, Reason::CameraLowContrast],
+            "{reasons:?}"
+        );
+        for _ in 0..5 {
+            t += 10;
+            m.on_frame(degraded(false, t, CameraFault::Blurred), t);
+        }
+        assert_eq!(m.state(), (AlarmState::Fault, Reason::CameraBlurred));
         // every reason has its protocol code
         for c in CameraFault::ALL {
             assert_eq!(camera_reason(c).name(), c.name());
