@@ -3,7 +3,7 @@
 //! encoder's input tensor, exactly as a camera frame does on the edge.
 
 use oodmon_calibration::preprocess::{PixelFormat, PreprocessSpec, Preprocessor};
-use oodmon_calibration::quality::{reduces_frame, ImageQuality, QualityMeter};
+use oodmon_calibration::quality::{ImageQuality, QualityMeter};
 use oodmon_calibration::Embeddings;
 use oodmon_runtime::Encoder;
 
@@ -262,16 +262,15 @@ fn measure_stored(
     stored: &StoredImage<'_>,
 ) -> std::result::Result<ImageQuality, DataError> {
     let mut q = meter.measure(tensor, spec)?;
-    if reduces_frame(spec, stored.width, stored.height) {
-        q.frame_noise = Some(meter.frame_noise(
-            stored.pixels,
-            stored.width,
-            stored.height,
-            None,
-            stored.format,
-        )?);
-        q.frame_size = Some([stored.width as u32, stored.height as u32]);
-    }
+    meter.add_frame_noise(
+        &mut q,
+        spec,
+        stored.pixels,
+        stored.width,
+        stored.height,
+        None,
+        stored.format,
+    )?;
     Ok(q)
 }
 

@@ -5,9 +5,7 @@
 use std::time::Instant;
 
 use oodmon_calibration::preprocess::{PixelFormat, Preprocessor};
-use oodmon_calibration::quality::{
-    reduces_frame, CameraFault, ImageQuality, QualityBounds, QualityMeter,
-};
+use oodmon_calibration::quality::{CameraFault, ImageQuality, QualityBounds, QualityMeter};
 use oodmon_calibration::PreprocessSpec;
 use oodmon_runtime::{Bundle, Session};
 
@@ -104,31 +102,32 @@ impl FramePreparer {
                  checked (set `scaled_jpeg_decode = false` in [camera] to check it)"
             );
         }
-        if self.frame_noise
-            && !pixels.reduced
-            && reduces_frame(&self.spec, pixels.width, pixels.height)
-        {
-            quality.frame_noise = Some(self.meter.frame_noise(
+        let size = [pixels.width as u32, pixels.height as u32];
+        let fitted = self.guards.as_ref().and_then(|g| g.frame_noise_size);
+        let other_size = fitted.is_some_and(|f| f != size);
+        if self.frame_noise && !pixels.reduced && other_size && !self.warned_size {
+            self.warned_size = true;
+            let [w, h] = fitted.unwrap_or_default();
+            log::warn!(
+                "the camera guards' frame-noise bounds were fitted on {w}x{h} frames and \
+                 this source delivers {}x{}: the frame's own noise depends on the size, \
+                 so it is not checked (fit the guards on this camera's own frames)",
+                size[0],
+                size[1]
+            );
+        }
+        // measured only where it is checked: not on scaled decodes, nor on frames of
+        // another size than the bounds'
+        if self.frame_noise && !pixels.reduced && !other_size {
+            self.meter.add_frame_noise(
+                &mut quality,
+                &self.spec,
                 pixels.data,
                 pixels.width,
                 pixels.height,
                 pixels.stride,
                 pixels.format,
-            )?);
-            let size = [pixels.width as u32, pixels.height as u32];
-            quality.frame_size = Some(size);
-            let fitted = self.guards.as_ref().and_then(|g| g.frame_noise_size);
-            if fitted.is_some_and(|f| f != size) && !self.warned_size {
-                self.warned_size = true;
-                let [w, h] = fitted.unwrap_or_default();
-                log::warn!(
-                    "the camera guards' frame-noise bounds were fitted on {w}x{h} frames and \
-                     this source delivers {}x{}: the frame's own noise depends on the size, \
-                     so it is not checked (fit the guards on this camera's own frames)",
-                    size[0],
-                    size[1]
-                );
-            }
+            )?;
         }
         let camera = self.guards.as_ref().and_then(|g| g.check(&quality));
         Ok(Prepared {

@@ -388,16 +388,15 @@ fn a_noisy_sensor_fails_the_frame_noise_bound_that_the_reduction_would_hide() {
             // no bound to check against: the frame's own noise is not measured
             assert_eq!(p.quality.frame_noise, None);
             let mut q = p.quality;
-            q.frame_noise = Some(
-                meter
-                    .frame_noise(&img, w, h, None, PixelFormat::Rgb8)
-                    .unwrap(),
-            );
+            meter
+                .add_frame_noise(&mut q, &spec, &img, w, h, None, PixelFormat::Rgb8)
+                .unwrap();
             q
         })
         .collect();
     let bounds = QualityBounds::fit(&clean, 0.01).unwrap();
     assert!(bounds.frame_noise_max.is_some(), "{bounds}");
+    assert_eq!(bounds.frame_noise_size, Some([w as u32, h as u32]));
     let mut guarded = FramePreparer::new(&spec, Some(bounds.clone()));
     let quiet = camera_frame(w, h, 0.004, 100);
     let noisy = camera_frame(w, h, 0.01, 101);
@@ -431,4 +430,12 @@ fn a_noisy_sensor_fails_the_frame_noise_bound_that_the_reduction_would_hide() {
         .prepare(&raw(&small, 32, 32, PixelFormat::Rgb8), &mut tensor)
         .unwrap();
     assert_eq!(p.quality.frame_noise, None);
+    // nor does a reduced frame of another size than the bounds were fitted on: its noise
+    // is not comparable, so it is neither checked nor measured
+    let other = camera_frame(2 * w, 2 * h, 0.02, 103);
+    let p = guarded
+        .prepare(&raw(&other, 2 * w, 2 * h, PixelFormat::Rgb8), &mut tensor)
+        .unwrap();
+    assert_eq!(p.quality.frame_noise, None);
+    assert_eq!(p.quality.frame_size, None);
 }

@@ -525,6 +525,27 @@ impl QualityMeter {
         }
         Ok(sum / triples as f32)
     }
+
+    /// Adds the frame's own noise and size to `quality` when `spec` reduces such a frame
+    /// (see [`reduces_frame`]); a frame that reaches the model at its own size is left as it
+    /// is. The one place the edge and the guards' calibration data take this step.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_frame_noise(
+        &mut self,
+        quality: &mut ImageQuality,
+        spec: &PreprocessSpec,
+        frame: &[u8],
+        width: usize,
+        height: usize,
+        stride: Option<usize>,
+        format: PixelFormat,
+    ) -> Result<()> {
+        if reduces_frame(spec, width, height) {
+            quality.frame_noise = Some(self.frame_noise(frame, width, height, stride, format)?);
+            quality.frame_size = Some([width as u32, height as u32]);
+        }
+        Ok(())
+    }
 }
 
 /// Luma in 0-1 of one row of a frame, into `out` (its width).
