@@ -4,7 +4,9 @@
 //! file's `QuantizeLinear` -> `DequantizeLinear` pairs, which tract runs as two scalar passes
 //! with an 8-bit tensor in between.
 //!
-//! Both are swapped into the decluttered graph before tract optimises it, and both give
+//! Both are swapped into the decluttered graph before tract optimises it; then each
+//! depthwise convolution takes in the pair its input comes through and the ReLU6 and pair
+//! its output goes through, so that its planes are walked once. All of it gives
 //! **bit-identical** results to tract's own operators, by construction: every depthwise
 //! output is the bias plus one multiply and one add per tap, in tract's tap order, with no
 //! fused multiply-add (padding taps add an exact zero); the fused quantize-dequantize is
@@ -24,8 +26,10 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+use tract_onnx::tract_core::ops::math::{Max, Min};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8};
 
@@ -60,7 +64,12 @@ impl Kernels {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Swapped {
     pub depthwise: usize,
+    /// Pairs run by oodmon, on their own or inside a depthwise convolution.
     pub quantize_dequantize: usize,
+    /// Of those, the pairs folded into a depthwise convolution (its input's or output's).
+    pub folded_quantize_dequantize: usize,
+    /// Clips (`Max` and `Min` with a constant, ReLU6) folded into a depthwise convolution.
+    pub folded_clips: usize,
 }
 
 impl std::fmt::Display for Swapped {
@@ -72,7 +81,15 @@ impl std::fmt::Display for Swapped {
                 f,
                 "oodmon kernels for {} depthwise convolutions and {} quantize-dequantize pairs",
                 self.depthwise, self.quantize_dequantize
-            )
+            )?;
+            if self.folded_quantize_dequantize + self.folded_clips > 0 {
+                write!(
+                    f,
+                    " ({} of the pairs and {} clips run inside the convolutions)",
+                    self.folded_quantize_dequantize, self.folded_clips
+                )?;
+            }
+            Ok(())
         }
     }
 }
@@ -101,7 +118,110 @@ pub fn swap_in(model: &mut TypedModel) -> TractResult<Swapped> {
         }
     }
     model.compact()?;
+    for id in model.eval_order()? {
+        if model.node(id).op_is::<DepthwiseNchw>() {
+            fold_neighbours(model, id, &mut swapped)?;
+        }
+    }
+    model.compact()?;
     Ok(swapped)
+}
+
+/// Folds into the depthwise convolution at `id` the quantize-dequantize pair its input
+/// comes through and the clip and pair its output goes through, where each feeds only the
+/// next: the same arithmetic in one walk over the tensor instead of three or four.
+fn fold_neighbours(model: &mut TypedModel, id: usize, swapped: &mut Swapped) -> TractResult<()> {
+    let node = model.node(id);
+    let Some(op) = node.op_as::<DepthwiseNchw>() else {
+        return Ok(());
+    };
+    let mut op = op.clone();
+    let sole_user = |outlet: OutletId| -> TractResult<Option<usize>> {
+        let successors = &model.node(outlet.node).outputs[outlet.slot].successors;
+        Ok(
+            (successors.len() == 1 && !model.output_outlets()?.contains(&outlet))
+                .then(|| successors[0].node),
+        )
+    };
+    let mut input = node.inputs[0];
+    if let Some(q) = model.node(input.node).op_as::<QuantizeDequantize>() {
+        if sole_user(input)? == Some(id) {
+            op.folded.input = Some(q.clone());
+            input = model.node(input.node).inputs[0];
+        }
+    }
+    let mut last = OutletId::new(id, 0);
+    let mut clips = 0;
+    if let Some((next, value)) = clip_after(model, last, "Max", sole_user(last)?)? {
+        op.folded.max_with = Some(value);
+        (last, clips) = (OutletId::new(next, 0), clips + 1);
+    }
+    if let Some((next, value)) = clip_after(model, last, "Min", sole_user(last)?)? {
+        op.folded.min_with = Some(value);
+        (last, clips) = (OutletId::new(next, 0), clips + 1);
+    }
+    if let Some(next) = sole_user(last)? {
+        if let Some(q) = model.node(next).op_as::<QuantizeDequantize>() {
+            op.folded.output = Some(q.clone());
+            last = OutletId::new(next, 0);
+        }
+    }
+    if op.folded == Folded::default() {
+        return Ok(());
+    }
+    swapped.folded_clips += clips.min(1);
+    swapped.folded_quantize_dequantize +=
+        op.folded.input.is_some() as usize + op.folded.output.is_some() as usize;
+    let name = model.node(id).name.clone();
+    let mut patch = TypedModelPatch::default();
+    let x = patch.tap_model(model, input)?;
+    let y = patch.wire_node(name, op, &[x])?[0];
+    patch.shunt_outside(model, last, y)?;
+    patch.apply(model)
+}
+
+/// The node `next` when it is an `f32` `Max` or `Min` (`which`) of the tensor at `from` and
+/// a one-value constant, with that value.
+fn clip_after(
+    model: &TypedModel,
+    from: OutletId,
+    which: &str,
+    next: Option<usize>,
+) -> TractResult<Option<(usize, f32)>> {
+    let Some(next) = next else {
+        return Ok(None);
+    };
+    let node = model.node(next);
+    let Some(bin) = node.op_as::<TypedBinOp>() else {
+        return Ok(None);
+    };
+    let is_op = match which {
+        "Max" => bin.0.is::<Max>(),
+        _ => bin.0.is::<Min>(),
+    };
+    if !is_op || bin.1.is_some() || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let Some(other) = node.inputs.iter().find(|i| **i != from) else {
+        return Ok(None);
+    };
+    let (from_fact, other_fact, out_fact) = (
+        model.outlet_fact(from)?,
+        model.outlet_fact(*other)?,
+        model.outlet_fact(OutletId::new(next, 0))?,
+    );
+    let Some(value) = other_fact.konst.as_ref() else {
+        return Ok(None);
+    };
+    if value.datum_type() != f32::datum_type()
+        || value.len() != 1
+        || out_fact.datum_type != f32::datum_type()
+        || out_fact.shape != from_fact.shape
+    {
+        return Ok(None);
+    }
+    let value = value.try_as_plain_ram()?.as_slice::<f32>()?[0];
+    Ok(Some((next, value)))
 }
 
 fn depthwise_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<DepthwiseNchw>> {
@@ -168,6 +288,7 @@ fn depthwise_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dep
         taps_by_lanes: Arc::new(taps_by_lanes(&taps, channels, kh * kw)),
         taps: Arc::new(taps),
         bias: Arc::new(bias),
+        folded: Folded::default(),
     }))
 }
 
@@ -238,6 +359,54 @@ pub struct DepthwiseNchw {
     /// The same taps as `[C / LANES, kh * kw, LANES]`, for small planes, where LANES
     /// channels go through together.
     taps_by_lanes: Arc<Vec<f32>>,
+    /// The neighbouring operators run inside this one.
+    folded: Folded,
+}
+
+/// What a depthwise convolution runs on its input before and on its output after, taken
+/// from the graph's neighbouring nodes (see [`swap_in`]): the same values, one walk.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Folded {
+    /// The quantize-dequantize pair the input came through.
+    input: Option<QuantizeDequantize>,
+    /// `Max` with this value, then `Min` with the next (ReLU6 as the graph writes it).
+    max_with: Option<f32>,
+    min_with: Option<f32>,
+    /// The quantize-dequantize pair the output goes through.
+    output: Option<QuantizeDequantize>,
+}
+
+impl Folded {
+    /// The clip and the output's pair, in place, on one channel block's values.
+    #[inline(always)]
+    fn finish(&self, y: &mut [f32]) {
+        if self.max_with.is_none() && self.min_with.is_none() && self.output.is_none() {
+            return;
+        }
+        let one = |mut v: f32| {
+            if let Some(low) = self.max_with {
+                v = v.max(low);
+            }
+            if let Some(high) = self.min_with {
+                v = v.min(high);
+            }
+            v
+        };
+        let mut chunks = y.chunks_exact_mut(LANES);
+        for v in &mut chunks {
+            let mut a = lanes(v).map(one);
+            if let Some(q) = &self.output {
+                a = q.vector(a);
+            }
+            v.copy_from_slice(&a);
+        }
+        for v in chunks.into_remainder() {
+            *v = one(*v);
+            if let Some(q) = &self.output {
+                *v = q.exact(*v);
+            }
+        }
+    }
 }
 
 impl Eq for DepthwiseNchw {}
@@ -248,14 +417,23 @@ impl Op for DepthwiseNchw {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
+        let f = &self.folded;
         Ok(vec![format!(
-            "{} channels, {:?} -> {:?}, kernel {:?}, strides {:?}, pad before {:?}",
+            "{} channels, {:?} -> {:?}, kernel {:?}, strides {:?}, pad before {:?}{}{}{}{}",
             self.channels,
             self.input_hw,
             self.output_hw,
             self.kernel_hw,
             self.strides,
-            self.pad_before
+            self.pad_before,
+            if f.input.is_some() { ", input QDQ" } else { "" },
+            f.max_with.map(|v| format!(", max {v}")).unwrap_or_default(),
+            f.min_with.map(|v| format!(", min {v}")).unwrap_or_default(),
+            if f.output.is_some() {
+                ", output QDQ"
+            } else {
+                ""
+            },
         )])
     }
 
@@ -410,13 +588,19 @@ impl DepthwiseNchw {
         let phases = sh * sw;
         // the last tap's run reads up to a vector past the planes: zeros there
         let planes_len = phases * phase_len + LANES;
-        let need = planes_len + geo.run;
+        let (in_plane, out_plane) = (ih * iw, oh * ow);
+        let quantized_len = if self.folded.input.is_some() {
+            in_plane
+        } else {
+            0
+        };
+        let need = planes_len + geo.run + quantized_len;
         if scratch.len() < need {
             scratch.resize(need, 0.0);
         }
-        let (planes, acc) = scratch[..need].split_at_mut(planes_len);
+        let (planes, rest) = scratch[..need].split_at_mut(planes_len);
+        let (acc, quantized) = rest.split_at_mut(geo.run);
         let taps_len = kh * kw;
-        let (in_plane, out_plane) = (ih * iw, oh * ow);
         // where each tap's run starts in the planes, the same for every channel
         let mut starts = [0usize; MAX_TAPS];
         for ky in 0..kh {
@@ -430,7 +614,11 @@ impl DepthwiseNchw {
         for image in 0..images {
             for c in first_channel..self.channels {
                 let plane = image * self.channels + c;
-                let x = &input[plane * in_plane..][..in_plane];
+                let mut x = &input[plane * in_plane..][..in_plane];
+                if let Some(q) = &self.folded.input {
+                    q.run_vectors(x, quantized);
+                    x = quantized;
+                }
                 self.pad_into_phases(x, planes, geo.phase_hw);
                 let taps = &self.taps[c * taps_len..(c + 1) * taps_len];
                 convolve(acc, planes, starts, taps, self.bias[c]);
@@ -438,6 +626,7 @@ impl DepthwiseNchw {
                 for (oy, row) in y.chunks_exact_mut(ow).enumerate() {
                     row.copy_from_slice(&acc[oy * pw..oy * pw + ow]);
                 }
+                self.folded.finish(y);
             }
         }
     }
@@ -454,13 +643,19 @@ impl DepthwiseNchw {
         let [oh, ow] = self.output_hw;
         let [pt, pl] = self.pad_before;
         let (padded_h, padded_w) = ((oh - 1) * sh + kh, (ow - 1) * sw + kw);
-        let need = padded_h * padded_w * LANES;
+        let (in_plane, out_plane) = (ih * iw, oh * ow);
+        let buf_len = padded_h * padded_w * LANES;
+        let quantized_len = if self.folded.input.is_some() {
+            LANES * in_plane
+        } else {
+            0
+        };
+        let need = buf_len + quantized_len;
         if scratch.len() < need {
             scratch.resize(need, 0.0);
         }
-        let buf = &mut scratch[..need];
+        let (buf, quantized) = scratch[..need].split_at_mut(buf_len);
         let taps_len = kh * kw;
-        let (in_plane, out_plane) = (ih * iw, oh * ow);
         let blocks = self.channels / LANES;
         let images = input.len() / (in_plane * self.channels);
         for image in 0..images {
@@ -468,8 +663,14 @@ impl DepthwiseNchw {
             for block in 0..blocks {
                 let c0 = block * LANES;
                 buf.fill(0.0);
+                // the block's planes, one after the other
+                let mut block_input = &input[(base + c0) * in_plane..][..LANES * in_plane];
+                if let Some(q) = &self.folded.input {
+                    q.run_vectors(block_input, quantized);
+                    block_input = quantized;
+                }
                 for l in 0..LANES {
-                    let x = &input[(base + c0 + l) * in_plane..][..in_plane];
+                    let x = &block_input[l * in_plane..][..in_plane];
                     for iy in 0..ih.min(padded_h.saturating_sub(pt)) {
                         for ix in 0..iw.min(padded_w.saturating_sub(pl)) {
                             buf[((iy + pt) * padded_w + ix + pl) * LANES + l] = x[iy * iw + ix];
@@ -507,6 +708,8 @@ impl DepthwiseNchw {
                     }
                     p += n;
                 }
+                self.folded
+                    .finish(&mut output[(base + c0) * out_plane..][..LANES * out_plane]);
             }
         }
         if blocks * LANES < self.channels {
@@ -723,34 +926,38 @@ impl QuantizeDequantize {
     /// magnitude (there the clamp in `f32` is exact), element by element elsewhere.
     #[inline(always)]
     fn run_vectors(&self, input: &[f32], output: &mut [f32]) {
-        let qs = self.quantize_scale;
-        let (zero, low, high) = (
-            self.quantize_zero_point as f32,
-            self.low as f32,
-            self.high as f32,
-        );
-        let (ds, dz) = (self.dequantize_scale, self.dequantize_zero_point as f32);
         let mut inputs = input.chunks_exact(LANES);
         let mut outputs = output.chunks_exact_mut(LANES);
         for (x, y) in (&mut inputs).zip(&mut outputs) {
-            let rounded: [f32; LANES] = std::array::from_fn(|i| (x[i] * qs).round_ties_even());
-            // NaN fails the test too
-            if rounded.iter().all(|r| r.abs() < EXACT) {
-                let q: [f32; LANES] = std::array::from_fn(|i| {
-                    let q = rounded[i] + zero;
-                    let q = if q < low { low } else { q };
-                    let q = if q > high { high } else { q };
-                    (q - dz) * ds
-                });
-                y.copy_from_slice(&q);
-            } else {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = self.exact(x);
-                }
-            }
+            y.copy_from_slice(&self.vector(lanes(x)));
         }
         for (y, &x) in outputs.into_remainder().iter_mut().zip(inputs.remainder()) {
             *y = self.exact(x);
+        }
+    }
+
+    /// [`Self::exact`] on [`LANES`] values: in `f32` where every rounded value is under
+    /// 2^24 in magnitude (there the clamp in `f32` is exact), value by value otherwise.
+    #[inline(always)]
+    fn vector(&self, x: [f32; LANES]) -> [f32; LANES] {
+        let rounded: [f32; LANES] =
+            std::array::from_fn(|i| (x[i] * self.quantize_scale).round_ties_even());
+        // NaN fails the test too
+        if rounded.iter().all(|r| r.abs() < EXACT) {
+            let (zero, low, high) = (
+                self.quantize_zero_point as f32,
+                self.low as f32,
+                self.high as f32,
+            );
+            let (ds, dz) = (self.dequantize_scale, self.dequantize_zero_point as f32);
+            std::array::from_fn(|i| {
+                let q = rounded[i] + zero;
+                let q = if q < low { low } else { q };
+                let q = if q > high { high } else { q };
+                (q - dz) * ds
+            })
+        } else {
+            x.map(|x| self.exact(x))
         }
     }
 
@@ -856,6 +1063,7 @@ mod tests {
                     taps_by_lanes: Arc::new(taps_by_lanes(&taps, channels, kh * kw)),
                     taps: Arc::new(taps),
                     bias: Arc::new((0..channels).map(|_| rng.random_range(-0.5..0.5)).collect()),
+                    folded: Folded::default(),
                 };
                 let x: Vec<f32> = (0..batch * channels * ih * iw)
                     .map(|_| rng.random_range(-3.0f32..3.0))

@@ -67,6 +67,9 @@ fn the_built_in_bundle_runs_on_oodmon_kernels_with_tracts_values() {
     eprintln!("{own:?}");
     if cfg!(target_arch = "x86_64") {
         assert_eq!(own.depthwise, 16);
+        // every one with its input's pair, its ReLU6 and its output's pair folded in
+        assert_eq!(own.folded_quantize_dequantize, 32);
+        assert_eq!(own.folded_clips, 16);
     } else {
         assert!(own.depthwise >= 1, "{own:?}");
     }
@@ -121,8 +124,62 @@ fn float_and_int8_depthwise_encoders_agree_with_tract_even_on_wild_inputs() {
     inputs.push(wild);
     for (bytes, what) in [(&float, "float"), (&int8, "int8")] {
         let (tract, ours) = both(bytes);
-        assert_eq!(ours.own_kernels().depthwise, 4, "{what}");
-        assert_eq!(ours.own_kernels().quantize_dequantize > 0, what == "int8");
+        let own = ours.own_kernels();
+        assert_eq!(own.depthwise, 4, "{what}");
+        assert_eq!(own.quantize_dequantize > 0, what == "int8");
+        // each depthwise layer's ReLU6 runs inside it, and in the int8 graph the pairs
+        // around it
+        assert_eq!(own.folded_clips, 4, "{what} {own:?}");
+        assert_eq!(
+            own.folded_quantize_dequantize > 0,
+            what == "int8",
+            "{own:?}"
+        );
+        agree(&tract, &ours, &inputs);
+    }
+}
+
+/// A depthwise layer straight on the input, then ReLU6: NaN and infinities reach the clip
+/// folded into oodmon's convolution, which must treat them as tract's `Max` and `Min` do.
+#[test]
+fn a_folded_clip_treats_nan_and_infinities_as_tract_does() {
+    let size = 9;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut w = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-0.4f32..0.4)).collect() };
+    let mut b = OnnxBuilder::new(size, size, false);
+    let x = b.input();
+    let shape = ConvShape {
+        cin: 3,
+        k: 3,
+        stride: 1,
+        groups: 3,
+        pads: [1, 1, 1, 1],
+    };
+    let y = b.conv_with(&x, &w(3 * 9), &w(3), shape).unwrap();
+    let y = b.clip(&y, 0.0, 6.0);
+    let p = b.pool_flatten(&y);
+    let e = b.linear(&p, &w(4 * 3), &w(4), 3).unwrap();
+    let float = b.finish(&e, 4, "test");
+    let len = 3 * size * size;
+    let calibration = random_inputs(8, len, 12);
+    let int8 = quantize_qdq(&float, &calibration, RangeMethod::MinMax).unwrap();
+    let mut inputs = random_inputs(2, len, 13);
+    // one special value in a plane at a time, so that the rest of the embedding is finite
+    for (at, v) in [
+        (4, f32::NAN),
+        (40, f32::INFINITY),
+        (100, f32::NEG_INFINITY),
+        (200, 1e30),
+        (30, -1e30),
+    ] {
+        let mut x = inputs[0].clone();
+        x[at] = v;
+        inputs.push(x);
+    }
+    for (bytes, what) in [(&float, "float"), (&int8, "int8")] {
+        let (tract, ours) = both(bytes);
+        let own = ours.own_kernels();
+        assert_eq!((own.depthwise, own.folded_clips), (1, 1), "{what} {own:?}");
         agree(&tract, &ours, &inputs);
     }
 }
