@@ -9,7 +9,8 @@
 //! its output goes through, so that its planes are walked once. All of it gives
 //! **bit-identical** results to tract's own operators, by construction: every depthwise
 //! output is the bias plus one multiply and one add per tap, in tract's tap order, with no
-//! fused multiply-add (padding taps add an exact zero); the fused quantize-dequantize is
+//! fused multiply-add (padding taps add an exact zero, or on small planes are skipped, as
+//! tract's own walk skips them); the fused quantize-dequantize is
 //! tract's formula element for element. A bundle calibrated through tract stays valid, and
 //! the tests compare the two plans value for value. `OODMON_TRACT_KERNELS=tract` keeps
 //! tract's own operators (to bisect a difference, or to time them). On aarch64 tract's
@@ -385,10 +386,10 @@ impl Folded {
         }
         let one = |mut v: f32| {
             if let Some(low) = self.max_with {
-                v = v.max(low);
+                v = max_of(v, low);
             }
             if let Some(high) = self.min_with {
-                v = v.min(high);
+                v = min_of(v, high);
             }
             v
         };
@@ -600,6 +601,8 @@ impl DepthwiseNchw {
         }
         let (planes, rest) = scratch[..need].split_at_mut(planes_len);
         let (acc, quantized) = rest.split_at_mut(geo.run);
+        // the padding: every channel writes the same places after this
+        planes.fill(0.0);
         let taps_len = kh * kw;
         // where each tap's run starts in the planes, the same for every channel
         let mut starts = [0usize; MAX_TAPS];
@@ -631,85 +634,27 @@ impl DepthwiseNchw {
         }
     }
 
-    /// Small planes, [`LANES`] channels at a time: each block's padded planes are laid out
-    /// channel-innermost, so every output point and tap is one vector multiply and add over
-    /// the block's channels, with no per-channel setup. Channels past the last whole block
-    /// take the plane path.
+    /// Small planes, [`GROUP`] blocks of [`LANES`] channels at a time: the group's planes
+    /// are laid out channel-innermost, and every output point sums only the taps that land
+    /// inside the input (on a 2x2 plane, 4 of a 5x5 kernel's 25), one vector multiply and
+    /// add per tap and block, the blocks' sums independent. Channels past the last whole
+    /// block take the plane path.
     #[inline(always)]
     fn convolve_across_channels(&self, input: &[f32], output: &mut [f32], scratch: &mut Vec<f32>) {
-        let [sh, sw] = self.strides;
-        let [kh, kw] = self.kernel_hw;
         let [ih, iw] = self.input_hw;
-        let [oh, ow] = self.output_hw;
-        let [pt, pl] = self.pad_before;
-        let (padded_h, padded_w) = ((oh - 1) * sh + kh, (ow - 1) * sw + kw);
-        let (in_plane, out_plane) = (ih * iw, oh * ow);
-        let buf_len = padded_h * padded_w * LANES;
-        let quantized_len = if self.folded.input.is_some() {
-            LANES * in_plane
-        } else {
-            0
-        };
-        let need = buf_len + quantized_len;
-        if scratch.len() < need {
-            scratch.resize(need, 0.0);
-        }
-        let (buf, quantized) = scratch[..need].split_at_mut(buf_len);
-        let taps_len = kh * kw;
         let blocks = self.channels / LANES;
-        let images = input.len() / (in_plane * self.channels);
+        let images = input.len() / (ih * iw * self.channels);
         for image in 0..images {
-            let base = image * self.channels;
-            for block in 0..blocks {
-                let c0 = block * LANES;
-                buf.fill(0.0);
-                // the block's planes, one after the other
-                let mut block_input = &input[(base + c0) * in_plane..][..LANES * in_plane];
-                if let Some(q) = &self.folded.input {
-                    q.run_vectors(block_input, quantized);
-                    block_input = quantized;
+            let mut block = 0;
+            while block < blocks {
+                let group = (blocks - block).min(GROUP);
+                match group {
+                    GROUP => self.convolve_group::<GROUP>(input, output, scratch, image, block),
+                    3 => self.convolve_group::<3>(input, output, scratch, image, block),
+                    2 => self.convolve_group::<2>(input, output, scratch, image, block),
+                    _ => self.convolve_group::<1>(input, output, scratch, image, block),
                 }
-                for l in 0..LANES {
-                    let x = &block_input[l * in_plane..][..in_plane];
-                    for iy in 0..ih.min(padded_h.saturating_sub(pt)) {
-                        for ix in 0..iw.min(padded_w.saturating_sub(pl)) {
-                            buf[((iy + pt) * padded_w + ix + pl) * LANES + l] = x[iy * iw + ix];
-                        }
-                    }
-                }
-                let taps = &self.taps_by_lanes[block * taps_len * LANES..][..taps_len * LANES];
-                let bias: [f32; LANES] = std::array::from_fn(|l| self.bias[c0 + l]);
-                // output points four at a time: four independent chains of adds
-                let point_at = |p: usize| ((p / ow) * sh * padded_w + (p % ow) * sw) * LANES;
-                let mut p = 0;
-                while p < out_plane {
-                    let n = (out_plane - p).min(4);
-                    let at = [0, 1, 2, 3].map(|u| point_at(p + u.min(n - 1)));
-                    let (mut a0, mut a1, mut a2, mut a3) = (bias, bias, bias, bias);
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            let t = ky * kw + kx;
-                            let off = (ky * padded_w + kx) * LANES;
-                            let k: [f32; LANES] = lanes(&taps[t * LANES..]);
-                            let x0: [f32; LANES] = lanes(&buf[at[0] + off..]);
-                            let x1: [f32; LANES] = lanes(&buf[at[1] + off..]);
-                            let x2: [f32; LANES] = lanes(&buf[at[2] + off..]);
-                            let x3: [f32; LANES] = lanes(&buf[at[3] + off..]);
-                            a0 = std::array::from_fn(|i| a0[i] + k[i] * x0[i]);
-                            a1 = std::array::from_fn(|i| a1[i] + k[i] * x1[i]);
-                            a2 = std::array::from_fn(|i| a2[i] + k[i] * x2[i]);
-                            a3 = std::array::from_fn(|i| a3[i] + k[i] * x3[i]);
-                        }
-                    }
-                    for (u, a) in [a0, a1, a2, a3].iter().enumerate().take(n) {
-                        for (l, &v) in a.iter().enumerate() {
-                            output[(base + c0 + l) * out_plane + p + u] = v;
-                        }
-                    }
-                    p += n;
-                }
-                self.folded
-                    .finish(&mut output[(base + c0) * out_plane..][..LANES * out_plane]);
+                block += group;
             }
         }
         if blocks * LANES < self.channels {
@@ -718,15 +663,94 @@ impl DepthwiseNchw {
         }
     }
 
-    /// One input plane, zero-padded and split into phases: padded (r, q) goes to phase
-    /// (r % sh, q % sw) at (r / sh, q / sw).
+    /// Blocks `block..block + G` of one image (see [`Self::convolve_across_channels`]).
+    #[inline(always)]
+    fn convolve_group<const G: usize>(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        scratch: &mut Vec<f32>,
+        image: usize,
+        block: usize,
+    ) {
+        let [sh, sw] = self.strides;
+        let [kh, kw] = self.kernel_hw;
+        let [ih, iw] = self.input_hw;
+        let [oh, ow] = self.output_hw;
+        let [pt, pl] = self.pad_before;
+        let (in_plane, out_plane) = (ih * iw, oh * ow);
+        let width = G * LANES;
+        let c0 = image * self.channels + block * LANES;
+        let quantized_len = if self.folded.input.is_some() {
+            width * in_plane
+        } else {
+            0
+        };
+        let need = width * in_plane + quantized_len;
+        if scratch.len() < need {
+            scratch.resize(need, 0.0);
+        }
+        let (buf, quantized) = scratch[..need].split_at_mut(width * in_plane);
+        // the group's planes, one after the other
+        let mut planes = &input[c0 * in_plane..][..width * in_plane];
+        if let Some(q) = &self.folded.input {
+            q.run_vectors(planes, quantized);
+            planes = quantized;
+        }
+        for (l, plane) in planes.chunks_exact(in_plane).enumerate() {
+            for (i, &v) in plane.iter().enumerate() {
+                buf[i * width + l] = v;
+            }
+        }
+        let taps_len = kh * kw;
+        let taps = &self.taps_by_lanes[block * taps_len * LANES..][..G * taps_len * LANES];
+        let bias: [[f32; LANES]; G] =
+            std::array::from_fn(|g| lanes(&self.bias[c0 - image * self.channels + g * LANES..]));
+        // the taps of a kernel row or column that land inside the input, for an output
+        // row or column starting at `origin` (padding counted)
+        let inside = |origin: usize, pad: usize, k: usize, extent: usize| {
+            let low = pad.saturating_sub(origin);
+            let high = (extent + pad).saturating_sub(origin).min(k);
+            (low, high.max(low))
+        };
+        for oy in 0..oh {
+            let (ky_low, ky_high) = inside(oy * sh, pt, kh, ih);
+            for ox in 0..ow {
+                let (kx_low, kx_high) = inside(ox * sw, pl, kw, iw);
+                let mut acc = bias;
+                for ky in ky_low..ky_high {
+                    let iy = oy * sh + ky - pt;
+                    for kx in kx_low..kx_high {
+                        let ix = ox * sw + kx - pl;
+                        let t = ky * kw + kx;
+                        let at = (iy * iw + ix) * width;
+                        for (g, a) in acc.iter_mut().enumerate() {
+                            let k = lanes(&taps[(g * taps_len + t) * LANES..]);
+                            let x = lanes(&buf[at + g * LANES..]);
+                            *a = std::array::from_fn(|i| a[i] + k[i] * x[i]);
+                        }
+                    }
+                }
+                let p = oy * ow + ox;
+                for (g, a) in acc.iter().enumerate() {
+                    for (i, &v) in a.iter().enumerate() {
+                        output[(c0 + g * LANES + i) * out_plane + p] = v;
+                    }
+                }
+            }
+        }
+        self.folded
+            .finish(&mut output[c0 * out_plane..][..width * out_plane]);
+    }
+
+    /// One input plane, split into phases: padded (r, q) goes to phase (r % sh, q % sw) at
+    /// (r / sh, q / sw). The padding's places are never written: zeroed once per call.
     #[inline(always)]
     fn pad_into_phases(&self, x: &[f32], planes: &mut [f32], [ph, pw]: [usize; 2]) {
         let [sh, sw] = self.strides;
         let [ih, iw] = self.input_hw;
         let [pt, pl] = self.pad_before;
         let phase_len = ph * pw;
-        planes.fill(0.0);
         for iy in 0..ih {
             let r = iy + pt;
             if r >= ph * sh {
@@ -748,10 +772,25 @@ impl DepthwiseNchw {
                 } else {
                     (second, first)
                 };
-                for ((a, b), pair) in d0[c0..c0 + m]
+                let (d0, d1) = (&mut d0[c0..c0 + m], &mut d1[c1..c1 + m]);
+                // a vector of pairs at a time, split into its even and odd values
+                let mut vectors = 0;
+                for ((a, b), pairs) in d0
+                    .chunks_exact_mut(LANES)
+                    .zip(d1.chunks_exact_mut(LANES))
+                    .zip(src.chunks_exact(2 * LANES))
+                {
+                    let pairs: &[f32; 2 * LANES] =
+                        pairs.try_into().unwrap_or_else(|_| unreachable!());
+                    a.copy_from_slice(&std::array::from_fn::<f32, LANES, _>(|j| pairs[2 * j]));
+                    b.copy_from_slice(&std::array::from_fn::<f32, LANES, _>(|j| pairs[2 * j + 1]));
+                    vectors += 1;
+                }
+                let done = vectors * LANES;
+                for ((a, b), pair) in d0[done..]
                     .iter_mut()
-                    .zip(&mut d1[c1..c1 + m])
-                    .zip(src.chunks_exact(2))
+                    .zip(&mut d1[done..])
+                    .zip(src[2 * done..].chunks_exact(2))
                 {
                     *a = pair[0];
                     *b = pair[1];
@@ -777,11 +816,54 @@ impl DepthwiseNchw {
                 else {
                     continue;
                 };
-                for (d, &v) in dst.iter_mut().zip(src.iter().step_by(sw)) {
-                    *d = v;
+                if sw == 1 {
+                    let n = dst.len().min(src.len());
+                    dst[..n].copy_from_slice(&src[..n]);
+                } else {
+                    for (d, &v) in dst.iter_mut().zip(src.iter().step_by(sw)) {
+                        *d = v;
+                    }
                 }
             }
         }
+    }
+}
+
+/// tract's `Max` with a constant as its x86 kernels compute it: `maxps` with the
+/// constant second returns the constant for a NaN (as `f32::max` does).
+#[cfg(not(target_arch = "aarch64"))]
+#[inline(always)]
+fn max_of(v: f32, constant: f32) -> f32 {
+    v.max(constant)
+}
+
+/// tract's `Min` with a constant on x86 (see [`max_of`]).
+#[cfg(not(target_arch = "aarch64"))]
+#[inline(always)]
+fn min_of(v: f32, constant: f32) -> f32 {
+    v.min(constant)
+}
+
+/// tract's `Max` with a constant as its aarch64 kernels compute it: `fmax` carries a NaN
+/// on. (Its own function: a NaN test in the x86 path cost 20% of the depthwise layers.)
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn max_of(v: f32, constant: f32) -> f32 {
+    if v.is_nan() {
+        v
+    } else {
+        v.max(constant)
+    }
+}
+
+/// tract's `Min` with a constant on aarch64 (`fmin`, see [`max_of`]).
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn min_of(v: f32, constant: f32) -> f32 {
+    if v.is_nan() {
+        v
+    } else {
+        v.min(constant)
     }
 }
 
@@ -790,6 +872,9 @@ impl DepthwiseNchw {
 fn lanes(x: &[f32]) -> [f32; LANES] {
     x[..LANES].try_into().unwrap_or_else(|_| unreachable!())
 }
+
+/// Blocks of [`LANES`] channels convolved together on small planes: independent sums.
+const GROUP: usize = 4;
 
 /// Output planes up to this many points (4x4) are convolved across channels.
 const SMALL_PLANE: usize = 16;
@@ -1031,6 +1116,10 @@ mod tests {
             (2, [9, 5], [3, 5], [2, 1], [4, 0, 1, 4]), // pads wider than the kernel
             (6, [2, 2], [3, 3], [1, 1], [1, 1, 1, 1]), // a small plane, too few channels for a block
             (19, [5, 5], [5, 5], [2, 2], [1, 1, 2, 2]), // across channels, 3 left over
+            (40, [4, 4], [5, 5], [1, 1], [2, 2, 2, 2]), // a group of 4 blocks, then 1
+            (24, [2, 2], [5, 5], [1, 1], [2, 2, 2, 2]), // a group of 3
+            (72, [4, 4], [5, 5], [2, 2], [1, 1, 2, 2]), // 9 blocks: 4, 4, 1
+            (8, [1, 1], [1, 1], [1, 1], [2, 2, 1, 1]), // points with no tap inside: the bias
         ];
         let mut scratch = Vec::new();
         let mut cases = cases.to_vec();
