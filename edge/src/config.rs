@@ -115,7 +115,18 @@ pub struct PipelineConfig {
     /// Before a run on a backend other than tract, compare it with tract on the built-in
     /// frames and refuse to start when its embeddings drift from the calibration's.
     pub verify_backend: bool,
+    /// With overlap and tract on the CPU: the encoder is cut in two between blocks, and
+    /// the frame thread runs this share of its multiply-adds after preprocessing, the model
+    /// thread the rest (the same embeddings), so that both cores carry part of each
+    /// inference. 0 keeps the whole encoder on the model thread.
+    pub model_head_share: f64,
 }
+
+/// The default `[pipeline] model_head_share`: on the built-in EfficientNet-Lite0 about 45%
+/// of the inference time (its early layers run fewer multiply-adds per microsecond), which
+/// with decoding and preprocessing on the same thread balances the two
+/// (BENCHMARKS.md, "The model cut in two").
+pub const DEFAULT_MODEL_HEAD_SHARE: f64 = 0.3;
 
 impl Default for PipelineConfig {
     fn default() -> Self {
@@ -123,6 +134,7 @@ impl Default for PipelineConfig {
             overlap: OverlapMode::default(),
             backend: oodmon_runtime::Backend::default(),
             verify_backend: true,
+            model_head_share: DEFAULT_MODEL_HEAD_SHARE,
         }
     }
 }
@@ -203,6 +215,16 @@ impl EdgeConfig {
 
     /// Checks every value that can be checked without touching a device.
     pub fn validate(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.pipeline.model_head_share) {
+            return Err(EdgeError::invalid(
+                "pipeline.model_head_share",
+                format!(
+                    "{} is not a share in [0, 1): the part of the encoder's work on the frame \
+                     thread (0: none)",
+                    self.pipeline.model_head_share
+                ),
+            ));
+        }
         if let Some(s) = &self.source {
             s.parse::<SourceSpec>()
                 .map_err(|e| EdgeError::invalid("source", e))?;
@@ -297,6 +319,26 @@ impl EdgeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_encoders_head_share_is_a_share() {
+        assert_eq!(
+            EdgeConfig::default().pipeline.model_head_share,
+            DEFAULT_MODEL_HEAD_SHARE
+        );
+        let off =
+            EdgeConfig::parse("[pipeline]\nmodel_head_share = 0.0\n", Path::new("e.toml")).unwrap();
+        assert_eq!(off.pipeline.model_head_share, 0.0);
+        for bad in ["1.0", "-0.1", "nan"] {
+            let e = EdgeConfig::parse(
+                &format!("[pipeline]\nmodel_head_share = {bad}\n"),
+                Path::new("e.toml"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("pipeline.model_head_share"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn overlap_settings_follow_the_source_and_the_fault_keys() {

@@ -59,6 +59,10 @@ enum Command {
         /// a second thread (as `run` does by default on two cores or more).
         #[arg(long)]
         overlap: bool,
+        /// With --overlap: cut the encoder in two and run this share of its multiply-adds
+        /// on the frame thread (as `[pipeline] model_head_share`; 0: not cut).
+        #[arg(long, default_value_t = oodmon_edge::config::DEFAULT_MODEL_HEAD_SHARE)]
+        model_head_share: f64,
         /// The engine to run the encoder on: tract, tract-cuda, onnxruntime.
         #[arg(long, default_value = "tract")]
         backend: Backend,
@@ -200,6 +204,7 @@ fn main() -> ExitCode {
             frames,
             full_jpeg_decode,
             overlap,
+            model_head_share,
             backend,
             corrupt,
             json,
@@ -212,6 +217,7 @@ fn main() -> ExitCode {
                 frames,
                 full_jpeg_decode,
                 overlap,
+                model_head_share,
                 backend,
                 corrupt: corrupt.as_deref().map(str::parse).transpose()?,
             },

@@ -20,12 +20,13 @@ pub mod error;
 pub mod kernels;
 pub mod probe;
 pub mod session;
+pub mod split;
 
 pub use backend::Backend;
 pub use bundle::Bundle;
 pub use error::{Error, InferenceError, Result};
 pub use kernels::Kernels;
-pub use session::{Encoder, Session};
+pub use session::{Encoder, Session, SplitEncoder};
 
 /// Metadata key under which an encoder carries its preprocessing spec as JSON.
 pub use oodmon_calibration::preprocess::ONNX_METADATA_KEY as META_PREPROCESSING;

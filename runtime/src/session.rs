@@ -14,6 +14,7 @@ use tract_onnx::prelude::*;
 use crate::backend::Backend;
 use crate::error::{Error, InferenceError, Result};
 use crate::kernels::{self, Kernels, Swapped};
+use crate::split::Cut;
 
 /// An encoder loaded and prepared for one [`Backend`]; cheap to share, each user runs it
 /// through its own [`Session`].
@@ -25,6 +26,27 @@ pub struct Encoder {
     width: usize,
     dim: usize,
     preprocessing: Option<PreprocessSpec>,
+    /// The input tensor's shape: `[1, 3, H, W]`, or the cut's for a tail.
+    input_shape: Vec<usize>,
+    part: Part,
+}
+
+/// Which part of the network an [`Encoder`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Whole,
+    /// From the image to a cut: its output is an intermediate tensor, not an embedding.
+    Head,
+    /// From a cut to the embedding.
+    Tail,
+}
+
+/// An encoder cut in two at one tensor, for two threads (see [`crate::split`]).
+#[derive(Debug, Clone)]
+pub struct SplitEncoder {
+    pub head: Encoder,
+    pub tail: Encoder,
+    pub cut: Cut,
 }
 
 /// The encoder as its backend holds it.
@@ -36,6 +58,8 @@ enum Model {
         backend: Backend,
         /// The operators oodmon's own kernels took over (CPU plan only).
         swapped: Swapped,
+        /// The decluttered graph the CPU plan was made from, kept to cut it in two.
+        graph: Option<Arc<TypedModel>>,
     },
     /// ONNX Runtime: the file's bytes; each session builds its own ORT session.
     #[cfg(feature = "onnxruntime")]
@@ -152,7 +176,63 @@ impl Encoder {
             width,
             dim,
             preprocessing,
+            input_shape: vec![1, 3, height, width],
+            part: Part::Whole,
         })
+    }
+
+    /// The encoder cut in two at the tensor nearest to `head_share` of its multiply-adds
+    /// (see [`crate::split`]); `None` where it cannot be: not tract on the CPU, a part
+    /// already, or no tensor the whole model goes through.
+    pub fn split(&self, head_share: f64) -> Result<Option<SplitEncoder>> {
+        let Model::Tract {
+            graph: Some(graph),
+            backend,
+            swapped,
+            ..
+        } = &self.model
+        else {
+            return Ok(None);
+        };
+        if self.part != Part::Whole {
+            return Ok(None);
+        }
+        let error = |e| Error::model(&self.path, e);
+        let cuts = crate::split::cuts(graph).map_err(error)?;
+        let Some(cut) = crate::split::nearest(&cuts, head_share).cloned() else {
+            return Ok(None);
+        };
+        let (head, tail) = crate::split::halves(graph, &cut).map_err(error)?;
+        let part = |plan: Arc<TypedSimplePlan>, input_shape: Vec<usize>, dim, part| Encoder {
+            model: Model::Tract {
+                runnable: Arc::new(plan),
+                backend: *backend,
+                swapped: *swapped,
+                graph: None,
+            },
+            path: self.path.clone(),
+            height: self.height,
+            width: self.width,
+            dim,
+            preprocessing: self.preprocessing.clone(),
+            input_shape,
+            part,
+        };
+        Ok(Some(SplitEncoder {
+            head: part(
+                head,
+                self.input_shape.clone(),
+                cut.shape.iter().product(),
+                Part::Head,
+            ),
+            tail: part(tail, cut.shape.clone(), self.dim, Part::Tail),
+            cut,
+        }))
+    }
+
+    /// Which part of the network this runs.
+    pub fn part(&self) -> Part {
+        self.part
     }
 
     /// Input width and height.
@@ -160,12 +240,12 @@ impl Encoder {
         (self.width, self.height)
     }
 
-    /// Values in one input tensor (`3 x H x W`).
+    /// Values in one input tensor (`3 x H x W`; a tail's: the cut's).
     pub fn input_len(&self) -> usize {
-        3 * self.height * self.width
+        self.input_shape.iter().product()
     }
 
-    /// Embedding size.
+    /// Embedding size (a head's: the cut's values).
     pub fn dim(&self) -> usize {
         self.dim
     }
@@ -201,20 +281,24 @@ impl Encoder {
 
     /// A session with its own state and preallocated input and output.
     pub fn session(&self) -> Result<Session, InferenceError> {
-        let shape = [1, 3, self.height, self.width];
         let runner = match &self.model {
             Model::Tract { runnable, .. } => Runner::Tract {
                 state: runnable.spawn().map_err(InferenceError::tract)?,
-                input: Arc::new(Tensor::zero::<f32>(&shape).map_err(InferenceError::tract)?),
+                input: Arc::new(
+                    Tensor::zero::<f32>(&self.input_shape).map_err(InferenceError::tract)?,
+                ),
             },
             #[cfg(feature = "onnxruntime")]
             Model::Onnxruntime { bytes } => {
+                let shape = [1, 3, self.height, self.width];
                 Runner::Onnxruntime(ort_runner::OrtRunner::new(bytes, shape)?)
             }
         };
         Ok(Session {
             runner,
             embedding: vec![0.0; self.dim],
+            // a head's output is an intermediate tensor: the tail's output is checked
+            checks_finite: self.part != Part::Head,
         })
     }
 
@@ -246,6 +330,7 @@ impl Model {
                     }
                     Kernels::Tract => Swapped::default(),
                 };
+                let graph = Arc::new(typed.clone());
                 let plan = typed
                     .into_optimized()
                     .and_then(|m| m.into_runnable())
@@ -254,6 +339,7 @@ impl Model {
                     runnable: Arc::new(plan),
                     backend,
                     swapped,
+                    graph: Some(graph),
                 })
             }
             Backend::TractCuda => {
@@ -268,6 +354,7 @@ impl Model {
                         runnable: Arc::from(runnable),
                         backend,
                         swapped: Swapped::default(),
+                        graph: None,
                     })
                 }
                 #[cfg(not(any(feature = "tract-cuda", feature = "tract-cuda-13")))]
@@ -341,6 +428,8 @@ fn input_dims(proto: &pb::ModelProto) -> Vec<Option<usize>> {
 pub struct Session {
     runner: Runner,
     embedding: Vec<f32>,
+    /// Whether a value that is not finite in the output is an error (not for a head).
+    checks_finite: bool,
 }
 
 /// A backend's run state and its input tensor, allocated once.
@@ -454,7 +543,7 @@ impl Session {
             .embedding
             .iter()
             .enumerate()
-            .find(|(_, v)| !v.is_finite())
+            .find(|(_, v)| self.checks_finite && !v.is_finite())
         {
             return Err(InferenceError::NonFinite { index, value });
         }

@@ -1173,12 +1173,24 @@ fn bench_edge_pipeline(
                 )?),
                 None => None,
             };
-            for backend in ["tract", "onnxruntime"] {
+            // on two cores tract also runs with its encoder whole on the model thread, to
+            // show what cutting it in two (the default) gives
+            let mut runs = vec![("tract", None), ("onnxruntime", None)];
+            if cores > 1 {
+                runs.insert(1, ("tract", Some("0")));
+            }
+            for (backend, head_share) in runs {
                 let ours = output_text(
                     on_cores(cores, edge)
                         .args(["bench", "--json", "--frames", frames])
                         .args(["--backend", backend])
                         .args(if cores > 1 { &["--overlap"][..] } else { &[] })
+                        .args(
+                            head_share
+                                .map(|s| ["--model-head-share", s])
+                                .iter()
+                                .flatten(),
+                        )
                         .args(&src.edge_args)
                         .env("RUST_LOG", "warn")
                         .output()
@@ -1221,7 +1233,11 @@ fn pipeline_row(src: &BenchSource, cores: usize, backend: &str, ours: &str, thei
     println!(
         "| {} | {cores} | {backend}, {} | {fps:.0} | {:.0} / {:.0} | {:.0} | {overhead:.0} | {:.1} | {peer} |",
         src.name,
-        if cores > 1 { "overlapped" } else { "sequential" },
+        match (cores > 1, ours.contains("\"model_cut\"")) {
+            (true, true) => "overlapped, encoder cut in two",
+            (true, false) => "overlapped",
+            _ => "sequential",
+        },
         stage(ours, "total", "p50_us"),
         stage(ours, "total", "p99_us"),
         stage(ours, "inference", "p50_us"),

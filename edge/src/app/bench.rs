@@ -35,6 +35,9 @@ pub struct PipelineOptions {
     pub full_jpeg_decode: bool,
     /// The model on a second thread (every frame judged, as for files).
     pub overlap: bool,
+    /// With `overlap`: the encoder cut in two, this share of its multiply-adds on the
+    /// frame thread (`[pipeline] model_head_share`; 0: not cut).
+    pub model_head_share: f64,
     pub backend: Backend,
     /// Degrade every frame first (`KIND:SEVERITY`; the decode then happens in the source).
     pub corrupt: Option<Corruption>,
@@ -52,6 +55,7 @@ pub fn pipeline(
         frames,
         full_jpeg_decode,
         overlap,
+        model_head_share,
         backend,
         corrupt,
     } = options.clone();
@@ -81,6 +85,9 @@ pub fn pipeline(
         max_frames: Some(n),
         max_consecutive_bad_frames: 1,
     };
+    if overlap && model_head_share > 0.0 {
+        engine.split_model(model_head_share)?;
+    }
     let mode = if overlap {
         LoopMode::Overlapped(OverlapSettings::FILES)
     } else {

@@ -12,7 +12,7 @@ use super::frames_to_alarms;
 use crate::alarm::{AlarmService, DecisionRule, Outputs};
 use crate::config::{EdgeConfig, OverlapMode};
 use crate::error::{EdgeError, Result};
-use crate::inference::{Ending, Engine, Event, FrameRecord, RunLimits, RunSummary};
+use crate::inference::{self, Ending, Engine, Event, FrameRecord, LoopMode, RunLimits, RunSummary};
 use std::sync::Arc;
 
 use crate::output::evidence::{EvidenceRing, EvidenceTap, EvidenceWriter};
@@ -195,6 +195,15 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
     };
     let mode = cfg.loop_mode(matches!(spec, SourceSpec::V4l { .. }));
     log::info!("frame loop: {mode:?}");
+    if matches!(mode, LoopMode::Overlapped(_)) && cfg.pipeline.model_head_share > 0.0 {
+        match engine.split_model(cfg.pipeline.model_head_share)? {
+            Some(cut) => log::info!(
+                "encoder cut in two {}: the frame thread runs the head",
+                inference::describe_cut(cut)
+            ),
+            None => log::info!("encoder not cut in two (tract on the CPU only)"),
+        }
+    }
     let (summary, report) = frames_to_alarms(
         mode,
         &mut engine,
@@ -396,9 +405,12 @@ pub fn summary_text(s: &RunSummary) -> String {
         s.elapsed_s,
         s.frames_per_second,
         if s.overlapped {
-            "overlapped"
+            match &s.model_cut {
+                Some(cut) => format!("overlapped, encoder cut {cut}"),
+                None => "overlapped".to_string(),
+            }
         } else {
-            "sequential"
+            "sequential".to_string()
         },
         s.backend
             .map(|b| format!(", encoder on {b}"))

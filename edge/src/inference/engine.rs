@@ -7,10 +7,11 @@ use std::time::Instant;
 use oodmon_calibration::preprocess::{PixelFormat, Preprocessor};
 use oodmon_calibration::quality::{CameraFault, ImageQuality, QualityBounds, QualityMeter};
 use oodmon_calibration::PreprocessSpec;
-use oodmon_runtime::{Bundle, Session};
+use oodmon_runtime::split::Cut;
+use oodmon_runtime::{Bundle, Encoder, InferenceError, Session};
 
 use super::score::{fingerprint, FrameRecord, FrameScorer, StageLatency};
-use crate::error::Result;
+use crate::error::{EdgeError, Result};
 use crate::source::decode::{FrameDecoder, Pixels};
 use crate::source::frame::Frame;
 
@@ -28,6 +29,10 @@ pub struct Prepared {
     pub quality: ImageQuality,
     /// The guard the frame fails, when the calibration has guards and they are on.
     pub camera: Option<CameraFault>,
+    /// The encoder's head, where the model is cut in two (0 otherwise).
+    pub head_us: u32,
+    /// Of the encoder's input tensor (the preprocessed frame).
+    pub fingerprint: u64,
 }
 
 /// The frame side of an engine: decoding, preprocessing into an input tensor, and the
@@ -46,6 +51,9 @@ pub struct FramePreparer {
     warned_scaled: bool,
     /// Said once that the frames' size is not the one the frame-noise bounds were fitted on.
     warned_size: bool,
+    /// The encoder's head, where the model is cut in two: the frame side runs it after
+    /// preprocessing into its input, and hands its output to the model side.
+    head: Option<Session>,
 }
 
 impl FramePreparer {
@@ -60,6 +68,7 @@ impl FramePreparer {
             warned_scaled: false,
             warned_size: false,
             guards,
+            head: None,
         }
     }
 
@@ -78,14 +87,47 @@ impl FramePreparer {
         self.decoder = FrameDecoder::new(&self.spec, on);
     }
 
-    /// The input tensor's length (`3 x H x W`).
+    /// The length of what [`Self::prepare`] writes: the input tensor (`3 x H x W`), or
+    /// the cut's values where the frame side runs the encoder's head.
     pub fn tensor_len(&self) -> usize {
-        3 * self.spec.width as usize * self.spec.height as usize
+        match &self.head {
+            Some(head) => head.embedding().len(),
+            None => 3 * self.spec.width as usize * self.spec.height as usize,
+        }
     }
 
-    /// Decodes the frame, writes the encoder's input into `out` and measures it against
-    /// the guards. Allocation-free for raw frames once the geometry is known.
+    /// Decodes the frame, writes the encoder's input into `out` (or, with the encoder's
+    /// head here, into the head's input, and the head's output into `out`) and measures
+    /// it against the guards. Allocation-free for raw frames once the geometry is known.
     pub fn prepare(&mut self, frame: &Frame<'_>, out: &mut [f32]) -> Result<Prepared> {
+        match self.head.take() {
+            None => self.prepare_input(frame, out),
+            Some(mut head) => {
+                let prepared = head
+                    .with_input(|input| self.prepare_input(frame, input))
+                    .map_err(EdgeError::from)
+                    .and_then(|p| p);
+                let outcome = prepared.and_then(|mut prepared| {
+                    let t = Instant::now();
+                    let middle = head.run()?;
+                    if middle.len() != out.len() {
+                        return Err(EdgeError::Inference(InferenceError::InputSize {
+                            expected: out.len(),
+                            found: middle.len(),
+                        }));
+                    }
+                    out.copy_from_slice(middle);
+                    prepared.head_us = micros(t);
+                    Ok(prepared)
+                });
+                self.head = Some(head);
+                outcome
+            }
+        }
+    }
+
+    /// Decodes the frame, writes the encoder's input into `out` and measures it.
+    fn prepare_input(&mut self, frame: &Frame<'_>, out: &mut [f32]) -> Result<Prepared> {
         let t = Instant::now();
         let pixels = self.decoder.decode(frame)?;
         let decode_us = micros(t);
@@ -136,6 +178,8 @@ impl FramePreparer {
             quality_us: micros(t),
             quality,
             camera,
+            head_us: 0,
+            fingerprint: fingerprint(out),
         })
     }
 }
@@ -183,6 +227,10 @@ impl InferStage for ModelStage {
 pub struct Engine {
     frames: FramePreparer,
     model: ModelStage,
+    /// The whole encoder, kept to cut it in two.
+    encoder: Encoder,
+    /// Where the encoder is cut, once it is.
+    cut: Option<Cut>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -199,7 +247,31 @@ impl Engine {
         Ok(Self {
             frames: FramePreparer::new(&spec, bundle.artifact.image_quality.clone()),
             model: ModelStage { session, scorer },
+            encoder: bundle.encoder,
+            cut: None,
         })
+    }
+
+    /// Cuts the encoder in two at the tensor nearest to `head_share` of its multiply-adds
+    /// (`oodmon_runtime::split`): the frame side then runs the head after preprocessing,
+    /// the model side the tail, so that the overlapped loop shares each inference between
+    /// its two threads. The same embeddings. `None` (and nothing changes) where the
+    /// encoder cannot be cut: a backend other than tract on the CPU, or already cut.
+    pub fn split_model(&mut self, head_share: f64) -> Result<Option<&Cut>> {
+        if self.cut.is_some() {
+            return Ok(None);
+        }
+        let Some(split) = self.encoder.split(head_share)? else {
+            return Ok(None);
+        };
+        self.frames.head = Some(split.head.session()?);
+        self.model.session = split.tail.session()?;
+        Ok(Some(&*self.cut.insert(split.cut)))
+    }
+
+    /// Where the encoder is cut in two, when it is.
+    pub fn model_cut(&self) -> Option<&Cut> {
+        self.cut.as_ref()
     }
 
     /// The frame side and the model side, borrowed apart for the overlapped loop.
@@ -248,13 +320,14 @@ impl Engine {
             ..StageLatency::default()
         };
         let mut record = self.model.run_and_score(&mut latency)?;
+        latency.inference_us += prepared.head_us;
         record.sequence = frame.sequence;
         record.timestamp_us = frame.timestamp_us;
         record.media_us = frame.media_us;
         record.latency = latency;
         record.quality = prepared.quality;
         record.camera = prepared.camera;
-        record.fingerprint = fingerprint(self.input_tensor());
+        record.fingerprint = prepared.fingerprint;
         Ok(record)
     }
 
@@ -275,7 +348,10 @@ impl Engine {
 
     /// The encoder's input tensor as the preprocessing last wrote it (`3 x H x W`).
     pub fn input_tensor(&self) -> &[f32] {
-        self.model.session.input()
+        match &self.frames.head {
+            Some(head) => head.input(),
+            None => self.model.session.input(),
+        }
     }
 
     /// The last embedding.

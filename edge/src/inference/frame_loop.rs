@@ -115,6 +115,9 @@ pub struct RunSummary {
     /// The engine that ran the encoder, where the caller records it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<oodmon_runtime::Backend>,
+    /// Where the encoder was cut in two (the frame thread ran the head), when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_cut: Option<String>,
     pub elapsed_s: f64,
     pub frames_per_second: f64,
     pub latency: StagePercentiles,
@@ -153,13 +156,25 @@ pub fn run_in(
     stop: &AtomicBool,
     on_event: impl FnMut(Event<'_>) -> Result<()>,
 ) -> Result<RunSummary> {
-    match mode {
+    let mut summary = match mode {
         LoopMode::Sequential => run(engine, source, limits, stop, on_event),
         LoopMode::Overlapped(settings) => {
             let (frames, model) = engine.stages();
             run_overlapped(frames, model, source, limits, &settings, stop, on_event)
         }
-    }
+    }?;
+    summary.model_cut = engine.model_cut().map(describe_cut);
+    Ok(summary)
+}
+
+/// A cut as the summary names it.
+pub fn describe_cut(cut: &oodmon_runtime::split::Cut) -> String {
+    format!(
+        "at {} {:?}, {:.0}% of the multiply-adds before it",
+        cut.name,
+        cut.shape,
+        100.0 * cut.head_share
+    )
 }
 
 /// Runs frames from `source` through `engine` until the source ends, `max_frames` frames

@@ -11,7 +11,7 @@ pub mod score;
 
 pub use engine::{Engine, FramePreparer, InferStage, ModelStage};
 pub use frame_loop::{
-    peak_memory_bytes, run, run_in, Ending, Event, LoopMode, RunLimits, RunSummary,
+    describe_cut, peak_memory_bytes, run, run_in, Ending, Event, LoopMode, RunLimits, RunSummary,
 };
 pub use overlap::{run_overlapped, Backlog, OverlapSettings};
 pub use score::{FrameRecord, FrameScorer, StageLatency};

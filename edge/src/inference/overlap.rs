@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::engine::{FramePreparer, InferStage, Prepared};
 use super::frame_loop::{peak_memory_bytes, Ending, Event, LatencyStats, RunLimits, RunSummary};
-use super::score::{fingerprint, FrameRecord};
+use super::score::FrameRecord;
 use crate::error::{EdgeError, Result};
 use crate::source::FrameSource;
 
@@ -223,6 +223,7 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
                 record.latency.decode_us = job.prepared.decode_us;
                 record.latency.preprocess_us = job.prepared.preprocess_us;
                 record.latency.quality_us = job.prepared.quality_us;
+                record.latency.inference_us += job.prepared.head_us;
                 record.quality = job.prepared.quality;
                 record.camera = job.prepared.camera;
                 record.latency.queue_us = queue_us;
@@ -378,7 +379,7 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
             match frames.prepare(&frame, &mut input) {
                 Ok(prepared) => {
                     let job = Job {
-                        fingerprint: fingerprint(&input),
+                        fingerprint: prepared.fingerprint,
                         input,
                         sequence,
                         timestamp_us,

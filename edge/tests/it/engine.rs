@@ -439,3 +439,84 @@ fn a_noisy_sensor_fails_the_frame_noise_bound_that_the_reduction_would_hide() {
     assert_eq!(p.quality.frame_noise, None);
     assert_eq!(p.quality.frame_size, None);
 }
+
+/// The built-in scenario's records through an engine, in the given loop mode.
+fn scenario_records(
+    engine: &mut Engine,
+    mode: oodmon_edge::inference::LoopMode,
+) -> (
+    Vec<oodmon_edge::inference::FrameRecord>,
+    frame_loop::RunSummary,
+) {
+    let mut source = oodmon_edge::app::demo::scenario(false).unwrap();
+    // the cat, then the astronaut: in and out of distribution (kept short for qemu)
+    let limits = RunLimits {
+        max_frames: Some(60),
+        max_consecutive_bad_frames: 1,
+    };
+    let mut records = Vec::new();
+    let summary = oodmon_edge::inference::run_in(
+        mode,
+        engine,
+        &mut source,
+        &limits,
+        &AtomicBool::new(false),
+        |event| {
+            if let oodmon_edge::inference::Event::Record(r) = event {
+                records.push(*r);
+            }
+            Ok(())
+        },
+    )
+    .unwrap();
+    (records, summary)
+}
+
+#[test]
+fn an_encoder_cut_in_two_judges_every_frame_as_the_whole_one() {
+    use oodmon_edge::inference::{LoopMode, OverlapSettings};
+    let bundle = || oodmon_edge::app::demo::bundle().unwrap();
+    let mut whole = Engine::new(bundle()).unwrap();
+    let (want, summary) = scenario_records(&mut whole, LoopMode::Sequential);
+    assert_eq!(summary.model_cut, None);
+    assert_eq!(want.len(), 60);
+    assert!(want.iter().any(|r| r.ood) && want.iter().any(|r| !r.ood));
+    for mode in [
+        LoopMode::Sequential,
+        LoopMode::Overlapped(OverlapSettings::FILES),
+    ] {
+        let mut cut = Engine::new(bundle()).unwrap();
+        let at = cut
+            .split_model(0.3)
+            .unwrap()
+            .expect("tract on the CPU is cut")
+            .clone();
+        assert!((at.head_share - 0.3).abs() < 0.1, "{at:?}");
+        // once only
+        assert!(cut.split_model(0.5).unwrap().is_none());
+        let (got, summary) = scenario_records(&mut cut, mode);
+        assert!(
+            summary.model_cut.as_deref().unwrap().contains(&at.name),
+            "{summary:?}"
+        );
+        assert_eq!(got.len(), want.len(), "{mode:?}");
+        for (g, w) in got.iter().zip(&want) {
+            let what = format!("{mode:?}, frame {}", w.sequence);
+            assert_eq!(g.sequence, w.sequence, "{what}");
+            // the image tensor, not the cut's values
+            assert_eq!(g.fingerprint, w.fingerprint, "{what}");
+            assert_eq!(g.quality, w.quality, "{what}");
+            assert_eq!(g.camera, w.camera, "{what}");
+            assert_eq!(g.nearest, w.nearest, "{what}");
+            assert_eq!(g.ood, w.ood, "{what}");
+            if cfg!(target_arch = "x86_64") {
+                assert_eq!(g.score, w.score, "{what}");
+            } else {
+                assert!((g.score - w.score).abs() <= 1e-3 * w.score.abs(), "{what}");
+            }
+            // the head's time is counted in the inference's
+            assert!(g.latency.inference_us > 0, "{what}");
+        }
+        assert_eq!(cut.input_tensor().len(), whole.input_tensor().len());
+    }
+}
