@@ -122,11 +122,11 @@ pub struct PipelineConfig {
     pub model_head_share: f64,
 }
 
-/// The default `[pipeline] model_head_share`: on the built-in EfficientNet-Lite0 about 45%
-/// of the inference time (its early layers run fewer multiply-adds per microsecond), which
-/// with decoding and preprocessing on the same thread balances the two
-/// (BENCHMARKS.md, "The model cut in two").
-pub const DEFAULT_MODEL_HEAD_SHARE: f64 = 0.3;
+/// The default `[pipeline] model_head_share`: on the built-in EfficientNet-Lite0 about a
+/// third of the inference time (its early layers run fewer multiply-adds per microsecond),
+/// which with decoding and preprocessing on the same thread came closest to balancing the
+/// two threads on MJPEG frames (BENCHMARKS.md, "The encoder cut in two").
+pub const DEFAULT_MODEL_HEAD_SHARE: f64 = 0.2;
 
 impl Default for PipelineConfig {
     fn default() -> Self {
