@@ -72,12 +72,14 @@ macro_rules! say {
     }};
 }
 
-/// A flag Ctrl-C (SIGINT) sets, for loops that stop cleanly between frames or epochs.
+/// A flag Ctrl-C (SIGINT), SIGTERM or SIGHUP sets, for loops that stop cleanly between
+/// frames or epochs.
 pub fn stop_flag() -> std::io::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
-        .map_err(|e| std::io::Error::other(format!("installing the Ctrl-C handler: {e}")))?;
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed)).map_err(|e| {
+        std::io::Error::other(format!("installing the SIGINT/SIGTERM handler: {e}"))
+    })?;
     Ok(stop)
 }
 

@@ -122,6 +122,20 @@ pub struct PipelineConfig {
     pub model_head_share: f64,
 }
 
+/// `share` as a `model_head_share` (`what` names the setting): in [0, 1).
+pub fn check_model_head_share(what: &'static str, share: f64) -> Result<()> {
+    if (0.0..1.0).contains(&share) {
+        return Ok(());
+    }
+    Err(EdgeError::invalid(
+        what,
+        format!(
+            "{share} is not a share in [0, 1): the part of the encoder's work on the frame \
+             thread (0: none)"
+        ),
+    ))
+}
+
 /// The default `[pipeline] model_head_share`: on the built-in EfficientNet-Lite0 about a
 /// third of the inference time (its early layers run fewer multiply-adds per microsecond),
 /// which with decoding and preprocessing on the same thread came closest to balancing the
@@ -184,7 +198,15 @@ impl EdgeConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let config: Self = toml::from_str(text).map_err(|e| EdgeError::Config {
             path: path.into(),
-            problem: e.message().to_string(),
+            // the line, since a wrong type's message does not name the key
+            problem: match e.span() {
+                Some(at) => format!(
+                    "line {}: {}",
+                    text[..at.start.min(text.len())].lines().count().max(1),
+                    e.message()
+                ),
+                None => e.message().to_string(),
+            },
         })?;
         config.validate().map_err(|e| EdgeError::Config {
             path: path.into(),
@@ -215,16 +237,7 @@ impl EdgeConfig {
 
     /// Checks every value that can be checked without touching a device.
     pub fn validate(&self) -> Result<()> {
-        if !(0.0..1.0).contains(&self.pipeline.model_head_share) {
-            return Err(EdgeError::invalid(
-                "pipeline.model_head_share",
-                format!(
-                    "{} is not a share in [0, 1): the part of the encoder's work on the frame \
-                     thread (0: none)",
-                    self.pipeline.model_head_share
-                ),
-            ));
-        }
+        check_model_head_share("pipeline.model_head_share", self.pipeline.model_head_share)?;
         if let Some(s) = &self.source {
             s.parse::<SourceSpec>()
                 .map_err(|e| EdgeError::invalid("source", e))?;

@@ -4,8 +4,8 @@
 //! leaves one core mostly idle; a cut near the middle of the model's work lets both cores
 //! carry half a frame each (BENCHMARKS.md, "The model cut in two").
 //!
-//! The cut is a tensor every path from the input to the embedding goes through (between
-//! two blocks of the network, not inside a residual branch). Both halves are planned by
+//! The cut is a tensor every path from the input to the embedding goes through: between
+//! two blocks, or inside a block that has no residual connection, never beside one. Both halves are planned by
 //! tract from the same decluttered graph, with oodmon's kernels already in it: the same
 //! operators on the same values, so the embedding is the same, bit for bit on x86-64 (the
 //! tests compare them).

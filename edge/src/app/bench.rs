@@ -85,8 +85,9 @@ pub fn pipeline(
         max_frames: Some(n),
         max_consecutive_bad_frames: 1,
     };
-    if overlap && model_head_share > 0.0 {
-        engine.split_model(model_head_share)?;
+    crate::config::check_model_head_share("--model-head-share", model_head_share)?;
+    if overlap && model_head_share > 0.0 && engine.split_model(model_head_share)?.is_none() {
+        log::info!("encoder not cut in two (tract on the CPU only)");
     }
     let mode = if overlap {
         LoopMode::Overlapped(OverlapSettings::FILES)
@@ -94,9 +95,12 @@ pub fn pipeline(
         LoopMode::Sequential
     };
     inference::run_in(mode, &mut engine, &mut src, &limits(20), &stop, |_| Ok(()))?;
-    inference::run_in(mode, &mut engine, &mut src, &limits(frames), &stop, |_| {
-        Ok(())
-    })
+    let mut summary =
+        inference::run_in(mode, &mut engine, &mut src, &limits(frames), &stop, |_| {
+            Ok(())
+        })?;
+    summary.backend = Some(backend);
+    Ok(summary)
 }
 
 /// Inference latency of one encoder alone (no frames, no scoring).

@@ -115,7 +115,12 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
         .parse()?;
     let backend = cfg.pipeline.backend;
     let bundle = Bundle::load_on(&bundle_dir, backend)?;
-    log::info!("encoder on {backend}: {}", bundle.encoder.own_kernels());
+    match backend {
+        oodmon_runtime::Backend::Tract => {
+            log::info!("encoder on {backend}: {}", bundle.encoder.own_kernels())
+        }
+        _ => log::info!("encoder on {backend}"),
+    }
     let reference = bundle.calibrated_on();
     if backend != reference && cfg.pipeline.verify_backend {
         let agreement = super::check::agreement(Some(&bundle_dir), reference, backend)?;
@@ -195,10 +200,13 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
     };
     let mode = cfg.loop_mode(matches!(spec, SourceSpec::V4l { .. }));
     log::info!("frame loop: {mode:?}");
-    if matches!(mode, LoopMode::Overlapped(_)) && cfg.pipeline.model_head_share > 0.0 {
+    if !matches!(mode, LoopMode::Overlapped(_)) || cfg.pipeline.model_head_share == 0.0 {
+        log::info!("encoder whole on one thread (cut only with overlap and model_head_share > 0)");
+    } else {
         match engine.split_model(cfg.pipeline.model_head_share)? {
             Some(cut) => log::info!(
-                "encoder cut in two {}: the frame thread runs the head",
+                "encoder cut in two {}: the frame thread runs the head while the model \
+                 thread is busy",
                 inference::describe_cut(cut)
             ),
             None => log::info!("encoder not cut in two (tract on the CPU only)"),
@@ -406,7 +414,11 @@ pub fn summary_text(s: &RunSummary) -> String {
         s.frames_per_second,
         if s.overlapped {
             match &s.model_cut {
-                Some(cut) => format!("overlapped, encoder cut {cut}"),
+                Some(cut) => format!(
+                    "overlapped, encoder cut {cut} (its head on the frame thread for {} of {} \
+                     frames)",
+                    s.frames_cut, s.frames
+                ),
                 None => "overlapped".to_string(),
             }
         } else {

@@ -29,8 +29,6 @@ pub struct Prepared {
     pub quality: ImageQuality,
     /// The guard the frame fails, when the calibration has guards and they are on.
     pub camera: Option<CameraFault>,
-    /// The encoder's head, where the model is cut in two (0 otherwise).
-    pub head_us: u32,
     /// Of the encoder's input tensor (the preprocessed frame).
     pub fingerprint: u64,
 }
@@ -51,8 +49,8 @@ pub struct FramePreparer {
     warned_scaled: bool,
     /// Said once that the frames' size is not the one the frame-noise bounds were fitted on.
     warned_size: bool,
-    /// The encoder's head, where the model is cut in two: the frame side runs it after
-    /// preprocessing into its input, and hands its output to the model side.
+    /// The encoder's head, where the model is cut in two: the overlapped loop's frame
+    /// thread runs it on frames it prepares while the model thread is busy.
     head: Option<Session>,
 }
 
@@ -87,43 +85,41 @@ impl FramePreparer {
         self.decoder = FrameDecoder::new(&self.spec, on);
     }
 
-    /// The length of what [`Self::prepare`] writes: the input tensor (`3 x H x W`), or
-    /// the cut's values where the frame side runs the encoder's head.
+    /// The input tensor's length (`3 x H x W`).
     pub fn tensor_len(&self) -> usize {
-        match &self.head {
-            Some(head) => head.embedding().len(),
-            None => 3 * self.spec.width as usize * self.spec.height as usize,
-        }
+        3 * self.spec.width as usize * self.spec.height as usize
     }
 
-    /// Decodes the frame, writes the encoder's input into `out` (or, with the encoder's
-    /// head here, into the head's input, and the head's output into `out`) and measures
-    /// it against the guards. Allocation-free for raw frames once the geometry is known.
-    pub fn prepare(&mut self, frame: &Frame<'_>, out: &mut [f32]) -> Result<Prepared> {
-        match self.head.take() {
-            None => self.prepare_input(frame, out),
-            Some(mut head) => {
-                let prepared = head
-                    .with_input(|input| self.prepare_input(frame, input))
-                    .map_err(EdgeError::from)
-                    .and_then(|p| p);
-                let outcome = prepared.and_then(|mut prepared| {
-                    let t = Instant::now();
-                    let middle = head.run()?;
-                    if middle.len() != out.len() {
-                        return Err(EdgeError::Inference(InferenceError::InputSize {
-                            expected: out.len(),
-                            found: middle.len(),
-                        }));
-                    }
-                    out.copy_from_slice(middle);
-                    prepared.head_us = micros(t);
-                    Ok(prepared)
-                });
-                self.head = Some(head);
-                outcome
-            }
+    /// The length of the cut's values, where the encoder is cut in two.
+    pub fn cut_len(&self) -> Option<usize> {
+        self.head.as_ref().map(|h| h.embedding().len())
+    }
+
+    /// Runs the encoder's head (where it is cut in two) on a prepared input tensor into
+    /// `out` (the cut's values), and returns its time in microseconds: the overlapped
+    /// loop's frame thread does this while the model thread is busy.
+    pub fn run_head(&mut self, input: &[f32], out: &mut [f32]) -> Result<u32> {
+        let head = self.head.as_mut().ok_or_else(|| {
+            EdgeError::Inference(InferenceError::Tract(
+                "the encoder is not cut in two".into(),
+            ))
+        })?;
+        let t = Instant::now();
+        let middle = head.embed(input)?;
+        if middle.len() != out.len() {
+            return Err(EdgeError::Inference(InferenceError::InputSize {
+                expected: out.len(),
+                found: middle.len(),
+            }));
         }
+        out.copy_from_slice(middle);
+        Ok(micros(t))
+    }
+
+    /// Decodes the frame, writes the encoder's input into `out` and measures it against
+    /// the guards. Allocation-free for raw frames once the geometry is known.
+    pub fn prepare(&mut self, frame: &Frame<'_>, out: &mut [f32]) -> Result<Prepared> {
+        self.prepare_input(frame, out)
     }
 
     /// Decodes the frame, writes the encoder's input into `out` and measures it.
@@ -178,7 +174,6 @@ impl FramePreparer {
             quality_us: micros(t),
             quality,
             camera,
-            head_us: 0,
             fingerprint: fingerprint(out),
         })
     }
@@ -187,6 +182,9 @@ impl FramePreparer {
 /// The model side of an engine: the encoder session and the scorer. The overlapped loop
 /// runs it on its own thread.
 pub struct ModelStage {
+    /// The encoder's head, where it is cut in two (`session` is then the tail): this
+    /// thread's own state of the same plan the frame side runs.
+    head: Option<Session>,
     session: Session,
     scorer: FrameScorer,
 }
@@ -197,13 +195,38 @@ pub trait InferStage: Send {
     /// The record of one input (`3 x H x W`); sequence, times and the decode and
     /// preprocessing latencies are left for the caller.
     fn infer(&mut self, input: &[f32]) -> Result<FrameRecord>;
+
+    /// The record from the cut's values, where the encoder is cut in two and the frame
+    /// side ran its head (only then called).
+    fn infer_cut(&mut self, cut: &[f32]) -> Result<FrameRecord> {
+        let _ = cut;
+        Err(EdgeError::Inference(InferenceError::Tract(
+            "this model stage has no cut encoder".into(),
+        )))
+    }
 }
 
 impl ModelStage {
-    /// Runs the encoder on the session's input and scores the embedding.
+    /// The encoder on the input tensor, into the embedding.
+    fn run_encoder(&mut self) -> Result<()> {
+        match &mut self.head {
+            Some(head) => self.session.embed(head.run()?)?,
+            None => self.session.run()?,
+        };
+        Ok(())
+    }
+
+    /// Where the input tensor goes: the head's input where the encoder is cut, else the
+    /// whole encoder's.
+    fn input_session(&mut self) -> &mut Session {
+        self.head.as_mut().unwrap_or(&mut self.session)
+    }
+
+    /// Runs the encoder on the input tensor (the head, then the tail, where it is cut) and
+    /// scores the embedding.
     fn run_and_score(&mut self, latency: &mut StageLatency) -> Result<FrameRecord> {
         let t = Instant::now();
-        self.session.run()?;
+        self.run_encoder()?;
         latency.inference_us = micros(t);
         let t = Instant::now();
         let record = self.scorer.score(self.session.embedding())?;
@@ -214,11 +237,44 @@ impl ModelStage {
 
 impl InferStage for ModelStage {
     fn infer(&mut self, input: &[f32]) -> Result<FrameRecord> {
-        self.session.with_input(|dst| dst.copy_from_slice(input))?;
+        self.input_session().with_input(|dst| {
+            if dst.len() != input.len() {
+                return Err(InferenceError::InputSize {
+                    expected: dst.len(),
+                    found: input.len(),
+                });
+            }
+            dst.copy_from_slice(input);
+            Ok(())
+        })??;
         let mut latency = StageLatency::default();
         let mut record = self.run_and_score(&mut latency)?;
         record.latency = latency;
         Ok(record)
+    }
+
+    fn infer_cut(&mut self, cut: &[f32]) -> Result<FrameRecord> {
+        if self.head.is_none() {
+            return InferStage::infer_cut(&mut NoCut, cut);
+        }
+        let mut latency = StageLatency::default();
+        let t = Instant::now();
+        self.session.embed(cut)?;
+        latency.inference_us = micros(t);
+        let t = Instant::now();
+        let mut record = self.scorer.score(self.session.embedding())?;
+        latency.scoring_us = micros(t);
+        record.latency = latency;
+        Ok(record)
+    }
+}
+
+/// The default answer of [`InferStage::infer_cut`], for a stage whose encoder is whole.
+struct NoCut;
+
+impl InferStage for NoCut {
+    fn infer(&mut self, _: &[f32]) -> Result<FrameRecord> {
+        unreachable!("only infer_cut is called on NoCut")
     }
 }
 
@@ -246,17 +302,23 @@ impl Engine {
         let scorer = FrameScorer::new(bundle.detector, &bundle.artifact);
         Ok(Self {
             frames: FramePreparer::new(&spec, bundle.artifact.image_quality.clone()),
-            model: ModelStage { session, scorer },
+            model: ModelStage {
+                head: None,
+                session,
+                scorer,
+            },
             encoder: bundle.encoder,
             cut: None,
         })
     }
 
     /// Cuts the encoder in two at the tensor nearest to `head_share` of its multiply-adds
-    /// (`oodmon_runtime::split`): the frame side then runs the head after preprocessing,
-    /// the model side the tail, so that the overlapped loop shares each inference between
-    /// its two threads. The same embeddings. `None` (and nothing changes) where the
-    /// encoder cannot be cut: a backend other than tract on the CPU, or already cut.
+    /// (`oodmon_runtime::split`), so that the overlapped loop can share an inference
+    /// between its two threads: its frame thread runs the head on a frame it has prepared
+    /// while the model thread is still busy, and hands over the cut's values; a frame
+    /// prepared while the model thread waits goes over whole. The same embeddings either
+    /// way. `None` (and nothing changes) where the encoder cannot be cut: a backend other
+    /// than tract on the CPU, or already cut.
     pub fn split_model(&mut self, head_share: f64) -> Result<Option<&Cut>> {
         if self.cut.is_some() {
             return Ok(None);
@@ -265,6 +327,7 @@ impl Engine {
             return Ok(None);
         };
         self.frames.head = Some(split.head.session()?);
+        self.model.head = Some(split.head.session()?);
         self.model.session = split.tail.session()?;
         Ok(Some(&*self.cut.insert(split.cut)))
     }
@@ -320,7 +383,6 @@ impl Engine {
             ..StageLatency::default()
         };
         let mut record = self.model.run_and_score(&mut latency)?;
-        latency.inference_us += prepared.head_us;
         record.sequence = frame.sequence;
         record.timestamp_us = frame.timestamp_us;
         record.media_us = frame.media_us;
@@ -336,7 +398,7 @@ impl Engine {
     pub fn prepare(&mut self, frame: &Frame<'_>) -> Result<Prepared> {
         let frames = &mut self.frames;
         self.model
-            .session
+            .input_session()
             .with_input(|out| frames.prepare(frame, out))?
     }
 
@@ -348,7 +410,7 @@ impl Engine {
 
     /// The encoder's input tensor as the preprocessing last wrote it (`3 x H x W`).
     pub fn input_tensor(&self) -> &[f32] {
-        match &self.frames.head {
+        match &self.model.head {
             Some(head) => head.input(),
             None => self.model.session.input(),
         }
@@ -361,8 +423,7 @@ impl Engine {
 
     /// Runs the encoder on the input tensor into the embedding.
     pub fn infer(&mut self) -> Result<()> {
-        self.model.session.run()?;
-        Ok(())
+        self.model.run_encoder()
     }
 }
 

@@ -115,9 +115,12 @@ pub struct RunSummary {
     /// The engine that ran the encoder, where the caller records it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<oodmon_runtime::Backend>,
-    /// Where the encoder was cut in two (the frame thread ran the head), when it was.
+    /// Where the encoder was cut in two, when it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_cut: Option<String>,
+    /// Frames whose encoder head the overlapped loop's frame thread ran (the model thread
+    /// being busy); the others went over whole.
+    pub frames_cut: u64,
     pub elapsed_s: f64,
     pub frames_per_second: f64,
     pub latency: StagePercentiles,

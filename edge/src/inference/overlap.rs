@@ -61,9 +61,19 @@ impl OverlapSettings {
 /// Input tensors in circulation: one being prepared, one waiting, one in inference.
 const POOL_TENSORS: usize = 3;
 
+/// One frame's tensors: the encoder's input, and the cut's values where the encoder is cut
+/// in two (empty otherwise). Allocated once.
+struct Tensors {
+    input: Vec<f32>,
+    cut: Vec<f32>,
+}
+
 /// A prepared frame on its way to the model.
 struct Job {
-    input: Vec<f32>,
+    tensors: Tensors,
+    /// The frame thread ran the encoder's head (in this many microseconds): the model
+    /// thread takes the cut's values.
+    head_us: Option<u32>,
     sequence: u64,
     timestamp_us: u64,
     media_us: Option<u64>,
@@ -85,6 +95,8 @@ struct Slot {
     job: Option<Job>,
     closed: bool,
     worker_gone: bool,
+    /// The worker is judging a frame (from taking it to handing its record back).
+    working: bool,
 }
 
 /// The one slot between the reader and the worker.
@@ -113,6 +125,13 @@ impl Mailbox {
         slot
     }
 
+    /// Whether the model thread is judging a frame or one waits for it: the frame thread
+    /// then has time to run the encoder's head itself.
+    fn model_busy(&self) -> bool {
+        let slot = self.lock();
+        slot.working || slot.job.is_some()
+    }
+
     fn close(&self) {
         self.lock().closed = true;
         self.changed.notify_all();
@@ -137,6 +156,7 @@ fn worker(mailbox: &Mailbox, stage: &mut dyn InferStage, done: mpsc::SyncSender<
             let mut slot = mailbox.lock();
             loop {
                 if let Some(job) = slot.job.take() {
+                    slot.working = true;
                     break job;
                 }
                 if slot.closed {
@@ -150,7 +170,11 @@ fn worker(mailbox: &Mailbox, stage: &mut dyn InferStage, done: mpsc::SyncSender<
         };
         mailbox.changed.notify_all();
         let queue_us = job.queued.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        let outcome = stage.infer(&job.input);
+        let outcome = match job.head_us {
+            Some(_) => stage.infer_cut(&job.tensors.cut),
+            None => stage.infer(&job.tensors.input),
+        };
+        mailbox.lock().working = false;
         if done
             .send(Done {
                 job,
@@ -195,7 +219,7 @@ struct Reader<'a, F: FnMut(Event<'_>) -> Result<()>> {
     limits: &'a RunLimits,
     mailbox: &'a Mailbox,
     done: &'a mpsc::Receiver<Done>,
-    pool: Vec<Vec<f32>>,
+    pool: Vec<Tensors>,
     stats: LatencyStats,
     summary: RunSummary,
     bad_in_a_row: u32,
@@ -223,7 +247,9 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
                 record.latency.decode_us = job.prepared.decode_us;
                 record.latency.preprocess_us = job.prepared.preprocess_us;
                 record.latency.quality_us = job.prepared.quality_us;
-                record.latency.inference_us += job.prepared.head_us;
+                // the head's time on the frame thread counts in the inference's
+                record.latency.inference_us += job.head_us.unwrap_or(0);
+                self.summary.frames_cut += job.head_us.is_some() as u64;
                 record.quality = job.prepared.quality;
                 record.camera = job.prepared.camera;
                 record.latency.queue_us = queue_us;
@@ -235,7 +261,7 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
             }
             Err(e) => self.bad_frame(e),
         };
-        self.pool.push(job.input);
+        self.pool.push(job.tensors);
         result
     }
 
@@ -278,8 +304,8 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
         Ok(())
     }
 
-    /// A tensor to prepare into: from the pool, or the next judged frame's.
-    fn buffer(&mut self) -> Result<Vec<f32>> {
+    /// Tensors to prepare into: from the pool, or the next judged frame's.
+    fn buffer(&mut self) -> Result<Tensors> {
         loop {
             if let Some(b) = self.pool.pop() {
                 return Ok(b);
@@ -318,7 +344,7 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
             self.in_flight -= 1;
             self.summary.dropped_frames += 1;
             log::debug!("frame {} dropped: the model is busy", old.sequence);
-            self.pool.push(old.input);
+            self.pool.push(old.tensors);
         }
         let recent = self.drops.push(dropped);
         if recent > self.settings.max_dropped {
@@ -359,15 +385,15 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
                 // a frame waits for at most one inference, not two
                 self.wait_for_empty_slot()?;
             }
-            let mut input = self.buffer()?;
+            let mut tensors = self.buffer()?;
             let frame = match source.next_frame() {
                 Ok(None) => {
-                    self.pool.push(input);
+                    self.pool.push(tensors);
                     return Ok(Ending::SourceEnded);
                 }
                 Ok(Some(frame)) => frame,
                 Err(e) if e.is_transient() => {
-                    self.pool.push(input);
+                    self.pool.push(tensors);
                     self.flush()?;
                     self.bad_frame(e.into())?;
                     continue;
@@ -376,11 +402,21 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
             };
             let (sequence, timestamp_us, media_us) =
                 (frame.sequence, frame.timestamp_us, frame.media_us);
-            match frames.prepare(&frame, &mut input) {
-                Ok(prepared) => {
+            // with the encoder cut in two, the head runs here while the model thread is busy
+            // (a frame prepared while it waits goes over whole)
+            let prepared = frames.prepare(&frame, &mut tensors.input).and_then(|p| {
+                let head_us = match frames.cut_len().is_some() && self.mailbox.model_busy() {
+                    true => Some(frames.run_head(&tensors.input, &mut tensors.cut)?),
+                    false => None,
+                };
+                Ok((p, head_us))
+            });
+            match prepared {
+                Ok((prepared, head_us)) => {
                     let job = Job {
                         fingerprint: prepared.fingerprint,
-                        input,
+                        tensors,
+                        head_us,
                         sequence,
                         timestamp_us,
                         media_us,
@@ -391,7 +427,7 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
                     self.hand_over(job)?;
                 }
                 Err(e) => {
-                    self.pool.push(input);
+                    self.pool.push(tensors);
                     self.flush()?;
                     self.bad_frame(e)?;
                 }
@@ -420,13 +456,18 @@ pub fn run_overlapped(
     // bounded, so its slots are allocated once; at most two frames are ever in flight
     // (one in the slot, one in inference), so the worker never waits on it
     let (done_tx, done_rx) = mpsc::sync_channel(POOL_TENSORS);
-    let n = frames.tensor_len();
+    let (n, cut) = (frames.tensor_len(), frames.cut_len().unwrap_or(0));
     let mut reader = Reader {
         settings: *settings,
         limits,
         mailbox: &mailbox,
         done: &done_rx,
-        pool: (0..POOL_TENSORS).map(|_| vec![0f32; n]).collect(),
+        pool: (0..POOL_TENSORS)
+            .map(|_| Tensors {
+                input: vec![0f32; n],
+                cut: vec![0f32; cut],
+            })
+            .collect(),
         stats: LatencyStats::default(),
         summary: RunSummary::default(),
         bad_in_a_row: 0,

@@ -238,3 +238,57 @@ fn outputs_that_follow_the_journal_need_one() {
     // a [mqtt] or [evidence] section in the file with --journal on the command line is
     // fine: checked together, after the overrides (the TLS test in mqtt.rs does that)
 }
+
+/// What a service manager sends (systemd's stop, `docker stop`): the run ends as on Ctrl-C,
+/// with exit code 0, its journal closed by FAULT (stopping).
+#[test]
+fn sigterm_ends_a_run_cleanly_as_ctrl_c_does() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bundle(&dir.path().join("b"));
+    let source = format!("stdin:{W}x{H}:rgb");
+    let mut child = edge_command(
+        dir.path(),
+        &[
+            "run",
+            "--bundle",
+            "b",
+            "--source",
+            &source,
+            "--journal",
+            "journal.jsonl",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let frame = id_image(1, W, H, 0);
+    for _ in 0..20 {
+        stdin.write_all(&frame).unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    // the loop notices the flag at its next frame
+    for _ in 0..10 {
+        if stdin.write_all(&frame).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let events = Journal::read(&dir.path().join("journal.jsonl")).unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.state.as_str(), last.reason.as_str()),
+        ("FAULT", "stopping")
+    );
+}
