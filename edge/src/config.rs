@@ -136,11 +136,11 @@ pub fn check_model_head_share(what: &'static str, share: f64) -> Result<()> {
     ))
 }
 
-/// The default `[pipeline] model_head_share`: on the built-in EfficientNet-Lite0 about a
-/// third of the inference time (its early layers run fewer multiply-adds per microsecond),
-/// which with decoding and preprocessing on the same thread came closest to balancing the
-/// two threads on MJPEG frames (BENCHMARKS.md, "The encoder cut in two").
-pub const DEFAULT_MODEL_HEAD_SHARE: f64 = 0.2;
+/// The default `[pipeline] model_head_share`: on the built-in EfficientNet-Lite0 about 45%
+/// of the inference time (its early layers run fewer multiply-adds per microsecond). Since
+/// the frame thread runs the head only while the model thread is busy, a head too large
+/// for a heavy frame side costs little (BENCHMARKS.md, "The encoder cut in two").
+pub const DEFAULT_MODEL_HEAD_SHARE: f64 = 0.3;
 
 impl Default for PipelineConfig {
     fn default() -> Self {
