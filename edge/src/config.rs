@@ -115,10 +115,10 @@ pub struct PipelineConfig {
     /// Before a run on a backend other than tract, compare it with tract on the built-in
     /// frames and refuse to start when its embeddings drift from the calibration's.
     pub verify_backend: bool,
-    /// With overlap and tract on the CPU: the encoder is cut in two between blocks, and
-    /// the frame thread runs this share of its multiply-adds after preprocessing, the model
-    /// thread the rest (the same embeddings), so that both cores carry part of each
-    /// inference. 0 keeps the whole encoder on the model thread.
+    /// With overlap and tract on the CPU: the encoder is cut in two at the tensor nearest
+    /// to this share of its multiply-adds, and the frame thread runs the head (that share)
+    /// on a frame it prepared while the model thread is busy, so that both cores carry part
+    /// of each inference (the same embeddings on x86-64). 0 keeps the encoder whole.
     pub model_head_share: f64,
 }
 
@@ -139,8 +139,15 @@ pub fn check_model_head_share(what: &'static str, share: f64) -> Result<()> {
 /// The default `[pipeline] model_head_share`: on the built-in EfficientNet-Lite0 about 45%
 /// of the inference time (its early layers run fewer multiply-adds per microsecond). Since
 /// the frame thread runs the head only while the model thread is busy, a head too large
-/// for a heavy frame side costs little (BENCHMARKS.md, "The encoder cut in two").
-pub const DEFAULT_MODEL_HEAD_SHARE: f64 = 0.3;
+/// for a heavy frame side costs little (BENCHMARKS.md, "The encoder cut in two"). Off
+/// (0) on other architectures than x86-64: there tract's own kernels (aarch64 NEON) are
+/// not proven to give the whole encoder's values bit for bit on both halves, and bundles
+/// are calibrated on the whole encoder; set it to cut there.
+pub const DEFAULT_MODEL_HEAD_SHARE: f64 = if cfg!(target_arch = "x86_64") {
+    0.3
+} else {
+    0.0
+};
 
 impl Default for PipelineConfig {
     fn default() -> Self {
@@ -202,7 +209,7 @@ impl EdgeConfig {
             problem: match e.span() {
                 Some(at) => format!(
                     "line {}: {}",
-                    text[..at.start.min(text.len())].lines().count().max(1),
+                    text[..at.start.min(text.len())].matches('\n').count() + 1,
                     e.message()
                 ),
                 None => e.message().to_string(),
@@ -342,6 +349,14 @@ mod tests {
         let off =
             EdgeConfig::parse("[pipeline]\nmodel_head_share = 0.0\n", Path::new("e.toml")).unwrap();
         assert_eq!(off.pipeline.model_head_share, 0.0);
+        // a wrong type's message names no key: the line does
+        let e = EdgeConfig::parse(
+            "[pipeline]\noverlap = \"on\"\nmodel_head_share = \"half\"\n",
+            Path::new("e.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 3"), "{e}");
         for bad in ["1.0", "-0.1", "nan"] {
             let e = EdgeConfig::parse(
                 &format!("[pipeline]\nmodel_head_share = {bad}\n"),

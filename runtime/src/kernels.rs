@@ -829,8 +829,8 @@ impl DepthwiseNchw {
     }
 }
 
-/// tract's `Max` with a constant as its x86 kernels compute it: `maxps` with the
-/// constant second returns the constant for a NaN (as `f32::max` does).
+/// tract's `Max` with a constant as it computes it on x86 (`f32::max`: a NaN gives the
+/// constant).
 #[cfg(not(target_arch = "aarch64"))]
 #[inline(always)]
 fn max_of(v: f32, constant: f32) -> f32 {

@@ -1,5 +1,5 @@
-//! An encoder cut in two at one tensor, so that two threads share each inference: the
-//! head runs on the thread that reads and preprocesses the camera's frames, the tail on
+//! An encoder cut in two at one tensor, so that two threads can share an inference: the
+//! head can run on the thread that reads and preprocesses the camera's frames, the tail on
 //! the thread that scores. With inference 75% of a frame, overlapping only the frame side
 //! leaves one core mostly idle; a cut near the middle of the model's work lets both cores
 //! carry half a frame each (BENCHMARKS.md, "The model cut in two").

@@ -107,7 +107,7 @@ impl FramePreparer {
         let t = Instant::now();
         let middle = head.embed(input)?;
         if middle.len() != out.len() {
-            return Err(EdgeError::Inference(InferenceError::InputSize {
+            return Err(EdgeError::Inference(InferenceError::OutputSize {
                 expected: out.len(),
                 found: middle.len(),
             }));
@@ -196,8 +196,13 @@ pub trait InferStage: Send {
     /// preprocessing latencies are left for the caller.
     fn infer(&mut self, input: &[f32]) -> Result<FrameRecord>;
 
+    /// Whether [`Self::infer_cut`] takes the cut's values (the encoder is cut in two).
+    fn takes_cut(&self) -> bool {
+        false
+    }
+
     /// The record from the cut's values, where the encoder is cut in two and the frame
-    /// side ran its head (only then called).
+    /// side ran its head (only called when [`Self::takes_cut`]).
     fn infer_cut(&mut self, cut: &[f32]) -> Result<FrameRecord> {
         let _ = cut;
         Err(EdgeError::Inference(InferenceError::Tract(
@@ -253,6 +258,10 @@ impl InferStage for ModelStage {
         Ok(record)
     }
 
+    fn takes_cut(&self) -> bool {
+        self.head.is_some()
+    }
+
     fn infer_cut(&mut self, cut: &[f32]) -> Result<FrameRecord> {
         if self.head.is_none() {
             return InferStage::infer_cut(&mut NoCut, cut);
@@ -283,8 +292,8 @@ impl InferStage for NoCut {
 pub struct Engine {
     frames: FramePreparer,
     model: ModelStage,
-    /// The whole encoder, kept to cut it in two.
-    encoder: Encoder,
+    /// The whole encoder, kept to cut it in two (and let go once cut).
+    encoder: Option<Encoder>,
     /// Where the encoder is cut, once it is.
     cut: Option<Cut>,
 }
@@ -307,7 +316,7 @@ impl Engine {
                 session,
                 scorer,
             },
-            encoder: bundle.encoder,
+            encoder: Some(bundle.encoder),
             cut: None,
         })
     }
@@ -323,9 +332,17 @@ impl Engine {
         if self.cut.is_some() {
             return Ok(None);
         }
-        let Some(split) = self.encoder.split(head_share)? else {
+        let Some(split) = self
+            .encoder
+            .as_ref()
+            .map(|e| e.split(head_share))
+            .transpose()?
+            .flatten()
+        else {
             return Ok(None);
         };
+        // its plan no longer runs
+        self.encoder = None;
         self.frames.head = Some(split.head.session()?);
         self.model.head = Some(split.head.session()?);
         self.model.session = split.tail.session()?;

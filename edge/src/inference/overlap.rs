@@ -95,7 +95,7 @@ struct Slot {
     job: Option<Job>,
     closed: bool,
     worker_gone: bool,
-    /// The worker is judging a frame (from taking it to handing its record back).
+    /// The worker is judging a frame (from taking it until its record is made).
     working: bool,
 }
 
@@ -226,6 +226,8 @@ struct Reader<'a, F: FnMut(Event<'_>) -> Result<()>> {
     /// Frames put in the slot and not yet back.
     in_flight: u32,
     drops: DropWindow,
+    /// The encoder is cut in two on both sides: the frame thread may run the head.
+    stage_takes_cut: bool,
     on_event: F,
 }
 
@@ -405,7 +407,7 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
             // with the encoder cut in two, the head runs here while the model thread is busy
             // (a frame prepared while it waits goes over whole)
             let prepared = frames.prepare(&frame, &mut tensors.input).and_then(|p| {
-                let head_us = match frames.cut_len().is_some() && self.mailbox.model_busy() {
+                let head_us = match self.stage_takes_cut && self.mailbox.model_busy() {
                     true => Some(frames.run_head(&tensors.input, &mut tensors.cut)?),
                     false => None,
                 };
@@ -473,6 +475,7 @@ pub fn run_overlapped(
         bad_in_a_row: 0,
         in_flight: 0,
         drops: DropWindow::new(settings.window),
+        stage_takes_cut: frames.cut_len().is_some() && stage.takes_cut(),
         on_event,
     };
     let start = Instant::now();

@@ -62,16 +62,21 @@ fn run_edge(dir: &std::path::Path, seconds: u64, kill: bool, size: (usize, usize
     if kill {
         child.kill().unwrap();
     } else {
-        let ok = std::process::Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        signal(&child, "INT");
     }
     child.wait().unwrap();
     feeding.store(false, Ordering::SeqCst);
     feeder.join().unwrap();
+}
+
+/// Sends `name` (INT, TERM, ...) to the child, as a user's `kill` does.
+fn signal(child: &std::process::Child, name: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(sent, "kill -{name}");
 }
 
 /// A `W x H` RGB picture enlarged to `w x h` by repeating pixels.
@@ -269,12 +274,7 @@ fn sigterm_ends_a_run_cleanly_as_ctrl_c_does() {
         stdin.write_all(&frame).unwrap();
         std::thread::sleep(Duration::from_millis(40));
     }
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    signal(&child, "TERM");
     // the loop notices the flag at its next frame
     for _ in 0..10 {
         if stdin.write_all(&frame).is_err() {
