@@ -551,7 +551,8 @@ impl Session {
     }
 
     /// Copies `input` into the input tensor and runs the encoder.
-    pub fn embed(&mut self, input: &[f32]) -> Result<&[f32], InferenceError> {
+    /// Copies `input` into the input tensor (a wrong length is an error).
+    pub fn set_input(&mut self, input: &[f32]) -> Result<(), InferenceError> {
         self.with_input(|slot| {
             if slot.len() != input.len() {
                 return Err(InferenceError::InputSize {
@@ -561,7 +562,11 @@ impl Session {
             }
             slot.copy_from_slice(input);
             Ok(())
-        })??;
+        })?
+    }
+
+    pub fn embed(&mut self, input: &[f32]) -> Result<&[f32], InferenceError> {
+        self.set_input(input)?;
         self.run()
     }
 

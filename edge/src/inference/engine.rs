@@ -119,11 +119,6 @@ impl FramePreparer {
     /// Decodes the frame, writes the encoder's input into `out` and measures it against
     /// the guards. Allocation-free for raw frames once the geometry is known.
     pub fn prepare(&mut self, frame: &Frame<'_>, out: &mut [f32]) -> Result<Prepared> {
-        self.prepare_input(frame, out)
-    }
-
-    /// Decodes the frame, writes the encoder's input into `out` and measures it.
-    fn prepare_input(&mut self, frame: &Frame<'_>, out: &mut [f32]) -> Result<Prepared> {
         let t = Instant::now();
         let pixels = self.decoder.decode(frame)?;
         let decode_us = micros(t);
@@ -205,10 +200,15 @@ pub trait InferStage: Send {
     /// side ran its head (only called when [`Self::takes_cut`]).
     fn infer_cut(&mut self, cut: &[f32]) -> Result<FrameRecord> {
         let _ = cut;
-        Err(EdgeError::Inference(InferenceError::Tract(
-            "this model stage has no cut encoder".into(),
-        )))
+        Err(no_cut())
     }
+}
+
+/// What [`InferStage::infer_cut`] answers on a stage whose encoder is whole.
+fn no_cut() -> EdgeError {
+    EdgeError::Inference(InferenceError::Tract(
+        "this model stage has no cut encoder".into(),
+    ))
 }
 
 impl ModelStage {
@@ -242,16 +242,7 @@ impl ModelStage {
 
 impl InferStage for ModelStage {
     fn infer(&mut self, input: &[f32]) -> Result<FrameRecord> {
-        self.input_session().with_input(|dst| {
-            if dst.len() != input.len() {
-                return Err(InferenceError::InputSize {
-                    expected: dst.len(),
-                    found: input.len(),
-                });
-            }
-            dst.copy_from_slice(input);
-            Ok(())
-        })??;
+        self.input_session().set_input(input)?;
         let mut latency = StageLatency::default();
         let mut record = self.run_and_score(&mut latency)?;
         record.latency = latency;
@@ -264,7 +255,7 @@ impl InferStage for ModelStage {
 
     fn infer_cut(&mut self, cut: &[f32]) -> Result<FrameRecord> {
         if self.head.is_none() {
-            return InferStage::infer_cut(&mut NoCut, cut);
+            return Err(no_cut());
         }
         let mut latency = StageLatency::default();
         let t = Instant::now();
@@ -275,15 +266,6 @@ impl InferStage for ModelStage {
         latency.scoring_us = micros(t);
         record.latency = latency;
         Ok(record)
-    }
-}
-
-/// The default answer of [`InferStage::infer_cut`], for a stage whose encoder is whole.
-struct NoCut;
-
-impl InferStage for NoCut {
-    fn infer(&mut self, _: &[f32]) -> Result<FrameRecord> {
-        unreachable!("only infer_cut is called on NoCut")
     }
 }
 
