@@ -681,7 +681,11 @@ fn plasma_fractal(side: usize, decay: f32, rng: &mut ChaCha8Rng) -> Vec<f32> {
         }
         // diamonds: the edge midpoints from their four neighbours
         for y in (0..side).step_by(half) {
-            let start = if (y / half) % 2 == 0 { half } else { 0 };
+            let start = if (y / half).is_multiple_of(2) {
+                half
+            } else {
+                0
+            };
             for x in (start..side).step_by(step) {
                 let avg = (map[idx(y + side - half, x)]
                     + map[idx(y + half, x)]

@@ -214,7 +214,7 @@ impl OnnxBuilder {
             pads,
         } = shape;
         let cout = bias.len();
-        if groups == 0 || cin % groups != 0 || cout % groups != 0 {
+        if groups == 0 || !cin.is_multiple_of(groups) || !cout.is_multiple_of(groups) {
             return Err(Error::invalid(
                 "convolution groups",
                 format!("{groups} groups for {cin} -> {cout} channels"),

@@ -89,7 +89,7 @@ impl std::io::Read for SyntheticYuyv {
         for (i, b) in buf[..n].iter_mut().enumerate() {
             let p = self.at + i;
             let (x, y) = ((p % row) / 2, p / row);
-            *b = if p % 2 == 0 {
+            *b = if p.is_multiple_of(2) {
                 ((x + y + self.shift) % 220 + 16) as u8
             } else {
                 ((x * 3 + self.shift) % 200 + 28) as u8

@@ -47,7 +47,7 @@ pub fn jpeg_reduction(width: u32, height: u32, input: (u32, u32)) -> u32 {
     let limit = 1.0 / (2.0 * scale);
     [8, 4, 2]
         .into_iter()
-        .find(|&d| d as f64 <= limit && width % d == 0 && height % d == 0)
+        .find(|&d| d as f64 <= limit && width.is_multiple_of(d) && height.is_multiple_of(d))
         .unwrap_or(1)
 }
 
