@@ -6,14 +6,16 @@
 //!
 //! Both are swapped into the decluttered graph before tract optimises it; then each
 //! depthwise convolution takes in the pair its input comes through and the ReLU6 and pair
-//! its output goes through, so that its planes are walked once. All of it gives
+//! its output goes through, so that its planes are walked once. Last, where
+//! [`Kernels`] says so, the pointwise convolutions go to int8 ([`crate::pointwise`]: the
+//! one swap that does not keep tract's values bit for bit). The rest gives
 //! **bit-identical** results to tract's own operators, by construction: every depthwise
 //! output is the bias plus one multiply and one add per tap, in tract's tap order, with no
 //! fused multiply-add (padding taps add an exact zero, or on small planes are skipped, as
 //! tract's own walk skips them); the fused quantize-dequantize is
 //! tract's formula element for element. A bundle calibrated through tract stays valid, and
-//! the tests compare the two plans value for value. `OODMON_TRACT_KERNELS=tract` keeps
-//! tract's own operators (to bisect a difference, or to time them). On aarch64 tract's
+//! the tests compare the two plans value for value. `OODMON_TRACT_KERNELS=exact` keeps to
+//! these, `tract` to tract's own operators (to bisect a difference, or to time them). On aarch64 tract's
 //! decluttering lays most depthwise layers out channel-last (HWC) for a NEON kernel of its
 //! own; those stay tract's.
 //!
@@ -37,24 +39,34 @@ use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, 
 /// Which operators tract runs the CPU plan with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kernels {
-    /// oodmon's depthwise convolution and fused quantize-dequantize where they apply.
+    /// oodmon's kernels where they apply and pay: the exact ones ([`Kernels::Exact`])
+    /// everywhere, and int8 pointwise convolutions ([`crate::pointwise`]) on a CPU with
+    /// AVX-512 VNNI.
     #[default]
     Oodmon,
+    /// The exact ones and int8 pointwise convolutions on any CPU (plain loops where it has
+    /// no VNNI: the same values, slower).
+    Int8,
+    /// Only the kernels that give tract's values bit for bit: depthwise convolution and
+    /// the fused quantize-dequantize pair.
+    Exact,
     /// tract's own operators throughout.
     Tract,
 }
 
 impl Kernels {
-    /// The choice from `OODMON_TRACT_KERNELS` (`oodmon`, the default, or `tract`); an
-    /// unknown value is an error naming it.
+    /// The choice from `OODMON_TRACT_KERNELS` (`oodmon`, the default, `int8`, `exact` or
+    /// `tract`); an unknown value is an error naming it.
     pub fn from_env() -> std::result::Result<Self, String> {
         match std::env::var("OODMON_TRACT_KERNELS") {
             Err(_) => Ok(Self::Oodmon),
             Ok(v) => match v.trim() {
                 "" | "oodmon" => Ok(Self::Oodmon),
+                "int8" => Ok(Self::Int8),
+                "exact" => Ok(Self::Exact),
                 "tract" => Ok(Self::Tract),
                 other => Err(format!(
-                    "OODMON_TRACT_KERNELS={other:?}: expected \"oodmon\" or \"tract\""
+                    "OODMON_TRACT_KERNELS={other:?}: expected \"oodmon\", \"int8\", \"exact\" or \"tract\""
                 )),
             },
         }
@@ -71,6 +83,9 @@ pub struct Swapped {
     pub folded_quantize_dequantize: usize,
     /// Clips (`Max` and `Min` with a constant, ReLU6) folded into a depthwise convolution.
     pub folded_clips: usize,
+    /// Pointwise convolutions run in int8 (not bit-identical to tract: see
+    /// [`crate::pointwise`]).
+    pub pointwise_int8: usize,
 }
 
 impl std::fmt::Display for Swapped {
@@ -90,6 +105,18 @@ impl std::fmt::Display for Swapped {
                     self.folded_quantize_dequantize, self.folded_clips
                 )?;
             }
+            if self.pointwise_int8 > 0 {
+                write!(
+                    f,
+                    ", {} pointwise convolutions in int8{}",
+                    self.pointwise_int8,
+                    if crate::pointwise::has_vnni() {
+                        " (AVX-512 VNNI)"
+                    } else {
+                        " (plain loops)"
+                    }
+                )?;
+            }
             Ok(())
         }
     }
@@ -97,9 +124,13 @@ impl std::fmt::Display for Swapped {
 
 /// Replaces, in a decluttered model, every depthwise convolution this module runs
 /// (f32, NCHW, 2-D, no dilation, constant weights) and every `QuantizeLinear` ->
-/// `DequantizeLinear` pair with oodmon's operators. Anything else is left to tract.
-pub fn swap_in(model: &mut TypedModel) -> TractResult<Swapped> {
+/// `DequantizeLinear` pair with oodmon's operators, then, as `kernels` says, the int8
+/// pointwise convolutions ([`crate::pointwise`]). Anything else is left to tract.
+pub fn swap_in(model: &mut TypedModel, kernels: Kernels) -> TractResult<Swapped> {
     let mut swapped = Swapped::default();
+    if kernels == Kernels::Tract {
+        return Ok(swapped);
+    }
     for id in model.eval_order()? {
         let node = model.node(id);
         if let Some(op) = depthwise_for(model, node)? {
@@ -125,6 +156,9 @@ pub fn swap_in(model: &mut TypedModel) -> TractResult<Swapped> {
         }
     }
     model.compact()?;
+    if kernels == Kernels::Int8 || (kernels == Kernels::Oodmon && crate::pointwise::has_vnni()) {
+        swapped.pointwise_int8 = crate::pointwise::swap_in(model)?;
+    }
     Ok(swapped)
 }
 
@@ -137,13 +171,7 @@ fn fold_neighbours(model: &mut TypedModel, id: usize, swapped: &mut Swapped) -> 
         return Ok(());
     };
     let mut op = op.clone();
-    let sole_user = |outlet: OutletId| -> TractResult<Option<usize>> {
-        let successors = &model.node(outlet.node).outputs[outlet.slot].successors;
-        Ok(
-            (successors.len() == 1 && !model.output_outlets()?.contains(&outlet))
-                .then(|| successors[0].node),
-        )
-    };
+    let sole_user = |outlet: OutletId| sole_user(model, outlet);
     let mut input = node.inputs[0];
     if let Some(q) = model.node(input.node).op_as::<QuantizeDequantize>() {
         if sole_user(input)? == Some(id) {
@@ -151,22 +179,7 @@ fn fold_neighbours(model: &mut TypedModel, id: usize, swapped: &mut Swapped) -> 
             input = model.node(input.node).inputs[0];
         }
     }
-    let mut last = OutletId::new(id, 0);
-    let mut clips = 0;
-    if let Some((next, value)) = clip_after(model, last, "Max", sole_user(last)?)? {
-        op.folded.max_with = Some(value);
-        (last, clips) = (OutletId::new(next, 0), clips + 1);
-    }
-    if let Some((next, value)) = clip_after(model, last, "Min", sole_user(last)?)? {
-        op.folded.min_with = Some(value);
-        (last, clips) = (OutletId::new(next, 0), clips + 1);
-    }
-    if let Some(next) = sole_user(last)? {
-        if let Some(q) = model.node(next).op_as::<QuantizeDequantize>() {
-            op.folded.output = Some(q.clone());
-            last = OutletId::new(next, 0);
-        }
-    }
+    let (last, clips) = op.folded.take_after(model, OutletId::new(id, 0))?;
     if op.folded == Folded::default() {
         return Ok(());
     }
@@ -179,6 +192,15 @@ fn fold_neighbours(model: &mut TypedModel, id: usize, swapped: &mut Swapped) -> 
     let y = patch.wire_node(name, op, &[x])?[0];
     patch.shunt_outside(model, last, y)?;
     patch.apply(model)
+}
+
+/// The one node the tensor at `outlet` feeds, when it feeds one and is not a model output.
+pub(crate) fn sole_user(model: &TypedModel, outlet: OutletId) -> TractResult<Option<usize>> {
+    let successors = &model.node(outlet.node).outputs[outlet.slot].successors;
+    Ok(
+        (successors.len() == 1 && !model.output_outlets()?.contains(&outlet))
+            .then(|| successors[0].node),
+    )
 }
 
 /// The node `next` when it is an `f32` `Max` or `Min` (`which`) of the tensor at `from` and
@@ -367,20 +389,69 @@ pub struct DepthwiseNchw {
 /// What a depthwise convolution runs on its input before and on its output after, taken
 /// from the graph's neighbouring nodes (see [`swap_in`]): the same values, one walk.
 #[derive(Debug, Clone, PartialEq, Default)]
-struct Folded {
+pub(crate) struct Folded {
     /// The quantize-dequantize pair the input came through.
-    input: Option<QuantizeDequantize>,
+    pub(crate) input: Option<QuantizeDequantize>,
     /// `Max` with this value, then `Min` with the next (ReLU6 as the graph writes it).
-    max_with: Option<f32>,
-    min_with: Option<f32>,
+    pub(crate) max_with: Option<f32>,
+    pub(crate) min_with: Option<f32>,
     /// The quantize-dequantize pair the output goes through.
-    output: Option<QuantizeDequantize>,
+    pub(crate) output: Option<QuantizeDequantize>,
 }
 
 impl Folded {
+    /// Takes in the clip (`Max`, then `Min`, with constants) and the quantize-dequantize
+    /// pair that the tensor at `from` goes through, each where it feeds only the next:
+    /// the last outlet taken, and how many clip operators.
+    pub(crate) fn take_after(
+        &mut self,
+        model: &TypedModel,
+        from: OutletId,
+    ) -> TractResult<(OutletId, usize)> {
+        let (mut last, mut clips) = (from, 0);
+        if let Some((next, value)) = clip_after(model, last, "Max", sole_user(model, last)?)? {
+            self.max_with = Some(value);
+            (last, clips) = (OutletId::new(next, 0), clips + 1);
+        }
+        if let Some((next, value)) = clip_after(model, last, "Min", sole_user(model, last)?)? {
+            self.min_with = Some(value);
+            (last, clips) = (OutletId::new(next, 0), clips + 1);
+        }
+        if let Some(next) = sole_user(model, last)? {
+            if let Some(q) = model.node(next).op_as::<QuantizeDequantize>() {
+                self.output = Some(q.clone());
+                last = OutletId::new(next, 0);
+            }
+        }
+        Ok((last, clips))
+    }
+
+    /// What runs inside, for an operator's `info` (", input QDQ, max 0, min 6, ...").
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{}{}{}{}",
+            if self.input.is_some() {
+                ", input QDQ"
+            } else {
+                ""
+            },
+            self.max_with
+                .map(|v| format!(", max {v}"))
+                .unwrap_or_default(),
+            self.min_with
+                .map(|v| format!(", min {v}"))
+                .unwrap_or_default(),
+            if self.output.is_some() {
+                ", output QDQ"
+            } else {
+                ""
+            },
+        )
+    }
+
     /// The clip and the output's pair, in place, on one channel block's values.
     #[inline(always)]
-    fn finish(&self, y: &mut [f32]) {
+    pub(crate) fn finish(&self, y: &mut [f32]) {
         if self.max_with.is_none() && self.min_with.is_none() && self.output.is_none() {
             return;
         }
@@ -418,23 +489,15 @@ impl Op for DepthwiseNchw {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let f = &self.folded;
         Ok(vec![format!(
-            "{} channels, {:?} -> {:?}, kernel {:?}, strides {:?}, pad before {:?}{}{}{}{}",
+            "{} channels, {:?} -> {:?}, kernel {:?}, strides {:?}, pad before {:?}{}",
             self.channels,
             self.input_hw,
             self.output_hw,
             self.kernel_hw,
             self.strides,
             self.pad_before,
-            if f.input.is_some() { ", input QDQ" } else { "" },
-            f.max_with.map(|v| format!(", max {v}")).unwrap_or_default(),
-            f.min_with.map(|v| format!(", min {v}")).unwrap_or_default(),
-            if f.output.is_some() {
-                ", output QDQ"
-            } else {
-                ""
-            },
+            self.folded.describe(),
         )])
     }
 
@@ -536,6 +599,11 @@ struct Geometry {
 const LANES: usize = 8;
 
 impl DepthwiseNchw {
+    /// The grid the output lies on, when its quantize-dequantize pair runs inside.
+    pub(crate) fn output_grid(&self) -> Option<crate::pointwise::Grid> {
+        self.folded.output.as_ref().map(QuantizeDequantize::grid)
+    }
+
     fn taps_len(&self) -> usize {
         self.kernel_hw[0] * self.kernel_hw[1]
     }
@@ -1003,6 +1071,15 @@ impl TypedOp for QuantizeDequantize {
 }
 
 impl QuantizeDequantize {
+    /// The grid the output lies on: `(q - dz) * ds` with `q` in `low..=high` is
+    /// `(a - (dz - low)) * ds` with the byte `a = q - low`.
+    pub(crate) fn grid(&self) -> crate::pointwise::Grid {
+        crate::pointwise::Grid {
+            scale: self.dequantize_scale,
+            zero: self.dequantize_zero_point - self.low,
+        }
+    }
+
     fn run(&self, input: &[f32], output: &mut [f32]) {
         quantize_dequantize(self, input, output)
     }

@@ -18,6 +18,7 @@ pub mod backend;
 pub mod bundle;
 pub mod error;
 pub mod kernels;
+pub mod pointwise;
 pub mod probe;
 pub mod session;
 pub mod split;

@@ -324,12 +324,8 @@ impl Model {
         let unusable = |problem: String| Error::Backend { backend, problem };
         match backend {
             Backend::Tract => {
-                let swapped = match kernels {
-                    Kernels::Oodmon => {
-                        kernels::swap_in(&mut typed).map_err(|e| Error::model(path, e))?
-                    }
-                    Kernels::Tract => Swapped::default(),
-                };
+                let swapped =
+                    kernels::swap_in(&mut typed, kernels).map_err(|e| Error::model(path, e))?;
                 let graph = Arc::new(typed.clone());
                 let plan = typed
                     .into_optimized()

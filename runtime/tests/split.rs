@@ -50,7 +50,12 @@ fn halves_agree(whole: &Encoder, share: f64) -> f64 {
 fn every_cut_of_the_built_in_bundle_gives_the_whole_models_embedding() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../edge/demo/bundle/encoder.onnx");
     let bytes = std::fs::read(path).unwrap();
-    for kernels in [Kernels::Oodmon, Kernels::Tract] {
+    for kernels in [
+        Kernels::Oodmon,
+        Kernels::Int8,
+        Kernels::Exact,
+        Kernels::Tract,
+    ] {
         let whole =
             Encoder::from_bytes_with(&bytes, Path::new("e.onnx"), Backend::Tract, kernels).unwrap();
         let mut seen = Vec::new();
