@@ -117,8 +117,9 @@ pub struct PipelineConfig {
     pub verify_backend: bool,
     /// With overlap and tract on the CPU: the encoder is cut in two at the tensor nearest
     /// to this share of its multiply-adds, and the frame thread runs the head (that share)
-    /// on a frame it prepared while the model thread is busy, so that both cores carry part
-    /// of each inference (the same embeddings on x86-64). 0 keeps the encoder whole.
+    /// on a frame it prepared while the model thread is busy, where the measured times say
+    /// the frame thread is the less loaded one, so that both cores carry part of each
+    /// inference (the same embeddings on x86-64). 0 keeps the encoder whole.
     pub model_head_share: f64,
 }
 
@@ -136,15 +137,16 @@ pub fn check_model_head_share(what: &'static str, share: f64) -> Result<()> {
     ))
 }
 
-/// The default `[pipeline] model_head_share`: on the built-in EfficientNet-Lite0 about 45%
-/// of the inference time (its early layers run fewer multiply-adds per microsecond). Since
-/// the frame thread runs the head only while the model thread is busy, a head too large
-/// for a heavy frame side costs little (BENCHMARKS.md, "The encoder cut in two"). Off
+/// The default `[pipeline] model_head_share`: on the built-in EfficientNet-Lite0 about 40%
+/// of the inference time with the int8 pointwise layers (its early layers run fewer
+/// multiply-adds per microsecond). Since the frame thread runs the head only while the
+/// model thread is busy and its own side is the lighter one, a heavy frame side (a large
+/// JPEG) keeps the encoder whole (BENCHMARKS.md, "The encoder cut in two"). Off
 /// (0) on other architectures than x86-64: there tract's own kernels (aarch64 NEON) are
 /// not proven to give the whole encoder's values bit for bit on both halves, and bundles
 /// are calibrated on the whole encoder; set it to cut there.
 pub const DEFAULT_MODEL_HEAD_SHARE: f64 = if cfg!(target_arch = "x86_64") {
-    0.3
+    0.2
 } else {
     0.0
 };

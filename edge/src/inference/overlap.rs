@@ -213,6 +213,68 @@ impl DropWindow {
     }
 }
 
+/// Where the time of a frame goes on each thread, measured as the run goes (moving
+/// averages), to choose per frame whether the frame thread runs the encoder's head.
+///
+/// With the head on the frame thread a frame costs that thread F + H (reading and
+/// preparing, then the head) and the model thread T + S (tail and scoring); whole, F and
+/// H + T + S. The slower thread sets the pace, so cutting pays exactly when F < T + S:
+/// on a heavy source (a large MJPEG frame to decode) the frame thread is the slower one
+/// already, and the head stays with the model.
+#[derive(Debug, Clone, Copy)]
+struct Balance {
+    /// Reading and preparing a frame on the frame thread (F).
+    frame_us: f32,
+    /// The head on the frame thread (H).
+    head_us: f32,
+    /// The tail and the scoring on the model thread (T + S).
+    tail_us: f32,
+}
+
+impl Balance {
+    /// Weight of the newest sample in each average (about the last 16 frames).
+    const NEWEST: f32 = 1.0 / 16.0;
+
+    fn new() -> Self {
+        Self {
+            frame_us: f32::NAN,
+            head_us: f32::NAN,
+            tail_us: f32::NAN,
+        }
+    }
+
+    fn update(average: &mut f32, sample: f32) {
+        *average = if average.is_nan() {
+            sample
+        } else {
+            *average + Self::NEWEST * (sample - *average)
+        };
+    }
+
+    /// A judged frame's times: the model thread's share, and the head's where it ran on
+    /// the frame thread (the model thread's time on a whole frame, less the head's
+    /// average, stands for T + S there).
+    fn judged(&mut self, model_us: u32, head_us: Option<u32>) {
+        match head_us {
+            Some(h) => {
+                Self::update(&mut self.head_us, h as f32);
+                Self::update(&mut self.tail_us, model_us as f32);
+            }
+            None if !self.head_us.is_nan() => {
+                Self::update(&mut self.tail_us, (model_us as f32 - self.head_us).max(0.0));
+            }
+            None => {}
+        }
+    }
+
+    /// Whether the frame thread should run the head: until both sides are measured, yes
+    /// (to measure the head).
+    fn cut_pays(&self) -> bool {
+        // NaN (not measured yet) on either side: cut
+        self.frame_us.is_nan() || self.tail_us.is_nan() || self.frame_us < self.tail_us
+    }
+}
+
 /// The reader's side: everything but the model.
 struct Reader<'a, F: FnMut(Event<'_>) -> Result<()>> {
     settings: OverlapSettings,
@@ -228,6 +290,7 @@ struct Reader<'a, F: FnMut(Event<'_>) -> Result<()>> {
     drops: DropWindow,
     /// The encoder is cut in two on both sides: the frame thread may run the head.
     stage_takes_cut: bool,
+    balance: Balance,
     on_event: F,
 }
 
@@ -249,6 +312,10 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
                 record.latency.decode_us = job.prepared.decode_us;
                 record.latency.preprocess_us = job.prepared.preprocess_us;
                 record.latency.quality_us = job.prepared.quality_us;
+                self.balance.judged(
+                    record.latency.inference_us + record.latency.scoring_us,
+                    job.head_us,
+                );
                 // the head's time on the frame thread counts in the inference's
                 record.latency.inference_us += job.head_us.unwrap_or(0);
                 self.summary.frames_cut += job.head_us.is_some() as u64;
@@ -388,6 +455,7 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
                 self.wait_for_empty_slot()?;
             }
             let mut tensors = self.buffer()?;
+            let reading = Instant::now();
             let frame = match source.next_frame() {
                 Ok(None) => {
                     self.pool.push(tensors);
@@ -405,9 +473,16 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
             let (sequence, timestamp_us, media_us) =
                 (frame.sequence, frame.timestamp_us, frame.media_us);
             // with the encoder cut in two, the head runs here while the model thread is busy
-            // (a frame prepared while it waits goes over whole)
+            // (a frame prepared while it waits goes over whole) and where the measured
+            // balance says it pays
             let prepared = frames.prepare(&frame, &mut tensors.input).and_then(|p| {
-                let head_us = match self.stage_takes_cut && self.mailbox.model_busy() {
+                Balance::update(
+                    &mut self.balance.frame_us,
+                    reading.elapsed().as_micros() as f32,
+                );
+                let cut =
+                    self.stage_takes_cut && self.balance.cut_pays() && self.mailbox.model_busy();
+                let head_us = match cut {
                     true => Some(frames.run_head(&tensors.input, &mut tensors.cut)?),
                     false => None,
                 };
@@ -476,6 +551,7 @@ pub fn run_overlapped(
         in_flight: 0,
         drops: DropWindow::new(settings.window),
         stage_takes_cut: frames.cut_len().is_some() && stage.takes_cut(),
+        balance: Balance::new(),
         on_event,
     };
     let start = Instant::now();
@@ -503,4 +579,36 @@ pub fn run_overlapped(
     summary.latency = reader.stats.percentiles();
     summary.peak_memory_bytes = peak_memory_bytes();
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Balance;
+
+    #[test]
+    fn the_head_goes_to_the_frame_thread_only_while_that_thread_is_the_lighter_one() {
+        let mut b = Balance::new();
+        // nothing measured yet: cut, to measure the head
+        assert!(b.cut_pays());
+        b.frame_us = 400.0;
+        b.judged(900, Some(350));
+        assert_eq!((b.head_us, b.tail_us), (350.0, 900.0));
+        assert!(b.cut_pays(), "F 400 < T + S 900");
+        // a heavy source: the frame thread is the slower one
+        for _ in 0..200 {
+            Balance::update(&mut b.frame_us, 1_100.0);
+        }
+        assert!(!b.cut_pays());
+        // whole frames keep T + S measured: the model's time less the head's
+        for _ in 0..200 {
+            b.judged(1_000, None);
+        }
+        assert!((b.tail_us - 650.0).abs() < 1.0, "{}", b.tail_us);
+        assert!(!b.cut_pays());
+        // the source gets light again: cutting resumes
+        for _ in 0..200 {
+            Balance::update(&mut b.frame_us, 300.0);
+        }
+        assert!(b.cut_pays());
+    }
 }
