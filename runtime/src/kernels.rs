@@ -40,12 +40,12 @@ use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kernels {
     /// oodmon's kernels where they apply and pay: the exact ones ([`Kernels::Exact`])
-    /// everywhere, and int8 pointwise convolutions ([`crate::pointwise`]) on a CPU with
-    /// AVX-512 VNNI.
+    /// everywhere, and int8 pointwise convolutions ([`crate::pointwise`]) on an x86-64 CPU
+    /// with AVX-512 VNNI or AVX2.
     #[default]
     Oodmon,
     /// The exact ones and int8 pointwise convolutions on any CPU (plain loops where it has
-    /// no VNNI: the same values, slower).
+    /// neither VNNI nor AVX2: the same values, slower than tract's).
     Int8,
     /// Only the kernels that give tract's values bit for bit: depthwise convolution and
     /// the fused quantize-dequantize pair.
@@ -110,10 +110,10 @@ impl std::fmt::Display for Swapped {
                     f,
                     ", {} pointwise convolutions in int8{}",
                     self.pointwise_int8,
-                    if crate::pointwise::has_vnni() {
-                        " (AVX-512 VNNI)"
-                    } else {
-                        " (plain loops)"
+                    match crate::pointwise::IntPath::chosen() {
+                        crate::pointwise::IntPath::Vnni => " (AVX-512 VNNI)",
+                        crate::pointwise::IntPath::Avx2 => " (AVX2)",
+                        crate::pointwise::IntPath::Portable => " (plain loops)",
                     }
                 )?;
             }
@@ -156,8 +156,11 @@ pub fn swap_in(model: &mut TypedModel, kernels: Kernels) -> TractResult<Swapped>
         }
     }
     model.compact()?;
-    if kernels == Kernels::Int8 || (kernels == Kernels::Oodmon && crate::pointwise::has_vnni()) {
-        swapped.pointwise_int8 = crate::pointwise::swap_in(model)?;
+    let path = crate::pointwise::IntPath::chosen();
+    if kernels == Kernels::Int8
+        || (kernels == Kernels::Oodmon && path != crate::pointwise::IntPath::Portable)
+    {
+        swapped.pointwise_int8 = crate::pointwise::swap_in(model, path)?;
     }
     Ok(swapped)
 }

@@ -8,15 +8,17 @@
 //! both and multiplies in `f32`, reading four bytes per weight: on EfficientNet-Lite0's
 //! small planes (4x4, 2x2) that is a weight-bandwidth-bound 60% of an inference. Here the
 //! bytes are recovered, summed exactly in `i32` (AVX-512 VNNI `vpdpbusd`, 64 products per
-//! instruction, where the CPU has it; plain loops elsewhere), and scaled once:
+//! instruction, where the CPU has it; else AVX2 `vpmaddwd` on the bytes widened to 16 bits;
+//! plain loops elsewhere: [`IntPath`]), and scaled once:
 //! `((sum - zero * row_sum) as f32) * (input_scale * weight_scale) + bias`. The sum is exact
 //! and the same on every CPU and path; against tract's `f32` sums the result differs by
 //! rounding only (one rounding instead of one per product), which after the graph's next
 //! quantizer can move a value by one step (on the built-in Lite0 the embedding moves by
-//! 0.8% on average; onnxruntime's int8 path is 7% from tract's). The plain loops are
-//! slower than tract's `f32` plan on a CPU without VNNI (3.8 against 2.5 ms per Lite0
-//! inference with AVX2), so the swap is made by default ([`crate::Kernels::Oodmon`]) only
-//! on a CPU with VNNI, and anywhere with [`crate::Kernels::Int8`].
+//! 0.8% on average; onnxruntime's int8 path is 7% from tract's). Per Lite0 inference on
+//! one x86 core: tract's `f32` plan with oodmon's exact kernels 2.6 ms, VNNI 1.3 ms, AVX2
+//! 1.8 ms, the plain loops 3.8 ms (compiled for AVX2: they widen each byte on its own), so
+//! the swap is made by default ([`crate::Kernels::Oodmon`]) where the CPU has VNNI or
+//! AVX2, and anywhere with [`crate::Kernels::Int8`].
 //!
 //! The ReLU6 and the quantize-dequantize pair the output goes through, where each feeds
 //! only the next, run inside the operator as in the depthwise one.
@@ -53,6 +55,76 @@ pub fn has_vnni() -> bool {
     }
 }
 
+/// Which loops run the sums: all give the same values (exact integer sums, one formula).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntPath {
+    /// AVX-512 VNNI: four byte products per 32-bit lane and instruction, 16 lanes.
+    Vnni,
+    /// AVX2: the bytes widened to 16 bits, two products per lane, 8 lanes.
+    Avx2,
+    /// Plain loops (any CPU).
+    Portable,
+}
+
+impl IntPath {
+    /// The path to take: `OODMON_INT8_PATH` (`vnni`, `avx2` or `portable`) where set and
+    /// this CPU runs it (to time or bisect one), else [`Self::fastest`].
+    pub fn chosen() -> Self {
+        let fastest = Self::fastest();
+        let Ok(asked) = std::env::var("OODMON_INT8_PATH") else {
+            return fastest;
+        };
+        let path = match asked.trim() {
+            "vnni" => Self::Vnni,
+            "avx2" => Self::Avx2,
+            "portable" => Self::Portable,
+            _ => {
+                log::warn!("OODMON_INT8_PATH={asked:?} is not vnni, avx2 or portable: {fastest:?}");
+                return fastest;
+            }
+        };
+        if path.runs_here() {
+            path
+        } else {
+            log::warn!("OODMON_INT8_PATH={asked:?}: this CPU lacks it; {fastest:?} instead");
+            fastest
+        }
+    }
+
+    /// Whether this CPU has what the path needs.
+    pub fn runs_here(self) -> bool {
+        match self {
+            Self::Vnni => has_vnni(),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => is_x86_feature_detected!("avx2"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Self::Avx2 => false,
+            Self::Portable => true,
+        }
+    }
+
+    /// The fastest this CPU runs.
+    pub fn fastest() -> Self {
+        if has_vnni() {
+            return Self::Vnni;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            return Self::Avx2;
+        }
+        Self::Portable
+    }
+
+    /// Weights along K per 32-bit word, and words per vector.
+    fn geometry(self) -> (usize, usize) {
+        match self {
+            Self::Vnni => (4, 16),
+            Self::Avx2 => (2, 8),
+            Self::Portable => (4, 16),
+        }
+    }
+}
+
 /// A pointwise convolution on NCHW (or CHW) `f32` whose input lies on an 8-bit grid and
 /// whose weights are int8 per output channel, run as an int8 matrix product.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,11 +136,14 @@ pub struct PointwiseInt8 {
     input_shape: TVec<usize>,
     output_shape: TVec<usize>,
     input: Grid,
+    path: IntPath,
     /// `[M, K]` int8 weights, for the portable loop.
     weights: Arc<Vec<i8>>,
-    /// `[M, K4]` four weights along K per `i32` (K padded with zeros to a multiple of 4).
+    /// `[M, G]` weights in words of G groups along K, as the path takes them (four bytes
+    /// for VNNI, two 16-bit numbers for AVX2; K padded with zeros); empty for the plain
+    /// loops.
     rows: Arc<Vec<i32>>,
-    /// `[M16 / 16, K4, 16]` the same words, 16 output channels side by side.
+    /// `[ceil(M / L), G, L]` the same words, L output channels side by side (a vector).
     lanes: Arc<Vec<i32>>,
     /// Per output channel (padded to a multiple of 16): `zero * sum of its weights`,
     /// `input scale * weight scale`, and the bias.
@@ -80,12 +155,14 @@ pub struct PointwiseInt8 {
 
 impl Eq for PointwiseInt8 {}
 
-/// Output channels per vector of the VNNI loops.
+/// Output channels per vector of the VNNI loops, and the padding of the per-channel
+/// tables.
 const VECTOR: usize = 16;
 
 impl PointwiseInt8 {
-    fn k4(&self) -> usize {
-        self.in_channels.div_ceil(4)
+    /// Words along K per row.
+    fn groups(&self) -> usize {
+        self.in_channels.div_ceil(self.path.geometry().0)
     }
 
     /// The grid the output lies on, when its quantize-dequantize pair runs inside.
@@ -97,6 +174,7 @@ impl PointwiseInt8 {
     /// int8 row times one scale (to `f32` rounding); `None` otherwise (a float model).
     fn new(
         input: Grid,
+        path: IntPath,
         weights: &[f32],
         bias: &[f32],
         [m, k, plane]: [usize; 3],
@@ -110,27 +188,34 @@ impl PointwiseInt8 {
             weight_scales.push(scale);
             int8.extend(q);
         }
-        let k4 = k.div_ceil(4);
+        let (per_word, width) = path.geometry();
+        let groups = k.div_ceil(per_word);
         let m16 = m.next_multiple_of(VECTOR);
-        let word = |c: usize, k4i: usize| -> i32 {
-            let b: [u8; 4] = std::array::from_fn(|j| {
-                let kk = 4 * k4i + j;
-                if c < m && kk < k {
-                    int8[c * k + kk] as u8
-                } else {
-                    0
-                }
-            });
-            i32::from_le_bytes(b)
+        let weight = |c: usize, kk: usize| -> i8 {
+            if c < m && kk < k {
+                int8[c * k + kk]
+            } else {
+                0
+            }
         };
-        let rows = (0..m)
-            .flat_map(|c| (0..k4).map(move |i| (c, i)))
-            .map(|(c, i)| word(c, i))
-            .collect();
-        let mut lanes = Vec::with_capacity(m16 * k4);
-        for block in 0..m16 / VECTOR {
-            for i in 0..k4 {
-                lanes.extend((0..VECTOR).map(|l| word(block * VECTOR + l, i)));
+        let word = |c: usize, g: usize| -> i32 {
+            if per_word == 4 {
+                i32::from_le_bytes(std::array::from_fn(|j| weight(c, 4 * g + j) as u8))
+            } else {
+                let [a, b] = [weight(c, 2 * g), weight(c, 2 * g + 1)].map(|w| w as i16 as u16);
+                (a as u32 | (b as u32) << 16) as i32
+            }
+        };
+        let (mut rows, mut lanes) = (Vec::new(), Vec::new());
+        if path != IntPath::Portable {
+            rows = (0..m)
+                .flat_map(|c| (0..groups).map(move |g| (c, g)))
+                .map(|(c, g)| word(c, g))
+                .collect();
+            for block in 0..m.div_ceil(width) {
+                for g in 0..groups {
+                    lanes.extend((0..width).map(|l| word(block * width + l, g)));
+                }
             }
         }
         let mut corrections = vec![0; m16];
@@ -149,6 +234,7 @@ impl PointwiseInt8 {
             input_shape,
             output_shape,
             input,
+            path,
             weights: Arc::new(int8),
             rows: Arc::new(rows),
             lanes: Arc::new(lanes),
@@ -172,29 +258,28 @@ impl PointwiseInt8 {
         (sum.wrapping_sub(self.corrections[c]) as f32) * self.scales[c] + self.bias[c]
     }
 
-    /// Every image of `input` into `output`, on the VNNI path where the CPU has it.
+    /// Every image of `input` into `output`, on the operator's path.
     fn run(&self, input: &[f32], output: &mut [f32], scratch: &mut Scratch) {
         let (image_in, image_out) = (
             self.in_channels * self.plane,
             self.out_channels * self.plane,
         );
-        #[cfg(target_arch = "x86_64")]
-        let vnni = has_vnni();
         for (x, y) in input
             .chunks_exact(image_in)
             .zip(output.chunks_exact_mut(image_out))
         {
-            #[cfg(target_arch = "x86_64")]
-            if vnni {
-                // SAFETY: the CPU has the features (checked above); the slices have the
-                // lengths the operator's shapes give (checked in `eval`)
+            match self.path {
+                // SAFETY: the path was chosen for this CPU's features (`IntPath::fastest`,
+                // or a test that checked them); the slices have the lengths the operator's
+                // shapes give (checked in `eval`)
+                #[cfg(target_arch = "x86_64")]
                 #[allow(unsafe_code)]
-                unsafe {
-                    vnni::image(self, x, y, &mut scratch.bytes)
-                };
-                continue;
+                IntPath::Vnni => unsafe { vnni::image(self, x, y, &mut scratch.bytes) },
+                #[cfg(target_arch = "x86_64")]
+                #[allow(unsafe_code)]
+                IntPath::Avx2 => unsafe { avx2::image(self, x, y, &mut scratch.bytes) },
+                _ => self.image_portable(x, y, scratch),
             }
-            self.image_portable(x, y, scratch);
         }
     }
 
@@ -315,7 +400,7 @@ mod vnni {
     /// The CPU has AVX-512 F, BW and VNNI; `x` is `[K, P]` and `y` `[M, P]`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn image(op: &PointwiseInt8, x: &[f32], y: &mut [f32], bytes: &mut Vec<u8>) {
-        let (k4, p) = (op.k4(), op.plane);
+        let (k4, p) = (op.groups(), op.plane);
         bytes.clear();
         bytes.resize(k4 * 4 * p, 0);
         if p % VECTOR == 0 {
@@ -334,7 +419,7 @@ mod vnni {
         let inverse = _mm512_set1_ps(1.0 / op.input.scale);
         let zero = _mm512_set1_epi32(op.input.zero);
         let (low, high) = (_mm512_setzero_si512(), _mm512_set1_epi32(255));
-        for g in 0..op.k4() {
+        for g in 0..op.groups() {
             for p0 in (0..p).step_by(VECTOR) {
                 let mut word = _mm512_setzero_si512();
                 for j in 0..4 {
@@ -360,7 +445,7 @@ mod vnni {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn pack_by_channels(op: &PointwiseInt8, x: &[f32], bytes: &mut [u8]) {
         let (k, p) = (op.in_channels, op.plane);
-        let stride = op.k4() * 4;
+        let stride = op.groups() * 4;
         for kk in 0..k {
             for (pos, &v) in x[kk * p..(kk + 1) * p].iter().enumerate() {
                 *bytes.get_unchecked_mut(pos * stride + kk) = op.byte(v);
@@ -396,7 +481,7 @@ mod vnni {
         from: usize,
         to: usize,
     ) {
-        let (k4, p) = (op.k4(), op.plane);
+        let (k4, p) = (op.groups(), op.plane);
         let words = bytes.as_ptr().cast::<i32>();
         let rows = op.rows.as_ptr();
         let mut p0 = from;
@@ -457,7 +542,7 @@ mod vnni {
         b0: usize,
         to: usize,
     ) {
-        let (k4, p, m) = (op.k4(), op.plane, op.out_channels);
+        let (k4, p, m) = (op.groups(), op.plane, op.out_channels);
         let words = bytes.as_ptr().cast::<i32>();
         let lanes = op.lanes.as_ptr();
         let mut p0 = if PT == 1 { p / 4 * 4 } else { 0 };
@@ -468,7 +553,7 @@ mod vnni {
                     _mm512_loadu_si512(lanes.add(((b0 + j) * k4 + g) * VECTOR).cast())
                 });
                 for (t, acc) in acc.iter_mut().enumerate() {
-                    let a = _mm512_set1_epi32(*words.add((p0 + t) * k4 + g));
+                    let a = _mm512_set1_epi32(words.add((p0 + t) * k4 + g).read_unaligned());
                     for (acc, &w) in acc.iter_mut().zip(&w) {
                         *acc = _mm512_dpbusd_epi32(*acc, a, w);
                     }
@@ -484,6 +569,207 @@ mod vnni {
                     let v = _mm512_add_ps(_mm512_mul_ps(v, scale), bias);
                     let mut lane = [0f32; VECTOR];
                     _mm512_storeu_ps(lane.as_mut_ptr(), v);
+                    for (l, &v) in lane.iter().enumerate().take(m.saturating_sub(c0)) {
+                        *y.get_unchecked_mut((c0 + l) * p + p0 + t) = v;
+                    }
+                }
+            }
+            p0 += PT;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2 {
+    //! The AVX2 loops: as the VNNI ones, with the bytes widened to 16 bits and summed in
+    //! pairs (`vpmaddwd`: exact, no saturation), 8 lanes. Planes of a multiple of 8
+    //! positions put 8 positions in a vector (input `[K2, P, 2]`, weights broadcast);
+    //! others put 8 output channels in a vector (input `[P, K2 * 2]` broadcast, weights
+    //! `[ceil(M / 8), K2, 8]`).
+    use super::PointwiseInt8;
+    use std::arch::x86_64::*;
+
+    const LANES: usize = 8;
+
+    /// # Safety
+    /// The CPU has AVX2; `x` is `[K, P]` and `y` `[M, P]`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn image(op: &PointwiseInt8, x: &[f32], y: &mut [f32], bytes: &mut Vec<u8>) {
+        let (groups, p) = (op.groups(), op.plane);
+        bytes.clear();
+        bytes.resize(groups * 4 * p, 0);
+        if p % LANES == 0 {
+            pack_by_positions(op, x, bytes);
+            by_positions(op, bytes, y);
+        } else {
+            pack_by_channels(op, x, bytes);
+            by_channels(op, bytes, y);
+        }
+    }
+
+    /// `[K, P]` values as `[K2, P, 2]` 16-bit numbers, 8 positions at a time.
+    #[target_feature(enable = "avx2")]
+    unsafe fn pack_by_positions(op: &PointwiseInt8, x: &[f32], bytes: &mut [u8]) {
+        let (k, p) = (op.in_channels, op.plane);
+        let inverse = _mm256_set1_ps(1.0 / op.input.scale);
+        let zero = _mm256_set1_epi32(op.input.zero);
+        let (low, high) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
+        for g in 0..op.groups() {
+            for p0 in (0..p).step_by(LANES) {
+                let mut word = _mm256_setzero_si256();
+                for j in 0..2 {
+                    let kk = 2 * g + j;
+                    if kk >= k {
+                        break;
+                    }
+                    let v = _mm256_loadu_ps(x.as_ptr().add(kk * p + p0));
+                    // nearest, ties to even (the default rounding mode), as `byte`
+                    let a = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, inverse)), zero);
+                    let a = _mm256_min_epi32(_mm256_max_epi32(a, low), high);
+                    let a = if j == 1 {
+                        _mm256_slli_epi32::<16>(a)
+                    } else {
+                        a
+                    };
+                    word = _mm256_or_si256(word, a);
+                }
+                _mm256_storeu_si256(bytes.as_mut_ptr().add((g * p + p0) * 4).cast(), word);
+            }
+        }
+    }
+
+    /// `[K, P]` values as `[P, K2 * 2]` 16-bit numbers.
+    #[target_feature(enable = "avx2")]
+    unsafe fn pack_by_channels(op: &PointwiseInt8, x: &[f32], bytes: &mut [u8]) {
+        let (k, p) = (op.in_channels, op.plane);
+        let stride = op.groups() * 2;
+        let numbers = bytes.as_mut_ptr().cast::<i16>();
+        for kk in 0..k {
+            for (pos, &v) in x[kk * p..(kk + 1) * p].iter().enumerate() {
+                numbers
+                    .add(pos * stride + kk)
+                    .write_unaligned(op.byte(v) as i16);
+            }
+        }
+    }
+
+    /// Output channels `MR` at a time, positions `8 * NR` at a time.
+    #[target_feature(enable = "avx2")]
+    unsafe fn by_positions(op: &PointwiseInt8, bytes: &[u8], y: &mut [f32]) {
+        let (m, p) = (op.out_channels, op.plane);
+        let wide = p / (2 * LANES) * 2 * LANES;
+        let mut c = 0;
+        while c + 4 <= m {
+            tile_positions::<4, 2>(op, bytes, y, c, 0, wide);
+            tile_positions::<4, 1>(op, bytes, y, c, wide, p);
+            c += 4;
+        }
+        while c < m {
+            tile_positions::<1, 2>(op, bytes, y, c, 0, wide);
+            tile_positions::<1, 1>(op, bytes, y, c, wide, p);
+            c += 1;
+        }
+        op.folded.finish(y);
+    }
+
+    #[inline(always)]
+    unsafe fn tile_positions<const MR: usize, const NR: usize>(
+        op: &PointwiseInt8,
+        bytes: &[u8],
+        y: &mut [f32],
+        c0: usize,
+        from: usize,
+        to: usize,
+    ) {
+        let (groups, p) = (op.groups(), op.plane);
+        let words = bytes.as_ptr().cast::<i32>();
+        let rows = op.rows.as_ptr();
+        let mut p0 = from;
+        while p0 + NR * LANES <= to {
+            let mut acc = [[_mm256_setzero_si256(); NR]; MR];
+            for g in 0..groups {
+                let a: [__m256i; NR] = std::array::from_fn(|j| {
+                    _mm256_loadu_si256(words.add(g * p + p0 + j * LANES).cast())
+                });
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let w = _mm256_set1_epi32(*rows.add((c0 + r) * groups + g));
+                    for (acc, &a) in acc.iter_mut().zip(&a) {
+                        *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(a, w));
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                let c = c0 + r;
+                let correction = _mm256_set1_epi32(op.corrections[c]);
+                let scale = _mm256_set1_ps(op.scales[c]);
+                let bias = _mm256_set1_ps(op.bias[c]);
+                for (j, &acc) in acc.iter().enumerate() {
+                    let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc, correction));
+                    let v = _mm256_add_ps(_mm256_mul_ps(v, scale), bias);
+                    _mm256_storeu_ps(y.as_mut_ptr().add(c * p + p0 + j * LANES), v);
+                }
+            }
+            p0 += NR * LANES;
+        }
+    }
+
+    /// Blocks of 8 output channels `CB` at a time, positions `PT` at a time.
+    #[target_feature(enable = "avx2")]
+    unsafe fn by_channels(op: &PointwiseInt8, bytes: &[u8], y: &mut [f32]) {
+        let blocks = op.out_channels.div_ceil(LANES);
+        let p = op.plane;
+        let mut b = 0;
+        while b + 2 <= blocks {
+            tile_channels::<4, 2>(op, bytes, y, b, p / 4 * 4);
+            tile_channels::<1, 2>(op, bytes, y, b, p);
+            b += 2;
+        }
+        while b < blocks {
+            tile_channels::<4, 1>(op, bytes, y, b, p / 4 * 4);
+            tile_channels::<1, 1>(op, bytes, y, b, p);
+            b += 1;
+        }
+        op.folded.finish(y);
+    }
+
+    /// Positions `PT` at a time up to `to` (from where the last whole tile left off), for
+    /// `CB` blocks of channels from `b0`.
+    #[inline(always)]
+    unsafe fn tile_channels<const PT: usize, const CB: usize>(
+        op: &PointwiseInt8,
+        bytes: &[u8],
+        y: &mut [f32],
+        b0: usize,
+        to: usize,
+    ) {
+        let (groups, p, m) = (op.groups(), op.plane, op.out_channels);
+        let words = bytes.as_ptr().cast::<i32>();
+        let lanes = op.lanes.as_ptr();
+        let mut p0 = if PT == 1 { p / 4 * 4 } else { 0 };
+        while p0 + PT <= to {
+            let mut acc = [[_mm256_setzero_si256(); CB]; PT];
+            for g in 0..groups {
+                let w: [__m256i; CB] = std::array::from_fn(|j| {
+                    _mm256_loadu_si256(lanes.add(((b0 + j) * groups + g) * LANES).cast())
+                });
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let a = _mm256_set1_epi32(words.add((p0 + t) * groups + g).read_unaligned());
+                    for (acc, &w) in acc.iter_mut().zip(&w) {
+                        *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(a, w));
+                    }
+                }
+            }
+            for (t, acc) in acc.iter().enumerate() {
+                for (j, &acc) in acc.iter().enumerate() {
+                    let c0 = (b0 + j) * LANES;
+                    let correction = _mm256_loadu_si256(op.corrections.as_ptr().add(c0).cast());
+                    let scale = _mm256_loadu_ps(op.scales.as_ptr().add(c0));
+                    let bias = _mm256_loadu_ps(op.bias.as_ptr().add(c0));
+                    let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc, correction));
+                    let v = _mm256_add_ps(_mm256_mul_ps(v, scale), bias);
+                    let mut lane = [0f32; LANES];
+                    _mm256_storeu_ps(lane.as_mut_ptr(), v);
                     for (l, &v) in lane.iter().enumerate().take(m.saturating_sub(c0)) {
                         *y.get_unchecked_mut((c0 + l) * p + p0 + t) = v;
                     }
@@ -586,10 +872,10 @@ fn grid_at(model: &TypedModel, outlet: OutletId) -> Option<Grid> {
 /// Replaces, in a decluttered model with oodmon's other operators already in, every
 /// pointwise convolution (tract's `EinSum` with its bias `Add`) this module runs, with the
 /// clip and quantize-dequantize pair after it. Returns how many.
-pub(crate) fn swap_in(model: &mut TypedModel) -> TractResult<usize> {
+pub(crate) fn swap_in(model: &mut TypedModel, path: IntPath) -> TractResult<usize> {
     let mut swapped = 0;
     for id in model.eval_order()? {
-        if let Some((op, input, last)) = pointwise_for(model, id)? {
+        if let Some((op, input, last)) = pointwise_for(model, id, path)? {
             let name = model.node(id).name.clone();
             let mut patch = TypedModelPatch::default();
             let x = patch.tap_model(model, input)?;
@@ -608,6 +894,7 @@ pub(crate) fn swap_in(model: &mut TypedModel) -> TractResult<usize> {
 fn pointwise_for(
     model: &TypedModel,
     id: usize,
+    path: IntPath,
 ) -> TractResult<Option<(PointwiseInt8, OutletId, OutletId)>> {
     let node = model.node(id);
     let Some(einsum) = node.op_as::<EinSum>() else {
@@ -692,6 +979,7 @@ fn pointwise_for(
     let weights = weights.try_as_plain_ram()?;
     let Some(mut op) = PointwiseInt8::new(
         input,
+        path,
         weights.as_slice::<f32>()?,
         &bias,
         [m, k, plane],
@@ -736,7 +1024,11 @@ mod tests {
         y
     }
 
-    fn random_op(rng: &mut impl Rng, k: usize, m: usize, p: usize) -> (PointwiseInt8, Vec<f32>) {
+    fn random_op(
+        rng: &mut impl Rng,
+        path: IntPath,
+        [k, m, p]: [usize; 3],
+    ) -> (PointwiseInt8, Vec<f32>) {
         let grid = Grid {
             scale: rng.random_range(0.01f32..0.5),
             zero: rng.random_range(0..=255),
@@ -753,6 +1045,7 @@ mod tests {
         let bias: Vec<f32> = (0..m).map(|_| rng.random_range(-1f32..1.0)).collect();
         let op = PointwiseInt8::new(
             grid,
+            path,
             &weights,
             &bias,
             [m, k, p],
@@ -766,37 +1059,53 @@ mod tests {
         (op, x)
     }
 
+    /// The paths this CPU runs (the vector ones are tested where the CPU has them: VNNI
+    /// on this project's x86 build machine when its host has it, AVX2 on any x86-64 here).
+    fn paths() -> Vec<IntPath> {
+        [IntPath::Portable, IntPath::Avx2, IntPath::Vnni]
+            .into_iter()
+            .filter(|p| p.runs_here())
+            .collect()
+    }
+
     #[test]
     fn every_path_gives_the_exact_sums_at_every_geometry() {
+        eprintln!("paths: {:?}", paths());
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
-        for (k, m, p) in [
-            (1, 1, 1),
-            (3, 8, 9),
-            (16, 96, 1024),
-            (24, 144, 256),
-            (5, 7, 48),
-            (672, 112, 16),
-            (1152, 192, 4),
-            (320, 1280, 4),
-            (13, 37, 80),
-            (40, 23, 196),
-            (7, 17, 3),
-        ] {
-            let (mut op, x) = random_op(&mut rng, k, m, p);
-            if rng.random() {
-                op.folded.max_with = Some(0.0);
-                op.folded.min_with = Some(6.0);
+        for path in paths() {
+            for (k, m, p) in GEOMETRIES {
+                let (mut op, x) = random_op(&mut rng, path, [k, m, p]);
+                if rng.random() {
+                    op.folded.max_with = Some(0.0);
+                    op.folded.min_with = Some(6.0);
+                }
+                let want = reference(&op, &x);
+                let mut scratch = Scratch::default();
+                let mut got = vec![f32::NAN; m * p];
+                op.image_portable(&x, &mut got, &mut scratch);
+                assert_eq!(got, want, "portable {k} -> {m} x {p}");
+                let mut got = vec![f32::NAN; m * p];
+                op.run(&x, &mut got, &mut scratch);
+                assert_eq!(got, want, "{path:?} {k} -> {m} x {p}");
             }
-            let want = reference(&op, &x);
-            let mut scratch = Scratch::default();
-            let mut got = vec![f32::NAN; m * p];
-            op.image_portable(&x, &mut got, &mut scratch);
-            assert_eq!(got, want, "portable {k} -> {m} x {p}");
-            let mut got = vec![f32::NAN; m * p];
-            op.run(&x, &mut got, &mut scratch);
-            assert_eq!(got, want, "run (vnni: {}) {k} -> {m} x {p}", has_vnni());
         }
     }
+
+    const GEOMETRIES: [(usize, usize, usize); 13] = [
+        (1, 1, 1),
+        (3, 8, 9),
+        (16, 96, 1024),
+        (24, 144, 256),
+        (5, 7, 48),
+        (672, 112, 16),
+        (1152, 192, 4),
+        (320, 1280, 4),
+        (13, 37, 80),
+        (40, 23, 196),
+        (7, 17, 3),
+        (9, 5, 8),
+        (2, 3, 24),
+    ];
 
     #[test]
     fn a_float_row_is_not_taken_for_int8() {

@@ -101,7 +101,7 @@ fn the_built_in_bundle_runs_on_oodmon_kernels_with_tracts_values() {
 }
 
 /// The int8 pointwise convolutions: every one of Lite0's 32 taken (on any CPU with
-/// `Kernels::Int8`; by default only where VNNI makes them pay), the same embedding on both
+/// `Kernels::Int8`; by default only where VNNI or AVX2 make them pay), the same embedding on both
 /// paths, and close to tract's: over 20 inputs at most 10% away and a cosine over 0.99
 /// (measured: 0.8% mean, 5.8% max, 0.998; onnxruntime is 7% away from tract on average).
 #[test]
@@ -126,7 +126,9 @@ fn int8_pointwise_convolutions_stay_close_to_tracts_values() {
     let by_default = default.own_kernels().pointwise_int8;
     assert_eq!(
         by_default,
-        if oodmon_runtime::pointwise::has_vnni() {
+        if oodmon_runtime::pointwise::IntPath::chosen()
+            != oodmon_runtime::pointwise::IntPath::Portable
+        {
             own.pointwise_int8
         } else {
             0
