@@ -79,9 +79,11 @@ pub struct Swapped {
     pub depthwise: usize,
     /// Pairs run by oodmon, on their own or inside a depthwise convolution.
     pub quantize_dequantize: usize,
-    /// Of those, the pairs folded into a depthwise convolution (its input's or output's).
+    /// Of those, the pairs folded into one of oodmon's convolutions (a depthwise one's
+    /// input or output, a pointwise one's output).
     pub folded_quantize_dequantize: usize,
-    /// Clips (`Max` and `Min` with a constant, ReLU6) folded into a depthwise convolution.
+    /// Clips (`Max` and `Min` with a constant, ReLU6) folded into one of oodmon's
+    /// convolutions.
     pub folded_clips: usize,
     /// Pointwise convolutions run in int8 (not bit-identical to tract: see
     /// [`crate::pointwise`]).
@@ -160,7 +162,10 @@ pub fn swap_in(model: &mut TypedModel, kernels: Kernels) -> TractResult<Swapped>
     if kernels == Kernels::Int8
         || (kernels == Kernels::Oodmon && path != crate::pointwise::IntPath::Portable)
     {
-        swapped.pointwise_int8 = crate::pointwise::swap_in(model, path)?;
+        let pointwise = crate::pointwise::swap_in(model, path)?;
+        swapped.pointwise_int8 = pointwise.convolutions;
+        swapped.folded_clips += pointwise.clips;
+        swapped.folded_quantize_dequantize += pointwise.pairs;
     }
     Ok(swapped)
 }
@@ -1074,6 +1079,26 @@ impl TypedOp for QuantizeDequantize {
 }
 
 impl QuantizeDequantize {
+    /// A pair from its parameters (tract's quantize multiplier, the reciprocal of the ONNX
+    /// scale), for tests elsewhere in the crate.
+    #[cfg(test)]
+    pub(crate) fn for_tests(
+        quantize_scale: f32,
+        quantize_zero_point: i32,
+        [low, high]: [i32; 2],
+        dequantize_scale: f32,
+        dequantize_zero_point: i32,
+    ) -> Self {
+        Self {
+            quantize_scale,
+            quantize_zero_point,
+            low,
+            high,
+            dequantize_scale,
+            dequantize_zero_point,
+        }
+    }
+
     /// The grid the output lies on: `(q - dz) * ds` with `q` in `low..=high` is
     /// `(a - (dz - low)) * ds` with the byte `a = q - low`.
     pub(crate) fn grid(&self) -> crate::pointwise::Grid {

@@ -68,7 +68,9 @@ pub enum IntPath {
 
 impl IntPath {
     /// The path to take: `OODMON_INT8_PATH` (`vnni`, `avx2` or `portable`) where set and
-    /// this CPU runs it (to time or bisect one), else [`Self::fastest`].
+    /// this CPU runs it (to time or bisect one), else [`Self::fastest`]. With the default
+    /// kernels a `portable` path means no int8 layers (they take them only on a vector
+    /// path); `OODMON_TRACT_KERNELS=int8` runs them on it.
     pub fn chosen() -> Self {
         let fastest = Self::fastest();
         let Ok(asked) = std::env::var("OODMON_INT8_PATH") else {
@@ -171,7 +173,9 @@ impl PointwiseInt8 {
     }
 
     /// The operator for `weights` (`[M, K]` `f32`) and `bias` when every weight row is an
-    /// int8 row times one scale (to `f32` rounding); `None` otherwise (a float model).
+    /// int8 row times one scale of its own, symmetric per output channel (to `f32`
+    /// rounding: see [`int8_row`]); `None` otherwise (a float model, or per-tensor or
+    /// asymmetric weights, left to tract).
     fn new(
         input: Grid,
         path: IntPath,
@@ -181,6 +185,7 @@ impl PointwiseInt8 {
         input_shape: TVec<usize>,
         output_shape: TVec<usize>,
     ) -> Option<Self> {
+        debug_assert!(path.runs_here(), "{path:?} on a CPU without it");
         let mut int8 = Vec::with_capacity(m * k);
         let mut weight_scales = Vec::with_capacity(m);
         for row in weights.chunks_exact(k) {
@@ -248,8 +253,10 @@ impl PointwiseInt8 {
     /// The byte an input value stands for (exact: the value is on the grid).
     #[inline(always)]
     fn byte(&self, y: f32) -> u8 {
-        ((y * (1.0 / self.input.scale)).round_ties_even() as i32 + self.input.zero).clamp(0, 255)
-            as u8
+        // a value off the grid (unreachable: `grid_at`) saturates as the vector paths do
+        ((y * (1.0 / self.input.scale)).round_ties_even() as i32)
+            .wrapping_add(self.input.zero)
+            .clamp(0, 255) as u8
     }
 
     /// One output value from its exact sum.
@@ -351,7 +358,9 @@ fn portable(op: &PointwiseInt8, x: &[f32], y: &mut [f32], scratch: &mut Scratch)
 
 /// A weight row as `scale * q` with `q` int8: the scale that puts its largest magnitude at
 /// 127 (or 128), accepted when every weight is within a hair of its int8 multiple (a float
-/// row misses by up to half a step).
+/// row misses by up to half a step). What is checked is that the row is representable so,
+/// which is what the exact sums need: a float row of one value, or of one magnitude, is
+/// representable and taken (harmlessly: its values are the same).
 fn int8_row(row: &[f32]) -> Option<(f32, Vec<i8>)> {
     let max = row.iter().fold(0f32, |m, w| m.max(w.abs()));
     if !max.is_finite() {
@@ -520,32 +529,33 @@ mod vnni {
         let p = op.plane;
         let mut b = 0;
         while b + 4 <= blocks {
-            tile_channels::<4, 4>(op, bytes, y, b, p / 4 * 4);
-            tile_channels::<1, 4>(op, bytes, y, b, p);
+            tile_channels::<4, 4>(op, bytes, y, b, 0, p / 4 * 4);
+            tile_channels::<1, 4>(op, bytes, y, b, p / 4 * 4, p);
             b += 4;
         }
         while b < blocks {
-            tile_channels::<4, 1>(op, bytes, y, b, p / 4 * 4);
-            tile_channels::<1, 1>(op, bytes, y, b, p);
+            tile_channels::<4, 1>(op, bytes, y, b, 0, p / 4 * 4);
+            tile_channels::<1, 1>(op, bytes, y, b, p / 4 * 4, p);
             b += 1;
         }
         op.folded.finish(y);
     }
 
-    /// Positions `PT` at a time up to `to` (from where the last whole tile left off), for
-    /// `CB` blocks of channels from `b0`.
+    /// Positions `PT` at a time from `from` up to `to`, for `CB` blocks of channels from
+    /// `b0`.
     #[inline(always)]
     unsafe fn tile_channels<const PT: usize, const CB: usize>(
         op: &PointwiseInt8,
         bytes: &[u8],
         y: &mut [f32],
         b0: usize,
+        from: usize,
         to: usize,
     ) {
         let (k4, p, m) = (op.groups(), op.plane, op.out_channels);
         let words = bytes.as_ptr().cast::<i32>();
         let lanes = op.lanes.as_ptr();
-        let mut p0 = if PT == 1 { p / 4 * 4 } else { 0 };
+        let mut p0 = from;
         while p0 + PT <= to {
             let mut acc = [[_mm512_setzero_si512(); CB]; PT];
             for g in 0..k4 {
@@ -721,32 +731,33 @@ mod avx2 {
         let p = op.plane;
         let mut b = 0;
         while b + 2 <= blocks {
-            tile_channels::<4, 2>(op, bytes, y, b, p / 4 * 4);
-            tile_channels::<1, 2>(op, bytes, y, b, p);
+            tile_channels::<4, 2>(op, bytes, y, b, 0, p / 4 * 4);
+            tile_channels::<1, 2>(op, bytes, y, b, p / 4 * 4, p);
             b += 2;
         }
         while b < blocks {
-            tile_channels::<4, 1>(op, bytes, y, b, p / 4 * 4);
-            tile_channels::<1, 1>(op, bytes, y, b, p);
+            tile_channels::<4, 1>(op, bytes, y, b, 0, p / 4 * 4);
+            tile_channels::<1, 1>(op, bytes, y, b, p / 4 * 4, p);
             b += 1;
         }
         op.folded.finish(y);
     }
 
-    /// Positions `PT` at a time up to `to` (from where the last whole tile left off), for
-    /// `CB` blocks of channels from `b0`.
+    /// Positions `PT` at a time from `from` up to `to`, for `CB` blocks of channels from
+    /// `b0`.
     #[inline(always)]
     unsafe fn tile_channels<const PT: usize, const CB: usize>(
         op: &PointwiseInt8,
         bytes: &[u8],
         y: &mut [f32],
         b0: usize,
+        from: usize,
         to: usize,
     ) {
         let (groups, p, m) = (op.groups(), op.plane, op.out_channels);
         let words = bytes.as_ptr().cast::<i32>();
         let lanes = op.lanes.as_ptr();
-        let mut p0 = if PT == 1 { p / 4 * 4 } else { 0 };
+        let mut p0 = from;
         while p0 + PT <= to {
             let mut acc = [[_mm256_setzero_si256(); CB]; PT];
             for g in 0..groups {
@@ -866,23 +877,36 @@ fn grid_at(model: &TypedModel, outlet: OutletId) -> Option<Grid> {
     } else {
         None
     }
-    .filter(|g| g.scale.is_finite() && g.scale > 0.0 && (0..=255).contains(&g.zero))
+    // a subnormal scale has no finite reciprocal
+    .filter(|g| g.scale.is_normal() && g.scale > 0.0 && (0..=255).contains(&g.zero))
+}
+
+/// What [`swap_in`] replaced: convolutions, and the clips and quantize-dequantize pairs
+/// that run inside them.
+#[derive(Debug, Default)]
+pub(crate) struct SwappedPointwise {
+    pub(crate) convolutions: usize,
+    pub(crate) clips: usize,
+    pub(crate) pairs: usize,
 }
 
 /// Replaces, in a decluttered model with oodmon's other operators already in, every
 /// pointwise convolution (tract's `EinSum` with its bias `Add`) this module runs, with the
-/// clip and quantize-dequantize pair after it. Returns how many.
-pub(crate) fn swap_in(model: &mut TypedModel, path: IntPath) -> TractResult<usize> {
-    let mut swapped = 0;
+/// clip and quantize-dequantize pair after it.
+pub(crate) fn swap_in(model: &mut TypedModel, path: IntPath) -> TractResult<SwappedPointwise> {
+    let mut swapped = SwappedPointwise::default();
     for id in model.eval_order()? {
         if let Some((op, input, last)) = pointwise_for(model, id, path)? {
+            let f = &op.folded;
+            swapped.clips += (f.max_with.is_some() || f.min_with.is_some()) as usize;
+            swapped.pairs += f.output.is_some() as usize;
             let name = model.node(id).name.clone();
             let mut patch = TypedModelPatch::default();
             let x = patch.tap_model(model, input)?;
             let y = patch.wire_node(name, op, &[x])?[0];
             patch.shunt_outside(model, last, y)?;
             patch.apply(model)?;
-            swapped += 1;
+            swapped.convolutions += 1;
         }
     }
     model.compact()?;
@@ -932,6 +956,10 @@ fn pointwise_for(
         return Ok(None);
     };
     let (m, k) = (*m, *k);
+    // the exact sums fit in i32 while K * 255 * 128 does
+    if m == 0 || k == 0 || k > 65_000 {
+        return Ok(None);
+    }
     let rank = x_shape.len();
     if x.datum_type != f32::datum_type()
         || weights.datum_type() != f32::datum_type()
@@ -946,6 +974,9 @@ fn pointwise_for(
         return Ok(None);
     }
     let plane = x_shape[rank - 2] * x_shape[rank - 1];
+    if plane == 0 {
+        return Ok(None);
+    }
     // the bias, where the graph adds one
     let mut last = OutletId::new(id, 0);
     let mut bias = vec![0f32; m];
@@ -1079,6 +1110,11 @@ mod tests {
                     op.folded.max_with = Some(0.0);
                     op.folded.min_with = Some(6.0);
                 }
+                if rng.random() {
+                    // the output's pair inside too: int8 at a scale of 0.05
+                    op.folded.output =
+                        Some(QuantizeDequantize::for_tests(20.0, 3, [-128, 127], 0.05, 3));
+                }
                 let want = reference(&op, &x);
                 let mut scratch = Scratch::default();
                 let mut got = vec![f32::NAN; m * p];
@@ -1091,7 +1127,9 @@ mod tests {
         }
     }
 
-    const GEOMETRIES: [(usize, usize, usize); 13] = [
+    /// Every tile and tail of both layouts: planes of 16, 8, 4 positions and ragged ones,
+    /// with partial channel blocks inside a group of blocks and after it.
+    const GEOMETRIES: [(usize, usize, usize); 16] = [
         (1, 1, 1),
         (3, 8, 9),
         (16, 96, 1024),
@@ -1105,6 +1143,9 @@ mod tests {
         (7, 17, 3),
         (9, 5, 8),
         (2, 3, 24),
+        (10, 70, 7),
+        (10, 12, 7),
+        (10, 50, 7),
     ];
 
     #[test]

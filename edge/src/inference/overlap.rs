@@ -221,26 +221,47 @@ impl DropWindow {
 /// H + T + S. The slower thread sets the pace, so cutting pays exactly when F < T + S:
 /// on a heavy source (a large MJPEG frame to decode) the frame thread is the slower one
 /// already, and the head stays with the model.
+///
+/// H is only measured on a frame whose head ran here, and the first runs are cold, so
+/// every [`Balance::PROBE_EVERY`]th frame the model thread is busy for is cut regardless,
+/// to measure it again: a choice made on a cold start or a passing load does not stick.
 #[derive(Debug, Clone, Copy)]
 struct Balance {
-    /// Reading and preparing a frame on the frame thread (F).
+    /// Reading and preparing a frame on the frame thread (F): its work, not a wait for a
+    /// camera.
     frame_us: f32,
     /// The head on the frame thread (H).
     head_us: f32,
     /// The tail and the scoring on the model thread (T + S).
     tail_us: f32,
+    /// Frames the choice was asked for since the last probe.
+    since_probe: u32,
 }
 
 impl Balance {
     /// Weight of the newest sample in each average (about the last 16 frames).
     const NEWEST: f32 = 1.0 / 16.0;
+    /// One frame in this many (of those the model thread is busy for) is cut to measure.
+    const PROBE_EVERY: u32 = 32;
 
     fn new() -> Self {
         Self {
             frame_us: f32::NAN,
             head_us: f32::NAN,
             tail_us: f32::NAN,
+            since_probe: 0,
         }
+    }
+
+    /// Whether to cut this frame (the model thread being busy): as [`Self::cut_pays`]
+    /// says, and on every [`Self::PROBE_EVERY`]th frame to measure again.
+    fn should_cut(&mut self) -> bool {
+        self.since_probe += 1;
+        if self.since_probe >= Self::PROBE_EVERY {
+            self.since_probe = 0;
+            return true;
+        }
+        self.cut_pays()
     }
 
     fn update(average: &mut f32, sample: f32) {
@@ -475,13 +496,19 @@ impl<F: FnMut(Event<'_>) -> Result<()>> Reader<'_, F> {
             // with the encoder cut in two, the head runs here while the model thread is busy
             // (a frame prepared while it waits goes over whole) and where the measured
             // balance says it pays
+            // a camera's read is mostly waiting for the next frame, not work: its frame
+            // side starts here
+            let working = match self.settings.backlog {
+                Backlog::DropOldest => Instant::now(),
+                Backlog::Wait => reading,
+            };
             let prepared = frames.prepare(&frame, &mut tensors.input).and_then(|p| {
                 Balance::update(
                     &mut self.balance.frame_us,
-                    reading.elapsed().as_micros() as f32,
+                    working.elapsed().as_micros() as f32,
                 );
                 let cut =
-                    self.stage_takes_cut && self.balance.cut_pays() && self.mailbox.model_busy();
+                    self.stage_takes_cut && self.mailbox.model_busy() && self.balance.should_cut();
                 let head_us = match cut {
                     true => Some(frames.run_head(&tensors.input, &mut tensors.cut)?),
                     false => None,
@@ -610,5 +637,38 @@ mod tests {
             Balance::update(&mut b.frame_us, 300.0);
         }
         assert!(b.cut_pays());
+    }
+
+    #[test]
+    fn a_cold_first_head_does_not_keep_the_encoder_whole_for_good() {
+        let mut b = Balance::new();
+        // the first head ran cold (planning, buffers growing): 5 ms; the model thread's
+        // tail and scoring 900 us, the frame side 400 us
+        b.frame_us = 400.0;
+        b.judged(900, Some(5_000));
+        // whole frames then estimate T + S as the model's 1,250 us less that head: none
+        for _ in 0..100 {
+            b.judged(1_250, None);
+        }
+        assert!(!b.cut_pays(), "the cold head hides the balance");
+        // but every PROBE_EVERY frames one is cut and measured: the head's real 350 us
+        // brings the estimate back within a few probes
+        let mut cut = 0;
+        for _ in 0..40 * Balance::PROBE_EVERY {
+            if b.should_cut() {
+                cut += 1;
+                b.judged(900, Some(350));
+            } else {
+                b.judged(1_250, None);
+            }
+        }
+        assert!(b.cut_pays(), "{b:?}");
+        assert!(cut > 40, "{cut}");
+        // and on a frame-bound source the probes are all it cuts
+        let mut b = Balance::new();
+        b.frame_us = 2_000.0;
+        b.judged(900, Some(350));
+        let cut = (0..320).filter(|_| b.should_cut()).count();
+        assert_eq!(cut, 320 / Balance::PROBE_EVERY as usize);
     }
 }
