@@ -88,6 +88,8 @@ pub struct Swapped {
     /// Pointwise convolutions run in int8 (not bit-identical to tract: see
     /// [`crate::pointwise`]).
     pub pointwise_int8: usize,
+    /// The loops those run on (`AVX-512 VNNI`, `AVX2` or `plain loops`), when any do.
+    pub pointwise_loops: &'static str,
 }
 
 impl std::fmt::Display for Swapped {
@@ -110,13 +112,8 @@ impl std::fmt::Display for Swapped {
             if self.pointwise_int8 > 0 {
                 write!(
                     f,
-                    ", {} pointwise convolutions in int8{}",
-                    self.pointwise_int8,
-                    match crate::pointwise::IntPath::chosen() {
-                        crate::pointwise::IntPath::Vnni => " (AVX-512 VNNI)",
-                        crate::pointwise::IntPath::Avx2 => " (AVX2)",
-                        crate::pointwise::IntPath::Portable => " (plain loops)",
-                    }
+                    ", {} pointwise convolutions in int8 ({})",
+                    self.pointwise_int8, self.pointwise_loops
                 )?;
             }
             Ok(())
@@ -164,6 +161,7 @@ pub fn swap_in(model: &mut TypedModel, kernels: Kernels) -> TractResult<Swapped>
     {
         let pointwise = crate::pointwise::swap_in(model, path)?;
         swapped.pointwise_int8 = pointwise.convolutions;
+        swapped.pointwise_loops = path.name();
         swapped.folded_clips += pointwise.clips;
         swapped.folded_quantize_dequantize += pointwise.pairs;
     }

@@ -117,6 +117,15 @@ impl IntPath {
         Self::Portable
     }
 
+    /// How it is shown (`check`, `bench`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vnni => "AVX-512 VNNI",
+            Self::Avx2 => "AVX2",
+            Self::Portable => "plain loops",
+        }
+    }
+
     /// Weights along K per 32-bit word, and words per vector.
     fn geometry(self) -> (usize, usize) {
         match self {
