@@ -61,7 +61,11 @@ enum Command {
         overlap: bool,
         /// With --overlap: cut the encoder in two and run this share of its multiply-adds
         /// on the frame thread (as `[pipeline] model_head_share`; 0: not cut).
-        #[arg(long, default_value_t = oodmon_edge::config::DEFAULT_MODEL_HEAD_SHARE)]
+        #[arg(
+            long,
+            allow_negative_numbers = true,
+            default_value_t = oodmon_edge::config::DEFAULT_MODEL_HEAD_SHARE
+        )]
         model_head_share: f64,
         /// The engine to run the encoder on: tract, tract-cuda, onnxruntime.
         #[arg(long, default_value = "tract")]

@@ -143,8 +143,13 @@ impl Bundle {
 
 /// Prefixes an error with the file it concerns (for errors that do not name one).
 fn in_file(path: &Path, e: CalibrationError) -> Error {
+    let what = match e {
+        // its own prefix once, not twice
+        CalibrationError::InvalidArtifact(what) => what,
+        e => e.to_string(),
+    };
     Error::Calibration(CalibrationError::InvalidArtifact(format!(
-        "{}: {e}",
+        "{}: {what}",
         path.display()
     )))
 }

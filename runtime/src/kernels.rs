@@ -56,8 +56,10 @@ pub enum Kernels {
 
 impl Kernels {
     /// The choice from `OODMON_TRACT_KERNELS` (`oodmon`, the default, `int8`, `exact` or
-    /// `tract`); an unknown value is an error naming it.
+    /// `tract`); an unknown value is an error naming it. `OODMON_INT8_PATH` is checked
+    /// here too, so that a typo in either stops start-up.
     pub fn from_env() -> std::result::Result<Self, String> {
+        crate::pointwise::IntPath::from_env()?;
         match std::env::var("OODMON_TRACT_KERNELS") {
             Err(_) => Ok(Self::Oodmon),
             Ok(v) => match v.trim() {
@@ -90,6 +92,19 @@ pub struct Swapped {
     pub pointwise_int8: usize,
     /// The loops those run on (`AVX-512 VNNI`, `AVX2` or `plain loops`), when any do.
     pub pointwise_loops: &'static str,
+}
+
+impl Swapped {
+    /// In a few words, for a run's summary line.
+    pub fn short(&self) -> String {
+        if self.pointwise_int8 > 0 {
+            format!("oodmon kernels, int8 pointwise on {}", self.pointwise_loops)
+        } else if self.depthwise + self.quantize_dequantize > 0 {
+            "oodmon's exact kernels".into()
+        } else {
+            "tract's own operators".into()
+        }
+    }
 }
 
 impl std::fmt::Display for Swapped {

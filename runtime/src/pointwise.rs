@@ -73,23 +73,39 @@ impl IntPath {
     /// path); `OODMON_TRACT_KERNELS=int8` runs them on it.
     pub fn chosen() -> Self {
         let fastest = Self::fastest();
-        let Ok(asked) = std::env::var("OODMON_INT8_PATH") else {
-            return fastest;
-        };
-        let path = match asked.trim() {
-            "vnni" => Self::Vnni,
-            "avx2" => Self::Avx2,
-            "portable" => Self::Portable,
-            _ => {
-                log::warn!("OODMON_INT8_PATH={asked:?} is not vnni, avx2 or portable: {fastest:?}");
-                return fastest;
+        match Self::from_env() {
+            Ok(Some(path)) if path.runs_here() => path,
+            Ok(Some(path)) => {
+                log::warn!(
+                    "OODMON_INT8_PATH asks for {}, which this CPU lacks: {} instead",
+                    path.name(),
+                    fastest.name()
+                );
+                fastest
             }
+            Ok(None) => fastest,
+            // refused where the kernels are chosen (`Kernels::from_env`)
+            Err(e) => {
+                log::warn!("{e}: {} instead", fastest.name());
+                fastest
+            }
+        }
+    }
+
+    /// `OODMON_INT8_PATH` when set (and not empty); an unknown value is an error naming
+    /// it.
+    pub fn from_env() -> Result<Option<Self>, String> {
+        let Ok(asked) = std::env::var("OODMON_INT8_PATH") else {
+            return Ok(None);
         };
-        if path.runs_here() {
-            path
-        } else {
-            log::warn!("OODMON_INT8_PATH={asked:?}: this CPU lacks it; {fastest:?} instead");
-            fastest
+        match asked.trim() {
+            "" => Ok(None),
+            "vnni" => Ok(Some(Self::Vnni)),
+            "avx2" => Ok(Some(Self::Avx2)),
+            "portable" => Ok(Some(Self::Portable)),
+            _ => Err(format!(
+                "OODMON_INT8_PATH={asked:?}: expected \"vnni\", \"avx2\" or \"portable\""
+            )),
         }
     }
 

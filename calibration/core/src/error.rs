@@ -57,7 +57,7 @@ pub enum Error {
     InvalidArtifact(String),
     #[error("{what} is not positive definite")]
     NotPositiveDefinite { what: String },
-    #[error("encoder hash mismatch: the calibration belongs to encoder sha256 {expected}, this encoder is {found}")]
+    #[error("encoder hash mismatch: the calibration belongs to encoder sha256 {expected}, this encoder is {found} (a damaged, truncated or replaced encoder file, or a calibration for another encoder)")]
     EncoderHashMismatch { expected: String, found: String },
 }
 

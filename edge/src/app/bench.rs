@@ -63,6 +63,7 @@ pub fn pipeline(
         Some(dir) => Bundle::load_on(dir, backend)?,
         None => demo::bundle_on(backend)?,
     };
+    let kernels = (backend == Backend::Tract).then(|| b.encoder.own_kernels());
     let mut engine = Engine::new(b)?;
     engine.set_scaled_jpeg(!full_jpeg_decode);
     let mut src: Box<dyn FrameSource> = match source {
@@ -100,6 +101,7 @@ pub fn pipeline(
             Ok(())
         })?;
     summary.backend = Some(backend);
+    summary.kernels = kernels;
     Ok(summary)
 }
 

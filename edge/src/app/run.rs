@@ -115,11 +115,10 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
         .parse()?;
     let backend = cfg.pipeline.backend;
     let bundle = Bundle::load_on(&bundle_dir, backend)?;
-    match backend {
-        oodmon_runtime::Backend::Tract => {
-            log::info!("encoder on {backend}: {}", bundle.encoder.own_kernels())
-        }
-        _ => log::info!("encoder on {backend}"),
+    let kernels = (backend == oodmon_runtime::Backend::Tract).then(|| bundle.encoder.own_kernels());
+    match kernels {
+        Some(k) => log::info!("encoder on {backend}: {k}"),
+        None => log::info!("encoder on {backend}"),
     }
     let reference = bundle.calibrated_on();
     if backend != reference && cfg.pipeline.verify_backend {
@@ -263,6 +262,7 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
     records.flush()?;
     let mut summary = summary?;
     summary.backend = Some(cfg.pipeline.backend);
+    summary.kernels = kernels;
     if records_to_stdout {
         eprintln!("{}", summary_text(&summary));
     } else {
@@ -318,8 +318,14 @@ pub fn outputs(cfg: &EdgeConfig) -> Result<Outputs> {
 }
 
 /// Where `--records` go: nowhere, standard output (`-`) or a file, one JSON line a frame.
+///
+/// A file is appended to, never truncated (a restarted service keeps the crashed run's
+/// records), and each line goes out in one write, so that a killed process leaves at most
+/// one torn last line, which the next run cuts off.
 pub struct RecordSink {
     writer: Option<Box<dyn Write>>,
+    /// One line, serialised here first (grown once, reused).
+    line: Vec<u8>,
 }
 
 /// One line of `--records`: the frame's record and its nearest class by name.
@@ -337,16 +343,39 @@ impl RecordSink {
             None => None,
             Some(p) if p == Path::new("-") => Some(Box::new(std::io::stdout().lock())),
             Some(p) => {
-                let file = std::fs::File::create(p).map_err(|e| {
+                let named = |e: std::io::Error| {
                     EdgeError::Io(std::io::Error::new(
                         e.kind(),
                         format!("{}: {e}", p.display()),
                     ))
-                })?;
-                Some(Box::new(std::io::BufWriter::new(file)))
+                };
+                let mut file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .create(true)
+                    .open(p)
+                    .map_err(named)?;
+                let (kept, torn) = cut_torn_line(&mut file).map_err(named)?;
+                if torn > 0 {
+                    log::warn!(
+                        "records {}: a torn last line of {torn} bytes cut off (the process \
+                         was stopped while writing it)",
+                        p.display()
+                    );
+                }
+                if kept > 0 {
+                    log::info!(
+                        "records {}: appending after the {kept} bytes already there",
+                        p.display()
+                    );
+                }
+                Some(Box::new(file))
             }
         };
-        Ok(Self { writer })
+        Ok(Self {
+            writer,
+            line: Vec::new(),
+        })
     }
 
     /// Writes one record, naming its nearest class from `class_names`.
@@ -361,8 +390,10 @@ impl RecordSink {
                 .and_then(|c| class_names.get(c))
                 .map(String::as_str),
         };
-        serde_json::to_writer(&mut *w, &line).map_err(std::io::Error::other)?;
-        w.write_all(b"\n")?;
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, &line).map_err(std::io::Error::other)?;
+        self.line.push(b'\n');
+        w.write_all(&self.line)?;
         Ok(())
     }
 
@@ -372,6 +403,28 @@ impl RecordSink {
         }
         Ok(())
     }
+}
+
+/// Cuts off an unterminated last line of a records file (a process killed mid-write),
+/// looking back at most 1 MiB (a record is about 2 KB): the bytes kept and the bytes cut.
+fn cut_torn_line(file: &mut std::fs::File) -> std::io::Result<(u64, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    let window = len.min(1 << 20);
+    let mut tail = vec![0u8; window as usize];
+    file.seek(SeekFrom::Start(len - window))?;
+    file.read_exact(&mut tail)?;
+    if tail.last().is_none_or(|&b| b == b'\n') {
+        return Ok((len, 0));
+    }
+    let keep = match tail.iter().rposition(|&b| b == b'\n') {
+        Some(i) => len - window + i as u64 + 1,
+        None if window == len => 0,
+        // no line end in the last MiB: not a records file this wrote; leave it
+        None => return Ok((len, 0)),
+    };
+    file.set_len(keep)?;
+    Ok((keep, len - keep))
 }
 
 /// A live source (camera, pipe) or a looped file that runs out of frames is a failure, so
@@ -425,7 +478,12 @@ pub fn summary_text(s: &RunSummary) -> String {
             "sequential".to_string()
         },
         s.backend
-            .map(|b| format!(", encoder on {b}"))
+            .map(|b| format!(
+                ", encoder on {b}{}",
+                s.kernels
+                    .map(|k| format!(" ({})", k.short()))
+                    .unwrap_or_default()
+            ))
             .unwrap_or_default(),
         l.decode.p50_us,
         l.decode.p99_us,

@@ -115,6 +115,10 @@ pub struct RunSummary {
     /// The engine that ran the encoder, where the caller records it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<oodmon_runtime::Backend>,
+    /// Which operators tract's plan runs (tract on the CPU), where the caller records it:
+    /// the int8 layers and their loops change the speed severalfold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<oodmon_runtime::kernels::Swapped>,
     /// Where the encoder was cut in two, when it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_cut: Option<String>,

@@ -204,6 +204,26 @@ fn run_scores_image_files_into_json_lines_and_faults_on_corrupt_ones() {
         assert!(r["latency"]["inference_us"].as_u64().unwrap() > 0);
         assert!(r["timestamp_us"].as_u64().unwrap() > 0);
     }
+    // a second run (a restarted service) appends; a line torn by a killed process is cut
+    // off before it, with a warning, and every line left is a whole record
+    let path = dir.path().join("records.jsonl");
+    let mut torn = std::fs::read(&path).unwrap();
+    torn.extend_from_slice(br#"{"sequence":4,"timestamp_us":17,"sco"#);
+    std::fs::write(&path, &torn).unwrap();
+    let out = edge(dir.path(), &["run", "--config", "edge.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("torn last line"), "{stderr}");
+    let records = std::fs::read_to_string(&path).unwrap();
+    let sequences: Vec<u64> = records
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["sequence"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(sequences, [0, 1, 2, 3, 0, 1, 2, 3]);
     // command-line values override the configuration
     let out = edge(
         dir.path(),
@@ -763,4 +783,50 @@ fn a_corrupted_camera_can_be_simulated_on_any_source() {
         ),
         &["camera.corrupt", "smoke"],
     );
+}
+
+#[test]
+fn bench_names_the_backend_and_kernels_and_refuses_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = edge(dir.path(), &["bench", "--frames", "3", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["frames"], 3);
+    assert_eq!(s["backend"], "tract");
+    // which operators tract's plan ran: with int8 pointwise layers on x86-64 (VNNI or
+    // AVX2), oodmon's exact kernels elsewhere; the loops named where they ran
+    let kernels = &s["kernels"];
+    assert!(kernels["depthwise"].as_u64().unwrap() >= 1, "{kernels}");
+    let int8 = kernels["pointwise_int8"].as_u64().unwrap();
+    let loops = kernels["pointwise_loops"].as_str().unwrap();
+    assert_eq!(int8 > 0, !loops.is_empty(), "{kernels}");
+    // the text summary says the same in a few words
+    let out = edge(dir.path(), &["bench", "--frames", "3"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("encoder on tract (oodmon"), "{text}");
+    // a negative share is a number to refuse, not an unknown option
+    let out = edge(
+        dir.path(),
+        &[
+            "bench",
+            "--frames",
+            "3",
+            "--overlap",
+            "--model-head-share",
+            "-0.1",
+        ],
+    );
+    assert_fails_cleanly(&out, &["--model-head-share", "-0.1 is not a share"]);
+    // a typo in either kernel setting stops start-up
+    for (var, value) in [
+        ("OODMON_INT8_PATH", "foo"),
+        ("OODMON_TRACT_KERNELS", "fast"),
+    ] {
+        let out = edge_command(dir.path(), &["bench", "--frames", "3"])
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_fails_cleanly(&out, &[var, value]);
+    }
 }
