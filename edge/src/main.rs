@@ -266,6 +266,13 @@ fn bench(
     json: bool,
 ) -> Result<()> {
     let (frames, backend) = (options.frames, options.backend);
+    if frames == 0 {
+        return Err(oodmon_edge::EdgeError::invalid("--frames", "0: nothing to time").into());
+    }
+    if !options.overlap && options.model_head_share != oodmon_edge::config::DEFAULT_MODEL_HEAD_SHARE
+    {
+        log::warn!("--model-head-share applies with --overlap only: ignored");
+    }
     if let Some(model) = model {
         let t = app::bench::inference(&model, frames as usize, backend)?;
         if json {

@@ -818,6 +818,8 @@ fn bench_names_the_backend_and_kernels_and_refuses_bad_settings() {
         ],
     );
     assert_fails_cleanly(&out, &["--model-head-share", "-0.1 is not a share"]);
+    let out = edge(dir.path(), &["bench", "--frames", "0"]);
+    assert_fails_cleanly(&out, &["--frames", "nothing to time"]);
     // a typo in either kernel setting stops start-up
     for (var, value) in [
         ("OODMON_INT8_PATH", "foo"),
