@@ -198,7 +198,18 @@ pub fn run(cfg: &EdgeConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<R
         max_consecutive_bad_frames: cfg.faults.max_consecutive_bad_frames,
     };
     let mode = cfg.loop_mode(matches!(spec, SourceSpec::V4l { .. }));
-    log::info!("frame loop: {mode:?}");
+    match mode {
+        LoopMode::Sequential => log::info!("frame loop: sequential, one thread"),
+        LoopMode::Overlapped(o) => log::info!(
+            "frame loop: overlapped, two threads ({}; FAULT past {} dropped of the last {})",
+            match o.backlog {
+                inference::Backlog::Wait => "a frame waits for the model",
+                inference::Backlog::DropOldest => "the oldest waiting frame is dropped",
+            },
+            o.max_dropped,
+            o.window
+        ),
+    }
     if !matches!(mode, LoopMode::Overlapped(_)) || cfg.pipeline.model_head_share == 0.0 {
         log::info!("encoder whole on one thread (cut only with overlap and model_head_share > 0)");
     } else {
@@ -456,7 +467,7 @@ pub fn source_ending(spec: &SourceSpec, looped: bool, summary: &RunSummary) -> R
 pub fn summary_text(s: &RunSummary) -> String {
     let l = &s.latency;
     format!(
-        "frames {} (OOD {}, bad {}, dropped {}) in {:.1} s, {:.1} frames/s, {}{}\n\
+        "frames {} (OOD {}, bad {}, dropped {}) in {:.1} s, {:.1} frames/s{}, {}{}\n\
          latency p50/p99 us: decode {}/{}, preprocess {}/{}, guards {}/{}, queue {}/{}, inference {}/{}, scoring {}/{}, total {}/{}\n\
          peak memory {}",
         s.frames,
@@ -465,6 +476,11 @@ pub fn summary_text(s: &RunSummary) -> String {
         s.dropped_frames,
         s.elapsed_s,
         s.frames_per_second,
+        match s.ending {
+            Ending::Stopped => ", stopped (Ctrl-C or a signal)",
+            Ending::MaxFrames => ", frame limit reached",
+            Ending::SourceEnded => "",
+        },
         if s.overlapped {
             match &s.model_cut {
                 Some(cut) => format!(
