@@ -326,14 +326,16 @@ impl PointwiseInt8 {
     #[inline(always)]
     fn by_dot_products(&self, x: &[f32], y: &mut [f32], scratch: &mut Scratch) {
         let (k, p) = (self.in_channels, self.plane);
-        scratch.bytes.clear();
-        scratch.bytes.resize(p * k, 0);
+        // every byte is written below: grown once, not cleared per call
+        if scratch.bytes.len() < p * k {
+            scratch.bytes.resize(p * k, 0);
+        }
         for (kk, plane) in x.chunks_exact(p).enumerate() {
             for (pos, &v) in plane.iter().enumerate() {
                 scratch.bytes[pos * k + kk] = self.byte(v);
             }
         }
-        for (pos, column) in scratch.bytes.chunks_exact(k).enumerate() {
+        for (pos, column) in scratch.bytes[..p * k].chunks_exact(k).enumerate() {
             for (c, row) in self.weights.chunks_exact(k).enumerate() {
                 let sum: i32 = column
                     .iter()
@@ -435,8 +437,11 @@ mod vnni {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn image(op: &PointwiseInt8, x: &[f32], y: &mut [f32], bytes: &mut Vec<u8>) {
         let (k4, p) = (op.groups(), op.plane);
-        bytes.clear();
-        bytes.resize(k4 * 4 * p, 0);
+        // not cleared per call: the packing writes every byte the sums read, except the
+        // padding past K, which meets zero weights
+        if bytes.len() < k4 * 4 * p {
+            bytes.resize(k4 * 4 * p, 0);
+        }
         if p % VECTOR == 0 {
             pack_by_positions(op, x, bytes);
             by_positions(op, bytes, y);
@@ -632,8 +637,10 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn image(op: &PointwiseInt8, x: &[f32], y: &mut [f32], bytes: &mut Vec<u8>) {
         let (groups, p) = (op.groups(), op.plane);
-        bytes.clear();
-        bytes.resize(groups * 4 * p, 0);
+        // not cleared per call, as in the VNNI loops
+        if bytes.len() < groups * 4 * p {
+            bytes.resize(groups * 4 * p, 0);
+        }
         if p % LANES == 0 {
             pack_by_positions(op, x, bytes);
             by_positions(op, bytes, y);
@@ -1129,6 +1136,12 @@ mod tests {
         eprintln!("paths: {:?}", paths());
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
         for path in paths() {
+            // one scratch for every geometry, full of stale bytes: the loops read only
+            // what they wrote, or padding that meets zero weights
+            let mut scratch = Scratch {
+                bytes: vec![0xAB; 1 << 16],
+                sums: Vec::new(),
+            };
             for (k, m, p) in GEOMETRIES {
                 let (mut op, x) = random_op(&mut rng, path, [k, m, p]);
                 if rng.random() {
@@ -1141,7 +1154,6 @@ mod tests {
                         Some(QuantizeDequantize::for_tests(20.0, 3, [-128, 127], 0.05, 3));
                 }
                 let want = reference(&op, &x);
-                let mut scratch = Scratch::default();
                 let mut got = vec![f32::NAN; m * p];
                 op.image_portable(&x, &mut got, &mut scratch);
                 assert_eq!(got, want, "portable {k} -> {m} x {p}");
