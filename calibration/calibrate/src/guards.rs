@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use oodmon_calibration::corrupt::{Corruption, CorruptionKind};
 use oodmon_calibration::quality::{ImageQuality, QualityBounds, MIN_QUALITY_IMAGES};
 use oodmon_calibration::{CalibrationArtifact, PreprocessSpec};
 use oodmon_data::{image_quality, DataSpec, Split};
@@ -23,6 +24,9 @@ pub struct GuardData {
     pub quantile: f64,
     /// Each bound moved outwards by this many interquartile ranges of its measure.
     pub margin: f64,
+    /// Bounds widened so that every corruption kind at this severity, applied to the
+    /// same images, passes as often as they do (`None`: clean images only).
+    pub tolerate: Option<u8>,
     /// Whether too few images is an error (asked for) or means no guards (by default).
     pub required: bool,
 }
@@ -41,9 +45,23 @@ pub fn guard_bounds(spec: &PreprocessSpec, g: &GuardData) -> Result<Option<Quali
         );
         return Ok(None);
     }
-    QualityBounds::fit_with_margin(&measures, g.quantile, g.margin)
+    // the same images through every corruption at the tolerated severity
+    let mut tolerated = Vec::new();
+    if let Some(severity) = g.tolerate {
+        for kind in CorruptionKind::ALL {
+            let corrupted = DataSpec::Corrupt {
+                corruption: Corruption::new(kind, severity)?,
+                inner: Box::new(data.clone()),
+            };
+            log::info!("measuring {} at severity {severity}", kind.name());
+            tolerated.push(image_quality(spec, &corrupted, g.split, Some(g.limit))?);
+        }
+    }
+    let tolerated: Vec<&[ImageQuality]> = tolerated.iter().map(Vec::as_slice).collect();
+    QualityBounds::fit_tolerating(&measures, &tolerated, g.quantile, g.margin)
         .map(|b| {
             Some(QualityBounds {
+                tolerated_severity: g.tolerate,
                 source: format!(
                     "{} ({} split)",
                     g.data,

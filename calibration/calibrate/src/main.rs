@@ -164,6 +164,11 @@ struct GuardArgs {
     /// fitted on a camera's own frames, which vary little (EVALUATION.md, camera health).
     #[arg(long, default_value_t = 0.0)]
     guard_margin: f64,
+    /// Widen the bounds so that every corruption kind at this severity (1-5, as `corrupt:`),
+    /// applied to the same images, passes as often as they do: what the robot must not stop
+    /// for (EVALUATION.md, camera health). Measures the images 15 times.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
+    guard_tolerate: Option<u8>,
 }
 
 impl GuardArgs {
@@ -175,6 +180,7 @@ impl GuardArgs {
             limit: self.guard_images,
             quantile: self.guard_quantile,
             margin: self.guard_margin,
+            tolerate: self.guard_tolerate,
         })
     }
 }

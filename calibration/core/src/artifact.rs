@@ -14,7 +14,7 @@ use crate::quality::QualityBounds;
 use crate::threshold::Thresholds;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 /// The oldest schema version this build reads, migrating it on load: version 1 had no
 /// image-quality bounds (its frames are not guarded until `oodmon-calibrate guards` adds
 /// them); version 2 had no noise and detail bounds (its other bounds are kept, and
@@ -24,7 +24,8 @@ pub const SCHEMA_VERSION: u32 = 7;
 /// Mahalanobis precision matrices in `f64` (they are factored into the `f32` whitening
 /// matrices version 6 stores, the same values the scorer used); version 6 had no dark
 /// flat, darkest-value and saturated-share bounds (its other bounds are kept, and `guards`
-/// refits all of them).
+/// refits all of them); version 7 could not record a tolerated corruption severity (its
+/// bounds tolerate none, which is what they were fitted for).
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 const FORMAT: &str = "oodmon-calibration";
 
@@ -387,6 +388,8 @@ fn migrate(value: &mut serde_json::Value, from: u64) {
     // factors those of an older file after parsing
     // schema 7 added the optional dark flat, darkest-value and saturated-share bounds: a
     // schema 6 file reads as it is, without them
+    // schema 8 added the optional tolerated corruption severity of the bounds: a schema 7
+    // file's bounds tolerate none
     if let Some(o) = value.as_object_mut() {
         if from < 4 {
             // schema 4 names the backend the embeddings came from; before, always tract

@@ -165,6 +165,12 @@ pub struct QualityBounds {
     /// bounds by each measure's own spread (schema 5).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub margin: f64,
+    /// The corruption severity (1-5, `oodmon_calibration::corrupt`) whose every kind,
+    /// applied to the calibration images, the bounds were widened to let pass as often as
+    /// the clean images (schema 8): what the robot must not stop for. `None`: clean images
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerated_severity: Option<u8>,
     /// Where they came from (a data spec), when known.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub source: String,
@@ -266,6 +272,9 @@ impl std::fmt::Display for QualityBounds {
             " (from {} images at quantile {}",
             self.images, self.quantile
         )?;
+        if let Some(severity) = self.tolerated_severity {
+            write!(f, ", tolerating every corruption at severity {severity}")?;
+        }
         if self.margin > 0.0 {
             write!(f, ", widened by {} interquartile ranges", self.margin)?;
         }
@@ -298,6 +307,20 @@ impl QualityBounds {
     /// As [`QualityBounds::fit`], each bound then moved outwards by `margin` times its
     /// measure's interquartile range.
     pub fn fit_with_margin(images: &[ImageQuality], quantile: f64, margin: f64) -> Result<Self> {
+        Self::fit_tolerating(images, &[], quantile, margin)
+    }
+
+    /// As [`QualityBounds::fit_with_margin`], each bound first moved outwards as far as
+    /// each `tolerated` set needs to fail it no more often than `quantile`: the calibration
+    /// images through a degradation a robot must not stop for (a mild blur, a little
+    /// noise), so that only a stronger one of the same kind fails. The margin is the clean
+    /// images' spread. The caller records what was tolerated (`tolerated_severity`).
+    pub fn fit_tolerating(
+        images: &[ImageQuality],
+        tolerated: &[&[ImageQuality]],
+        quantile: f64,
+        margin: f64,
+    ) -> Result<Self> {
         if !(margin.is_finite() && (0.0..=100.0).contains(&margin)) {
             return Err(Error::InvalidParameter {
                 what: "margin",
@@ -310,12 +333,15 @@ impl QualityBounds {
                 reason: format!("{quantile} is not in (0, 0.5)"),
             });
         }
-        if images.len() < MIN_QUALITY_IMAGES {
+        if let Some(few) = std::iter::once(images)
+            .chain(tolerated.iter().copied())
+            .find(|set| set.len() < MIN_QUALITY_IMAGES)
+        {
             return Err(Error::InvalidParameter {
                 what: "images",
                 reason: format!(
                     "{} images are too few to bound image quality (at least {MIN_QUALITY_IMAGES})",
-                    images.len()
+                    few.len()
                 ),
             });
         }
@@ -332,18 +358,42 @@ impl QualityBounds {
         };
         let at =
             |v: &[f32], p: f64| v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
-        // the quantile, moved outwards by `margin` interquartile ranges
+        // the clean images' quantile, moved out to each tolerated set's, then by `margin`
+        // interquartile ranges of the clean images
         let widen = |v: &[f32]| (margin * (at(v, 0.75) - at(v, 0.25)) as f64) as f32;
-        let low_of = |v: Vec<f32>| -> Result<f32> {
-            let v = sorted(v)?;
-            Ok(at(&v, quantile) - widen(&v))
+        let low_of = |clean: Vec<f32>, others: Vec<Vec<f32>>| -> Result<f32> {
+            let clean = sorted(clean)?;
+            let mut low = at(&clean, quantile);
+            for v in others {
+                low = low.min(at(&sorted(v)?, quantile));
+            }
+            Ok(low - widen(&clean))
         };
-        let low = |f: fn(&ImageQuality) -> f32| low_of(images.iter().map(f).collect());
-        let high_of = |v: Vec<f32>| -> Result<f32> {
-            let v = sorted(v)?;
-            Ok(at(&v, 1.0 - quantile) + widen(&v))
+        let high_of = |clean: Vec<f32>, others: Vec<Vec<f32>>| -> Result<f32> {
+            let clean = sorted(clean)?;
+            let mut high = at(&clean, 1.0 - quantile);
+            for v in others {
+                high = high.max(at(&sorted(v)?, 1.0 - quantile));
+            }
+            Ok(high + widen(&clean))
         };
-        let high = |f: fn(&ImageQuality) -> f32| high_of(images.iter().map(f).collect());
+        let of = |f: fn(&ImageQuality) -> f32| {
+            (
+                images.iter().map(f).collect::<Vec<f32>>(),
+                tolerated
+                    .iter()
+                    .map(|set| set.iter().map(f).collect())
+                    .collect::<Vec<Vec<f32>>>(),
+            )
+        };
+        let low = |f: fn(&ImageQuality) -> f32| {
+            let (clean, others) = of(f);
+            low_of(clean, others)
+        };
+        let high = |f: fn(&ImageQuality) -> f32| {
+            let (clean, others) = of(f);
+            high_of(clean, others)
+        };
         // measured on some frames only (those the preprocessing reduces): bounded when
         // enough were
         // the frame noise depends on the frame's size: bounded on the commonest one
@@ -357,16 +407,23 @@ impl QualityBounds {
             .chunk_by(|a, b| a == b)
             .max_by_key(|run| run.len())
             .map(|run| run[0]);
-        let frame_noise: Vec<f32> = images
-            .iter()
-            .filter(|m| m.frame_size == frame_noise_size)
-            .filter_map(|m| m.frame_noise)
-            .collect();
+        let frame_noise = |set: &[ImageQuality]| -> Vec<f32> {
+            set.iter()
+                .filter(|m| m.frame_size == frame_noise_size)
+                .filter_map(|m| m.frame_noise)
+                .collect()
+        };
+        let clean_noise = frame_noise(images);
         let (frame_noise_min, frame_noise_max, frame_noise_size) =
-            if frame_noise.len() >= MIN_QUALITY_IMAGES {
+            if clean_noise.len() >= MIN_QUALITY_IMAGES {
+                let others: Vec<Vec<f32>> = tolerated
+                    .iter()
+                    .map(|set| frame_noise(set))
+                    .filter(|v| v.len() >= MIN_QUALITY_IMAGES)
+                    .collect();
                 (
-                    Some(low_of(frame_noise.clone())?),
-                    Some(high_of(frame_noise)?),
+                    Some(low_of(clean_noise.clone(), others.clone())?),
+                    Some(high_of(clean_noise, others)?),
                     frame_noise_size,
                 )
             } else {
@@ -376,6 +433,7 @@ impl QualityBounds {
             quantile,
             images: images.len(),
             margin,
+            tolerated_severity: None,
             source: String::new(),
             mean_luma: Range {
                 low: low(|m| m.mean_luma)?,
@@ -464,6 +522,13 @@ impl QualityBounds {
         ordered("frame_noise", self.frame_noise_min, self.frame_noise_max)?;
         if !(self.quantile > 0.0 && self.quantile < 0.5) {
             return bad(format!("quantile {} is not in (0, 0.5)", self.quantile));
+        }
+        if let Some(severity) = self.tolerated_severity {
+            if !(1..=5).contains(&severity) {
+                return bad(format!(
+                    "tolerated_severity {severity} is not a corruption severity (1-5)"
+                ));
+            }
         }
         if !(self.margin.is_finite() && self.margin >= 0.0) {
             return bad(format!(
@@ -677,6 +742,92 @@ pub(crate) mod tests {
             out.extend(row.iter().map(|&v| (v as f32 * gain).min(255.0) as u8));
         }
         out
+    }
+
+    #[test]
+    fn tolerated_degradations_pass_and_stronger_ones_of_the_same_kind_fail() {
+        let (w, h) = (96, 64);
+        let frames: Vec<Vec<u8>> = (0..120).map(|i| varied(w, h, i)).collect();
+        let measured = |c: Option<&str>| -> Vec<ImageQuality> {
+            frames
+                .iter()
+                .enumerate()
+                .map(|(i, f)| match c {
+                    None => quality(f, w, h),
+                    Some(c) => {
+                        let c: Corruption = c.parse().unwrap();
+                        quality(&c.apply(f, w, h, i as u64).unwrap(), w, h)
+                    }
+                })
+                .collect()
+        };
+        let clean = measured(None);
+        let plain = QualityBounds::fit(&clean, 0.01).unwrap();
+        // nothing tolerated: the plain fit
+        assert_eq!(
+            QualityBounds::fit_tolerating(&clean, &[], 0.01, 0.0).unwrap(),
+            plain
+        );
+        let mild_noise = measured(Some("gaussian_noise:1"));
+        let mild_dark = measured(Some("darken:1"));
+        let failing = |b: &QualityBounds, set: &[ImageQuality]| {
+            set.iter().filter(|q| b.check(q).is_some()).count()
+        };
+        // the plain bounds stop for the mild ones (this scene varies little)
+        assert!(failing(&plain, &mild_noise) > 60, "{plain}");
+        assert!(failing(&plain, &mild_dark) > 60, "{plain}");
+        let tolerant =
+            QualityBounds::fit_tolerating(&clean, &[&mild_noise, &mild_dark], 0.01, 0.0).unwrap();
+        tolerant.validate().unwrap();
+        // each bound is the outermost of the sets' quantiles: never tighter than the plain one
+        assert!(tolerant.noise_max.unwrap() > plain.noise_max.unwrap());
+        assert!(tolerant.mean_luma.low < plain.mean_luma.low);
+        assert_eq!(tolerant.mean_luma.high, plain.mean_luma.high);
+        let mut noise: Vec<f32> = mild_noise.iter().map(|q| q.noise).collect();
+        noise.sort_by(f32::total_cmp);
+        assert_eq!(
+            tolerant.noise_max.unwrap(),
+            noise[(0.99f64 * 119.0).round() as usize].max(plain.noise_max.unwrap())
+        );
+        // the tolerated sets pass about as often as clean frames do; the strong ones fail
+        for set in [&clean, &mild_noise, &mild_dark] {
+            assert!(failing(&tolerant, set) <= 12, "{tolerant}");
+        }
+        for (c, want) in [
+            ("gaussian_noise:5", CameraFault::Noisy),
+            ("darken:5", CameraFault::Dark),
+        ] {
+            let strong = measured(Some(c));
+            let named: Vec<Option<CameraFault>> =
+                strong.iter().map(|q| tolerant.check(q)).collect();
+            // every frame fails; a noisy frame lit near the top may clip as overexposed
+            assert!(
+                named.iter().all(Option::is_some),
+                "{c}: {named:?} {tolerant}"
+            );
+            let right = named.iter().filter(|f| **f == Some(want)).count();
+            assert!(right >= 114, "{c}: {named:?} {tolerant}");
+        }
+        // recorded, shown and checked
+        let recorded = QualityBounds {
+            tolerated_severity: Some(1),
+            ..tolerant.clone()
+        };
+        assert!(recorded
+            .to_string()
+            .contains("tolerating every corruption at severity 1"));
+        recorded.validate().unwrap();
+        let bad = QualityBounds {
+            tolerated_severity: Some(6),
+            ..tolerant
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("tolerated_severity 6"));
+        // a tolerated set too small to take a quantile of is refused
+        assert!(QualityBounds::fit_tolerating(&clean, &[&mild_noise[..10]], 0.01, 0.0).is_err());
     }
 
     #[test]

@@ -286,18 +286,18 @@ fn guards_are_widened_by_the_margin_asked_for_and_record_it() {
     );
     assert!(wide.noise_max > plain.noise_max, "{plain} / {wide}");
     // `guards` refits with a margin too, and says so
-    let o = calibrate(
-        dir.path(),
-        &[
+    let guards = |extra: &[&str]| {
+        let mut args = vec![
             "guards",
             "--calibration",
             "plain",
             "--data",
             "cifar10:id.bin",
-            "--guard-margin",
-            "2",
-        ],
-    );
+        ];
+        args.extend_from_slice(extra);
+        calibrate(dir.path(), &args)
+    };
+    let o = guards(&["--guard-margin", "2"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("widened by 2 interquartile ranges"),
@@ -310,16 +310,42 @@ fn guards_are_widened_by_the_margin_asked_for_and_record_it() {
         .image_quality
         .unwrap();
     assert_eq!(refit.margin, 2.0);
-    let o = calibrate(
-        dir.path(),
-        &[
-            "guards",
-            "--calibration",
-            "plain",
-            "--data",
-            "cifar10:id.bin",
-            "--guard-margin=-1",
-        ],
-    );
+    let o = guards(&["--guard-margin=-1"]);
     assert_fails_cleanly(&o, "cifar10:id.bin", "margin");
+    // tolerating a severity: the same images through every corruption at it pass, so no
+    // bound is tighter than the clean images' own; recorded and shown
+    let tolerate = |severity: &str| guards(&["--guard-tolerate", severity]);
+    let o = tolerate("1");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("tolerating every corruption at severity 1"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let tolerant = Bundle::load(dir.path().join("plain"))
+        .unwrap()
+        .artifact
+        .image_quality
+        .unwrap();
+    assert_eq!(
+        (tolerant.tolerated_severity, tolerant.margin),
+        (Some(1), 0.0)
+    );
+    assert!(
+        tolerant.mean_luma.low < plain.mean_luma.low,
+        "{plain} / {tolerant}"
+    );
+    assert!(tolerant.noise_max > plain.noise_max, "{plain} / {tolerant}");
+    assert!(
+        tolerant.detail_min < plain.detail_min,
+        "{plain} / {tolerant}"
+    );
+    assert!(
+        tolerant.contrast_min < plain.contrast_min,
+        "{plain} / {tolerant}"
+    );
+    // a severity the generator does not have is refused before anything is measured
+    let o = tolerate("6");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--guard-tolerate"));
 }

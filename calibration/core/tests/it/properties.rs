@@ -408,6 +408,33 @@ fn a_schema_1_artifact_is_migrated_on_load_and_bounds_round_trip() {
             ..guarded.image_quality.clone().unwrap()
         }
     );
+    // a schema 7 file (bounds that tolerate nothing) reads as it is; a tolerated severity
+    // round-trips (a schema 7 reader refuses it as an unknown field: hence version 8)
+    let mut v: serde_json::Value = serde_json::from_str(&guarded.to_json()).unwrap();
+    v.as_object_mut()
+        .unwrap()
+        .insert("schema_version".into(), 7.into());
+    let v7 = CalibrationArtifact::from_json(&v.to_string()).unwrap();
+    assert_eq!(v7.schema_version, oodmon_calibration::SCHEMA_VERSION);
+    assert_eq!(v7.image_quality, guarded.image_quality);
+    assert_eq!(v7.image_quality.as_ref().unwrap().tolerated_severity, None);
+    let tolerant = CalibrationArtifact {
+        image_quality: Some(QualityBounds {
+            tolerated_severity: Some(2),
+            ..guarded.image_quality.clone().unwrap()
+        }),
+        ..guarded.clone()
+    };
+    let json = tolerant.to_json();
+    assert!(json.contains("\"tolerated_severity\": 2"), "{json}");
+    assert_eq!(
+        CalibrationArtifact::from_json(&json)
+            .unwrap()
+            .image_quality
+            .unwrap()
+            .tolerated_severity,
+        Some(2)
+    );
     // too few images, or a quantile that is no tail
     assert!(QualityBounds::fit(&images[..10], 0.01).is_err());
     assert!(QualityBounds::fit(&images, 0.5).is_err());
