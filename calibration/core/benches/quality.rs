@@ -30,7 +30,8 @@ fn quality(c: &mut Criterion) {
             b.iter(|| meter.measure(black_box(&tensor), &spec).unwrap())
         });
     }
-    // the frame's own noise, before any reduction, on camera-sized frames
+    // the frame's own noise, blocks and duplicates, before any reduction, on camera-sized
+    // frames
     let mut meter = QualityMeter::default();
     for (w, h, format, name) in [
         (640, 480, PixelFormat::Rgb8, "rgb"),
@@ -40,10 +41,10 @@ fn quality(c: &mut Criterion) {
         let frame: Vec<u8> = (0..format.row_bytes(w) * h)
             .map(|i| ((i * 7 + (i / 640) * 13 + i % 31) % 220 + 16) as u8)
             .collect();
-        group.bench_function(format!("frame_noise/{name}/{w}x{h}"), |b| {
+        group.bench_function(format!("frame_measures/{name}/{w}x{h}"), |b| {
             b.iter(|| {
                 meter
-                    .frame_noise(black_box(&frame), w, h, None, format)
+                    .frame_measures(black_box(&frame), w, h, None, format)
                     .unwrap()
             })
         });

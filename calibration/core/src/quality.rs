@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 mod measure;
 
 pub use measure::{
-    luma_of_rgb8, luma_of_tensor, measure_luma, measure_rgb8, reduces_frame, QualityMeter,
+    luma_of_rgb8, luma_of_tensor, measure_luma, measure_rgb8, reduces_frame, FrameMeasures,
+    QualityMeter,
 };
 
 /// What one frame looks like, as numbers a bound can be put on.
@@ -82,6 +83,18 @@ pub struct ImageQuality {
     /// measures see it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frame_noise: Option<f32>,
+    /// Blocking on the frame's own 8-pixel grid, as it arrived: the mean luma step across
+    /// the grid's column edges over the mean step elsewhere, on the rows `frame_noise`
+    /// reads (about 1; JPEG at quality 40 about 1.4). Compression blocks of a frame the
+    /// preprocessing reduces are averaged away before [`ImageQuality::blockiness`] sees them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_blockiness: Option<f32>,
+    /// Duplicated neighbours in the frame as it arrived: the mean of the shares of
+    /// neighbouring column pairs and of row pairs equal (in luma) along more than half their
+    /// length, on the rows `frame_noise` reads. Pixelation, or a frame enlarged by a driver,
+    /// repeats whole columns and rows; noise and blur do not (0 on camera frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_duplicates: Option<f32>,
     /// The size (width, height) of the frame `frame_noise` was measured on: the estimate
     /// depends on it (a halved frame's noise is half as strong).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -215,6 +228,14 @@ pub struct QualityBounds {
     /// pixelation, defocus) falls under it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frame_noise_min: Option<f32>,
+    /// Upper bound on [`ImageQuality::frame_blockiness`] (schema 8, fitted with the
+    /// frame-noise bounds and checked on the same frames): compression blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_blockiness_max: Option<f32>,
+    /// Upper bound on [`ImageQuality::frame_duplicates`] (schema 8, as
+    /// `frame_blockiness_max`): pixelation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_duplicates_max: Option<f32>,
     /// The frame size (width, height) the frame-noise bounds were fitted on (the commonest
     /// among the calibration frames); frames of another size are not checked against them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -263,6 +284,12 @@ impl std::fmt::Display for QualityBounds {
         }
         if let Some(n) = self.frame_noise_max {
             write!(f, ", frame noise <= {n:.2e}")?;
+        }
+        if let Some(b) = self.frame_blockiness_max {
+            write!(f, ", frame blocks <= {b:.3}")?;
+        }
+        if let Some(d) = self.frame_duplicates_max {
+            write!(f, ", frame duplicates <= {d:.3}")?;
         }
         if let Some([w, h]) = self.frame_noise_size {
             write!(f, " (on {w}x{h} frames)")?;
@@ -407,28 +434,43 @@ impl QualityBounds {
             .chunk_by(|a, b| a == b)
             .max_by_key(|run| run.len())
             .map(|run| run[0]);
-        let frame_noise = |set: &[ImageQuality]| -> Vec<f32> {
-            set.iter()
-                .filter(|m| m.frame_size == frame_noise_size)
-                .filter_map(|m| m.frame_noise)
-                .collect()
-        };
-        let clean_noise = frame_noise(images);
-        let (frame_noise_min, frame_noise_max, frame_noise_size) =
-            if clean_noise.len() >= MIN_QUALITY_IMAGES {
-                let others: Vec<Vec<f32>> = tolerated
-                    .iter()
-                    .map(|set| frame_noise(set))
-                    .filter(|v| v.len() >= MIN_QUALITY_IMAGES)
-                    .collect();
-                (
-                    Some(low_of(clean_noise.clone(), others.clone())?),
-                    Some(high_of(clean_noise, others)?),
-                    frame_noise_size,
-                )
-            } else {
-                (None, None, None)
+        // a frame measure of the sets' frames of that size, where there are enough of them
+        let frame_measure = |f: fn(&ImageQuality) -> Option<f32>| {
+            let of = |set: &[ImageQuality]| -> Vec<f32> {
+                set.iter()
+                    .filter(|m| m.frame_size == frame_noise_size)
+                    .filter_map(f)
+                    .collect()
             };
+            let others: Vec<Vec<f32>> = tolerated
+                .iter()
+                .map(|set| of(set))
+                .filter(|v| v.len() >= MIN_QUALITY_IMAGES)
+                .collect();
+            (of(images), others)
+        };
+        let (clean_noise, other_noise) = frame_measure(|m| m.frame_noise);
+        let framed = clean_noise.len() >= MIN_QUALITY_IMAGES;
+        let (frame_noise_min, frame_noise_max, frame_noise_size) = if framed {
+            (
+                Some(low_of(clean_noise.clone(), other_noise.clone())?),
+                Some(high_of(clean_noise, other_noise)?),
+                frame_noise_size,
+            )
+        } else {
+            (None, None, None)
+        };
+        // measured with the frame noise since schema 8: bounded where enough frames carry it
+        let frame_high = |f: fn(&ImageQuality) -> Option<f32>| -> Result<Option<f32>> {
+            let (clean, others) = frame_measure(f);
+            if framed && clean.len() >= MIN_QUALITY_IMAGES {
+                high_of(clean, others).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let frame_blockiness_max = frame_high(|m| m.frame_blockiness)?;
+        let frame_duplicates_max = frame_high(|m| m.frame_duplicates)?;
         Ok(Self {
             quantile,
             images: images.len(),
@@ -457,6 +499,8 @@ impl QualityBounds {
             saturated_share_max: Some(high(|m| m.saturated_share)?),
             frame_noise_max,
             frame_noise_min,
+            frame_blockiness_max,
+            frame_duplicates_max,
             frame_noise_size,
         })
     }
@@ -489,6 +533,8 @@ impl QualityBounds {
             ("saturated_share_max", self.saturated_share_max, true),
             ("frame_noise_max", self.frame_noise_max, true),
             ("frame_noise_min", self.frame_noise_min, false),
+            ("frame_blockiness_max", self.frame_blockiness_max, true),
+            ("frame_duplicates_max", self.frame_duplicates_max, true),
         ];
         for (name, value, upper_of_non_negative) in bounds {
             match value {
@@ -542,9 +588,14 @@ impl QualityBounds {
     /// A frame's own noise where these bounds apply to it: measured on a frame of the size
     /// they were fitted on.
     pub fn frame_noise_of(&self, m: &ImageQuality) -> Option<f32> {
+        self.on_fitted_frame(m, m.frame_noise)
+    }
+
+    /// A frame measure where these bounds apply to it (as [`QualityBounds::frame_noise_of`]).
+    fn on_fitted_frame(&self, m: &ImageQuality, v: Option<f32>) -> Option<f32> {
         match self.frame_noise_size {
             Some(size) if m.frame_size != Some(size) => None,
-            _ => m.frame_noise,
+            _ => v,
         }
     }
 
@@ -564,6 +615,8 @@ impl QualityBounds {
                 "frame noise",
                 self.frame_noise_max.is_none() && self.frame_noise_min.is_none(),
             ),
+            ("frame blocks", self.frame_blockiness_max.is_none()),
+            ("frame duplicates", self.frame_duplicates_max.is_none()),
         ]
         .into_iter()
         .filter_map(|(name, missing)| missing.then_some(name))
@@ -640,7 +693,19 @@ impl QualityBounds {
         if m.flat_share > self.flat_share_max {
             return Some(CameraFault::Occluded);
         }
-        if noisy || m.sharpness > self.sharpness.high || m.blockiness > self.blockiness_max {
+        // compression blocks or repeated pixels of the frame as it arrived (NaN fails too)
+        let above = |v: Option<f32>, bound: Option<f32>| {
+            bound
+                .zip(self.on_fitted_frame(m, v))
+                .is_some_and(|(b, v)| v.is_nan() || v > b)
+        };
+        let blocky = above(m.frame_blockiness, self.frame_blockiness_max)
+            || above(m.frame_duplicates, self.frame_duplicates_max);
+        if noisy
+            || blocky
+            || m.sharpness > self.sharpness.high
+            || m.blockiness > self.blockiness_max
+        {
             return Some(CameraFault::Noisy);
         }
         // the frame's own grain lost too (compression and pixelation smooth it, as blur does)
@@ -742,6 +807,91 @@ pub(crate) mod tests {
             out.extend(row.iter().map(|&v| (v as f32 * gain).min(255.0) as u8));
         }
         out
+    }
+
+    #[test]
+    fn frame_blocks_and_duplicates_show_compression_and_pixelation() {
+        let (w, h) = (256, 192);
+        let degrade = |rgb: &[u8], c: &str| {
+            let c: Corruption = c.parse().unwrap();
+            c.apply(rgb, w, h, 5).unwrap()
+        };
+        // a camera's frame has grain; 7-pixel checks, whose edges fall on the 8-pixel grid
+        // as often as off it
+        let checks: Vec<u8> = (0..w * h)
+            .flat_map(|i| {
+                let (x, y) = (i % w, i / w);
+                let v = 60 + (x * 100 / w) as u8 + 40 * ((x / 7 + y / 7) % 2) as u8;
+                [v, v / 2 + 40, 200 - v / 2]
+            })
+            .collect();
+        let frame = degrade(&checks, "gaussian_noise:1");
+        let mut meter = QualityMeter::default();
+        let mut measure = |rgb: &[u8]| {
+            meter
+                .frame_measures(rgb, w, h, None, crate::preprocess::PixelFormat::Rgb8)
+                .unwrap()
+        };
+        let clean = measure(&frame);
+        assert!((0.85..1.15).contains(&clean.blockiness), "{clean:?}");
+        assert_eq!(clean.duplicates, 0.0, "{clean:?}");
+        // the frame noise is the one `frame_noise` gives
+        assert_eq!(
+            QualityMeter::default()
+                .frame_noise(&frame, w, h, None, crate::preprocess::PixelFormat::Rgb8)
+                .unwrap(),
+            clean.noise
+        );
+        let jpeg = measure(&degrade(&frame, "jpeg:5"));
+        assert!(jpeg.blockiness > 1.25, "{jpeg:?} {clean:?}");
+        let pixelated = measure(&degrade(&frame, "pixelate:5"));
+        // a 0.65 resize repeats about a third of the columns and rows
+        assert!(
+            (0.25..0.45).contains(&pixelated.duplicates),
+            "{pixelated:?}"
+        );
+        // blur smooths, but repeats no whole column
+        let blurred = measure(&degrade(&frame, "defocus_blur:1"));
+        assert!(blurred.duplicates < 0.05, "{blurred:?}");
+        // bounded when frames carry them, named noisy above the bound
+        let framed: Vec<ImageQuality> = (0..60)
+            .map(|i| ImageQuality {
+                frame_noise: Some(clean.noise),
+                frame_blockiness: Some(clean.blockiness + 0.001 * i as f32),
+                frame_duplicates: Some(0.0),
+                frame_size: Some([w as u32, h as u32]),
+                ..quality(&frame, w, h)
+            })
+            .collect();
+        let bounds = QualityBounds::fit(&framed, 0.01).unwrap();
+        bounds.validate().unwrap();
+        assert!(bounds.frame_blockiness_max.is_some() && bounds.frame_duplicates_max == Some(0.0));
+        assert!(bounds.to_string().contains("frame blocks <= "));
+        let ok = framed[10];
+        assert_eq!(bounds.check(&ok), None, "{bounds}");
+        for bad in [
+            ImageQuality {
+                frame_blockiness: Some(jpeg.blockiness),
+                ..ok
+            },
+            ImageQuality {
+                frame_duplicates: Some(pixelated.duplicates),
+                ..ok
+            },
+            ImageQuality {
+                frame_duplicates: Some(f32::NAN),
+                ..ok
+            },
+        ] {
+            assert_eq!(bounds.check(&bad), Some(CameraFault::Noisy), "{bad:?}");
+        }
+        // on a frame of another size they are not checked
+        let other = ImageQuality {
+            frame_blockiness: Some(jpeg.blockiness),
+            frame_size: Some([w as u32 / 2, h as u32 / 2]),
+            ..ok
+        };
+        assert_eq!(bounds.check(&other), None);
     }
 
     #[test]
@@ -883,6 +1033,8 @@ pub(crate) mod tests {
             .enumerate()
             .map(|(i, q)| ImageQuality {
                 frame_noise: Some(0.01 + 0.0001 * i as f32),
+                frame_blockiness: Some(1.0),
+                frame_duplicates: Some(0.0),
                 ..*q
             })
             .collect();
@@ -910,9 +1062,9 @@ pub(crate) mod tests {
         assert!(with_frames.to_string().contains("frame noise >="));
         assert!(!with_frames.to_string().contains("not bounded"));
         // bounds without the frame's own noise say so
-        assert!(bounds
-            .to_string()
-            .ends_with("; not bounded, so not checked: frame noise"));
+        assert!(bounds.to_string().ends_with(
+            "; not bounded, so not checked: frame noise, frame blocks, frame duplicates"
+        ));
         // bounds no fit could give are refused, naming the bound
         for (broken, names) in [
             (

@@ -51,6 +51,8 @@ pub struct Outputs {
 }
 
 /// A frame's result as the frame loop hands it over.
+// Nearly every event is `Scored`, one per frame: boxing the record would allocate per frame.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy)]
 pub enum LoopEvent {
     Scored(FrameRecord),

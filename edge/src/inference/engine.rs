@@ -130,9 +130,10 @@ impl FramePreparer {
         if self.frame_noise && pixels.reduced && !self.warned_scaled {
             self.warned_scaled = true;
             log::warn!(
-                "the camera guards bound the frame's own noise, but this source's JPEG frames \
-                 are decoded at a reduced scale, which averages that noise away: it is not \
-                 checked (set `scaled_jpeg_decode = false` in [camera] to check it)"
+                "the camera guards bound the frame's own noise, blocks and duplicates, but \
+                 this source's JPEG frames are decoded at a reduced scale, which averages \
+                 them away: they are not checked (set `scaled_jpeg_decode = false` in \
+                 [camera] to check them)"
             );
         }
         let size = [pixels.width as u32, pixels.height as u32];
@@ -143,8 +144,9 @@ impl FramePreparer {
             let [w, h] = fitted.unwrap_or_default();
             log::warn!(
                 "the camera guards' frame-noise bounds were fitted on {w}x{h} frames and \
-                 this source delivers {}x{}: the frame's own noise depends on the size, \
-                 so it is not checked (fit the guards on this camera's own frames)",
+                 this source delivers {}x{}: the frame's own noise, blocks and duplicates \
+                 depend on the size, so they are not checked (fit the guards on this \
+                 camera's own frames)",
                 size[0],
                 size[1]
             );

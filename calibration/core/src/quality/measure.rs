@@ -131,6 +131,8 @@ fn measure_luma_with(
         value_min: 0.0,
         saturated_share: 0.0,
         frame_noise: None,
+        frame_blockiness: None,
+        frame_duplicates: None,
         frame_size: None,
     })
 }
@@ -462,6 +464,19 @@ pub struct QualityMeter {
     scratch: Vec<f32>,
     /// Three rows of a frame's luma, for the frame-noise estimate.
     rows: Vec<f32>,
+    /// Per column pair of a frame, how many of the read rows have them equal.
+    equal_columns: Vec<u16>,
+}
+
+/// What [`QualityMeter::frame_measures`] reads off a frame at its own resolution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameMeasures {
+    /// [`ImageQuality::frame_noise`].
+    pub noise: f32,
+    /// [`ImageQuality::frame_blockiness`].
+    pub blockiness: f32,
+    /// [`ImageQuality::frame_duplicates`].
+    pub duplicates: f32,
 }
 
 impl QualityMeter {
@@ -471,6 +486,7 @@ impl QualityMeter {
             luma: Vec::with_capacity(plane),
             scratch: Vec::with_capacity(plane / 4 + plane / 16),
             rows: Vec::new(),
+            equal_columns: Vec::new(),
         }
     }
 
@@ -495,6 +511,22 @@ impl QualityMeter {
         stride: Option<usize>,
         format: PixelFormat,
     ) -> Result<f32> {
+        Ok(self
+            .frame_measures(frame, width, height, stride, format)?
+            .noise)
+    }
+
+    /// The frame's own noise, blocking on the 8-pixel grid and duplicated neighbours, read
+    /// off the same row triples as [`QualityMeter::frame_noise`] in one pass: what a
+    /// reduction to the model's detail averages away.
+    pub fn frame_measures(
+        &mut self,
+        frame: &[u8],
+        width: usize,
+        height: usize,
+        stride: Option<usize>,
+        format: PixelFormat,
+    ) -> Result<FrameMeasures> {
         let row_bytes = format.row_bytes(width);
         let stride = stride.unwrap_or(row_bytes);
         if width < 3
@@ -512,8 +544,13 @@ impl QualityMeter {
         }
         self.rows.clear();
         self.rows.resize(3 * width, 0.0);
+        self.equal_columns.clear();
+        self.equal_columns.resize(width - 1, 0);
         let triples = FRAME_NOISE_TRIPLES.min(height - 2);
-        let mut sum = 0f32;
+        let mut noise = 0f32;
+        // luma steps across the 8-pixel grid's column edges (x = 7 | 8, ...) and elsewhere
+        let (mut on_grid, mut off_grid) = (0f32, 0f32);
+        let mut equal_row_pairs = 0usize;
         for t in 0..triples {
             // the middle rows, 1..=height - 2, evenly spaced
             let middle = 1 + t * (height - 2) / triples;
@@ -521,14 +558,69 @@ impl QualityMeter {
                 let y = middle + r - 1;
                 frame_luma(&frame[y * stride..][..row_bytes], format, out);
             }
-            sum += laplacian_and_noise(&self.rows, width, 3).1;
+            noise += laplacian_and_noise(&self.rows, width, 3).1;
+            for row in self.rows.chunks_exact(width) {
+                // every step in independent lanes, then the grid's own taken out
+                let (left, right) = (&row[..width - 1], &row[1..]);
+                let mut lanes: Lanes = [0.0; LANES];
+                let pairs = left.chunks_exact(LANES).zip(right.chunks_exact(LANES));
+                for (a, b) in pairs {
+                    for k in 0..LANES {
+                        lanes[k] += (b[k] - a[k]).abs();
+                    }
+                }
+                let done = (width - 1) / LANES * LANES;
+                let tail: f32 = (done..width - 1).map(|x| (row[x + 1] - row[x]).abs()).sum();
+                let on: f32 = (7..width - 1)
+                    .step_by(8)
+                    .map(|x| (row[x + 1] - row[x]).abs())
+                    .sum();
+                on_grid += on;
+                off_grid += total(lanes) + tail - on;
+                for ((n, a), b) in self.equal_columns.iter_mut().zip(left).zip(right) {
+                    *n += u16::from(a == b);
+                }
+            }
+            let (top, rest) = self.rows.split_at(width);
+            let (mid, bottom) = rest.split_at(width);
+            for (a, b) in [(top, mid), (mid, bottom)] {
+                let equal = a.iter().zip(b).filter(|(p, q)| p == q).count();
+                equal_row_pairs += usize::from(2 * equal > width);
+            }
         }
-        Ok(sum / triples as f32)
+        let rows = 3 * triples;
+        let equal_columns = self
+            .equal_columns
+            .iter()
+            .filter(|&&n| 2 * n as usize > rows)
+            .count();
+        let edges = (width - 1) / 8;
+        let blockiness = if edges == 0 {
+            1.0
+        } else {
+            let on = on_grid / (edges * rows) as f32;
+            let off = off_grid / ((width - 1 - edges) * rows) as f32;
+            if off > 0.0 {
+                on / off
+            } else if on > 0.0 {
+                f32::MAX
+            } else {
+                1.0
+            }
+        };
+        Ok(FrameMeasures {
+            noise: noise / triples as f32,
+            blockiness,
+            duplicates: 0.5
+                * (equal_columns as f32 / (width - 1) as f32
+                    + equal_row_pairs as f32 / (2 * triples) as f32),
+        })
     }
 
-    /// Adds the frame's own noise and size to `quality` when `spec` reduces such a frame
-    /// (see [`reduces_frame`]); a frame that reaches the model at its own size is left as it
-    /// is. The one place the edge and the guards' calibration data take this step.
+    /// Adds the frame's own noise, blocks, duplicates and size to `quality` when `spec`
+    /// reduces such a frame (see [`reduces_frame`]); a frame that reaches the model at its
+    /// own size is left as it is. The one place the edge and the guards' calibration data
+    /// take this step.
     #[allow(clippy::too_many_arguments)]
     pub fn add_frame_noise(
         &mut self,
@@ -541,7 +633,10 @@ impl QualityMeter {
         format: PixelFormat,
     ) -> Result<()> {
         if reduces_frame(spec, width, height) {
-            quality.frame_noise = Some(self.frame_noise(frame, width, height, stride, format)?);
+            let m = self.frame_measures(frame, width, height, stride, format)?;
+            quality.frame_noise = Some(m.noise);
+            quality.frame_blockiness = Some(m.blockiness);
+            quality.frame_duplicates = Some(m.duplicates);
             quality.frame_size = Some([width as u32, height as u32]);
         }
         Ok(())
@@ -771,6 +866,8 @@ mod tests {
                 value_min: 0.0,
                 saturated_share: 0.0,
                 frame_noise: None,
+                frame_blockiness: None,
+                frame_duplicates: None,
                 frame_size: None,
                 dark_flat_share: dark_flat_share(luma, width, height),
                 black_level,
