@@ -25,7 +25,9 @@ pub const SCHEMA_VERSION: u32 = 8;
 /// matrices version 6 stores, the same values the scorer used); version 6 had no dark
 /// flat, darkest-value and saturated-share bounds (its other bounds are kept, and `guards`
 /// refits all of them); version 7 could not record a tolerated corruption severity (its
-/// bounds tolerate none, which is what they were fitted for).
+/// bounds tolerate none, which is what they were fitted for) and had no bounds on the
+/// frame's own blocks and duplicates (its frame-noise bounds are kept without them until
+/// `guards` refits them).
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 const FORMAT: &str = "oodmon-calibration";
 
@@ -388,8 +390,9 @@ fn migrate(value: &mut serde_json::Value, from: u64) {
     // factors those of an older file after parsing
     // schema 7 added the optional dark flat, darkest-value and saturated-share bounds: a
     // schema 6 file reads as it is, without them
-    // schema 8 added the optional tolerated corruption severity of the bounds: a schema 7
-    // file's bounds tolerate none
+    // schema 8 added the optional tolerated corruption severity of the bounds (a schema 7
+    // file's bounds tolerate none) and the optional frame blocks and duplicates bounds: a
+    // schema 7 file reads as it is, without them
     if let Some(o) = value.as_object_mut() {
         if from < 4 {
             // schema 4 names the backend the embeddings came from; before, always tract

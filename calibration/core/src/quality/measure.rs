@@ -578,13 +578,13 @@ impl QualityMeter {
                 on_grid += on;
                 off_grid += total(lanes) + tail - on;
                 for ((n, a), b) in self.equal_columns.iter_mut().zip(left).zip(right) {
-                    *n += u16::from(a == b);
+                    *n += u16::from(repeated(*a, *b));
                 }
             }
             let (top, rest) = self.rows.split_at(width);
             let (mid, bottom) = rest.split_at(width);
             for (a, b) in [(top, mid), (mid, bottom)] {
-                let equal = a.iter().zip(b).filter(|(p, q)| p == q).count();
+                let equal = a.iter().zip(b).filter(|(p, q)| repeated(**p, **q)).count();
                 equal_row_pairs += usize::from(2 * equal > width);
             }
         }
@@ -641,6 +641,12 @@ impl QualityMeter {
         }
         Ok(())
     }
+}
+
+/// Two neighbours with the same luma, neither clipped: crushed blacks and blown highlights
+/// are equal in any picture, and are exposure's business.
+fn repeated(a: f32, b: f32) -> bool {
+    a == b && a > 0.02 && a < 0.98
 }
 
 /// Luma in 0-1 of one row of a frame, into `out` (its width).
