@@ -130,10 +130,10 @@ impl FramePreparer {
         if self.frame_noise && pixels.reduced && !self.warned_scaled {
             self.warned_scaled = true;
             log::warn!(
-                "the camera guards bound the frame's own noise, blocks and duplicates, but \
-                 this source's JPEG frames are decoded at a reduced scale, which averages \
-                 them away: they are not checked (set `scaled_jpeg_decode = false` in \
-                 [camera] to check them)"
+                "the camera guards bound the frame's own {}, but this source's JPEG frames \
+                 are decoded at a reduced scale, which averages them away: they are not \
+                 checked (set `scaled_jpeg_decode = false` in [camera] to check them)",
+                frame_bounds_named(self.guards.as_ref())
             );
         }
         let size = [pixels.width as u32, pixels.height as u32];
@@ -144,11 +144,11 @@ impl FramePreparer {
             let [w, h] = fitted.unwrap_or_default();
             log::warn!(
                 "the camera guards' frame-noise bounds were fitted on {w}x{h} frames and \
-                 this source delivers {}x{}: the frame's own noise, blocks and duplicates \
-                 depend on the size, so they are not checked (fit the guards on this \
-                 camera's own frames)",
+                 this source delivers {}x{}: the frame's own {} depend on the size, so \
+                 they are not checked (fit the guards on this camera's own frames)",
                 size[0],
-                size[1]
+                size[1],
+                frame_bounds_named(self.guards.as_ref())
             );
         }
         // measured only where it is checked: not on scaled decodes, nor on frames of
@@ -462,4 +462,21 @@ pub fn preprocess_pixels(
     let mut out = vec![0f32; pre.tensor_len()];
     pre.run(data, None, &mut out)?;
     Ok(out)
+}
+
+/// The frame measures `guards` bound, for a warning: a schema 7 calibration bounds the
+/// frame's noise alone, a later one its blocks and duplicates too.
+fn frame_bounds_named(guards: Option<&QualityBounds>) -> &'static str {
+    let bounded = guards.map_or((false, false), |g| {
+        (
+            g.frame_blockiness_max.is_some(),
+            g.frame_duplicates_max.is_some(),
+        )
+    });
+    match bounded {
+        (true, true) => "noise, blocks and duplicates",
+        (true, false) => "noise and blocks",
+        (false, true) => "noise and duplicates",
+        (false, false) => "noise",
+    }
 }

@@ -114,7 +114,7 @@ fn measure_luma_with(
     }
     let mean = total(sum) / n;
     let var = total(sq) / n - mean * mean;
-    let (lap_var, noise) = laplacian_and_noise(luma, width, height);
+    let (lap_var, noise, radial) = interior_pass::<true>(luma, width, height);
     Ok(ImageQuality {
         mean_luma: mean,
         contrast: var.max(0.0).sqrt(),
@@ -130,6 +130,7 @@ fn measure_luma_with(
         dark_flat_share: dark_flat_share(luma, width, height),
         value_min: 0.0,
         saturated_share: 0.0,
+        radial_detail: radial,
         frame_noise: None,
         frame_blockiness: None,
         frame_duplicates: None,
@@ -141,46 +142,95 @@ fn measure_luma_with(
 /// estimate: `sqrt(pi / 2) / (6 (W - 2) (H - 2))` times the sum of absolute responses to
 /// `[1 -2 1; -2 4 -2; 1 -2 1]` over the interior. One pass over three rows at a time.
 fn laplacian_and_noise(luma: &[f32], width: usize, height: usize) -> (f32, f32) {
+    let (lap_var, noise, _) = interior_pass::<false>(luma, width, height);
+    (lap_var, noise)
+}
+
+/// [`laplacian_and_noise`] and, when `RADIAL`, [`ImageQuality::radial_detail`] in the same
+/// pass: each interior pixel's central-difference gradient projected on its offset from
+/// the centre and on the offset's normal, squared and summed, the first sum over the
+/// second. Unnormalised, the projections weigh each pixel by its squared distance from the
+/// centre, where zoom blur smears most and the directions are sharpest. 1 where the plane
+/// has no gradient, NaN where a value is NaN.
+fn interior_pass<const RADIAL: bool>(luma: &[f32], width: usize, height: usize) -> (f32, f32, f32) {
     let (mut lap, mut lap_sq, mut abs) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+    let (mut along, mut across) = ([0f32; LANES], [0f32; LANES]);
+    let (cx, cy) = ((width - 1) as f32 / 2.0, (height - 1) as f32 / 2.0);
     let inner = width - 2;
     let whole = inner / LANES * LANES;
-    // one output at x + 1 from columns x, x + 1, x + 2 of rows a (above), b, c (below)
-    let at = |a: &[f32], b: &[f32], c: &[f32], x: usize| -> (f32, f32) {
-        let l = b[x] + b[x + 2] + a[x + 1] + c[x + 1] - 4.0 * b[x + 1];
-        let r = a[x] - 2.0 * a[x + 1] + a[x + 2] - 2.0 * (b[x] - 2.0 * b[x + 1] + b[x + 2]) + c[x]
-            - 2.0 * c[x + 1]
-            + c[x + 2];
-        (l, r)
-    };
     for y in 1..height - 1 {
+        let dy = y as f32 - cy;
         let a = &luma[(y - 1) * width..y * width];
         let b = &luma[y * width..(y + 1) * width];
         let c = &luma[(y + 1) * width..(y + 2) * width];
         for x0 in (0..whole).step_by(LANES) {
+            // slices of known length: no bounds checks in the lanes
             let (a, b, c) = (
                 &a[x0..x0 + LANES + 2],
                 &b[x0..x0 + LANES + 2],
                 &c[x0..x0 + LANES + 2],
             );
+            let dx0 = x0 as f32 + 1.0 - cx;
             for k in 0..LANES {
-                let (l, r) = at(a, b, c, k);
+                let (l, r, g) = interior_at::<RADIAL>(a, b, c, k, dx0 + k as f32, dy);
                 lap[k] += l;
                 lap_sq[k] += l * l;
                 abs[k] += r.abs();
+                along[k] += g.0;
+                across[k] += g.1;
             }
         }
         for x in whole..inner {
-            let (l, r) = at(a, b, c, x);
+            let (l, r, g) = interior_at::<RADIAL>(a, b, c, x, (x + 1) as f32 - cx, dy);
             lap[0] += l;
             lap_sq[0] += l * l;
             abs[0] += r.abs();
+            along[0] += g.0;
+            across[0] += g.1;
         }
     }
     let count = (inner * (height - 2)) as f32;
     let mean = total(lap) / count;
     let lap_var = (total(lap_sq) / count - mean * mean).max(0.0);
     let noise = total(abs) * (std::f32::consts::FRAC_PI_2).sqrt() / (6.0 * count);
-    (lap_var, noise)
+    let (along, across) = (total(along), total(across));
+    let radial = if !(along.is_finite() && across.is_finite()) {
+        // a NaN pixel: no picture, which fails the bound
+        f32::NAN
+    } else if across > 0.0 {
+        along / across
+    } else if along > 0.0 {
+        f32::MAX
+    } else {
+        1.0
+    };
+    (lap_var, noise, radial)
+}
+
+/// One interior output at x + 1 from columns x, x + 1, x + 2 of rows a (above), b, c
+/// (below): the Laplacian, the noise mask's response, and (when `RADIAL`) the squares of
+/// the gradient's projections on the offset (dx, dy) from the centre and on its normal.
+#[inline(always)]
+fn interior_at<const RADIAL: bool>(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    x: usize,
+    dx: f32,
+    dy: f32,
+) -> (f32, f32, (f32, f32)) {
+    let l = b[x] + b[x + 2] + a[x + 1] + c[x + 1] - 4.0 * b[x + 1];
+    let r = a[x] - 2.0 * a[x + 1] + a[x + 2] - 2.0 * (b[x] - 2.0 * b[x + 1] + b[x + 2]) + c[x]
+        - 2.0 * c[x + 1]
+        + c[x + 2];
+    if RADIAL {
+        let (gx, gy) = (b[x + 2] - b[x], c[x + 1] - a[x + 1]);
+        let radial = gx * dx + gy * dy;
+        let tangential = gy * dx - gx * dy;
+        (l, r, (radial * radial, tangential * tangential))
+    } else {
+        (l, r, (0.0, 0.0))
+    }
 }
 
 /// Share of flat 4x4 cells (see [`ImageQuality::flat_share`]).
@@ -871,6 +921,7 @@ mod tests {
                 saturation: 0.0,
                 value_min: 0.0,
                 saturated_share: 0.0,
+                radial_detail: radial_detail(luma, width, height),
                 frame_noise: None,
                 frame_blockiness: None,
                 frame_duplicates: None,
@@ -975,6 +1026,30 @@ mod tests {
 
         /// Immerkaer's fast noise estimate: `sqrt(pi / 2) / (6 (W - 2) (H - 2))` times the sum of
         /// absolute responses to `[1 -2 1; -2 4 -2; 1 -2 1]` over the interior.
+        /// Radial over tangential gradient energy, by the definition: each interior pixel's
+        /// central-difference gradient projected on its offset from the centre and on the
+        /// offset's normal, squared, one sum each.
+        fn radial_detail(luma: &[f32], width: usize, height: usize) -> f32 {
+            let (cx, cy) = ((width - 1) as f64 / 2.0, (height - 1) as f64 / 2.0);
+            let (mut along, mut across) = (0f64, 0f64);
+            for y in 1..height - 1 {
+                for x in 1..width - 1 {
+                    let (dx, dy) = (x as f64 - cx, y as f64 - cy);
+                    let at = |x: usize, y: usize| luma[y * width + x] as f64;
+                    let (gx, gy) = (at(x + 1, y) - at(x - 1, y), at(x, y + 1) - at(x, y - 1));
+                    along += (gx * dx + gy * dy).powi(2);
+                    across += (gy * dx - gx * dy).powi(2);
+                }
+            }
+            if across > 0.0 {
+                (along / across) as f32
+            } else if along > 0.0 {
+                f32::MAX
+            } else {
+                1.0
+            }
+        }
+
         fn noise_sigma(luma: &[f32], width: usize, height: usize) -> f32 {
             let mut sum = 0f32;
             for y in 1..height - 1 {
@@ -1241,6 +1316,11 @@ mod tests {
             close(new.noise, old.noise, &format!("{at} noise"));
             close(new.detail, old.detail, &format!("{at} detail"));
             close(new.blockiness, old.blockiness, &format!("{at} blockiness"));
+            close(
+                new.radial_detail,
+                old.radial_detail,
+                &format!("{at} radial detail"),
+            );
             assert_eq!(
                 (
                     new.clipped_dark,

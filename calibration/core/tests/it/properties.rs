@@ -416,6 +416,28 @@ fn a_schema_1_artifact_is_migrated_on_load_and_bounds_round_trip() {
         .insert("schema_version".into(), 7.into());
     let v7 = CalibrationArtifact::from_json(&v.to_string()).unwrap();
     assert_eq!(v7.schema_version, oodmon_calibration::SCHEMA_VERSION);
+    // a schema 8 file (no radial-detail bound) keeps the others, and the guards it loads
+    // say the zoom-blur measure is not checked
+    let mut v: serde_json::Value = serde_json::from_str(&guarded.to_json()).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.insert("schema_version".into(), 8.into());
+    let iq = o["image_quality"].as_object_mut().unwrap();
+    assert!(iq.remove("radial_detail_min").unwrap().is_number());
+    let v8 = CalibrationArtifact::from_json(&v.to_string()).unwrap();
+    assert_eq!(v8.schema_version, oodmon_calibration::SCHEMA_VERSION);
+    let v8 = v8.image_quality.unwrap();
+    assert_eq!(
+        v8,
+        QualityBounds {
+            radial_detail_min: None,
+            ..guarded.image_quality.clone().unwrap()
+        }
+    );
+    assert!(v8.absent().contains(&"radial detail"), "{v8}");
+    assert!(
+        v8.to_string().contains("not checked: radial detail"),
+        "{v8}"
+    );
     assert_eq!(v7.image_quality, guarded.image_quality);
     assert_eq!(v7.image_quality.as_ref().unwrap().tolerated_severity, None);
     let tolerant = CalibrationArtifact {
