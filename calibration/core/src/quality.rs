@@ -993,6 +993,26 @@ pub(crate) mod tests {
         // is named first where it fails)
         let named: Vec<Option<CameraFault>> = strong.iter().map(|q| bounds.check(q)).collect();
         assert!(named.iter().all(Option::is_some), "{bounds} {named:?}");
+        // the radial bound alone names a frame blurred: a clean frame that passes every
+        // bound, with its radial detail under the bound, or NaN
+        let clean = measured(held_out, None);
+        let passing = clean.iter().find(|q| bounds.check(q).is_none()).unwrap();
+        for radial_detail in [0.5 * radial, f32::NAN] {
+            let zoomed = ImageQuality {
+                radial_detail,
+                ..*passing
+            };
+            assert_eq!(bounds.check(&zoomed), Some(CameraFault::Blurred));
+        }
+        let blind = QualityBounds {
+            radial_detail_min: None,
+            ..bounds.clone()
+        };
+        let zoomed = ImageQuality {
+            radial_detail: 0.5 * radial,
+            ..*passing
+        };
+        assert_eq!(blind.check(&zoomed), None);
     }
 
     #[test]

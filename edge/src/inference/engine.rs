@@ -130,9 +130,10 @@ impl FramePreparer {
         if self.frame_noise && pixels.reduced && !self.warned_scaled {
             self.warned_scaled = true;
             log::warn!(
-                "the camera guards bound the frame's own {}, but this source's JPEG frames \
-                 are decoded at a reduced scale, which averages them away: they are not \
-                 checked (set `scaled_jpeg_decode = false` in [camera] to check them)",
+                "the camera guards bound measures of the frame as it arrived ({}), but this \
+                 source's JPEG frames are decoded at a reduced scale, which averages them \
+                 away: they are not checked (set `scaled_jpeg_decode = false` in [camera] \
+                 to check them)",
                 frame_bounds_named(self.guards.as_ref())
             );
         }
@@ -144,8 +145,8 @@ impl FramePreparer {
             let [w, h] = fitted.unwrap_or_default();
             log::warn!(
                 "the camera guards' frame-noise bounds were fitted on {w}x{h} frames and \
-                 this source delivers {}x{}: the frame's own {} depend on the size, so \
-                 they are not checked (fit the guards on this camera's own frames)",
+                 this source delivers {}x{}: the frame's measures ({}) depend on its size, \
+                 so they are not checked (fit the guards on this camera's own frames)",
                 size[0],
                 size[1],
                 frame_bounds_named(self.guards.as_ref())

@@ -151,7 +151,8 @@ fn laplacian_and_noise(luma: &[f32], width: usize, height: usize) -> (f32, f32) 
 /// the centre and on the offset's normal, squared and summed, the first sum over the
 /// second. Unnormalised, the projections weigh each pixel by its squared distance from the
 /// centre, where zoom blur smears most and the directions are sharpest. 1 where the plane
-/// has no gradient, NaN where a value is NaN.
+/// has no gradient, NaN where a value the gradients read is NaN (all but the four corners,
+/// which the mean luma's NaN catches).
 fn interior_pass<const RADIAL: bool>(luma: &[f32], width: usize, height: usize) -> (f32, f32, f32) {
     let (mut lap, mut lap_sq, mut abs) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
     let (mut along, mut across) = ([0f32; LANES], [0f32; LANES]);
@@ -300,8 +301,9 @@ pub(super) fn low_quantile(values: &[f32], p: f32) -> f32 {
     let mut histograms = [[0u32; 256]; 4];
     let chunks = values.chunks_exact(4);
     let tail = chunks.remainder();
-    // `as` saturates, and maps NaN to 0
-    let bin = |v: f32| ((v * 256.0) as usize).min(255);
+    // `as` saturates, and maps NaN to 0; to `i32`, one instruction and a fix-up (to `usize`,
+    // which SSE has no conversion for, several), the same bins
+    let bin = |v: f32| ((v * 256.0) as i32).clamp(0, 255) as usize;
     for c in chunks {
         for k in 0..4 {
             histograms[k][bin(c[k])] += 1;
@@ -1024,8 +1026,6 @@ mod tests {
             }
         }
 
-        /// Immerkaer's fast noise estimate: `sqrt(pi / 2) / (6 (W - 2) (H - 2))` times the sum of
-        /// absolute responses to `[1 -2 1; -2 4 -2; 1 -2 1]` over the interior.
         /// Radial over tangential gradient energy, by the definition: each interior pixel's
         /// central-difference gradient projected on its offset from the centre and on the
         /// offset's normal, squared, one sum each.
@@ -1050,6 +1050,8 @@ mod tests {
             }
         }
 
+        /// Immerkaer's fast noise estimate: `sqrt(pi / 2) / (6 (W - 2) (H - 2))` times the sum of
+        /// absolute responses to `[1 -2 1; -2 4 -2; 1 -2 1]` over the interior.
         fn noise_sigma(luma: &[f32], width: usize, height: usize) -> f32 {
             let mut sum = 0f32;
             for y in 1..height - 1 {
