@@ -701,10 +701,46 @@ fn repeated(a: f32, b: f32) -> bool {
     a == b && a > 0.02 && a < 0.98
 }
 
+/// One channel's share of BT.601 luma in 0-1 for each byte value: a frame's RGB luma is
+/// three loads and two adds a pixel, where converting each channel to a float, weighting
+/// and scaling it cost several times that on every row the frame measures read.
+const fn luma_table(weight: f32) -> [f32; 256] {
+    let mut table = [0f32; 256];
+    let mut v = 0;
+    while v < 256 {
+        table[v] = weight * v as f32 / 255.0;
+        v += 1;
+    }
+    table
+}
+
+static LUMA_R: [f32; 256] = luma_table(0.299);
+static LUMA_G: [f32; 256] = luma_table(0.587);
+static LUMA_B: [f32; 256] = luma_table(0.114);
+
+/// Limited-range (BT.601) luma in 0-1 for each Y byte of a YUYV frame, clamped as the
+/// preprocessing clamps the RGB it makes: noise past black and white counts no more than
+/// in an RGB frame.
+static LUMA_Y: [f32; 256] = {
+    let mut table = [0f32; 256];
+    let mut v = 0;
+    while v < 256 {
+        let l = 1.164_383 * (v as f32 - 16.0) / 255.0;
+        table[v] = if l < 0.0 {
+            0.0
+        } else if l > 1.0 {
+            1.0
+        } else {
+            l
+        };
+        v += 1;
+    }
+    table
+};
+
 /// Luma in 0-1 of one row of a frame, into `out` (its width).
 fn frame_luma(row: &[u8], format: PixelFormat, out: &mut [f32]) {
-    let rgb =
-        |r: u8, g: u8, b: u8| (0.299 * r as f32 + 0.587 * g as f32 + 0.114 * b as f32) / 255.0;
+    let rgb = |r: u8, g: u8, b: u8| LUMA_R[r as usize] + LUMA_G[g as usize] + LUMA_B[b as usize];
     match format {
         PixelFormat::Rgb8 => {
             for (l, p) in out.iter_mut().zip(row.chunks_exact(3)) {
@@ -723,11 +759,14 @@ fn frame_luma(row: &[u8], format: PixelFormat, out: &mut [f32]) {
         }
         PixelFormat::Yuyv => {
             // Y0 U Y1 V: BT.601 limited-range luma, as the preprocessing reads it
-            for (x, l) in out.iter_mut().enumerate() {
-                // clamped as the preprocessing clamps the RGB it makes: noise past black
-                // and white counts no more than in an RGB frame
-                *l = (1.164_383 * (row[x / 2 * 4 + x % 2 * 2] as f32 - 16.0) / 255.0)
-                    .clamp(0.0, 1.0);
+            for (l, yuyv) in out.chunks_exact_mut(2).zip(row.chunks_exact(4)) {
+                l[0] = LUMA_Y[yuyv[0] as usize];
+                l[1] = LUMA_Y[yuyv[2] as usize];
+            }
+            if out.len() % 2 == 1 {
+                // an odd width ends with a Y0 U pair
+                let x = out.len() - 1;
+                out[x] = LUMA_Y[row[x / 2 * 4] as usize];
             }
         }
     }
@@ -1277,6 +1316,37 @@ mod tests {
         assert!(!reduces_frame(&spec, 32, 32));
         assert!(!reduces_frame(&PreprocessSpec::cifar(32), 32, 32));
         assert!(reduces_frame(&PreprocessSpec::cifar(32), 33, 32));
+    }
+
+    #[test]
+    fn frame_luma_tables_agree_with_the_formulas() {
+        // the first version's per-pixel arithmetic
+        let rgb =
+            |r: u8, g: u8, b: u8| (0.299 * r as f32 + 0.587 * g as f32 + 0.114 * b as f32) / 255.0;
+        let y = |v: u8| (1.164_383 * (v as f32 - 16.0) / 255.0).clamp(0.0, 1.0);
+        for width in [1usize, 2, 7, 8, 255] {
+            let bytes: Vec<u8> = (0..4 * width).map(|i| (i * 37 % 256) as u8).collect();
+            let mut out = vec![0f32; width];
+            frame_luma(&bytes, PixelFormat::Rgb8, &mut out);
+            for (x, l) in out.iter().enumerate() {
+                let p = &bytes[3 * x..];
+                assert!((l - rgb(p[0], p[1], p[2])).abs() < 1e-6, "{width} {x}");
+            }
+            frame_luma(&bytes, PixelFormat::Bgr8, &mut out);
+            for (x, l) in out.iter().enumerate() {
+                let p = &bytes[3 * x..];
+                assert!((l - rgb(p[2], p[1], p[0])).abs() < 1e-6, "{width} {x}");
+            }
+            // the same values exactly: the tables hold the same expression
+            frame_luma(&bytes, PixelFormat::Yuyv, &mut out);
+            for (x, l) in out.iter().enumerate() {
+                assert_eq!(*l, y(bytes[x / 2 * 4 + x % 2 * 2]), "{width} {x}");
+            }
+            frame_luma(&bytes, PixelFormat::Gray8, &mut out);
+            for (x, l) in out.iter().enumerate() {
+                assert_eq!(*l, bytes[x] as f32 / 255.0, "{width} {x}");
+            }
+        }
     }
 
     #[test]
