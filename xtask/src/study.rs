@@ -565,8 +565,9 @@ const OPEN_SET_SPLITS: [[usize; 6]; 5] = [
 /// six known classes only (`edge-LOSS`: from scratch, the study's epochs; `lite0-LOSS`:
 /// fine-tuned from the import at the tuning size), exported to int8 (scales from known
 /// classes only), its splits and the whole test set embedded through tract, then
-/// `bench/open_set.py --per-split` (class centroids, one global threshold at 95% TPR on
-/// the held-out known images; the unknown classes' test images are the OOD set).
+/// `bench/open_set.py --per-split` (class centroids and 3 k-means clusters per class, one
+/// global threshold at 95% TPR on the held-out known images; the unknown classes' test
+/// images are the OOD set).
 fn open_set(s: &Study, model: &str) -> Result {
     let (arch, loss) = model.split_once('-').ok_or(format!("--open-set {model}"))?;
     for (seed, known) in OPEN_SET_SPLITS.iter().enumerate() {
