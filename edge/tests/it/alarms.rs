@@ -190,6 +190,33 @@ impl Rig {
             self.states()
         );
     }
+
+    /// Sends at least `frames` frames (`next(i)` is the i-th), then goes on sending until
+    /// the monitor shows `state`: on a busy machine the monitor may take longer than the
+    /// stall limit to show a state, and a wait without frames would then be a real
+    /// `no_frames` stall.
+    fn wait_feeding(
+        &mut self,
+        state: AlarmState,
+        reason: Reason,
+        limit_ms: u64,
+        frames: u64,
+        mut next: impl FnMut(u64) -> Vec<u8>,
+    ) {
+        let start = Instant::now();
+        let mut i = 0;
+        while start.elapsed() < Duration::from_millis(limit_ms) {
+            if i >= frames && self.monitor.state == Some((state, reason)) {
+                return;
+            }
+            self.frame(&next(i));
+            i += 1;
+        }
+        panic!(
+            "no {state:?} ({reason:?}) within {limit_ms} ms of frames; monitor saw {:?}",
+            self.states()
+        );
+    }
 }
 
 fn ok_frames(rig: &mut Rig, n: usize, seed: u64) {
@@ -202,17 +229,23 @@ fn ok_frames(rig: &mut Rig, n: usize, seed: u64) {
 fn frames_to_protocol_to_monitor_in_order_with_no_crc_error() {
     let mut rig = Rig::new(write_tiny_bundle);
     rig.pump(20);
-    ok_frames(&mut rig, 12, 100);
-    rig.wait_for(AlarmState::Ok, Reason::Cleared, 10 * heartbeat_ms());
+    // frames keep coming until the monitor shows each state: a gap longer than the stall
+    // limit (one heartbeat) would be a no_frames fault, which this test does not expect
+    // until the frames stop at the end
+    let id = |i| id_image(i as usize % 3, 40, 30, 100 + i);
+    rig.wait_feeding(AlarmState::Ok, Reason::Cleared, 10 * heartbeat_ms(), 12, id);
     assert_eq!(rig.gpio.alarm(), Some(false), "line healthy while OK");
-    for _ in 0..4 {
-        rig.frame(&ood_image(40, 30));
-    }
-    rig.wait_for(AlarmState::Ood, Reason::OodFrames, 10 * heartbeat_ms());
+    let ood = |_| ood_image(40, 30);
+    rig.wait_feeding(
+        AlarmState::Ood,
+        Reason::OodFrames,
+        10 * heartbeat_ms(),
+        4,
+        ood,
+    );
     assert_eq!(rig.gpio.alarm(), Some(true), "line at alarm while OOD");
-    std::thread::sleep(Duration::from_millis(25));
-    ok_frames(&mut rig, 12, 200);
-    rig.wait_for(AlarmState::Ok, Reason::Cleared, 10 * heartbeat_ms());
+    let id = |i| id_image(i as usize % 3, 40, 30, 200 + i);
+    rig.wait_feeding(AlarmState::Ok, Reason::Cleared, 10 * heartbeat_ms(), 12, id);
     rig.pump(3 * heartbeat_ms());
     let report = rig.service.take().unwrap().finish();
     rig.pump(50);
@@ -260,16 +293,16 @@ fn frames_to_protocol_to_monitor_in_order_with_no_crc_error() {
 #[test]
 fn a_stopped_source_and_a_frozen_camera_reach_fault_within_two_heartbeats() {
     let mut rig = Rig::new(write_tiny_bundle);
-    ok_frames(&mut rig, 12, 300);
-    rig.wait_for(AlarmState::Ok, Reason::Cleared, 10 * heartbeat_ms());
+    let id = |i| id_image(i as usize % 3, 40, 30, 300 + i);
+    rig.wait_feeding(AlarmState::Ok, Reason::Cleared, 10 * heartbeat_ms(), 12, id);
     // the source stops: FAULT (no_frames) within two heartbeat periods
     let took = rig.wait_for(AlarmState::Fault, Reason::NoFrames, 10 * heartbeat_ms());
     // two periods, plus scheduling slack for a loaded 2-core machine (a run beside a soak
     // once took 152 ms with 50 ms heartbeats)
     assert!(took <= 2 * heartbeat_ms() + 60, "no_frames after {took} ms");
     assert_eq!(rig.gpio.alarm(), Some(true));
-    ok_frames(&mut rig, 12, 400);
-    rig.wait_for(AlarmState::Ok, Reason::Cleared, 10 * heartbeat_ms());
+    let id = |i| id_image(i as usize % 3, 40, 30, 400 + i);
+    rig.wait_feeding(AlarmState::Ok, Reason::Cleared, 10 * heartbeat_ms(), 12, id);
     // a frozen camera: the same frame again and again
     let frozen = id_image(0, 40, 30, 7);
     let start = Instant::now();
@@ -301,8 +334,8 @@ fn a_nan_producing_encoder_is_a_fault_at_once() {
 #[test]
 fn an_unplugged_port_is_a_fault_and_the_state_is_resent_when_it_comes_back() {
     let mut rig = Rig::new(write_tiny_bundle);
-    ok_frames(&mut rig, 12, 10 * heartbeat_ms());
-    rig.wait_for(AlarmState::Ok, Reason::Cleared, 10 * heartbeat_ms());
+    let id = |i| id_image(i as usize % 3, 40, 30, 500 + i);
+    rig.wait_feeding(AlarmState::Ok, Reason::Cleared, 10 * heartbeat_ms(), 12, id);
     assert_eq!(rig.gpio.alarm(), Some(false));
     rig.line.unplug();
     let unplugged = Instant::now();
