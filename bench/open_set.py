@@ -10,8 +10,8 @@ writes them). Per split (seed s: numpy.random.default_rng(s).permutation(10)[:6]
 known classes) it fits on the known classes' training embeddings (80%; the other 20%
 calibrate the threshold), takes the known classes' test images as ID and the unknown
 classes' test images as OOD, and runs `oodmon-calibrate grid` (class centroids and 3
-k-means clusters per class, one global threshold) for each metric. The model never saw a class split: for frozen
-features this is the standard protocol; for a model trained on all 10 classes it is not
+k-means clusters per class, one global threshold) for each metric. The model never saw a
+class split: for frozen features this is the standard protocol; for a model trained on all 10 classes it is not
 (its encoder has seen the unknown classes, which flatters it), and the table says so.
 
 With --per-split, MODEL was trained once per split on its known classes only
