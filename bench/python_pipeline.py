@@ -336,7 +336,18 @@ class Scorer:
             np.linalg.cholesky(matrix(p)).astype(np.float32) for p in model.get("precision", [])
         ]
         per_cluster = self.kind == "mahalanobis" and model["metric"]["covariance"] == "per_cluster"
-        if self.kind in ("mahalanobis", "mahalanobis_plus_plus", "relative_mahalanobis"):
+        self.subspace = None
+        if model.get("subspace"):
+            # mahalanobis++:R (schema 10): [V^T x / sqrt(l), (x - V V^T x) / s] makes the
+            # low-rank distance Euclidean
+            sub = model["subspace"]
+            self.subspace = (
+                matrix(sub["basis"]),
+                (1.0 / np.sqrt(np.asarray(sub["variances"]))).astype(np.float32),
+                np.float32(math.sqrt(sub["residual_precision"])),
+            )
+            centres = np.stack([self.project(c) for c in centres.astype(np.float32)])
+        elif self.kind in ("mahalanobis", "mahalanobis_plus_plus", "relative_mahalanobis"):
             if per_cluster:
                 self.factors = factors
             else:
@@ -360,6 +371,11 @@ class Scorer:
         self.thresholds = t.get("per_cluster", [])
         self.calibration_scores = np.asarray(t["calibration_scores"])
 
+    def project(self, x):
+        basis, inv_sd, scale = self.subspace
+        p = x @ basis
+        return np.concatenate([p * inv_sd, scale * (x - basis @ p)])
+
     def score(self, x):
         """Score and nearest cluster of one embedding (oodmon's Scorer::score_one)."""
         if self.normalize or self.kind in ("cosine", "knn"):
@@ -379,7 +395,10 @@ class Scorer:
                            for c, f in zip(self.centres, self.factors)])
         else:
             # whitened once, then plain squared distances to the whitened centres
-            z = x if self.kind == "euclidean" else x @ self.factor
+            if self.subspace is not None:
+                z = self.project(x)
+            else:
+                z = x if self.kind == "euclidean" else x @ self.factor
             d2 = ((self.centres - z) ** 2).sum(1, dtype=np.float64)
         j = int(np.argmin(d2))
         if self.kind == "relative_mahalanobis":

@@ -13,6 +13,8 @@ from sklearn.cluster import KMeans
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+LOW_RANK = 5  # the rank of `mahalanobis++:5` in tests/tests/e2e/reference.rs
+
 
 def metrics(id_scores, ood_scores):
     y_ood = np.r_[np.zeros(len(id_scores)), np.ones(len(ood_scores))]
@@ -54,6 +56,15 @@ def scores(train, labels, queries, knn_k):
     precn = LedoitWolf(assume_centered=True).fit(xn - mun[np.searchsorted(classes, labels)]).precision_
     diffn = qn[:, None, :] - mun[None]
     out["mahalanobis_pp"] = np.sqrt(np.einsum("nkd,de,nke->nk", diffn, precn, diffn).min(1))
+    # Mahalanobis++ with a rank-R precision (probabilistic PCA of the shrunk covariance):
+    # the R leading eigenvalues kept, the others replaced by their mean
+    covn = LedoitWolf(assume_centered=True).fit(xn - mun[np.searchsorted(classes, labels)]).covariance_
+    lam, vec = np.linalg.eigh(covn)
+    lam, vec = lam[::-1], vec[:, ::-1]
+    r = LOW_RANK
+    tail = lam[r:].mean()
+    low = (vec[:, :r] / lam[:r]) @ vec[:, :r].T + (np.eye(len(lam)) - vec[:, :r] @ vec[:, :r].T) / tail
+    out["mahalanobis_pp_low_rank"] = np.sqrt(np.einsum("nkd,de,nke->nk", diffn, low, diffn).min(1))
     # relative Mahalanobis (Ren et al. 2021): squared class distance minus the squared
     # distance to one Gaussian fitted on all training data
     mu0 = x.mean(0)

@@ -271,7 +271,8 @@ struct FitArgs {
     #[arg(long, default_value = "class")]
     clusters: String,
     /// euclidean | cosine | mahalanobis | mahalanobis-per-cluster | mahalanobis++ |
-    /// relative-mahalanobis | knn:K
+    /// mahalanobis++:R (R leading directions, the rest flattened) | relative-mahalanobis |
+    /// knn:K
     #[arg(long, default_value = "cosine")]
     metric: String,
     #[arg(long)]

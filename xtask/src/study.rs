@@ -655,7 +655,7 @@ fn grid(s: &Study, loss: &str, variant: &str) -> Result {
         "--clusters",
         clusters,
         "--metrics",
-        "euclidean,cosine,mahalanobis,mahalanobis++,relative-mahalanobis,knn:50",
+        "euclidean,cosine,mahalanobis,mahalanobis++,mahalanobis++:128,relative-mahalanobis,knn:50",
         "--thresholds",
         "global,per-cluster,conformal",
         "--out",

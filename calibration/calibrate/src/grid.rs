@@ -92,6 +92,17 @@ pub fn run_grid(
                 if unit_only && cfg.normalize.contains(&true) {
                     continue;
                 }
+                // a low-rank metric needs fewer directions than the embedding has
+                if let Some((_, rank)) = metric.subspace().filter(|&(_, r)| r >= data.train.dim()) {
+                    if normalize || !cfg.normalize.contains(&true) {
+                        progress(&format!(
+                            "  metric {} skipped: rank {rank} of a {}-wide embedding",
+                            metric.name(),
+                            data.train.dim()
+                        ));
+                    }
+                    continue;
+                }
                 progress(&format!(
                     "  metric {} on {} (normalize={})",
                     metric.name(),

@@ -192,7 +192,8 @@ struct RuleArgs {
     #[arg(long, default_value = "class")]
     clusters: String,
     /// euclidean | cosine | mahalanobis | mahalanobis-per-cluster | mahalanobis++ |
-    /// relative-mahalanobis | knn:K
+    /// mahalanobis++:R (R leading directions, the rest flattened) | relative-mahalanobis |
+    /// knn:K
     #[arg(long, default_value = "cosine")]
     metric: String,
     /// L2-normalise embeddings before fitting and scoring.
@@ -310,7 +311,7 @@ struct GridArgs {
     /// Comma-separated metrics.
     #[arg(
         long,
-        default_value = "euclidean,cosine,mahalanobis,mahalanobis++,relative-mahalanobis,knn:50"
+        default_value = "euclidean,cosine,mahalanobis,mahalanobis++,mahalanobis++:128,relative-mahalanobis,knn:50"
     )]
     metrics: String,
     /// Comma-separated threshold rules: global, per-cluster, conformal.

@@ -9,7 +9,9 @@ use crate::embeddings::Embeddings;
 use crate::error::{Error, Result};
 use crate::kmeans::{cluster_sums, kmeans, KMeansConfig};
 use crate::matrix::{MatrixF32, MatrixF64};
-use crate::model::{cholesky_lower, Background, Covariance, KnnBank, Metric, Model, Shrinkage};
+use crate::model::{
+    cholesky_lower, Background, Covariance, KnnBank, Metric, Model, Shrinkage, Subspace,
+};
 
 /// How the in-distribution data is summarised as clusters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,6 +271,12 @@ pub fn fit_metric(clusters: &Clusters, cfg: &FitConfig) -> Result<Model> {
         }
         None => Vec::new(),
     };
+    let subspace = match cfg.metric.subspace() {
+        Some((shrinkage, rank)) => {
+            Some(fit_subspace(data, centroids, assignment, shrinkage, rank)?)
+        }
+        None => None,
+    };
     let background = match cfg.metric {
         Metric::RelativeMahalanobis { shrinkage } => Some(fit_background(data, shrinkage)?),
         _ => None,
@@ -311,6 +319,7 @@ pub fn fit_metric(clusters: &Clusters, cfg: &FitConfig) -> Result<Model> {
         cluster_class: cluster_class.clone(),
         whitening: Vec::new(),
         precision,
+        subspace,
         knn_bank,
         background,
     };
@@ -394,15 +403,61 @@ fn scatter(
     (cov, fourth, nf)
 }
 
-/// Shrinks `cov` toward `mu I` (Ledoit-Wolf or fixed) and inverts it into a precision matrix.
-fn shrunk_precision(
+/// The low-rank precision of `mahalanobis++:R` (see [`Subspace`]): the tied covariance
+/// shrunk as for the full metric, its `rank` leading eigenvectors kept, the rest of its
+/// spectrum flattened to the mean.
+fn fit_subspace(
+    data: &Embeddings,
+    centroids: &[f32],
+    assignment: &[usize],
+    shrinkage: Shrinkage,
+    rank: usize,
+) -> Result<Subspace> {
+    let d = data.dim();
+    if rank >= d {
+        return Err(Error::param(
+            "metric",
+            format!("mahalanobis++:{rank} keeps {rank} directions of {d}: use mahalanobis++ (full rank) or a rank below {d}"),
+        ));
+    }
+    let all: Vec<usize> = (0..data.rows()).collect();
+    let (cov, fourth, n) = scatter(data, &all, centroids, assignment);
+    let shrunk = shrunk_covariance(&cov, fourth, n, d, shrinkage)?;
+    let m = nalgebra::DMatrix::from_row_slice(d, d, &shrunk);
+    let eig = nalgebra::linalg::SymmetricEigen::new(m);
+    let mut order: Vec<usize> = (0..d).collect();
+    order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
+    let tail = order[rank..]
+        .iter()
+        .map(|&i| eig.eigenvalues[i])
+        .sum::<f64>()
+        / (d - rank) as f64;
+    if !(tail.is_finite() && tail > 0.0) || order.iter().any(|&i| !eig.eigenvalues[i].is_finite()) {
+        return Err(Error::NotPositiveDefinite {
+            what: "shrunk covariance of mahalanobis++ (its spectrum)".into(),
+        });
+    }
+    let mut basis = vec![0f32; d * rank];
+    for (col, &i) in order[..rank].iter().enumerate() {
+        for row in 0..d {
+            basis[row * rank + col] = eig.eigenvectors[(row, i)] as f32;
+        }
+    }
+    Ok(Subspace {
+        basis: MatrixF32::new(d, rank, basis),
+        variances: order[..rank].iter().map(|&i| eig.eigenvalues[i]).collect(),
+        residual_precision: 1.0 / tail,
+    })
+}
+
+/// Shrinks `cov` toward `mu I` (Ledoit-Wolf or fixed), with a tiny ridge.
+fn shrunk_covariance(
     cov: &[f64],
     fourth: f64,
     n: f64,
     d: usize,
     shrinkage: Shrinkage,
-    what: &str,
-) -> Result<MatrixF64> {
+) -> Result<Vec<f64>> {
     let trace: f64 = (0..d).map(|i| cov[i * d + i]).sum();
     let mu = trace / d as f64;
     let s = match shrinkage {
@@ -429,6 +484,19 @@ fn shrunk_precision(
     for i in 0..d {
         shrunk[i * d + i] += s * mu + ridge;
     }
+    Ok(shrunk)
+}
+
+/// Shrinks `cov` toward `mu I` (Ledoit-Wolf or fixed) and inverts it into a precision matrix.
+fn shrunk_precision(
+    cov: &[f64],
+    fourth: f64,
+    n: f64,
+    d: usize,
+    shrinkage: Shrinkage,
+    what: &str,
+) -> Result<MatrixF64> {
+    let shrunk = shrunk_covariance(cov, fourth, n, d, shrinkage)?;
     let m = nalgebra::DMatrix::from_row_slice(d, d, &shrunk);
     let chol = nalgebra::linalg::Cholesky::new(m).ok_or_else(|| Error::NotPositiveDefinite {
         what: format!("shrunk covariance of {what}"),
@@ -515,6 +583,7 @@ mod tests {
             "mahalanobis",
             "mahalanobis-per-cluster",
             "mahalanobis++",
+            "mahalanobis++:8",
             "relative-mahalanobis",
             "knn:3",
         ] {

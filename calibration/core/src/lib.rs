@@ -42,7 +42,9 @@ pub use error::{Error, Result};
 pub use fit::{fit_model, ClusterSpec, FitConfig, Fitted};
 pub use kmeans::{kmeans, KMeansConfig, KMeansFit};
 pub use metrics::{ood_metrics, OodMetrics};
-pub use model::{Background, Covariance, Metric, Model, Score, Scorer, Scratch, Shrinkage};
+pub use model::{
+    Background, Covariance, Metric, Model, Score, Scorer, Scratch, Shrinkage, Subspace,
+};
 pub use preprocess::PreprocessSpec;
 pub use quality::{CameraFault, ImageQuality, QualityBounds};
 pub use threshold::{ThresholdMode, Thresholds};

@@ -196,6 +196,17 @@ fn mahalanobis_plus_plus_matches_numpy_on_normalised_embeddings() {
 }
 
 #[test]
+fn low_rank_mahalanobis_plus_plus_matches_numpy_probabilistic_pca() {
+    // rank 5 of 16 (tests/py/reference.py: LOW_RANK), the other 11 eigenvalues flattened
+    assert_close(
+        "mahalanobis++:5",
+        &our_scores("mahalanobis++:5"),
+        &reference_vector("mahalanobis_pp_low_rank"),
+        1e-5,
+    );
+}
+
+#[test]
 fn relative_mahalanobis_matches_numpy_with_a_background_gaussian() {
     // a difference of two squared distances computed in f32: the error is relative to the
     // squared distances it came from, not to the difference, which crosses zero. The tied

@@ -474,6 +474,7 @@ fn batch_scoring_equals_one_at_a_time() {
         "mahalanobis",
         "mahalanobis-per-cluster",
         "mahalanobis++",
+        "mahalanobis++:6",
         "relative-mahalanobis",
         "knn:7",
     ] {
@@ -590,6 +591,95 @@ fn mahalanobis_family_artifacts_round_trip_and_refuse_broken_parts() {
             CalibrationArtifact::from_json(&bad.to_json()),
             Err(oodmon_calibration::Error::NotPositiveDefinite { .. })
         ));
+    }
+}
+
+/// `mahalanobis++:R` keeps R eigenvalues and flattens the rest to their mean: at R = d - 1
+/// the "rest" is one eigenvalue, so the precision is the full one and so are the scores.
+#[test]
+fn low_rank_mahalanobis_at_full_rank_minus_one_is_the_full_metric() {
+    let (train, labels) = blobs(300, 12, 3, 21);
+    let queries = noise(200, 12, 3.0, 22);
+    let score = |name: &str| {
+        let cfg = FitConfig::new(ClusterSpec::Class, Metric::parse(name).unwrap());
+        let model = oodmon_calibration::fit_model(&train, Some(&labels), &cfg)
+            .unwrap()
+            .model;
+        Scorer::new(&model).unwrap().score_batch(&queries).unwrap()
+    };
+    let (full, low) = (score("mahalanobis++"), score("mahalanobis++:11"));
+    for (i, (f, l)) in full.iter().zip(&low).enumerate() {
+        assert!(
+            (f.score - l.score).abs() <= 1e-4 * f.score,
+            "row {i}: full {f:?}, rank 11 {l:?}"
+        );
+        assert_eq!(f.nearest, l.nearest, "row {i}");
+    }
+    // a rank that keeps every direction is refused: that is the full metric
+    let cfg = FitConfig::new(
+        ClusterSpec::Class,
+        Metric::parse("mahalanobis++:12").unwrap(),
+    );
+    assert!(oodmon_calibration::fit_model(&train, Some(&labels), &cfg).is_err());
+    assert!(Metric::parse("mahalanobis++:0").is_err());
+}
+
+/// The low-rank precision round-trips through the artifact, and a missing, mis-shaped or
+/// broken one is refused when the artifact is read.
+#[test]
+fn low_rank_mahalanobis_artifacts_round_trip_and_refuse_broken_parts() {
+    let (train, labels) = blobs(80, 6, 2, 5);
+    let (cal, _) = blobs(40, 6, 2, 6);
+    let cfg = FitConfig::new(
+        ClusterSpec::Class,
+        Metric::parse("mahalanobis++:2").unwrap(),
+    );
+    let (model, thresholds) = calibrate(
+        &train,
+        Some(&labels),
+        &cal,
+        &cfg,
+        ThresholdMode::Global { target_tpr: 0.95 },
+    )
+    .unwrap();
+    assert!(model.normalize && model.whitening.is_empty());
+    let sub = model.subspace.as_ref().unwrap();
+    assert_eq!((sub.basis.rows, sub.basis.cols), (6, 2));
+    let a = CalibrationArtifact::new(
+        cfg,
+        model,
+        thresholds,
+        vec!["a".into(), "b".into()],
+        None,
+        None,
+        Provenance::now("test", vec![], vec![]),
+    )
+    .unwrap();
+    assert_eq!(CalibrationArtifact::from_json(&a.to_json()).unwrap(), a);
+    assert_eq!(a.fit.metric.name(), "mahalanobis++:2");
+    type Breaks = fn(&mut oodmon_calibration::Model);
+    let broken: [(&str, Breaks); 5] = [
+        ("no subspace", |m| m.subspace = None),
+        ("NaN in the basis", |m| {
+            m.subspace.as_mut().unwrap().basis.data[3] = f32::NAN
+        }),
+        ("a rank-3 basis for rank 2", |m| {
+            let b = &mut m.subspace.as_mut().unwrap().basis;
+            b.cols = 3;
+            b.data.extend([0.0; 6]);
+        }),
+        ("a negative residual precision", |m| {
+            m.subspace.as_mut().unwrap().residual_precision = -1.0
+        }),
+        ("not normalised", |m| m.normalize = false),
+    ];
+    for (what, breaks) in broken {
+        let mut bad = a.clone();
+        breaks(&mut bad.model);
+        assert!(
+            CalibrationArtifact::from_json(&bad.to_json()).is_err(),
+            "{what} was accepted"
+        );
     }
 }
 
