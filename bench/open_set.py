@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-METRICS = "cosine,mahalanobis,mahalanobis++,relative-mahalanobis,knn:50"
+METRICS = "cosine,mahalanobis,mahalanobis++,mahalanobis++:128,relative-mahalanobis,knn:50"
 # class centroids, and the shipped default's 3 k-means clusters per class
 CLUSTERS = "class,kmeans-per-class:3"
 SEEDS = range(5)
