@@ -521,6 +521,34 @@ fn batch_scoring_equals_one_at_a_time() {
     }
 }
 
+/// A two-class artifact fitted with `metric` (class centroids, one global threshold).
+fn two_class_artifact(
+    metric: &str,
+    train: &oodmon_calibration::Embeddings,
+    labels: &[i64],
+    cal: &oodmon_calibration::Embeddings,
+) -> CalibrationArtifact {
+    let cfg = FitConfig::new(ClusterSpec::Class, Metric::parse(metric).unwrap());
+    let (model, thresholds) = calibrate(
+        train,
+        Some(labels),
+        cal,
+        &cfg,
+        ThresholdMode::Global { target_tpr: 0.95 },
+    )
+    .unwrap();
+    CalibrationArtifact::new(
+        cfg,
+        model,
+        thresholds,
+        vec!["a".into(), "b".into()],
+        None,
+        None,
+        Provenance::now("test", vec![], vec![]),
+    )
+    .unwrap()
+}
+
 /// The new members of the Mahalanobis family round-trip through the artifact and refuse
 /// what they cannot score: a missing or broken background, an un-normalised ++ model.
 #[test]
@@ -528,27 +556,9 @@ fn mahalanobis_family_artifacts_round_trip_and_refuse_broken_parts() {
     let (train, labels) = blobs(80, 4, 2, 5);
     let (cal, _) = blobs(40, 4, 2, 6);
     for name in ["mahalanobis++", "relative-mahalanobis"] {
-        let cfg = FitConfig::new(ClusterSpec::Class, Metric::parse(name).unwrap());
-        let (model, thresholds) = calibrate(
-            &train,
-            Some(&labels),
-            &cal,
-            &cfg,
-            ThresholdMode::Global { target_tpr: 0.95 },
-        )
-        .unwrap();
-        assert_eq!(model.normalize, name == "mahalanobis++", "{name}");
-        assert_eq!(model.background.is_some(), name == "relative-mahalanobis");
-        let a = CalibrationArtifact::new(
-            cfg,
-            model,
-            thresholds,
-            vec!["a".into(), "b".into()],
-            None,
-            None,
-            Provenance::now("test", vec![], vec![]),
-        )
-        .unwrap();
+        let a = two_class_artifact(name, &train, &labels, &cal);
+        assert_eq!(a.model.normalize, name == "mahalanobis++", "{name}");
+        assert_eq!(a.model.background.is_some(), name == "relative-mahalanobis");
         assert_eq!(CalibrationArtifact::from_json(&a.to_json()).unwrap(), a);
         assert_eq!(a.fit.metric.name(), name);
         if name == "mahalanobis++" {
@@ -630,31 +640,10 @@ fn low_rank_mahalanobis_at_full_rank_minus_one_is_the_full_metric() {
 fn low_rank_mahalanobis_artifacts_round_trip_and_refuse_broken_parts() {
     let (train, labels) = blobs(80, 6, 2, 5);
     let (cal, _) = blobs(40, 6, 2, 6);
-    let cfg = FitConfig::new(
-        ClusterSpec::Class,
-        Metric::parse("mahalanobis++:2").unwrap(),
-    );
-    let (model, thresholds) = calibrate(
-        &train,
-        Some(&labels),
-        &cal,
-        &cfg,
-        ThresholdMode::Global { target_tpr: 0.95 },
-    )
-    .unwrap();
-    assert!(model.normalize && model.whitening.is_empty());
-    let sub = model.subspace.as_ref().unwrap();
+    let a = two_class_artifact("mahalanobis++:2", &train, &labels, &cal);
+    assert!(a.model.normalize && a.model.whitening.is_empty());
+    let sub = a.model.subspace.as_ref().unwrap();
     assert_eq!((sub.basis.rows, sub.basis.cols), (6, 2));
-    let a = CalibrationArtifact::new(
-        cfg,
-        model,
-        thresholds,
-        vec!["a".into(), "b".into()],
-        None,
-        None,
-        Provenance::now("test", vec![], vec![]),
-    )
-    .unwrap();
     assert_eq!(CalibrationArtifact::from_json(&a.to_json()).unwrap(), a);
     assert_eq!(a.fit.metric.name(), "mahalanobis++:2");
     type Breaks = fn(&mut oodmon_calibration::Model);
