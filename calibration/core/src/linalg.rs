@@ -110,7 +110,7 @@ fn row_times_lower(a: &[f32], t: &[f32], d: usize, out: &mut [f32]) {
 
 /// f32 dot product with eight independent accumulators.
 #[inline]
-fn dot8_f32(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot8_f32(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let mut acc = [0f32; 8];
     let (ca, cb) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
