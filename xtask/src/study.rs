@@ -40,6 +40,9 @@ struct LiteRows {
     sizes: Vec<u32>,
     tune_losses: Vec<String>,
     tune_size: u32,
+    /// One fine-tune per seed (its split, initialisation, shuffling and augmentation):
+    /// seed 0 is `lite0-LOSS-SIZE`, seed N `lite0-LOSS-SIZE-sN`, for the spread between runs.
+    tune_seeds: Vec<u64>,
     /// Fine-tuning: `tune_epochs` epochs of at most `tune_steps` batches of 64 (0: whole
     /// epochs).
     tune_epochs: usize,
@@ -139,6 +142,7 @@ fn setup(args: &[String]) -> Result<Study> {
         sizes: vec![64, 96],
         tune_losses: vec!["ce".into(), "supcon".into(), "simclr".into()],
         tune_size: 64,
+        tune_seeds: vec![0],
         tune_epochs: 3,
         tune_steps: 0,
         max_rows: 10_000,
@@ -181,6 +185,15 @@ fn setup(args: &[String]) -> Result<Study> {
                 }
             }
             "--tune-size" => lite.tune_size = number(a, value()?)? as u32,
+            "--tune-seeds" => {
+                lite.tune_seeds = list(value()?)
+                    .iter()
+                    .map(|v| number(a, v.clone()).map(|n| n as u64))
+                    .collect::<Result<_>>()?;
+                if lite.tune_seeds.is_empty() {
+                    return Err("--tune-seeds needs at least one seed".into());
+                }
+            }
             "--tune-epochs" => lite.tune_epochs = number(a, value()?)?,
             "--tune-steps" => lite.tune_steps = number(a, value()?)?,
             "--max-rows" => lite.max_rows = number(a, value()?)?,
@@ -446,14 +459,19 @@ fn lite_runs(s: &Study) -> Result<Vec<LiteRun>> {
             continue;
         }
         for loss in &lite.tune_losses {
-            let name = format!("lite0-{loss}-{size}");
-            let dir = s.out.join(format!("runs/{name}"));
-            fine_tune(s, loss, size, &frozen, &dir, None)?;
-            runs.push(LiteRun {
-                int8: export_int8(s, &dir)?,
-                name,
-                dir,
-            });
+            for &seed in &lite.tune_seeds {
+                let name = match seed {
+                    0 => format!("lite0-{loss}-{size}"),
+                    n => format!("lite0-{loss}-{size}-s{n}"),
+                };
+                let dir = s.out.join(format!("runs/{name}"));
+                fine_tune(s, loss, size, &frozen, &dir, None, seed)?;
+                runs.push(LiteRun {
+                    int8: export_int8(s, &dir)?,
+                    name,
+                    dir,
+                });
+            }
         }
     }
     Ok(runs)
@@ -515,6 +533,7 @@ fn fine_tune(
     frozen: &Path,
     run_dir: &Path,
     classes: Option<&[usize]>,
+    seed: u64,
 ) -> Result {
     let lite = &s.lite;
     if finished(run_dir, lite.tune_epochs) {
@@ -538,7 +557,8 @@ fn fine_tune(
         .args(["--epochs", &lite.tune_epochs.to_string()])
         .args(["--batch", "64", "--lr", "0.05", "--wd", "5e-5"])
         .args(["--backbone-lr-scale", "0.3"])
-        .args(["--warmup-epochs", "1", "--device", "cpu", "--out"])
+        .args(["--warmup-epochs", "1", "--device", "cpu"])
+        .args(["--seed", &seed.to_string(), "--out"])
         .arg(run_dir)
         .args(classes_args(classes));
     if lite.tune_steps > 0 {
@@ -577,7 +597,7 @@ fn open_set(s: &Study, model: &str) -> Result {
         if arch == "lite0" {
             let size = s.lite.tune_size;
             let frozen = import_frozen(s, &backbone_weights(s)?, size)?;
-            fine_tune(s, loss, size, &frozen, &dir, Some(known))?;
+            fine_tune(s, loss, size, &frozen, &dir, Some(known), 0)?;
         } else {
             train(s, loss, &dir, Some(known))?;
         }
