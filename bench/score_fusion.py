@@ -13,9 +13,9 @@ vtest.npy). DEMO_NPY is the demo's 144 frames embedded by the same encoder:
     oodmon-calibrate embed-model --model ENCODER --data folder:D --split test --out DEMO_NPY
 
 It refits k-means 3 per class (scikit-learn) on the L2-normalised training embeddings,
-scores cosine and Mahalanobis++ (Ledoit-Wolf tied covariance of the residuals; rank R keeps
-the R leading eigenvectors and flattens the rest to their mean, as `mahalanobis++:R`
-does), and fuses each pair as max(s_cos / q_cos, s_maha / q_maha) with q the held-out
+scores cosine (1 - cos) and Mahalanobis++ (the distance, not its square, as oodmon scores
+it; Ledoit-Wolf tied covariance of the residuals; rank R keeps the R leading eigenvectors
+and flattens the rest to their mean, as `mahalanobis++:R` does), and fuses each pair as max(s_cos / q_cos, s_maha / q_maha) with q the held-out
 split's quantile, or as the smaller empirical p-value against the held-out split. One
 global threshold at the held-out split's 95th percentile; prints the ID false-alarm rate
 on the test set, AUROC / share flagged per OOD set and the demo's flagged frames per
@@ -67,7 +67,9 @@ def main():
                 full = ((x[:, None, :] - centers[None]) ** 2).sum(2)
                 proj = ((xp[:, None, :] - cp[None]) ** 2).sum(2)
                 d = d + (full - proj) / rest
-            return d.min(1)
+            # the distance, not its square, as `oodmon-calibrate` scores it: the ratios
+            # of the fusion below depend on it
+            return np.sqrt(np.maximum(d.min(1), 0))
 
         return score
 

@@ -59,7 +59,8 @@ struct LiteRows {
 
 pub fn study(args: &[String]) -> Result {
     let s = setup(args)?;
-    let lite = (s.lite.sizes.len() + s.lite.tune_losses.len()) * s.lite.features.len();
+    let tuned = s.lite.tune_losses.len() * s.lite.tune_seeds.len();
+    let lite = (s.lite.sizes.len() + tuned) * s.lite.features.len();
     let total = s.losses.len() * 4 + lite * 2;
     let mut done = 0;
     let mut progress = |what: &str| {
@@ -431,7 +432,7 @@ fn ood_args(s: &Study, cmd: &mut Command, dir: &Path) {
 
 /// A pretrained-backbone run of the study and its int8 export.
 struct LiteRun {
-    /// `lite0-frozen-SIZE` or `lite0-LOSS-SIZE`.
+    /// `lite0-frozen-SIZE`, `lite0-LOSS-SIZE` or `lite0-LOSS-SIZE-sSEED`.
     name: String,
     dir: PathBuf,
     int8: PathBuf,
@@ -541,12 +542,13 @@ fn fine_tune(
         return Ok(());
     }
     step(&format!(
-        "fine-tune the backbone at {size} px with {loss}: {} epochs{}",
+        "fine-tune the backbone at {size} px with {loss}, seed {seed}: {} epochs{} -> {}",
         lite.tune_epochs,
         match lite.tune_steps {
             0 => String::new(),
             n => format!(" of {n} batches"),
-        }
+        },
+        run_dir.display()
     ));
     let mut cmd = Command::new(&s.trainer);
     cmd.args(["train", "--data", &s.id, "--arch", "efficientnet-lite0"])
