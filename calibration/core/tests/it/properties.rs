@@ -152,25 +152,9 @@ proptest! {
 fn small_artifact() -> CalibrationArtifact {
     let (train, labels) = blobs(60, 4, 2, 5);
     let (cal, _) = blobs(40, 4, 2, 6);
-    let cfg = FitConfig::new(ClusterSpec::Class, Metric::parse("mahalanobis").unwrap());
-    let (model, thresholds) = calibrate(
-        &train,
-        Some(&labels),
-        &cal,
-        &cfg,
-        ThresholdMode::Global { target_tpr: 0.95 },
-    )
-    .unwrap();
-    CalibrationArtifact::new(
-        cfg,
-        model,
-        thresholds,
-        vec!["a".into(), "b".into()],
-        Some("ab".repeat(32)),
-        None,
-        Provenance::now("test", vec![], vec![]),
-    )
-    .unwrap()
+    let mut artifact = two_class_artifact("mahalanobis", &train, &labels, &cal);
+    artifact.encoder_sha256 = Some("ab".repeat(32));
+    artifact
 }
 
 #[test]
