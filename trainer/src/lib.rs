@@ -5,6 +5,7 @@
 //! models, losses and the training loop live in separate modules; the binary is thin.
 
 pub mod augment;
+pub mod average;
 pub mod calibrate;
 pub mod data;
 pub mod efficientnet;

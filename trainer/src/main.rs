@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use oodmon_calibration::{npy, ClusterSpec, FitConfig, Metric, PreprocessSpec, ThresholdMode};
@@ -83,6 +83,18 @@ enum Command {
     /// The most likely classes of an image under a run's classifier head (for an imported
     /// ImageNet backbone: a check that the weights arrived whole).
     Classify(ClassifyArgs),
+    /// Average the weights of finished runs that differ only in their seed (a uniform model
+    /// soup) into a new run that `embed`, `fit` and `export` take like a trained one.
+    Average(AverageArgs),
+}
+
+#[derive(clap::Args)]
+struct AverageArgs {
+    /// The runs, two or more, trained with the same settings and --split-seed.
+    #[arg(long, num_args = 2.., required = true)]
+    runs: Vec<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -170,8 +182,13 @@ struct TrainArgs {
     val_fraction: f64,
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Initialisation, shuffling and augmentation; also the held-out split's unless
+    /// --split-seed is given.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The held-out split's seed, so runs that differ only in --seed hold out the same images.
+    #[arg(long)]
+    split_seed: Option<u64>,
     /// Stop each epoch after this many steps (smoke runs).
     #[arg(long)]
     max_steps: Option<usize>,
@@ -371,7 +388,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fit(a) => fit(a),
         Command::ImportPretrained(a) => import_pretrained(a),
         Command::Classify(a) => classify_cmd(a),
+        Command::Average(a) => average(a),
     }
+}
+
+fn average(a: AverageArgs) -> Result<()> {
+    let done = oodmon_trainer::average::average_runs(&a.runs, &a.out)?;
+    say!(
+        "averaged {} tensors of {} runs (seeds {:?}) into {}",
+        done.tensors,
+        a.runs.len(),
+        done.seeds,
+        a.out.display()
+    );
+    Ok(())
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
@@ -392,6 +422,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         val_fraction,
         device,
         seed,
+        split_seed,
         max_steps,
         resume,
         pretrained,
@@ -431,12 +462,14 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         temperature,
         val_fraction,
         seed,
+        split_seed,
         preprocessing,
         max_steps_per_epoch: max_steps,
         pretrained,
         backbone_lr_scale,
         freeze_stages,
         classes,
+        averaged_from: None,
     };
     let device = train::parse_device(&device)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -449,14 +482,14 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     say!("training on {device:?}");
     let mut bar = Bar { bar: None, epochs };
     train::train(&cfg, &out, device, resume, stop.clone(), &mut bar)?;
-    if stop.load(Ordering::SeqCst) {
-        say!(
-            "checkpoint saved in {}; continue with --resume",
+    if train::RunDir(out.clone()).epochs_done()? < epochs {
+        // not a success: a caller (a script, the study) must not take the run as trained
+        bail!(
+            "interrupted before the last epoch: checkpoint saved in {}; continue with --resume",
             out.display()
         );
-    } else {
-        say!("run saved in {}", out.display());
     }
+    say!("run saved in {}", out.display());
     Ok(())
 }
 

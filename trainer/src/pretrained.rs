@@ -171,6 +171,8 @@ fn import_config(r: &ImportRequest, classes: usize) -> TrainConfig {
         temperature: 0.1,
         val_fraction: r.val_fraction,
         seed: r.seed,
+        split_seed: None,
+        averaged_from: None,
         preprocessing: PreprocessSpec {
             detail_size: r.detail_size,
             ..PreprocessSpec::imagenet(r.input_size)

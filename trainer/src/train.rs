@@ -42,7 +42,13 @@ pub struct TrainConfig {
     pub temperature: f64,
     /// Fraction of each class held out as the ID calibration/validation split.
     pub val_fraction: f64,
+    /// Initialisation, shuffling and augmentation; also the held-out split's unless
+    /// `split_seed` is set.
     pub seed: u64,
+    /// The held-out split's seed, when it differs from `seed`: runs that differ only in
+    /// their training seed then hold out the same images (seed studies, weight averages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_seed: Option<u64>,
     pub preprocessing: PreprocessSpec,
     /// Stop after this many optimiser steps per epoch (tests and smoke runs).
     #[serde(default)]
@@ -60,6 +66,10 @@ pub struct TrainConfig {
     /// protocol's known classes); the run's splits, embeddings and calibration follow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classes: Option<Vec<usize>>,
+    /// Not trained but averaged: the runs (same settings, other seeds) whose weights this
+    /// run's are the mean of (`oodmon-trainer average`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub averaged_from: Option<Vec<PathBuf>>,
 }
 
 fn one() -> f64 {
@@ -130,11 +140,40 @@ impl RunDir {
         self.0.join("log.jsonl")
     }
 
+    /// Whole epochs the run's checkpoint has finished (0 without a checkpoint).
+    pub fn epochs_done(&self) -> Result<usize> {
+        let p = self.state();
+        if !p.exists() {
+            return Ok(0);
+        }
+        let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+        let state: State =
+            serde_json::from_str(&text).map_err(|cause| TrainError::Config { path: p, cause })?;
+        Ok(state.epoch)
+    }
+
     pub fn load_config(&self) -> Result<TrainConfig> {
         let p = self.config();
         let text = std::fs::read_to_string(&p).map_err(io(&p))?;
         serde_json::from_str(&text).map_err(|cause| TrainError::Config { path: p, cause })
     }
+}
+
+/// The top-level settings (`loss`, `seed`, `model`, ...) in which two configurations
+/// differ: a resumed run must go on as it started, or its weights mix two recipes.
+pub(crate) fn differing_settings(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(a), serde_json::to_value(b))
+    else {
+        return vec!["the configuration".into()];
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
 }
 
 /// Where a checkpoint stands: `step` optimiser steps done in `epoch` (0 at a boundary).
@@ -370,10 +409,10 @@ pub fn splits(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
             "the training set has fewer than 2 images (of the run's classes)".into(),
         ));
     }
-    Ok(full.split(cfg.val_fraction, cfg.seed))
+    Ok(full.split(cfg.val_fraction, cfg.split_seed.unwrap_or(cfg.seed)))
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let text =
         serde_json::to_string_pretty(value).map_err(|e| TrainError::Invalid(e.to_string()))?;
     oodmon_calibration::io::write_atomic(path, |w| w.write_all(text.as_bytes()))
@@ -418,10 +457,13 @@ pub fn train(
     let mut start = State { epoch: 0, step: 0 };
     if resume {
         let saved = run.load_config()?;
-        if saved.model != cfg.model || saved.loss != cfg.loss {
+        let differ = differing_settings(&saved, &cfg);
+        if !differ.is_empty() {
             return Err(TrainError::Invalid(format!(
-                "--resume: {} was trained with another model or loss",
-                run.config().display()
+                "--resume: {} was trained with other settings ({}); resume with the same \
+                 ones, or start a new run",
+                run.config().display(),
+                differ.join(", ")
             )));
         }
         vs.load(run.weights())?;

@@ -43,6 +43,12 @@ struct LiteRows {
     /// One fine-tune per seed (its split, initialisation, shuffling and augmentation):
     /// seed 0 is `lite0-LOSS-SIZE`, seed N `lite0-LOSS-SIZE-sN`, for the spread between runs.
     tune_seeds: Vec<u64>,
+    /// Hold out this seed's split in every seed's run (`-splitK` in the name where it is not
+    /// the run's own seed), so the runs differ in training alone and can be averaged.
+    tune_split_seed: Option<u64>,
+    /// Also average each loss's seeds into one run (`lite0-LOSS-SIZE-avgS1+S2...`, a
+    /// uniform model soup; needs `tune_split_seed` when the seeds differ).
+    tune_average: bool,
     /// Fine-tuning: `tune_epochs` epochs of at most `tune_steps` batches of 64 (0: whole
     /// epochs).
     tune_epochs: usize,
@@ -59,7 +65,8 @@ struct LiteRows {
 
 pub fn study(args: &[String]) -> Result {
     let s = setup(args)?;
-    let tuned = s.lite.tune_losses.len() * s.lite.tune_seeds.len();
+    let tuned =
+        s.lite.tune_losses.len() * (s.lite.tune_seeds.len() + usize::from(s.lite.tune_average));
     let lite = (s.lite.sizes.len() + tuned) * s.lite.features.len();
     let total = s.losses.len() * 4 + lite * 2;
     let mut done = 0;
@@ -144,6 +151,8 @@ fn setup(args: &[String]) -> Result<Study> {
         tune_losses: vec!["ce".into(), "supcon".into(), "simclr".into()],
         tune_size: 64,
         tune_seeds: vec![0],
+        tune_split_seed: None,
+        tune_average: false,
         tune_epochs: 3,
         tune_steps: 0,
         max_rows: 10_000,
@@ -195,6 +204,8 @@ fn setup(args: &[String]) -> Result<Study> {
                     return Err("--tune-seeds needs at least one seed".into());
                 }
             }
+            "--tune-split-seed" => lite.tune_split_seed = Some(number(a, value()?)? as u64),
+            "--tune-average" => lite.tune_average = true,
             "--tune-epochs" => lite.tune_epochs = number(a, value()?)?,
             "--tune-steps" => lite.tune_steps = number(a, value()?)?,
             "--max-rows" => lite.max_rows = number(a, value()?)?,
@@ -216,6 +227,16 @@ fn setup(args: &[String]) -> Result<Study> {
             }
             other => return Err(format!("study: unknown option {other}")),
         }
+    }
+    if lite.tune_average && lite.tune_seeds.len() < 2 {
+        return Err("--tune-average needs two or more --tune-seeds".into());
+    }
+    if lite.tune_average && lite.tune_split_seed.is_none() {
+        return Err(
+            "--tune-average needs --tune-split-seed: runs with their own splits each train \
+             on the others' held-out images"
+                .into(),
+        );
     }
     if !lite.tune_losses.is_empty() && !lite.sizes.contains(&lite.tune_size) {
         lite.sizes.push(lite.tune_size);
@@ -295,6 +316,30 @@ fn finished(run_dir: &Path, epochs: usize) -> bool {
         .is_some_and(|e| e as usize >= epochs)
 }
 
+/// Whether `file` exists and was written after `source`: a cached export, embedding or
+/// grid of weights that changed since (a run resumed to its end) is made again.
+fn newer_than(file: &Path, source: &Path) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (modified(file), modified(source)) {
+        (Some(f), Some(s)) => f >= s,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// Fails unless the run in `run_dir` finished its `epochs`: an interrupted run's weights
+/// must not reach the tables.
+fn require_finished(run_dir: &Path, epochs: usize) -> Result {
+    if finished(run_dir, epochs) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} stopped before its {epochs} epochs; run the study again to resume it",
+            run_dir.display()
+        ))
+    }
+}
+
 /// Trains (or resumes, or reuses a finished) edge encoder with `loss`, on `classes` only
 /// when given.
 fn train(s: &Study, loss: &str, run_dir: &Path, classes: Option<&[usize]>) -> Result {
@@ -318,7 +363,8 @@ fn train(s: &Study, loss: &str, run_dir: &Path, classes: Option<&[usize]>) -> Re
     if run_dir.join("config.json").exists() {
         cmd.arg("--resume");
     }
-    run(&mut cmd)
+    run(&mut cmd)?;
+    require_finished(run_dir, s.epochs)
 }
 
 /// `--classes A,B,..` for a run on a class subset.
@@ -334,7 +380,7 @@ fn classes_args(classes: Option<&[usize]>) -> Vec<String> {
 /// The run's int8 encoder (QDQ, 512 calibration images), exported once.
 fn export_int8(s: &Study, run_dir: &Path) -> Result<PathBuf> {
     let int8 = run_dir.join("encoder-int8.onnx");
-    if !int8.exists() {
+    if !newer_than(&int8, &run_dir.join("model.safetensors")) {
         run(Command::new(&s.trainer)
             .args(["export", "--run"])
             .arg(run_dir)
@@ -395,7 +441,8 @@ fn embed_chosen_sets(
     }
     for (name, spec, split, labels) in sets {
         let file = dir.join(format!("{name}.npy"));
-        if file.exists() {
+        let source = model.map_or_else(|| run_dir.join("model.safetensors"), Path::to_path_buf);
+        if newer_than(&file, &source) {
             continue;
         }
         let tmp = dir.join(format!("{name}.tmp.npy"));
@@ -460,13 +507,30 @@ fn lite_runs(s: &Study) -> Result<Vec<LiteRun>> {
             continue;
         }
         for loss in &lite.tune_losses {
+            let mut seeds = Vec::new();
             for &seed in &lite.tune_seeds {
-                let name = match seed {
+                let mut name = match seed {
                     0 => format!("lite0-{loss}-{size}"),
                     n => format!("lite0-{loss}-{size}-s{n}"),
                 };
+                let split = lite.tune_split_seed.filter(|&k| k != seed);
+                if let Some(k) = split {
+                    name.push_str(&format!("-split{k}"));
+                }
                 let dir = s.out.join(format!("runs/{name}"));
-                fine_tune(s, loss, size, &frozen, &dir, None, seed)?;
+                fine_tune(s, loss, size, &frozen, &dir, None, TuneSeed { seed, split })?;
+                seeds.push(dir.clone());
+                runs.push(LiteRun {
+                    int8: export_int8(s, &dir)?,
+                    name,
+                    dir,
+                });
+            }
+            if lite.tune_average {
+                let list: Vec<String> = lite.tune_seeds.iter().map(u64::to_string).collect();
+                let name = format!("lite0-{loss}-{size}-avg{}", list.join("+"));
+                let dir = s.out.join(format!("runs/{name}"));
+                average(s, &seeds, &dir)?;
                 runs.push(LiteRun {
                     int8: export_int8(s, &dir)?,
                     name,
@@ -512,7 +576,7 @@ fn export_features(s: &Study, run_dir: &Path, features: &str, int8: bool) -> Res
     } else {
         format!("encoder-{features}.onnx")
     });
-    if !file.exists() {
+    if !newer_than(&file, &run_dir.join("model.safetensors")) {
         let mut cmd = Command::new(&s.trainer);
         cmd.args(["export", "--run"])
             .arg(run_dir)
@@ -525,6 +589,33 @@ fn export_features(s: &Study, run_dir: &Path, features: &str, int8: bool) -> Res
     Ok(file)
 }
 
+/// A fine-tune's seed, and that of the split it holds out where it is another one.
+#[derive(Clone, Copy)]
+struct TuneSeed {
+    seed: u64,
+    split: Option<u64>,
+}
+
+/// The runs' weights averaged into `dir` (`oodmon-trainer average`), once; again when
+/// one of them has changed since.
+fn average(s: &Study, runs: &[PathBuf], dir: &Path) -> Result {
+    let weights = dir.join("model.safetensors");
+    if runs
+        .iter()
+        .all(|r| newer_than(&weights, &r.join("model.safetensors")))
+    {
+        eprintln!("cached: {}", dir.display());
+        return Ok(());
+    }
+    step(&format!("average {} runs -> {}", runs.len(), dir.display()));
+    run(Command::new(&s.trainer)
+        .arg("average")
+        .arg("--runs")
+        .args(runs)
+        .arg("--out")
+        .arg(dir))
+}
+
 /// Fine-tunes the imported backbone with `loss` (the backbone at 0.3 of the head's
 /// learning rate, one warm-up epoch, cosine after it), as the shipped default was.
 fn fine_tune(
@@ -534,8 +625,12 @@ fn fine_tune(
     frozen: &Path,
     run_dir: &Path,
     classes: Option<&[usize]>,
-    seed: u64,
+    seed: TuneSeed,
 ) -> Result {
+    let TuneSeed {
+        seed,
+        split: split_seed,
+    } = seed;
     let lite = &s.lite;
     if finished(run_dir, lite.tune_epochs) {
         eprintln!("cached: {}", run_dir.display());
@@ -563,13 +658,17 @@ fn fine_tune(
         .args(["--seed", &seed.to_string(), "--out"])
         .arg(run_dir)
         .args(classes_args(classes));
+    if let Some(k) = split_seed {
+        cmd.args(["--split-seed", &k.to_string()]);
+    }
     if lite.tune_steps > 0 {
         cmd.args(["--max-steps", &lite.tune_steps.to_string()]);
     }
     if run_dir.join("config.json").exists() {
         cmd.arg("--resume");
     }
-    run(&mut cmd)
+    run(&mut cmd)?;
+    require_finished(run_dir, lite.tune_epochs)
 }
 
 /// The open-set protocol's known classes per split: NumPy's
@@ -599,7 +698,11 @@ fn open_set(s: &Study, model: &str) -> Result {
         if arch == "lite0" {
             let size = s.lite.tune_size;
             let frozen = import_frozen(s, &backbone_weights(s)?, size)?;
-            fine_tune(s, loss, size, &frozen, &dir, Some(known), 0)?;
+            let seed = TuneSeed {
+                seed: 0,
+                split: None,
+            };
+            fine_tune(s, loss, size, &frozen, &dir, Some(known), seed)?;
         } else {
             train(s, loss, &dir, Some(known))?;
         }
@@ -652,7 +755,7 @@ fn backbone_weights(s: &Study) -> Result<PathBuf> {
 fn grid(s: &Study, loss: &str, variant: &str) -> Result {
     let dir = s.out.join(format!("embeddings/{loss}-{variant}"));
     let grid = s.out.join(format!("grid/{loss}-{variant}"));
-    if grid.join("grid.csv").exists() {
+    if newer_than(&grid.join("grid.csv"), &dir.join("train.npy")) {
         eprintln!("cached: {}", grid.display());
         return Ok(());
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use oodmon_calibration::PreprocessSpec;
+use oodmon_trainer::average;
 use oodmon_trainer::loss::LossKind;
 use oodmon_trainer::model::{Arch, Head, ModelConfig};
 use oodmon_trainer::train::{self, EpochLog, Progress, RunDir, TrainConfig};
@@ -70,12 +71,14 @@ fn config(data: String, loss: LossKind, epochs: usize) -> TrainConfig {
         temperature: 0.5,
         val_fraction: 0.25,
         seed: 1,
+        split_seed: None,
         preprocessing: PreprocessSpec::cifar(16),
         max_steps_per_epoch: None,
         pretrained: None,
         backbone_lr_scale: 1.0,
         freeze_stages: 0,
         classes: None,
+        averaged_from: None,
     }
 }
 
@@ -220,7 +223,38 @@ fn resuming_reproduces_the_uninterrupted_run_step_for_step() {
         &mut (),
     )
     .unwrap_err();
-    assert!(err.to_string().contains("another model or loss"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("other settings (epochs, loss, model)"),
+        "{err}"
+    );
+    // nor with another seed: the held-out split and the batches would change mid-run
+    let mut reseeded = config(data_of(&out), LossKind::Ce, 1);
+    reseeded.seed = 2;
+    let err = train::train(&reseeded, &out, Device::Cpu, true, no_stop(), &mut ()).unwrap_err();
+    assert!(err.to_string().contains("other settings (seed)"), "{err}");
+}
+
+/// The data setting a run in `dir` was trained on.
+fn data_of(dir: &std::path::Path) -> String {
+    RunDir(dir.to_path_buf()).load_config().unwrap().data
+}
+
+#[test]
+fn a_split_seed_holds_out_the_same_images_whatever_the_training_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 16);
+    let held_out = |seed: u64, split_seed: Option<u64>| {
+        let mut cfg = config(data.clone(), LossKind::Ce, 1);
+        cfg.seed = seed;
+        cfg.split_seed = split_seed;
+        let (train, val) = train::splits(&cfg).unwrap();
+        assert_eq!(train.len() + val.len(), 64);
+        (val.pixels, val.labels)
+    };
+    assert_eq!(held_out(1, Some(7)), held_out(2, Some(7)));
+    assert_eq!(held_out(1, None), held_out(3, Some(1)));
+    assert_ne!(held_out(1, None), held_out(2, None));
 }
 
 #[test]
@@ -883,4 +917,78 @@ fn fine_tuning_starts_from_the_import_keeps_frozen_stages_and_scales_the_backbon
     .unwrap_err()
     .to_string();
     assert!(err.contains("no-such-run"), "{err}");
+}
+
+#[test]
+fn averaging_runs_of_one_recipe_gives_their_mean_weights_and_refuses_the_rest() {
+    let _torch = torch_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 16);
+    let trained = |name: &str, seed: u64, split_seed: Option<u64>, loss: LossKind| {
+        let mut cfg = config(data.clone(), loss, 1);
+        cfg.seed = seed;
+        cfg.split_seed = split_seed;
+        let out = dir.path().join(name);
+        train::train(&cfg, &out, Device::Cpu, false, no_stop(), &mut ()).unwrap();
+        out
+    };
+    let a = trained("a", 1, Some(0), LossKind::Ce);
+    let b = trained("b", 2, Some(0), LossKind::Ce);
+    let out = dir.path().join("avg");
+    let done = average::average_runs(&[a.clone(), b.clone()], &out).unwrap();
+    assert_eq!(done.seeds, vec![1, 2]);
+
+    let read = |run: &std::path::Path| {
+        let mut t = tch::Tensor::read_safetensors(RunDir(run.to_path_buf()).weights()).unwrap();
+        t.sort_by(|x, y| x.0.cmp(&y.0));
+        t
+    };
+    let (ta, tb, tm) = (read(&a), read(&b), read(&out));
+    assert_eq!(tm.len(), ta.len());
+    assert_eq!(done.tensors, ta.len());
+    let mut differed = 0;
+    for (((name, x), (_, y)), (_, m)) in ta.iter().zip(&tb).zip(&tm) {
+        assert_eq!(m.kind(), x.kind(), "{name}");
+        if x.is_floating_point() {
+            let want = (x + y) / 2.0;
+            let err = (m - &want).abs().max().double_value(&[]);
+            assert!(err <= 1e-6, "{name}: {err}");
+            differed += usize::from(!x.equal(y));
+        } else {
+            assert!(m.equal(x), "{name}");
+        }
+    }
+    assert!(differed > 0, "the two seeds trained to the same weights");
+    let run = RunDir(out.clone());
+    let cfg = run.load_config().unwrap();
+    assert_eq!(cfg.seed, 1);
+    assert_eq!(cfg.split_seed, Some(0));
+    assert_eq!(cfg.averaged_from, Some(vec![a.clone(), b.clone()]));
+    assert_eq!(run.epochs_done().unwrap(), cfg.epochs);
+    // the average loads and embeds like a trained run
+    let (mut vs, _net) = train::build(&cfg.model, Device::Cpu);
+    vs.load(run.weights()).unwrap();
+
+    // other held-out images, another loss, an unfinished run, a single run: errors
+    let c = trained("c", 3, None, LossKind::Ce);
+    let err = average::average_runs(&[a.clone(), c], &dir.path().join("x")).unwrap_err();
+    assert!(err.to_string().contains("split of seed 0"), "{err}");
+    let d = trained("d", 4, Some(0), LossKind::Supcon);
+    let err = average::average_runs(&[a.clone(), d], &dir.path().join("x")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("more than their seed (loss, model)"),
+        "{err}"
+    );
+    let mut cfg = config(data.clone(), LossKind::Ce, 2);
+    cfg.seed = 5;
+    cfg.split_seed = Some(0);
+    let e = dir.path().join("e");
+    let mut stopped = recorder(Some(1));
+    let flag = stopped.flag.clone();
+    train::train(&cfg, &e, Device::Cpu, false, flag, &mut stopped).unwrap();
+    let err = average::average_runs(&[a.clone(), e], &dir.path().join("x")).unwrap_err();
+    assert!(err.to_string().contains("of its 2 epochs trained"), "{err}");
+    assert!(average::average_runs(&[a], &dir.path().join("x")).is_err());
+    assert!(!dir.path().join("x").exists());
 }
