@@ -34,13 +34,15 @@ pub fn average_runs(runs: &[PathBuf], out: &Path) -> Result<Averaged> {
         .map(|r| RunDir(r.clone()).load_config())
         .collect::<Result<_>>()?;
     let first = &configs[0];
-    for (run, cfg) in runs.iter().zip(&configs) {
-        let done = RunDir(run.clone()).epochs_done()?;
-        if done < cfg.epochs {
+    check_out(runs, out)?;
+    for (i, (run, cfg)) in runs.iter().zip(&configs).enumerate() {
+        RunDir(run.clone()).require_finished(cfg.epochs)?;
+        if let Some(twin) = configs[..i].iter().position(|c| c.seed == cfg.seed) {
             return Err(TrainError::Invalid(format!(
-                "{}: {done} of its {} epochs trained; finish it first",
+                "{} and {} are both seed {}: an average of one run with itself",
+                runs[twin].display(),
                 run.display(),
-                cfg.epochs
+                cfg.seed
             )));
         }
         let differ: Vec<String> = differing_settings(first, cfg)
@@ -97,7 +99,14 @@ pub fn average_runs(runs: &[PathBuf], out: &Path) -> Result<Averaged> {
                 RunDir(runs[0].clone()).weights().display()
             )));
         }
-        for ((name, sum, _), (_, t)) in sums.iter_mut().zip(&tensors) {
+        for ((name, sum, kind), (_, t)) in sums.iter_mut().zip(&tensors) {
+            if t.kind() != *kind {
+                return Err(TrainError::Invalid(format!(
+                    "{}: {name} is {:?}, not {kind:?}",
+                    path.display(),
+                    t.kind()
+                )));
+            }
             if sum.size() != t.size() {
                 return Err(TrainError::Invalid(format!(
                     "{}: {name} is {:?}, not {:?}",
@@ -147,6 +156,40 @@ pub fn average_runs(runs: &[PathBuf], out: &Path) -> Result<Averaged> {
         tensors: averaged.len(),
         seeds: configs.iter().map(|c| c.seed).collect(),
     })
+}
+
+/// Refuses to write the average over one of its sources, or into a folder that holds
+/// something other than an earlier average (a trained run's optimiser state and log would
+/// be left beside weights that are no longer theirs).
+fn check_out(runs: &[PathBuf], out: &Path) -> Result<()> {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if let Some(run) = runs.iter().find(|r| same(r, out)) {
+        return Err(TrainError::Invalid(format!(
+            "--out {} is one of the runs averaged ({})",
+            out.display(),
+            run.display()
+        )));
+    }
+    let Ok(mut entries) = std::fs::read_dir(out) else {
+        return Ok(()); // not there yet
+    };
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    let earlier_average = RunDir(out.to_path_buf())
+        .load_config()
+        .is_ok_and(|c| c.averaged_from.is_some());
+    if earlier_average && !RunDir(out.to_path_buf()).optimizer().exists() {
+        return Ok(());
+    }
+    Err(TrainError::Invalid(format!(
+        "--out {}: the folder holds something other than an average of runs; give a new \
+         or empty folder",
+        out.display()
+    )))
 }
 
 /// The seed of the images a run holds out.

@@ -34,6 +34,17 @@ pub enum TrainError {
     Onnx(#[from] oodmon_onnx::Error),
     #[error(transparent)]
     Calibrate(#[from] oodmon_calibrate::Error),
+    /// A run stopped before the end of its last epoch (its checkpoint resumes it).
+    #[error(
+        "{}: {done} of its {epochs} epochs trained (interrupted: the checkpoint is saved; \
+         continue with --resume)",
+        run.display()
+    )]
+    Unfinished {
+        run: PathBuf,
+        done: usize,
+        epochs: usize,
+    },
     /// A request that does not fit the run (a split it does not have, ...).
     #[error("{0}")]
     Request(String),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use oodmon_calibration::{npy, ClusterSpec, FitConfig, Metric, PreprocessSpec, ThresholdMode};
@@ -482,13 +482,8 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     say!("training on {device:?}");
     let mut bar = Bar { bar: None, epochs };
     train::train(&cfg, &out, device, resume, stop.clone(), &mut bar)?;
-    if train::RunDir(out.clone()).epochs_done()? < epochs {
-        // not a success: a caller (a script, the study) must not take the run as trained
-        bail!(
-            "interrupted before the last epoch: checkpoint saved in {}; continue with --resume",
-            out.display()
-        );
-    }
+    // not a success when stopped early: a caller must not take the run as trained
+    train::RunDir(out.clone()).require_finished(epochs)?;
     say!("run saved in {}", out.display());
     Ok(())
 }

@@ -140,6 +140,20 @@ impl RunDir {
         self.0.join("log.jsonl")
     }
 
+    /// Fails unless the checkpoint finished all of `epochs`: what a caller (a script, the
+    /// study) must check before taking the run as trained.
+    pub fn require_finished(&self, epochs: usize) -> Result<()> {
+        let done = self.epochs_done()?;
+        if done >= epochs {
+            return Ok(());
+        }
+        Err(TrainError::Unfinished {
+            run: self.0.clone(),
+            done,
+            epochs,
+        })
+    }
+
     /// Whole epochs the run's checkpoint has finished (0 without a checkpoint).
     pub fn epochs_done(&self) -> Result<usize> {
         let p = self.state();
@@ -162,9 +176,15 @@ impl RunDir {
 /// The top-level settings (`loss`, `seed`, `model`, ...) in which two configurations
 /// differ: a resumed run must go on as it started, or its weights mix two recipes.
 pub(crate) fn differing_settings(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
-    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
-        (serde_json::to_value(a), serde_json::to_value(b))
-    else {
+    // the held-out split compares by the seed it comes from, however it was spelled
+    let effective = |c: &TrainConfig| TrainConfig {
+        split_seed: Some(c.split_seed.unwrap_or(c.seed)),
+        ..c.clone()
+    };
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (
+        serde_json::to_value(effective(a)),
+        serde_json::to_value(effective(b)),
+    ) else {
         return vec!["the configuration".into()];
     };
     let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
@@ -457,6 +477,13 @@ pub fn train(
     let mut start = State { epoch: 0, step: 0 };
     if resume {
         let saved = run.load_config()?;
+        if saved.averaged_from.is_some() {
+            return Err(TrainError::Invalid(format!(
+                "--resume: {} is an average of runs, not a training checkpoint; an average \
+                 is not trained further",
+                run.0.display()
+            )));
+        }
         let differ = differing_settings(&saved, &cfg);
         if !differ.is_empty() {
             return Err(TrainError::Invalid(format!(

@@ -377,7 +377,8 @@ fn classes_args(classes: Option<&[usize]>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The run's int8 encoder (QDQ, 512 calibration images), exported once.
+/// The run's int8 encoder (QDQ, 512 calibration images), exported once (again when the
+/// weights are newer).
 fn export_int8(s: &Study, run_dir: &Path) -> Result<PathBuf> {
     let int8 = run_dir.join("encoder-int8.onnx");
     if !newer_than(&int8, &run_dir.join("model.safetensors")) {
@@ -398,7 +399,8 @@ fn export_int8(s: &Study, run_dir: &Path) -> Result<PathBuf> {
 }
 
 /// ID train/calib/test and every OOD set, embedded by the run (through `model` in tract
-/// when given) into `dir`; each file is written once, under a temporary name first.
+/// when given) into `dir`; each file is written under a temporary name first, once (again
+/// when the weights or the model are newer).
 fn embed_sets(s: &Study, run_dir: &Path, model: Option<&Path>, dir: &Path) -> Result {
     embed_sets_limited(s, run_dir, model, dir, None)
 }
@@ -479,7 +481,8 @@ fn ood_args(s: &Study, cmd: &mut Command, dir: &Path) {
 
 /// A pretrained-backbone run of the study and its int8 export.
 struct LiteRun {
-    /// `lite0-frozen-SIZE`, `lite0-LOSS-SIZE` or `lite0-LOSS-SIZE-sSEED`.
+    /// `lite0-frozen-SIZE`, `lite0-LOSS-SIZE`, `lite0-LOSS-SIZE-sSEED[-splitK]` or
+    /// `lite0-LOSS-SIZE-avgS1+S2...-splitK`.
     name: String,
     dir: PathBuf,
     int8: PathBuf,
@@ -528,7 +531,8 @@ fn lite_runs(s: &Study) -> Result<Vec<LiteRun>> {
             }
             if lite.tune_average {
                 let list: Vec<String> = lite.tune_seeds.iter().map(u64::to_string).collect();
-                let name = format!("lite0-{loss}-{size}-avg{}", list.join("+"));
+                let k = lite.tune_split_seed.unwrap_or(0);
+                let name = format!("lite0-{loss}-{size}-avg{}-split{k}", list.join("+"));
                 let dir = s.out.join(format!("runs/{name}"));
                 average(s, &seeds, &dir)?;
                 runs.push(LiteRun {
@@ -569,7 +573,7 @@ fn detail_args(s: &Study) -> Vec<String> {
 }
 
 /// The run's encoder with its embedding at `features` (`blocks`: the truncated backbone),
-/// float or int8, exported once.
+/// float or int8, exported once (again when the weights are newer).
 fn export_features(s: &Study, run_dir: &Path, features: &str, int8: bool) -> Result<PathBuf> {
     let file = run_dir.join(if int8 {
         format!("encoder-{features}-int8.onnx")
@@ -589,6 +593,22 @@ fn export_features(s: &Study, run_dir: &Path, features: &str, int8: bool) -> Res
     Ok(file)
 }
 
+/// The strings of the list under `key` in a JSON text, as serde_json writes them (no
+/// escapes read: a path that needs one compares unequal, and the caller redoes its work).
+fn json_string_list(text: &str, key: &str) -> Option<Vec<String>> {
+    let rest = text.split(&format!("\"{key}\":")).nth(1)?.trim_start();
+    let inner = rest.strip_prefix('[')?.split(']').next()?;
+    inner
+        .split(',')
+        .map(|item| {
+            let item = item.trim();
+            item.strip_prefix('"')?
+                .strip_suffix('"')
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// A fine-tune's seed, and that of the split it holds out where it is another one.
 #[derive(Clone, Copy)]
 struct TuneSeed {
@@ -597,12 +617,18 @@ struct TuneSeed {
 }
 
 /// The runs' weights averaged into `dir` (`oodmon-trainer average`), once; again when
-/// one of them has changed since.
+/// one of them has changed since or the folder holds another average. Keyed on the
+/// checkpoint position, which the trainer writes last.
 fn average(s: &Study, runs: &[PathBuf], dir: &Path) -> Result {
-    let weights = dir.join("model.safetensors");
-    if runs
-        .iter()
-        .all(|r| newer_than(&weights, &r.join("model.safetensors")))
+    let state = dir.join("state.json");
+    let sources = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| json_string_list(&t, "averaged_from"));
+    let listed: Vec<String> = runs.iter().map(|r| r.display().to_string()).collect();
+    if sources == Some(listed)
+        && runs
+            .iter()
+            .all(|r| newer_than(&state, &r.join("model.safetensors")))
     {
         eprintln!("cached: {}", dir.display());
         return Ok(());
@@ -931,4 +957,53 @@ pub fn corruption(args: &[String]) -> Result {
         .args(["--limit", &limit])
         .arg("--out")
         .arg(&out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_string_list_is_read_as_serde_json_writes_it() {
+        let text = "{\n  \"seed\": 0,\n  \"averaged_from\": [\n    \"/s/runs/a\",\n    \"/s/runs/a-s1\"\n  ]\n}";
+        assert_eq!(
+            json_string_list(text, "averaged_from"),
+            Some(vec!["/s/runs/a".to_string(), "/s/runs/a-s1".to_string()])
+        );
+        assert_eq!(json_string_list(text, "classes"), None);
+        assert_eq!(
+            json_string_list("{\"averaged_from\": 3}", "averaged_from"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_cached_file_is_fresh_only_when_written_after_its_source() {
+        let dir = std::env::temp_dir().join(format!("xtask-newer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (source, file) = (dir.join("model.safetensors"), dir.join("encoder.onnx"));
+        assert!(!newer_than(&file, &source), "a missing file is never fresh");
+        std::fs::write(&source, b"w").unwrap();
+        std::fs::write(&file, b"x").unwrap();
+        let now = std::time::SystemTime::now();
+        let touch = |p: &Path, t: std::time::SystemTime| {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap()
+        };
+        touch(&source, now - std::time::Duration::from_secs(60));
+        touch(&file, now);
+        assert!(newer_than(&file, &source));
+        touch(&source, now + std::time::Duration::from_secs(60));
+        assert!(!newer_than(&file, &source), "weights changed since: stale");
+        std::fs::remove_file(&source).unwrap();
+        assert!(
+            newer_than(&file, &source),
+            "no source to compare with: kept"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

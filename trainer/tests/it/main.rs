@@ -232,7 +232,11 @@ fn resuming_reproduces_the_uninterrupted_run_step_for_step() {
     let mut reseeded = config(data_of(&out), LossKind::Ce, 1);
     reseeded.seed = 2;
     let err = train::train(&reseeded, &out, Device::Cpu, true, no_stop(), &mut ()).unwrap_err();
-    assert!(err.to_string().contains("other settings (seed)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("other settings (seed, split_seed)"),
+        "{err}"
+    );
 }
 
 /// The data setting a run in `dir` was trained on.
@@ -924,10 +928,16 @@ fn averaging_runs_of_one_recipe_gives_their_mean_weights_and_refuses_the_rest() 
     let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 16);
-    let trained = |name: &str, seed: u64, split_seed: Option<u64>, loss: LossKind| {
+    // 48 training images in batches of 16: 3 steps an epoch
+    let recipe = |seed: u64, split_seed: Option<u64>, loss: LossKind| {
         let mut cfg = config(data.clone(), loss, 1);
+        cfg.batch = 16;
         cfg.seed = seed;
         cfg.split_seed = split_seed;
+        cfg
+    };
+    let trained = |name: &str, seed: u64, split_seed: Option<u64>, loss: LossKind| {
+        let cfg = recipe(seed, split_seed, loss);
         let out = dir.path().join(name);
         train::train(&cfg, &out, Device::Cpu, false, no_stop(), &mut ()).unwrap();
         out
@@ -969,26 +979,98 @@ fn averaging_runs_of_one_recipe_gives_their_mean_weights_and_refuses_the_rest() 
     let (mut vs, _net) = train::build(&cfg.model, Device::Cpu);
     vs.load(run.weights()).unwrap();
 
-    // other held-out images, another loss, an unfinished run, a single run: errors
+    // an average is not trained further
+    let err = train::train(&cfg, &out, Device::Cpu, true, no_stop(), &mut ()).unwrap_err();
+    assert!(err.to_string().contains("not trained further"), "{err}");
+
+    // other held-out images, another loss, an unfinished run, one run twice, a single run
+    let x = dir.path().join("x");
     let c = trained("c", 3, None, LossKind::Ce);
-    let err = average::average_runs(&[a.clone(), c], &dir.path().join("x")).unwrap_err();
+    let err = average::average_runs(&[a.clone(), c], &x).unwrap_err();
     assert!(err.to_string().contains("split of seed 0"), "{err}");
     let d = trained("d", 4, Some(0), LossKind::Supcon);
-    let err = average::average_runs(&[a.clone(), d], &dir.path().join("x")).unwrap_err();
+    let err = average::average_runs(&[a.clone(), d], &x).unwrap_err();
     assert!(
         err.to_string()
             .contains("more than their seed (loss, model)"),
         "{err}"
     );
-    let mut cfg = config(data.clone(), LossKind::Ce, 2);
-    cfg.seed = 5;
-    cfg.split_seed = Some(0);
     let e = dir.path().join("e");
     let mut stopped = recorder(Some(1));
     let flag = stopped.flag.clone();
-    train::train(&cfg, &e, Device::Cpu, false, flag, &mut stopped).unwrap();
-    let err = average::average_runs(&[a.clone(), e], &dir.path().join("x")).unwrap_err();
-    assert!(err.to_string().contains("of its 2 epochs trained"), "{err}");
-    assert!(average::average_runs(&[a], &dir.path().join("x")).is_err());
+    let unfinished = recipe(5, Some(0), LossKind::Ce);
+    train::train(&unfinished, &e, Device::Cpu, false, flag, &mut stopped).unwrap();
+    let err = RunDir(e.clone()).require_finished(1).unwrap_err();
+    assert!(
+        err.to_string().contains("0 of its 1 epochs trained"),
+        "{err}"
+    );
+    let err = average::average_runs(&[a.clone(), e], &x).unwrap_err();
+    assert!(
+        err.to_string().contains("0 of its 1 epochs trained"),
+        "{err}"
+    );
+    let err = average::average_runs(&[a.clone(), a.clone()], &x).unwrap_err();
+    assert!(err.to_string().contains("both seed 1"), "{err}");
+    assert!(average::average_runs(std::slice::from_ref(&a), &x).is_err());
+
+    // never over a source or a trained run; an earlier average is replaced
+    let err = average::average_runs(&[a.clone(), b.clone()], &a).unwrap_err();
+    assert!(
+        err.to_string().contains("one of the runs averaged"),
+        "{err}"
+    );
+    let f = trained("f", 6, Some(0), LossKind::Ce);
+    let err = average::average_runs(&[a.clone(), b.clone()], &f).unwrap_err();
+    assert!(
+        err.to_string().contains("something other than an average"),
+        "{err}"
+    );
+    average::average_runs(&[a.clone(), b.clone()], &out).unwrap();
+
+    // a source whose weights hold NaN or another shape: nothing written
+    let poisoned = |name: &str, edit: &dyn Fn(&str, tch::Tensor) -> tch::Tensor| {
+        let dst = dir.path().join(name);
+        std::fs::create_dir_all(&dst).unwrap();
+        for f in ["config.json", "state.json"] {
+            std::fs::copy(b.join(f), dst.join(f)).unwrap();
+        }
+        let edited: Vec<(String, tch::Tensor)> = read(&b)
+            .into_iter()
+            .map(|(n, t)| {
+                let t = edit(&n, t);
+                (n, t)
+            })
+            .collect();
+        tch::Tensor::write_safetensors(&edited, RunDir(dst.clone()).weights()).unwrap();
+        dst
+    };
+    let first_float = ta
+        .iter()
+        .find(|(_, t)| t.is_floating_point())
+        .unwrap()
+        .0
+        .clone();
+    let nan = poisoned("nan", &|n, t| {
+        if n == first_float {
+            t.full_like(f64::NAN)
+        } else {
+            t
+        }
+    });
+    let err = average::average_runs(&[a.clone(), nan], &x).unwrap_err();
+    assert!(err.to_string().contains("not finite"), "{err}");
+    let reshaped = poisoned("reshaped", &|n, t| {
+        if n == first_float {
+            t.reshape([-1, 1])
+        } else {
+            t
+        }
+    });
+    let err = average::average_runs(&[a.clone(), reshaped], &x).unwrap_err();
+    assert!(
+        err.to_string().contains(&format!("{first_float} is")),
+        "{err}"
+    );
     assert!(!dir.path().join("x").exists());
 }
