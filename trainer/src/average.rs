@@ -143,10 +143,9 @@ pub fn average_runs(runs: &[PathBuf], out: &Path) -> Result<Averaged> {
 
     std::fs::create_dir_all(out).map_err(io(out))?;
     let dir = RunDir(out.to_path_buf());
-    let weights = dir.weights();
-    let tmp = out.join(".model.tmp.safetensors");
-    Tensor::write_safetensors(&averaged, &tmp)?;
-    std::fs::rename(&tmp, &weights).map_err(io(&weights))?;
+    crate::train::replace_file(&dir.weights(), |tmp| {
+        Ok(Tensor::write_safetensors(&averaged, tmp)?)
+    })?;
     let mut cfg = first.clone();
     cfg.split_seed = Some(split_seed(first));
     cfg.averaged_from = Some(runs.to_vec());

@@ -724,27 +724,30 @@ fn mix(seed: u64, epoch: u64, step: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Writes `path` through `write` on a temporary file beside it (`.NAME.tmp.EXT`: the
+/// extension kept, since libtorch picks the format by it), then renames it into place.
+pub(crate) fn replace_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let tmp = match path.extension() {
+        Some(ext) => path.with_file_name(format!(".{stem}.tmp.{}", ext.to_string_lossy())),
+        None => path.with_file_name(format!(".{stem}.tmp")),
+    };
+    write(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
 /// A run that starts from given weights (imported, not trained here): the weights, then
 /// its configuration, each written to a temporary file and renamed.
 pub fn save_run(run: &RunDir, cfg: &TrainConfig, vs: &nn::VarStore) -> Result<()> {
-    let weights = run.weights();
-    let tmp = run.0.join(".model.tmp.safetensors");
-    vs.save(&tmp)?;
-    std::fs::rename(&tmp, &weights).map_err(io(&weights))?;
+    replace_file(&run.weights(), |tmp| Ok(vs.save(tmp)?))?;
     write_json(&run.config(), cfg)
 }
 
 /// Weights, optimiser state and position, each written to a temporary file and renamed,
 /// the position last, so a crash never leaves a checkpoint that points past its weights.
 fn save_checkpoint(run: &RunDir, vs: &nn::VarStore, opt: &Sgd, state: State) -> Result<()> {
-    let weights = run.weights();
-    let tmp = run.0.join(".model.tmp.safetensors");
-    vs.save(&tmp)?;
-    std::fs::rename(&tmp, &weights).map_err(io(&weights))?;
-    let optimizer = run.optimizer();
-    let tmp = run.0.join(".optimizer.tmp.safetensors");
-    opt.save(&tmp)?;
-    std::fs::rename(&tmp, &optimizer).map_err(io(&optimizer))?;
+    replace_file(&run.weights(), |tmp| Ok(vs.save(tmp)?))?;
+    replace_file(&run.optimizer(), |tmp| Ok(opt.save(tmp)?))?;
     write_json(&run.state(), &state)
 }
 
