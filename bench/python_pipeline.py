@@ -77,6 +77,7 @@ import resource
 import struct
 import sys
 import time
+import zlib
 from pathlib import Path
 
 # one thread for NumPy's BLAS (set before NumPy loads it): the comparison is on one core
@@ -295,10 +296,14 @@ def preprocess(img, order, spec, exact=False):
 
 def matrix(stored):
     """A matrix of the artifact: shape, dtype, little-endian bytes in base64; `-symmetric`
-    holds the upper triangle row by row, `f32-lower` the lower one (a Cholesky factor)."""
+    holds the upper triangle row by row, `f32-lower` the lower one (a Cholesky factor), and
+    `f32-lower-shuffle-zlib` that triangle's bytes grouped by significance, zlib-compressed."""
     raw = base64.b64decode(stored["data"])
     n, m = stored["rows"], stored["cols"]
-    if stored["dtype"] == "f32-lower":
+    if stored["dtype"] == "f32-lower-shuffle-zlib":
+        planes = np.frombuffer(zlib.decompress(raw), np.uint8).reshape(4, -1)
+        raw = np.ascontiguousarray(planes.T).tobytes()
+    if stored["dtype"] in ("f32-lower", "f32-lower-shuffle-zlib"):
         full = np.zeros((n, n), np.float32)
         full[np.tril_indices(n)] = np.frombuffer(raw, "<f4")
         return full

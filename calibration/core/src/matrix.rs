@@ -2,7 +2,9 @@
 //! which is exact, compact and still plain JSON. Symmetric `f64` matrices (the precision
 //! matrices of files before schema 6) keep only their upper triangle (`dtype`
 //! `f64-symmetric`), and the `f32` Cholesky factors stored since only their lower one
-//! (`f32-lower`): at 1280 dimensions 3.3 MB against 13 MB of doubles in full.
+//! (`f32-lower`): at 1280 dimensions 3.3 MB against 13 MB of doubles in full, and since
+//! schema 11 that triangle byte-shuffled and zlib-compressed (`f32-lower-shuffle-zlib`,
+//! 2.8 MB).
 
 use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -159,12 +161,22 @@ stored_matrix!(MatrixF64, f64, "f64", 8, true);
 
 /// A square lower-triangular `f32` matrix (a Cholesky factor, as the scorer multiplies by
 /// it), row-major with zeros above the diagonal in memory; stored as its lower triangle
-/// only (`dtype` `f32-lower`): a quarter of the bytes of the `f64` matrix it came from.
+/// only, a quarter of the bytes of the `f64` matrix it came from, and since schema 11
+/// compressed (`dtype` `f32-lower-shuffle-zlib`, see [`LOWER_SHUFFLE_ZLIB`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LowerF32 {
     pub n: usize,
     pub data: Vec<f32>,
 }
+
+/// The lower triangle's little-endian bytes as they are (schemas 6 to 10; still read).
+const LOWER_RAW: &str = "f32-lower";
+/// The lower triangle's little-endian bytes regrouped by significance (every value's first
+/// byte, then every second byte, ...: HDF5's and Blosc's "shuffle") and then zlib-compressed,
+/// so that the runs of alike exponent bytes compress: exact, with zlib's Adler-32 over the
+/// bytes, and at 1280 dimensions 2.8 MB instead of 3.3 MB (calib.json 3.9 MiB instead of
+/// 4.5). The mantissa bytes of a Cholesky factor are noise and do not compress.
+pub const LOWER_SHUFFLE_ZLIB: &str = "f32-lower-shuffle-zlib";
 
 impl LowerF32 {
     /// From a full row-major `n x n` matrix; what is above the diagonal is dropped.
@@ -175,20 +187,44 @@ impl LowerF32 {
         }
         Self { n, data }
     }
+
+    fn triangle(&self) -> impl Iterator<Item = f32> + '_ {
+        let n = self.n;
+        (0..n).flat_map(move |i| self.data[i * n..i * n + i + 1].iter().copied())
+    }
+}
+
+/// Bytes of a lower triangle of `n x n` `f32`s, or `None` when that overflows.
+fn lower_bytes(n: usize) -> Option<usize> {
+    n.checked_add(1)
+        .and_then(|m| m.checked_mul(n))
+        .and_then(|m| (m / 2).checked_mul(4))
 }
 
 impl Serialize for LowerF32 {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let n = self.n;
-        let bytes: Vec<u8> = (0..n)
-            .flat_map(|i| self.data[i * n..i * n + i + 1].iter())
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+        use serde::ser::Error;
+        use std::io::Write;
+        let count = self.n * (self.n + 1) / 2;
+        let mut shuffled = vec![0u8; count * 4];
+        for (i, v) in self.triangle().enumerate() {
+            for (k, b) in v.to_le_bytes().into_iter().enumerate() {
+                shuffled[k * count + i] = b;
+            }
+        }
+        let mut z = flate2::write::ZlibEncoder::new(
+            Vec::with_capacity(shuffled.len() / 2),
+            flate2::Compression::default(),
+        );
+        let compressed = z
+            .write_all(&shuffled)
+            .and_then(|()| z.finish())
+            .map_err(|e| S::Error::custom(format!("compressing a matrix: {e}")))?;
         Stored {
-            rows: n,
-            cols: n,
-            dtype: "f32-lower".into(),
-            data: base64::engine::general_purpose::STANDARD.encode(bytes),
+            rows: self.n,
+            cols: self.n,
+            dtype: LOWER_SHUFFLE_ZLIB.into(),
+            data: base64::engine::general_purpose::STANDARD.encode(compressed),
         }
         .serialize(s)
     }
@@ -197,35 +233,66 @@ impl Serialize for LowerF32 {
 impl<'de> Deserialize<'de> for LowerF32 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
+        use std::io::Read;
         let st = Stored::deserialize(d)?;
-        if st.dtype != "f32-lower" || st.rows != st.cols {
+        let shuffled = st.dtype == LOWER_SHUFFLE_ZLIB;
+        if !(shuffled || st.dtype == LOWER_RAW) || st.rows != st.cols {
             return Err(D::Error::custom(format!(
-                "a {} matrix of {}x{}, expected a square \"f32-lower\" one",
+                "a {} matrix of {}x{}, expected a square {LOWER_SHUFFLE_ZLIB:?} or {LOWER_RAW:?} one",
                 st.dtype, st.rows, st.cols
             )));
         }
         let n = st.rows;
-        let bytes = base64::engine::general_purpose::STANDARD
+        let want = lower_bytes(n).ok_or_else(|| D::Error::custom("matrix shape overflows"))?;
+        let stored = base64::engine::general_purpose::STANDARD
             .decode(st.data.as_bytes())
             .map_err(|e| D::Error::custom(format!("matrix data is not base64: {e}")))?;
-        let want = n
-            .checked_add(1)
-            .and_then(|m| m.checked_mul(n))
-            .and_then(|m| (m / 2).checked_mul(4))
-            .ok_or_else(|| D::Error::custom("matrix shape overflows"))?;
+        let bytes = if shuffled {
+            // Read at most one byte more than the shape needs, so that a corrupt or hostile
+            // stream cannot inflate without bound; zlib checks its Adler-32 at the end.
+            let mut out = Vec::with_capacity(want.min(stored.len().saturating_mul(4)));
+            flate2::read::ZlibDecoder::new(stored.as_slice())
+                .take(want as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| D::Error::custom(format!("matrix data does not inflate: {e}")))?;
+            out
+        } else {
+            stored
+        };
         if bytes.len() != want {
+            let found = if bytes.len() > want {
+                "more".to_string()
+            } else {
+                bytes.len().to_string()
+            };
             return Err(D::Error::custom(format!(
-                "lower-triangular {n}x{n} matrix needs {want} bytes, found {}",
-                bytes.len()
+                "lower-triangular {n}x{n} matrix needs {want} bytes, found {found}"
             )));
         }
-        let mut values = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        let count = want / 4;
+        let value = |i: usize| {
+            if shuffled {
+                f32::from_le_bytes([
+                    bytes[i],
+                    bytes[count + i],
+                    bytes[2 * count + i],
+                    bytes[3 * count + i],
+                ])
+            } else {
+                f32::from_le_bytes([
+                    bytes[4 * i],
+                    bytes[4 * i + 1],
+                    bytes[4 * i + 2],
+                    bytes[4 * i + 3],
+                ])
+            }
+        };
         let mut data = vec![0f32; n * n];
+        let mut next = 0;
         for i in 0..n {
             for v in &mut data[i * n..i * n + i + 1] {
-                *v = values.next().unwrap_or_default();
+                *v = value(next);
+                next += 1;
             }
         }
         Ok(Self { n, data })
@@ -254,10 +321,80 @@ mod tests {
         assert_eq!(m.data[1], 0.0); // above the diagonal
         assert_eq!(m.data[n + 1], full[n + 1]);
         let s = serde_json::to_string(&m).unwrap();
-        assert!(s.contains("f32-lower"), "{s}");
+        assert!(s.contains(LOWER_SHUFFLE_ZLIB), "{s}");
         assert_eq!(serde_json::from_str::<LowerF32>(&s).unwrap(), m);
         assert!(serde_json::from_str::<LowerF32>(&s.replace("\"rows\":4", "\"rows\":3")).is_err());
-        assert!(serde_json::from_str::<LowerF32>(&s.replace("f32-lower", "f32")).is_err());
+        assert!(serde_json::from_str::<LowerF32>(&s.replace(LOWER_SHUFFLE_ZLIB, "f32")).is_err());
+    }
+
+    /// The stored form of `m` with `bytes` as its (already encoded) payload.
+    fn stored(n: usize, dtype: &str, bytes: &[u8]) -> String {
+        format!(
+            r#"{{"rows":{n},"cols":{n},"dtype":"{dtype}","data":"{}"}}"#,
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        )
+    }
+
+    fn zlib(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(bytes).unwrap();
+        z.finish().unwrap()
+    }
+
+    #[test]
+    fn lower_f32_compressed_is_bit_exact_reads_the_raw_form_and_refuses_corruption() {
+        // every bit pattern a factor can hold, subnormals and signed zeros included
+        let n = 37;
+        let mut state = 0x9e37_79b9_u32;
+        let full: Vec<f32> = (0..n * n)
+            .map(|i| match i % 7 {
+                0 => -0.0,
+                1 => f32::from_bits(1 + i as u32), // subnormal
+                _ => {
+                    state ^= state << 13;
+                    state ^= state >> 17;
+                    state ^= state << 5;
+                    (state as f32 / u32::MAX as f32 - 0.5) * 3.0
+                }
+            })
+            .collect();
+        let m = LowerF32::from_full(n, &full);
+        let s = serde_json::to_string(&m).unwrap();
+        let back = serde_json::from_str::<LowerF32>(&s).unwrap();
+        let bits = |m: &LowerF32| m.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&back), bits(&m));
+
+        // the uncompressed triangle of schemas 6-10 reads to the same matrix
+        let raw: Vec<u8> = m.triangle().flat_map(|v| v.to_le_bytes()).collect();
+        let old = serde_json::from_str::<LowerF32>(&stored(n, LOWER_RAW, &raw)).unwrap();
+        assert_eq!(bits(&old), bits(&m));
+
+        // a flipped byte in the compressed stream: zlib's checksum or its inflate refuses it
+        let st: Stored = serde_json::from_str(&s).unwrap();
+        let mut z = base64::engine::general_purpose::STANDARD
+            .decode(st.data)
+            .unwrap();
+        let mid = z.len() / 2;
+        z[mid] ^= 0x40;
+        let err = serde_json::from_str::<LowerF32>(&stored(n, LOWER_SHUFFLE_ZLIB, &z))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("inflate"), "{err}");
+
+        // a stream that inflates to more than the shape holds (a bomb) or to less: refused
+        let bomb = zlib(&vec![0u8; 64 << 20]);
+        let err = serde_json::from_str::<LowerF32>(&stored(n, LOWER_SHUFFLE_ZLIB, &bomb))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("found more"), "{err}");
+        let short = zlib(&raw[..raw.len() - 4]);
+        let err = serde_json::from_str::<LowerF32>(&stored(n, LOWER_SHUFFLE_ZLIB, &short))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("found {}", raw.len() - 4)), "{err}");
+        // bytes that are not zlib at all
+        assert!(serde_json::from_str::<LowerF32>(&stored(n, LOWER_SHUFFLE_ZLIB, &raw)).is_err());
     }
 
     #[test]

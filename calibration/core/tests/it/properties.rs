@@ -1,5 +1,6 @@
 //! Properties of the core that must hold for every input, not just chosen examples.
 
+use base64::Engine;
 use oodmon_calibration::metrics::{auroc, average_precision, fpr_at_tpr};
 use oodmon_calibration::preprocess::{
     PixelFormat, PreprocessSpec, Preprocessor, ResizeFilter, ResizePolicy,
@@ -213,6 +214,31 @@ fn artifact_round_trips_and_rejects_tampering() {
         assert!((x.score - y.score).abs() <= 1e-4 * x.score.abs().max(1.0));
         assert_eq!(x.nearest, y.nearest);
     }
+    // a schema-10 file stores the factor's lower triangle uncompressed (`f32-lower`): it
+    // loads to the same factor bit for bit, and is written back compressed
+    let mut v10: serde_json::Value = serde_json::from_str(&a.to_json()).unwrap();
+    v10["schema_version"] = 10.into();
+    assert_eq!(
+        v10["model"]["whitening"][0]["dtype"],
+        oodmon_calibration::matrix::LOWER_SHUFFLE_ZLIB
+    );
+    let raw: Vec<u8> = (0..d)
+        .flat_map(|i| l.data[i * d..i * d + i + 1].iter())
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    v10["model"]["whitening"][0] = serde_json::json!({
+        "rows": d, "cols": d, "dtype": "f32-lower",
+        "data": base64::engine::general_purpose::STANDARD.encode(raw),
+    });
+    let old = CalibrationArtifact::from_json(&v10.to_string()).unwrap();
+    assert_eq!(old.schema_version, oodmon_calibration::SCHEMA_VERSION);
+    let bits = |m: &oodmon_calibration::matrix::LowerF32| {
+        m.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&old.model.whitening[0]), bits(l));
+    assert!(old
+        .to_json()
+        .contains(oodmon_calibration::matrix::LOWER_SHUFFLE_ZLIB));
     // non-finite values
     let mut bad = a.clone();
     bad.thresholds.global = f64::NAN;
