@@ -301,7 +301,14 @@ def matrix(stored):
     raw = base64.b64decode(stored["data"])
     n, m = stored["rows"], stored["cols"]
     if stored["dtype"] == "f32-lower-shuffle-zlib":
-        planes = np.frombuffer(zlib.decompress(raw), np.uint8).reshape(4, -1)
+        want = n * (n + 1) // 2 * 4
+        z = zlib.decompressobj()
+        raw = z.decompress(raw, want + 1)  # no more than the shape holds (a bomb stops here)
+        if len(raw) != want or not z.eof or z.unused_data:
+            sys.exit(f"calib.json: a {n}x{n} whitening factor needs {want} bytes of one zlib "
+                     f"stream; found {len(raw)} (stream ended: {z.eof}, "
+                     f"{len(z.unused_data)} bytes after it)")
+        planes = np.frombuffer(raw, np.uint8).reshape(4, -1)
         raw = np.ascontiguousarray(planes.T).tobytes()
     if stored["dtype"] in ("f32-lower", "f32-lower-shuffle-zlib"):
         full = np.zeros((n, n), np.float32)

@@ -29,8 +29,8 @@ pub const SCHEMA_VERSION: u32 = 11;
 /// frame's own blocks and duplicates (its frame-noise bounds are kept without them until
 /// `guards` refits them); version 8 had no radial-detail bound (zoom blur; its other bounds
 /// are kept, and `guards` refits all of them); version 9 could not store the low-rank
-/// precision of `mahalanobis++:R` (it never holds one); version 10 stored the whitening
-/// factors uncompressed (`f32-lower`, read as they are; this build writes them byte-shuffled
+/// precision of `mahalanobis++:R` (it never holds one); versions 6 to 10 stored the
+/// whitening factors uncompressed (`f32-lower`, read as they are; this build writes them byte-shuffled
 /// and zlib-compressed, the same values).
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 const FORMAT: &str = "oodmon-calibration";
@@ -401,8 +401,8 @@ fn migrate(value: &mut serde_json::Value, from: u64) {
     // without it
     // schema 10 added the optional low-rank precision (`model.subspace`) of
     // `mahalanobis++:R`: a schema 9 file reads as it is, without it
-    // schema 11 writes the whitening factors compressed (`f32-lower-shuffle-zlib`): a
-    // schema 10 file's uncompressed `f32-lower` ones read as they are
+    // schema 11 writes the whitening factors compressed (`f32-lower-shuffle-zlib`): the
+    // uncompressed `f32-lower` ones of schemas 6 to 10 read as they are
     if let Some(o) = value.as_object_mut() {
         if from < 4 {
             // schema 4 names the backend the embeddings came from; before, always tract

@@ -194,11 +194,15 @@ impl LowerF32 {
     }
 }
 
-/// Bytes of a lower triangle of `n x n` `f32`s, or `None` when that overflows.
+/// The widest whitening factor a file may hold. Embeddings are 128 to 4096 wide (1280 for
+/// EfficientNet-Lite); the bound keeps a small hostile file (deflate inflates zeros 1000-fold)
+/// from making the loader allocate gigabytes before the factor is checked against the
+/// embedding, and `n * n` floats within a 32-bit target's address space.
+pub const MAX_FACTOR_DIM: usize = 8192;
+
+/// Bytes of a lower triangle of `n x n` `f32`s, or `None` above [`MAX_FACTOR_DIM`].
 fn lower_bytes(n: usize) -> Option<usize> {
-    n.checked_add(1)
-        .and_then(|m| m.checked_mul(n))
-        .and_then(|m| (m / 2).checked_mul(4))
+    (n <= MAX_FACTOR_DIM).then(|| n * (n + 1) / 2 * 4)
 }
 
 impl Serialize for LowerF32 {
@@ -238,23 +242,37 @@ impl<'de> Deserialize<'de> for LowerF32 {
         let shuffled = st.dtype == LOWER_SHUFFLE_ZLIB;
         if !(shuffled || st.dtype == LOWER_RAW) || st.rows != st.cols {
             return Err(D::Error::custom(format!(
-                "a {} matrix of {}x{}, expected a square {LOWER_SHUFFLE_ZLIB:?} or {LOWER_RAW:?} one",
+                "a whitening factor stored as a {} matrix of {}x{}, expected a square {LOWER_SHUFFLE_ZLIB:?} or {LOWER_RAW:?} one",
                 st.dtype, st.rows, st.cols
             )));
         }
         let n = st.rows;
-        let want = lower_bytes(n).ok_or_else(|| D::Error::custom("matrix shape overflows"))?;
+        let want = lower_bytes(n).ok_or_else(|| {
+            D::Error::custom(format!(
+                "a whitening factor of {n}x{n}: wider than the {MAX_FACTOR_DIM} dimensions supported"
+            ))
+        })?;
         let stored = base64::engine::general_purpose::STANDARD
             .decode(st.data.as_bytes())
-            .map_err(|e| D::Error::custom(format!("matrix data is not base64: {e}")))?;
+            .map_err(|e| D::Error::custom(format!("whitening factor data is not base64: {e}")))?;
         let bytes = if shuffled {
             // Read at most one byte more than the shape needs, so that a corrupt or hostile
             // stream cannot inflate without bound; zlib checks its Adler-32 at the end.
             let mut out = Vec::with_capacity(want.min(stored.len().saturating_mul(4)));
-            flate2::read::ZlibDecoder::new(stored.as_slice())
+            let mut z = flate2::read::ZlibDecoder::new(stored.as_slice());
+            (&mut z)
                 .take(want as u64 + 1)
                 .read_to_end(&mut out)
-                .map_err(|e| D::Error::custom(format!("matrix data does not inflate: {e}")))?;
+                .map_err(|e| {
+                    D::Error::custom(format!("whitening factor data does not inflate: {e}"))
+                })?;
+            // one encoding per factor: nothing may follow the end of the stream
+            if out.len() == want && z.total_in() != stored.len() as u64 {
+                return Err(D::Error::custom(format!(
+                    "whitening factor data: {} bytes after the end of the compressed stream",
+                    stored.len() as u64 - z.total_in()
+                )));
+            }
             out
         } else {
             stored
@@ -266,7 +284,7 @@ impl<'de> Deserialize<'de> for LowerF32 {
                 bytes.len().to_string()
             };
             return Err(D::Error::custom(format!(
-                "lower-triangular {n}x{n} matrix needs {want} bytes, found {found}"
+                "a lower-triangular {n}x{n} whitening factor needs {want} bytes, found {found}"
             )));
         }
         let count = want / 4;
@@ -370,20 +388,22 @@ mod tests {
         let old = serde_json::from_str::<LowerF32>(&stored(n, LOWER_RAW, &raw)).unwrap();
         assert_eq!(bits(&old), bits(&m));
 
-        // a flipped byte in the compressed stream: zlib's checksum or its inflate refuses it
+        // a flipped byte in zlib's Adler-32 (the last four bytes) or in the stream itself
         let st: Stored = serde_json::from_str(&s).unwrap();
-        let mut z = base64::engine::general_purpose::STANDARD
+        let z = base64::engine::general_purpose::STANDARD
             .decode(st.data)
             .unwrap();
-        let mid = z.len() / 2;
-        z[mid] ^= 0x40;
-        let err = serde_json::from_str::<LowerF32>(&stored(n, LOWER_SHUFFLE_ZLIB, &z))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("inflate"), "{err}");
+        let flipped = |at: usize| {
+            let mut z = z.clone();
+            z[at] ^= 0x40;
+            serde_json::from_str::<LowerF32>(&stored(n, LOWER_SHUFFLE_ZLIB, &z))
+        };
+        let err = flipped(z.len() - 2).unwrap_err().to_string();
+        assert!(err.contains("does not inflate"), "{err}");
+        assert!(flipped(z.len() / 2).is_err());
 
         // a stream that inflates to more than the shape holds (a bomb) or to less: refused
-        let bomb = zlib(&vec![0u8; 64 << 20]);
+        let bomb = zlib(&vec![0u8; 1 << 20]);
         let err = serde_json::from_str::<LowerF32>(&stored(n, LOWER_SHUFFLE_ZLIB, &bomb))
             .unwrap_err()
             .to_string();
@@ -393,6 +413,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains(&format!("found {}", raw.len() - 4)), "{err}");
+        // bytes after the end of a good stream
+        let mut trailing = z.clone();
+        trailing.extend_from_slice(b"junk");
+        let err = serde_json::from_str::<LowerF32>(&stored(n, LOWER_SHUFFLE_ZLIB, &trailing))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("4 bytes after the end"), "{err}");
+        // a shape wider than any embedding, however small the file: refused before inflating
+        let wide = MAX_FACTOR_DIM + 1;
+        let err = serde_json::from_str::<LowerF32>(&stored(wide, LOWER_SHUFFLE_ZLIB, &bomb))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("wider than the 8192"), "{err}");
         // bytes that are not zlib at all
         assert!(serde_json::from_str::<LowerF32>(&stored(n, LOWER_SHUFFLE_ZLIB, &raw)).is_err());
     }
