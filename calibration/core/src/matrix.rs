@@ -200,6 +200,26 @@ impl LowerF32 {
 /// embedding, and `n * n` floats within a 32-bit target's address space.
 pub const MAX_FACTOR_DIM: usize = 8192;
 
+/// Regroups 4-byte values by significance: every value's byte 0, then every byte 1, ...
+fn shuffle4(bytes: &[u8]) -> Vec<u8> {
+    let count = bytes.len() / 4;
+    let mut out = vec![0u8; bytes.len()];
+    for (i, value) in bytes.chunks_exact(4).enumerate() {
+        for (k, &b) in value.iter().enumerate() {
+            out[k * count + i] = b;
+        }
+    }
+    out
+}
+
+/// The inverse of [`shuffle4`].
+fn unshuffle4(planes: &[u8]) -> Vec<u8> {
+    let count = planes.len() / 4;
+    (0..count)
+        .flat_map(|i| (0..4).map(move |k| planes[k * count + i]))
+        .collect()
+}
+
 /// Bytes of a lower triangle of `n x n` `f32`s, or `None` above [`MAX_FACTOR_DIM`].
 fn lower_bytes(n: usize) -> Option<usize> {
     (n <= MAX_FACTOR_DIM).then(|| n * (n + 1) / 2 * 4)
@@ -209,13 +229,8 @@ impl Serialize for LowerF32 {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::Error;
         use std::io::Write;
-        let count = self.n * (self.n + 1) / 2;
-        let mut shuffled = vec![0u8; count * 4];
-        for (i, v) in self.triangle().enumerate() {
-            for (k, b) in v.to_le_bytes().into_iter().enumerate() {
-                shuffled[k * count + i] = b;
-            }
-        }
+        let raw: Vec<u8> = self.triangle().flat_map(f32::to_le_bytes).collect();
+        let shuffled = shuffle4(&raw);
         let mut z = flate2::write::ZlibEncoder::new(
             Vec::with_capacity(shuffled.len() / 2),
             flate2::Compression::default(),
@@ -287,30 +302,14 @@ impl<'de> Deserialize<'de> for LowerF32 {
                 "a lower-triangular {n}x{n} whitening factor needs {want} bytes, found {found}"
             )));
         }
-        let count = want / 4;
-        let value = |i: usize| {
-            if shuffled {
-                f32::from_le_bytes([
-                    bytes[i],
-                    bytes[count + i],
-                    bytes[2 * count + i],
-                    bytes[3 * count + i],
-                ])
-            } else {
-                f32::from_le_bytes([
-                    bytes[4 * i],
-                    bytes[4 * i + 1],
-                    bytes[4 * i + 2],
-                    bytes[4 * i + 3],
-                ])
-            }
-        };
+        let bytes = if shuffled { unshuffle4(&bytes) } else { bytes };
+        let mut values = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
         let mut data = vec![0f32; n * n];
-        let mut next = 0;
         for i in 0..n {
             for v in &mut data[i * n..i * n + i + 1] {
-                *v = value(next);
-                next += 1;
+                *v = values.next().unwrap_or_default();
             }
         }
         Ok(Self { n, data })
@@ -345,7 +344,7 @@ mod tests {
         assert!(serde_json::from_str::<LowerF32>(&s.replace(LOWER_SHUFFLE_ZLIB, "f32")).is_err());
     }
 
-    /// The stored form of `m` with `bytes` as its (already encoded) payload.
+    /// A stored `n x n` factor of `dtype` whose payload is `bytes` (already encoded).
     fn stored(n: usize, dtype: &str, bytes: &[u8]) -> String {
         format!(
             r#"{{"rows":{n},"cols":{n},"dtype":"{dtype}","data":"{}"}}"#,
