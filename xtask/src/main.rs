@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         Some("soak") => soak(&args[1..]),
         Some("pretrained-check") => pretrained_check(&args[1..]),
         _ => Err(
-            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick] | bench-edge [--quick] [--model FILE.onnx ...] [--video FILE.avi] | study --data DIR [--out DIR] [--epochs N] [--losses ce,supcon,simclr|none] [--sizes 64,96] [--tune-losses ce,supcon,simclr|none] [--tune-size 64] [--tune-seeds 0,1] [--tune-split-seed 0] [--tune-average] [--tune-epochs 3] [--tune-steps 100] [--max-rows 10000] [--backbone-weights FILE.pth] | corruption --data DIR [--bundle DIR] [--limit N] [--out DIR] | v4l2-bindings | fuzz [--seconds N] [--target NAME] | soak [--frames N] | pretrained-check --weights FILE.pth IMAGE...>"
+            "usage: cargo xtask <test [--no-aarch64] | setup | bench [--quick] | bench-train [--quick] | bench-edge [--quick] [--model FILE.onnx ...] [--video FILE.avi] | study --data DIR [--out DIR] [--epochs N] [--losses ce,supcon,simclr|none] [--sizes 64,96] [--tune-losses ce,supcon,simclr|none] [--tune-size 64] [--tune-seeds 0,1] [--tune-split-seed 0] [--tune-average] [--tune-epochs 3] [--tune-steps 100] [--max-rows 10000] [--detail-size 32|none] [--features head,blocks] [--open-set edge-ce,lite0-ce] [--open-set-splits 0,1,2,3,4] [--backbone-weights FILE.pth] | corruption --data DIR [--bundle DIR] [--limit N] [--out DIR] | v4l2-bindings | fuzz [--seconds N] [--target NAME] | soak [--frames N] | pretrained-check --weights FILE.pth IMAGE...>"
                 .into(),
         ),
     };

@@ -31,6 +31,8 @@ struct Study {
     lite: LiteRows,
     /// Models (`edge-LOSS`, `lite0-LOSS`) trained once per open-set class split.
     open_set: Vec<String>,
+    /// Which of the five class splits (default all; a subset to spread the work over days).
+    open_set_splits: Vec<usize>,
 }
 
 /// The pretrained EfficientNet-Lite0 rows: frozen at each size, fine-tuned at one.
@@ -145,6 +147,7 @@ fn setup(args: &[String]) -> Result<Study> {
     let mut epochs = 15usize;
     let mut losses = "ce,supcon,simclr".to_string();
     let mut open_set = Vec::new();
+    let mut open_set_splits: Vec<usize> = (0..OPEN_SET_SPLITS.len()).collect();
     let mut lite = LiteRows {
         weights: None,
         sizes: vec![64, 96],
@@ -192,6 +195,21 @@ fn setup(args: &[String]) -> Result<Study> {
                     )
                 }) {
                     return Err(format!("--open-set {m}: edge-LOSS or lite0-LOSS"));
+                }
+            }
+            "--open-set-splits" => {
+                open_set_splits = list(value()?)
+                    .iter()
+                    .map(|v| number(a, v.clone()))
+                    .collect::<Result<_>>()?;
+                if let Some(k) = open_set_splits
+                    .iter()
+                    .find(|k| **k >= OPEN_SET_SPLITS.len())
+                {
+                    return Err(format!("--open-set-splits {k}: the splits are 0-4"));
+                }
+                if open_set_splits.is_empty() {
+                    return Err("--open-set-splits needs at least one split".into());
                 }
             }
             "--tune-size" => lite.tune_size = number(a, value()?)? as u32,
@@ -276,6 +294,7 @@ fn setup(args: &[String]) -> Result<Study> {
         losses: list(losses),
         lite,
         open_set,
+        open_set_splits,
         python,
         trainer: target_dir().join("release/oodmon-trainer"),
         calibrate: target_dir().join("release/oodmon-calibrate"),
@@ -717,12 +736,19 @@ const OPEN_SET_SPLITS: [[usize; 6]; 5] = [
 /// images are the OOD set).
 fn open_set(s: &Study, model: &str) -> Result {
     let (arch, loss) = model.split_once('-').ok_or(format!("--open-set {model}"))?;
-    for (seed, known) in OPEN_SET_SPLITS.iter().enumerate() {
-        let name = format!("open-{model}-s{seed}");
+    // the fine-tune at a size other than the shipped 64 has its own runs
+    let size = s.lite.tune_size;
+    let named = if arch == "lite0" && size != 64 {
+        format!("{model}-{size}")
+    } else {
+        model.to_string()
+    };
+    for &seed in &s.open_set_splits {
+        let known = &OPEN_SET_SPLITS[seed];
+        let name = format!("open-{named}-s{seed}");
         let dir = s.out.join(format!("runs/{name}"));
-        step(&format!("open-set split {seed} (known {known:?}): {model}"));
+        step(&format!("open-set split {seed} (known {known:?}): {named}"));
         if arch == "lite0" {
-            let size = s.lite.tune_size;
             let frozen = import_frozen(s, &backbone_weights(s)?, size)?;
             let seed = TuneSeed {
                 seed: 0,
@@ -736,19 +762,22 @@ fn open_set(s: &Study, model: &str) -> Result {
         let emb = s.out.join(format!("embeddings/{name}-int8"));
         embed_chosen_sets(s, &dir, Some(&int8), &emb, None, false)?;
     }
-    step(&format!("open-set protocol: {model}"));
+    step(&format!("open-set protocol: {named}"));
+    let splits: Vec<String> = s.open_set_splits.iter().map(|k| k.to_string()).collect();
     let table = output_text(
         Command::new(&s.python)
             .arg(root().join("bench/open_set.py"))
             .arg("--per-split")
+            .arg("--seeds")
+            .arg(splits.join(","))
             .arg(&s.calibrate)
             .arg(&s.out)
-            .arg(model)
+            .arg(&named)
             .output()
             .map_err(|e| e.to_string())?,
         "open_set.py",
     )?;
-    std::fs::write(s.out.join(format!("open-set-{model}.md")), &table)
+    std::fs::write(s.out.join(format!("open-set-{named}.md")), &table)
         .map_err(|e| e.to_string())?;
     println!("{table}");
     Ok(())
