@@ -224,20 +224,7 @@ impl Dataset {
     /// position in that list: an open-set protocol's known classes. `None` when a class
     /// is out of range or listed twice.
     pub fn keep_classes(&self, classes: &[usize]) -> Option<Dataset> {
-        let n = self.classes();
-        let mut position = vec![None; n];
-        for (i, &c) in classes.iter().enumerate() {
-            if c >= n || position[c].is_some() {
-                return None;
-            }
-            position[c] = Some(i as i64);
-        }
-        let (rows, labels): (Vec<usize>, Vec<i64>) = (0..self.len())
-            .filter_map(|i| {
-                let label = usize::try_from(self.labels[i]).ok()?;
-                Some((i, (*position.get(label)?)?))
-            })
-            .unzip();
+        let (rows, labels) = self.class_rows(classes)?;
         let mut kept = self.select(&rows);
         kept.labels = labels;
         kept.class_names = classes
@@ -247,8 +234,35 @@ impl Dataset {
         Some(kept)
     }
 
+    /// The rows [`Dataset::keep_classes`] keeps and their new labels.
+    pub fn class_rows(&self, classes: &[usize]) -> Option<(Vec<usize>, Vec<i64>)> {
+        let n = self.classes();
+        let mut position = vec![None; n];
+        for (i, &c) in classes.iter().enumerate() {
+            if c >= n || position[c].is_some() {
+                return None;
+            }
+            position[c] = Some(i as i64);
+        }
+        Some(
+            (0..self.len())
+                .filter_map(|i| {
+                    let label = usize::try_from(self.labels[i]).ok()?;
+                    Some((i, (*position.get(label)?)?))
+                })
+                .unzip(),
+        )
+    }
+
     /// A seeded split into (train, validation) with `fraction` of each class held out.
     pub fn split(&self, fraction: f64, seed: u64) -> (Dataset, Dataset) {
+        let (keep, hold) = self.split_rows(fraction, seed);
+        (self.select(&keep), self.select(&hold))
+    }
+
+    /// The rows [`Dataset::split`] puts in each part, ascending: what a trainer outside
+    /// Rust (`bench/finetune_torch.py`) needs to hold out the same images.
+    pub fn split_rows(&self, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut keep = Vec::new();
         let mut hold = Vec::new();
@@ -263,7 +277,7 @@ impl Dataset {
         }
         keep.sort_unstable();
         hold.sort_unstable();
-        (self.select(&keep), self.select(&hold))
+        (keep, hold)
     }
 }
 
@@ -732,6 +746,36 @@ mod tests {
         assert_eq!(kept.image(1), ds.image(2));
         assert!(ds.keep_classes(&[0, 0]).is_none());
         assert!(ds.keep_classes(&[3]).is_none());
+        let (rows, labels) = ds.class_rows(&[2, 0]).unwrap();
+        assert_eq!((rows, labels), (vec![0, 2, 3, 5], kept.labels.clone()));
+    }
+
+    /// The rows a trainer outside Rust is given (`dump_split`) are the images `split`
+    /// puts in each part: disjoint, complete, a fraction of each class held out.
+    #[test]
+    fn split_rows_are_the_split_s_images() {
+        let labels: Vec<i64> = (0..40).map(|i| i % 4).collect();
+        let ds = Dataset {
+            width: 1,
+            height: 1,
+            pixels: (0..120).map(|v| v as u8).collect(),
+            labels: labels.clone(),
+            class_names: (0..4).map(|c| c.to_string()).collect(),
+        };
+        let (keep, hold) = ds.split_rows(0.2, 7);
+        let (train, val) = ds.split(0.2, 7);
+        assert_eq!(train.pixels, ds.select(&keep).pixels);
+        assert_eq!(val.pixels, ds.select(&hold).pixels);
+        assert_eq!(keep.len() + hold.len(), 40);
+        assert!(keep.iter().all(|r| !hold.contains(r)));
+        for class in 0..4 {
+            assert_eq!(hold.iter().filter(|&&r| labels[r] == class).count(), 2);
+        }
+        assert_ne!(
+            ds.split_rows(0.2, 8).1,
+            hold,
+            "another seed holds out others"
+        );
     }
 
     /// A loaded data set's images went through the spec's resize and detail stage once;

@@ -95,3 +95,109 @@ fn read_f32_npy(path: &std::path::Path) -> Vec<f32> {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
 }
+
+/// `bench/finetune_torch.py`, the fine-tune in PyTorch for a GPU machine without Rust, must
+/// train the network the Rust side exports and on the images the Rust trainer stores: on
+/// a run imported from a random checkpoint (CIFAR's 32x32 detail stage), its network's
+/// embeddings equal tch's on the same inputs, and its stored images equal the Rust data
+/// set's: byte for byte at 96 px (a factor of 3 cannot land a pixel on a half-way value),
+/// within one level at 48 px, where exact half-way values occur and the Rust side's own
+/// rounding of them depends on its fused multiply-adds.
+#[test]
+fn the_pytorch_fine_tune_port_sees_the_rust_trainer_s_images_and_network() {
+    for size in [96usize, 48] {
+        port_matches_rust(size);
+    }
+}
+
+fn port_matches_rust(size: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let size_arg = size.to_string();
+    run_python(
+        "efficientnet_reference.py",
+        &[dir.path(), std::path::Path::new(&size_arg)],
+    );
+    // twelve CIFAR records with smooth and sharp content, so the resize is exercised
+    let n = 12usize;
+    let file = dir.path().join("batch.bin");
+    let mut bytes = Vec::new();
+    for i in 0..n {
+        bytes.push((i % 10) as u8);
+        bytes.extend((0..3072usize).map(|p| ((p * (5 + i) + (p / 32) * 17 + i * 31) % 256) as u8));
+    }
+    std::fs::write(&file, bytes).unwrap();
+    let data = format!("cifar10:{}", file.display());
+    let run = dir.path().join("run");
+    import(&ImportRequest {
+        arch: Arch::EfficientnetLite0,
+        weights: dir.path().join("model.pth"),
+        data: data.clone(),
+        input_size: size as u32,
+        detail_size: Some(32),
+        val_fraction: 0.1,
+        seed: 0,
+        python: python(),
+        out: run.clone(),
+    })
+    .unwrap();
+    let rd = RunDir(run.clone());
+    let cfg = rd.load_config().unwrap();
+    let out = dir.path().join("port");
+    std::fs::create_dir_all(&out).unwrap();
+    run_python("finetune_port.py", &[&run, &file, &out]);
+
+    // the images the Rust trainer trains on, as stored
+    let spec: oodmon_data::DataSpec = data.parse().unwrap();
+    let ds =
+        oodmon_data::datasets::load(&spec, oodmon_data::Split::Train, &cfg.preprocessing).unwrap();
+    let stored = std::fs::read(out.join("stored.npy")).unwrap();
+    let header_len = u16::from_le_bytes([stored[8], stored[9]]) as usize;
+    let shape = format!("({n}, {size}, {size}, 3)");
+    assert!(std::str::from_utf8(&stored[10..10 + header_len])
+        .unwrap()
+        .contains(&shape));
+    let port = &stored[10 + header_len..];
+    assert_eq!(port.len(), ds.pixels.len());
+    let differ = port.iter().zip(&ds.pixels).filter(|(a, b)| a != b).count();
+    let worst = port
+        .iter()
+        .zip(&ds.pixels)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "fine-tune port at {size} px: {differ} of {} stored bytes differ, by at most {worst}",
+        port.len()
+    );
+    if size.is_multiple_of(32) && !(size / 32).is_multiple_of(2) {
+        assert_eq!(
+            differ, 0,
+            "{differ} stored bytes differ between the port and Rust"
+        );
+    } else {
+        assert!(worst <= 1, "stored bytes differ by {worst}");
+    }
+
+    // the network, on the inputs calibration and the edge compute
+    let mut inputs = Vec::new();
+    oodmon_data::embed::for_each_input(
+        &cfg.preprocessing,
+        &spec,
+        oodmon_data::Split::Test,
+        None,
+        |t, _| {
+            inputs.extend_from_slice(t);
+            Ok(())
+        },
+    )
+    .unwrap();
+    let s = size as i64;
+    let x = Tensor::from_slice(&inputs).view([n as i64, 3, s, s]);
+    let net = oodmon_trainer::embedding::load_net(&rd, &cfg.model, tch::Device::Cpu).unwrap();
+    let ours = tch::no_grad(|| net.embed(&x, false));
+    let want = read_f32_npy(&out.join("embeddings.npy"));
+    let (d, scale) = max_abs_diff(&ours, &want);
+    eprintln!("fine-tune port at {size} px: max |tch - PyTorch port| {d:.2e} (of {scale:.2})");
+    assert!(scale > 0.1, "embeddings too small to compare: {scale}");
+    assert!(d <= 1e-4 * scale.max(1.0), "embeddings differ by {d}");
+}
