@@ -407,6 +407,13 @@ pub fn write_labels(path: impl AsRef<Path>, labels: &[i64]) -> Result<()> {
     write_array(path.as_ref(), "<i8", &[labels.len()], &body)
 }
 
+/// Writes a `u1` array of any shape (images: `[n, h, w, 3]`), atomically, for NumPy
+/// prototypes and trainers outside Rust.
+pub fn write_u8(path: impl AsRef<Path>, shape: &[usize], values: &[u8]) -> Result<()> {
+    debug_assert_eq!(shape.iter().product::<usize>(), values.len());
+    write_array(path.as_ref(), "|u1", shape, values)
+}
+
 /// Writes a 1-D little-endian `f8` array, atomically.
 pub fn write_f64_vector(path: impl AsRef<Path>, values: &[f64]) -> Result<()> {
     let body: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -444,6 +451,14 @@ mod tests {
         let l = dir.path().join("l.npy");
         write_labels(&l, &[0, 3, -1]).unwrap();
         assert_eq!(read_labels(&l).unwrap(), vec![0, 3, -1]);
+        // images for NumPy: `u1` of any shape, the body as given
+        let u = dir.path().join("u.npy");
+        let pixels: Vec<u8> = (0..24).collect();
+        write_u8(&u, &[2, 2, 2, 3], &pixels).unwrap();
+        let bytes = std::fs::read(&u).unwrap();
+        let header = parse_header(&u, &bytes).unwrap();
+        assert_eq!(header.shape, vec![2, 2, 2, 3]);
+        assert_eq!(&bytes[header.data_offset..], &pixels[..]);
     }
 
     #[test]

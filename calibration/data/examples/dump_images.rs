@@ -3,8 +3,7 @@
 //! in NumPy: `cargo run --release -p oodmon-data --example dump_images -- SPEC train|test
 //! LIMIT OUT.npy`.
 
-use std::io::Write;
-
+use oodmon_calibration::npy::write_u8;
 use oodmon_calibration::preprocess::PreprocessSpec;
 use oodmon_data::datasets::load;
 use oodmon_data::{DataSpec, Split};
@@ -24,19 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pre = PreprocessSpec::cifar(32);
     let ds = load(&data, split, &pre)?;
     let n = ds.len().min(limit);
-    let header = format!(
-        "{{'descr': '|u1', 'fortran_order': False, 'shape': ({n}, {}, {}, 3), }}",
-        ds.height, ds.width
-    );
-    let mut h = header.into_bytes();
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(b' ');
-    }
-    h.push(b'\n');
-    let mut f = std::fs::File::create(out)?;
-    f.write_all(b"\x93NUMPY\x01\x00")?;
-    f.write_all(&(h.len() as u16).to_le_bytes())?;
-    f.write_all(&h)?;
-    f.write_all(&ds.pixels[..n * ds.width * ds.height * 3])?;
+    write_u8(
+        out,
+        &[n, ds.height, ds.width, 3],
+        &ds.pixels[..n * ds.width * ds.height * 3],
+    )?;
     Ok(())
 }

@@ -9,10 +9,9 @@
 //! and, with CHECK_IMAGES > 0, OUT_DIR/check_images.npy (`uint8 [n, h, w, 3]`).
 //! `bench/finetune_torch.py` reads them.
 
-use std::io::Write;
 use std::path::Path;
 
-use oodmon_calibration::npy::write_labels;
+use oodmon_calibration::npy::{write_labels, write_u8};
 use oodmon_calibration::preprocess::PreprocessSpec;
 use oodmon_data::datasets::load;
 use oodmon_data::{DataSpec, Split};
@@ -68,9 +67,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for &i in &train[..n] {
             pixels.extend_from_slice(ds.image(i));
         }
-        write_u8_images(
-            &out.join("check_images.npy"),
-            [n, ds.height, ds.width, 3],
+        write_u8(
+            out.join("check_images.npy"),
+            &[n, ds.height, ds.width, 3],
             &pixels,
         )?;
     }
@@ -81,27 +80,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         val.len(),
         run.data
     );
-    Ok(())
-}
-
-/// `uint8 [n, h, w, 3]` as NumPy reads it (the core writes floats and labels only).
-fn write_u8_images(
-    path: &Path,
-    shape: [usize; 4],
-    pixels: &[u8],
-) -> Result<(), Box<dyn std::error::Error>> {
-    let [n, h, w, c] = shape;
-    let header =
-        format!("{{'descr': '|u1', 'fortran_order': False, 'shape': ({n}, {h}, {w}, {c}), }}");
-    let mut head = header.into_bytes();
-    while (10 + head.len() + 1) % 64 != 0 {
-        head.push(b' ');
-    }
-    head.push(b'\n');
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(b"\x93NUMPY\x01\x00")?;
-    f.write_all(&(head.len() as u16).to_le_bytes())?;
-    f.write_all(&head)?;
-    f.write_all(pixels)?;
     Ok(())
 }
