@@ -10,7 +10,9 @@ Not bit-identical to the Rust trainer (its shuffling and augmentation draw from 
 here from torch's generator), but the same images in the same splits, the same network
 and variable names, the same optimiser and schedule, and the same stored input images
 (byte for byte at 96 px; at sizes where a pixel can land half-way between two levels, such
-as 64 px, those pixels may differ by one level: tests/tests/e2e/efficientnet.rs checks both).
+as 48 or 64 px, those pixels may differ by one level: tests/tests/e2e/efficientnet.rs checks
+96 and 48 px). The recipe's constants in `prepare` are the study's (`fine_tune` in
+xtask/src/study.rs): change them together.
 
     # here: the run's configuration and splits (Rust: the trainer's own split code)
     python3 bench/finetune_torch.py prepare --pretrained STUDY/runs/lite0-frozen-96 \\
@@ -28,7 +30,8 @@ and `unpack` puts the results back into the study's runs here.
 
 `train` writes RUN/model.safetensors, RUN/optimizer.safetensors (momentum buffers under
 the same names as the Rust optimiser's), RUN/state.json and RUN/log.jsonl as the Rust
-trainer does, and first checks its own 32 -> SIZE resize against RUN/split/check_images.npy
+trainer does (the device script brings back the weights, log and state, not the momentum
+buffers, which would halve the runs per call: an unpacked run is finished, not resumable), and first checks its own 32 -> SIZE resize against RUN/split/check_images.npy
 (the Rust trainer's stored images; `--check-only` stops there).
 """
 import argparse
@@ -266,7 +269,22 @@ def train(a):
     size = spec["width"]
     if spec["height"] != size or spec.get("detail_size") not in (None, 32):
         sys.exit("square inputs from CIFAR's 32x32 images only")
+    # what this port does not do: refuse rather than train another recipe quietly
+    unsupported = {
+        "loss": cfg["loss"] != "ce",
+        "freeze_stages": cfg.get("freeze_stages", 0) != 0,
+        "channel_order": spec.get("channel_order", "rgb") != "rgb",
+        "layout": spec.get("layout", "nchw") != "nchw",
+        "model.arch": cfg["model"]["arch"] != "efficientnet_lite0",
+        "model.embed_dim": cfg["model"].get("embed_dim", 0) not in (0, 1280),
+    }
+    if any(unsupported.values()):
+        sys.exit(f"{run}: this port trains the cross-entropy Lite0 fine-tune only; "
+                 f"unsupported: {', '.join(k for k, bad in unsupported.items() if bad)}")
     device = torch.device(a.device)
+    # float32 as the Rust trainer computes (no TF32 on GPUs that have it)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(cfg["seed"])
     gen = torch.Generator().manual_seed(cfg["seed"])
     split = run / "split"
@@ -284,8 +302,9 @@ def train(a):
         sys.exit("the resize does not match the Rust trainer's: stopping")
     if a.check_only:
         return
-    train_x = stored_images(x32[rows["train"]], size, device)
-    val_x = stored_images(x32[rows["val"]], size, device)
+    # resized on the CPU, where the check above ran, then moved
+    train_x = stored_images(x32[rows["train"]], size, "cpu").to(device)
+    val_x = stored_images(x32[rows["val"]], size, "cpu").to(device)
     ytr, yval = labels["train"].to(device), labels["val"].to(device)
     classes = cfg["model"]["head"]["classes"]
     net = Net(classes).to(device)
@@ -304,7 +323,8 @@ def train(a):
     opt = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"],
                           weight_decay=cfg["weight_decay"])
     batch = min(cfg["batch"], len(train_x))
-    steps = max(min(len(train_x) // batch, cfg.get("max_steps_per_epoch") or 1 << 62), 1)
+    cap = cfg.get("max_steps_per_epoch")
+    steps = max(len(train_x) // batch if cap is None else min(len(train_x) // batch, cap), 1)
     pad = max(size // 8, 1)
     log = run / "log.jsonl"
     log.unlink(missing_ok=True)

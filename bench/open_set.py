@@ -102,8 +102,8 @@ def main():
     seeds = list(SEEDS)
     if per_split and args[0] == "--seeds":
         seeds = [int(k) for k in args[1].split(",")]
-        if not seeds or any(k not in SEEDS for k in seeds):
-            sys.exit(f"--seeds {args[1]}: the splits are 0-4")
+        if not seeds or any(k not in SEEDS for k in seeds) or len(set(seeds)) != len(seeds):
+            sys.exit(f"--seeds {args[1]}: the splits are 0-4, each once")
         args = args[2:]
     calibrate, root, names = Path(args[0]), Path(args[1]), args[2:]
     if seeds != list(SEEDS):

@@ -83,26 +83,23 @@ fn to_npz(python: &Path, pth: &Path, dir: &Path) -> Result<PathBuf> {
 /// The named tensors of a checkpoint (`.npz` as is, `.pth` through PyTorch).
 pub fn read_checkpoint(python: &Path, weights: &Path) -> Result<Vec<(String, Tensor)>> {
     let is_npz = weights.extension().is_some_and(|e| e == "npz");
-    let scratch = tempfile_dir()?;
+    // a directory of its own per call (removed when dropped): two imports in one process,
+    // as tests run them, once shared one named by the process id and removed each other's
+    let scratch = tempfile::Builder::new()
+        .prefix("oodmon-import-")
+        .tempdir()
+        .map_err(|cause| TrainError::Io {
+            path: std::env::temp_dir(),
+            cause,
+        })?;
     let npz = if is_npz {
         weights.to_path_buf()
     } else {
-        to_npz(python, weights, &scratch)?
+        to_npz(python, weights, scratch.path())?
     };
-    let tensors = Tensor::read_npz(&npz).map_err(|e| {
+    Tensor::read_npz(&npz).map_err(|e| {
         TrainError::Request(format!("{}: not a readable checkpoint: {e}", npz.display()))
-    });
-    let _ = std::fs::remove_dir_all(&scratch);
-    tensors
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("oodmon-import-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|cause| TrainError::Io {
-        path: dir.clone(),
-        cause,
-    })?;
-    Ok(dir)
+    })
 }
 
 /// Copies the checkpoint into `vs` by name: every variable must be there with its shape,

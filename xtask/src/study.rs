@@ -211,6 +211,12 @@ fn setup(args: &[String]) -> Result<Study> {
                 if open_set_splits.is_empty() {
                     return Err("--open-set-splits needs at least one split".into());
                 }
+                let mut seen = open_set_splits.clone();
+                seen.sort_unstable();
+                seen.dedup();
+                if seen.len() != open_set_splits.len() {
+                    return Err("--open-set-splits: a split listed twice".into());
+                }
             }
             "--tune-size" => lite.tune_size = number(a, value()?)? as u32,
             "--tune-seeds" => {
@@ -691,6 +697,8 @@ fn fine_tune(
         run_dir.display()
     ));
     let mut cmd = Command::new(&s.trainer);
+    // bench/finetune_torch.py's `prepare` writes this recipe for the PyTorch port: change
+    // the two together
     cmd.args(["train", "--data", &s.id, "--arch", "efficientnet-lite0"])
         .args(["--loss", loss, "--input-size", &size.to_string()])
         .args(detail_args(s))

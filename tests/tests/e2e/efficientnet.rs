@@ -200,4 +200,12 @@ fn port_matches_rust(size: usize) {
     eprintln!("fine-tune port at {size} px: max |tch - PyTorch port| {d:.2e} (of {scale:.2})");
     assert!(scale > 0.1, "embeddings too small to compare: {scale}");
     assert!(d <= 1e-4 * scale.max(1.0), "embeddings differ by {d}");
+    // the comparison can fail: a network without the run's weights does not match
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let fresh = oodmon_trainer::model::Net::new(&vs.root(), cfg.model.clone());
+    let (d_other, _) = max_abs_diff(&tch::no_grad(|| fresh.embed(&x, false)), &want);
+    assert!(
+        d_other > 1e-3,
+        "a fresh network matched the port: {d_other}"
+    );
 }
