@@ -2,13 +2,23 @@
 benchmark: the same architecture, loss (cross-entropy), optimiser (SGD, momentum 0.9,
 weight decay 5e-4), batch and thread count as `oodmon-trainer bench`.
 
-Usage: train_reference.py --arch edge|resnet18 --batch B --steps N --threads T [--device cpu|cuda]
+EfficientNet-Lite0 is `bench/finetune_torch.py`'s network (checked there against the Rust
+one on the same weights), timed at `--input-size`.
+
+Usage: train_reference.py --arch edge|resnet18|efficientnet-lite0 --batch B --steps N
+    --threads T [--input-size S] [--channels-last] [--device cpu|cuda]
+
+`--channels-last` stores the batch NHWC in memory (as `oodmon-trainer` does), which
+PyTorch's convolutions then keep; without it the batch is PyTorch's default contiguous
+NCHW.
 Prints JSON: {"arch", "images_per_second", "median_step_seconds"}.
 """
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -69,14 +79,24 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--channels-last", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     dev = torch.device(a.device)
-    enc = Encoder(a.arch)
-    model = nn.Sequential(enc, nn.Linear(enc.dim, 10)).to(dev)
+    if a.arch == "efficientnet-lite0":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from finetune_torch import Net
+
+        model = Net(10).to(dev)
+    else:
+        enc = Encoder(a.arch)
+        model = nn.Sequential(enc, nn.Linear(enc.dim, 10)).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(a.batch, 3, 32, 32, device=dev)
+    x = torch.randn(a.batch, 3, a.input_size, a.input_size, device=dev)
+    if a.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (a.batch,), device=dev)
     model.train()
     times = []

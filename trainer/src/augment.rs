@@ -7,8 +7,16 @@ use oodmon_calibration::preprocess::{
 };
 use rand::Rng;
 
-/// Writes one image (RGB8, `w x h`) into `out` (NCHW `3 x h x w`), normalised by `spec`.
-pub fn normalise_into(img: &[f32], w: usize, h: usize, spec: &PreprocessSpec, out: &mut [f32]) {
+/// Writes one image (RGB8, `w x h`) into `out` in `layout` (`3 x h x w` or `h x w x 3`),
+/// normalised by `spec` (its channel order, mean and std; the trainer picks the layout).
+pub fn normalise_into(
+    img: &[f32],
+    w: usize,
+    h: usize,
+    spec: &PreprocessSpec,
+    layout: Layout,
+    out: &mut [f32],
+) {
     let plane = w * h;
     let order: [usize; 3] = match spec.channel_order {
         ChannelOrder::Rgb => [0, 1, 2],
@@ -22,7 +30,7 @@ pub fn normalise_into(img: &[f32], w: usize, h: usize, spec: &PreprocessSpec, ou
         );
         for p in 0..plane {
             let v = img[p * 3 + src] * scale - shift;
-            match spec.layout {
+            match layout {
                 Layout::Nchw => out[c * plane + p] = v,
                 Layout::Nhwc => out[p * 3 + c] = v,
             }
@@ -158,7 +166,7 @@ mod tests {
     fn normalisation_matches_the_spec() {
         let spec = PreprocessSpec::cifar(1);
         let mut out = [0.0; 3];
-        normalise_into(&[255.0, 0.0, 127.5], 1, 1, &spec, &mut out);
+        normalise_into(&[255.0, 0.0, 127.5], 1, 1, &spec, Layout::Nchw, &mut out);
         assert!((out[0] - (1.0 - 0.4914) / 0.2470).abs() < 1e-5);
         assert!((out[1] - (0.0 - 0.4822) / 0.2435).abs() < 1e-5);
     }

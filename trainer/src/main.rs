@@ -278,6 +278,10 @@ struct BenchArgs {
     threads: i32,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Side of the square input batch (the edge encoder and ResNet-18 train at CIFAR's
+    /// 32; EfficientNet-Lite0 at the fine-tune's 64-224).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(i64).range(1..=1024))]
+    input_size: i64,
 }
 
 #[derive(clap::Args)]
@@ -574,6 +578,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         steps,
         threads,
         device,
+        input_size,
     } = a;
 
     tch::set_num_threads(threads);
@@ -583,7 +588,13 @@ fn bench(a: BenchArgs) -> Result<()> {
         embed_dim: 128,
         head: Head::Classifier { classes: 10 },
     };
-    let step = train::bench_steps(&model, batch, steps.max(1), train::parse_device(&device)?)?;
+    let step = train::bench_steps(
+        &model,
+        batch,
+        steps.max(1),
+        input_size,
+        train::parse_device(&device)?,
+    )?;
     say!(
         "{{\"arch\": \"{}\", \"images_per_second\": {}, \"median_step_seconds\": {step}}}",
         serde_json::to_value(arch)?.as_str().unwrap_or("?"),

@@ -253,11 +253,14 @@ pub fn classify(run: &Path, image: &Path, k: usize) -> Result<Classified> {
     let mut pre = Preprocessor::new(&cfg.preprocessing, w, h, PixelFormat::Rgb8)?;
     let mut input = vec![0f32; pre.tensor_len()];
     pre.run(img.as_raw(), None, &mut input)?;
-    let (s_h, s_w) = (
-        cfg.preprocessing.height as i64,
-        cfg.preprocessing.width as i64,
+    let spec = &cfg.preprocessing;
+    let x = crate::train::batch_tensor(
+        &input,
+        1,
+        spec.height as usize,
+        spec.width as usize,
+        spec.layout,
     );
-    let x = Tensor::from_slice(&input).view([1, 3, s_h, s_w]);
     let logits = tch::no_grad(|| net.head(&net.embed(&x, false)));
     let probs: Vec<f64> = Vec::try_from(logits.softmax(-1, tch::Kind::Double).flatten(0, -1))?;
     let logits: Vec<f32> = Vec::try_from(logits.flatten(0, -1))?;

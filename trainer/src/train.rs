@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use oodmon_calibration::preprocess::Layout;
 use oodmon_calibration::PreprocessSpec;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -237,8 +238,26 @@ pub fn learning_rate(cfg: &TrainConfig, epoch_f: f64) -> f64 {
     }
 }
 
-/// Normalised NCHW batch of the given rows through the shared [`Preprocessor`], exactly as
-/// calibration and the edge compute encoder inputs (no augmentation).
+/// `[n, 3, h, w]` from `n` preprocessed images in `layout`, stored channels-last (NHWC in
+/// memory, NCHW in shape): libtorch's CPU convolutions and batch norm run this layout
+/// 1.3-1.7x faster than contiguous NCHW on the edge encoder and EfficientNet-Lite0 (the
+/// trainer bench, BENCHMARKS.md), and every later layer keeps it.
+pub fn batch_tensor(buf: &[f32], n: usize, h: usize, w: usize, layout: Layout) -> Tensor {
+    let (n, h, w) = (n as i64, h as i64, w as i64);
+    let t = Tensor::from_slice(buf);
+    match layout {
+        Layout::Nhwc => t.view([n, h, w, 3]).permute([0, 3, 1, 2]),
+        Layout::Nchw => t
+            .view([n, 3, h, w])
+            .permute([0, 2, 3, 1])
+            .contiguous()
+            .permute([0, 3, 1, 2]),
+    }
+}
+
+/// Normalised batch of the given rows through the shared [`Preprocessor`], exactly as
+/// calibration and the edge compute encoder inputs (no augmentation); channels-last
+/// ([`batch_tensor`]).
 pub fn eval_batch(ds: &Dataset, rows: &[usize], spec: &PreprocessSpec) -> Result<Tensor> {
     let n = 3 * spec.width as usize * spec.height as usize;
     let mut p = ds
@@ -249,14 +268,13 @@ pub fn eval_batch(ds: &Dataset, rows: &[usize], spec: &PreprocessSpec) -> Result
         p.run(ds.image(i), None, &mut buf[b * n..(b + 1) * n])
             .map_err(|e| TrainError::Invalid(e.to_string()))?;
     }
-    Ok(
-        Tensor::from_slice(&buf).view([
-            rows.len() as i64,
-            3,
-            spec.height as i64,
-            spec.width as i64,
-        ]),
-    )
+    Ok(batch_tensor(
+        &buf,
+        rows.len(),
+        spec.height as usize,
+        spec.width as usize,
+        spec.layout,
+    ))
 }
 
 /// Embeddings of a data set's split straight from its stored images (any size or format)
@@ -281,9 +299,14 @@ pub fn embed_images(
         if rows == 0 {
             return Ok(());
         }
-        let x = Tensor::from_slice(pending)
-            .view([rows as i64, 3, spec.height as i64, spec.width as i64])
-            .to_device(device);
+        let x = batch_tensor(
+            pending,
+            rows,
+            spec.height as usize,
+            spec.width as usize,
+            spec.layout,
+        )
+        .to_device(device);
         let e = tch::no_grad(|| net.embed(&x, false))
             .to_kind(Kind::Float)
             .to_device(Device::Cpu)
@@ -544,12 +567,11 @@ pub fn train(
                         _ => crop_flip(img, w, h, (w / 8).max(1), &mut rng, &mut tmp),
                     }
                     let at = (v * batch + b) * px;
-                    normalise_into(&tmp, w, h, &cfg.preprocessing, &mut xbuf[at..at + px]);
+                    let out = &mut xbuf[at..at + px];
+                    normalise_into(&tmp, w, h, &cfg.preprocessing, Layout::Nhwc, out);
                 }
             }
-            let x = Tensor::from_slice(&xbuf)
-                .view([(views * batch) as i64, 3, h as i64, w as i64])
-                .to_device(device);
+            let x = batch_tensor(&xbuf, views * batch, h, w, Layout::Nhwc).to_device(device);
             let labels: Vec<i64> = rows.iter().map(|&i| train_ds.labels[i]).collect();
             let y = Tensor::from_slice(&labels).to_device(device);
             let out = net.head(&net.embed(&x, true));
@@ -784,14 +806,22 @@ impl Net {
 }
 
 /// Median seconds per training step (forward, cross-entropy, backward, SGD update) on a
-/// fixed random 32x32 batch, after 3 warm-up steps: the trainer benchmark's measure, the
-/// same work `bench/train_reference.py` times in PyTorch.
-pub fn bench_steps(model: &ModelConfig, batch: usize, steps: usize, device: Device) -> Result<f64> {
+/// fixed random `input x input` batch, after 3 warm-up steps: the trainer benchmark's
+/// measure, the same work `bench/train_reference.py` times in PyTorch.
+pub fn bench_steps(
+    model: &ModelConfig,
+    batch: usize,
+    steps: usize,
+    input: i64,
+    device: Device,
+) -> Result<f64> {
     let mut model = model.clone();
     model.head = Head::Classifier { classes: 10 };
     let (vs, net) = build(&model, device);
     let mut opt = Sgd::new(&vs, 0.05, 0.9, 5e-4);
-    let x = Tensor::randn([batch as i64, 3, 32, 32], (Kind::Float, device));
+    // channels-last, as the trainer's batches ([`batch_tensor`])
+    let x =
+        Tensor::randn([batch as i64, input, input, 3], (Kind::Float, device)).permute([0, 3, 1, 2]);
     let y = Tensor::randint(10, [batch as i64], (Kind::Int64, device));
     let mut times = Vec::with_capacity(steps);
     for step in 0..steps + 3 {

@@ -930,9 +930,15 @@ fn bench_train(args: &[String]) -> Result {
         .map_or(2, |n| n.get())
         .to_string();
     let mut rows = Vec::new();
-    for (arch, batch, steps) in [("edge", "128", "20"), ("resnet18", "64", "8")] {
+    // The shipped default's backbone at its 64 px and at the 96 px candidate
+    for (arch, batch, steps, input) in [
+        ("edge", "128", "20", "32"),
+        ("resnet18", "64", "8", "32"),
+        ("efficientnet-lite0", "64", "8", "64"),
+        ("efficientnet-lite0", "64", "6", "96"),
+    ] {
         let steps = if quick { "3" } else { steps };
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let (mut ours, mut theirs, mut theirs_nhwc) = (Vec::new(), Vec::new(), Vec::new());
         for rep in 0..reps {
             step(&format!("{arch}: repetition {}/{reps}", rep + 1));
             let common = [
@@ -944,6 +950,8 @@ fn bench_train(args: &[String]) -> Result {
                 steps,
                 "--threads",
                 &threads,
+                "--input-size",
+                input,
             ];
             let out = Command::new(&trainer)
                 .arg("bench")
@@ -957,17 +965,35 @@ fn bench_train(args: &[String]) -> Result {
                 .output()
                 .map_err(|e| e.to_string())?;
             theirs.push(images_per_second(&out, "train_reference.py")?);
+            let out = Command::new(&python)
+                .arg(root().join("bench/train_reference.py"))
+                .args(common)
+                .arg("--channels-last")
+                .output()
+                .map_err(|e| e.to_string())?;
+            theirs_nhwc.push(images_per_second(
+                &out,
+                "train_reference.py --channels-last",
+            )?);
         }
-        rows.push((arch, batch, median(ours), median(theirs)));
+        rows.push((
+            arch,
+            input,
+            batch,
+            median(ours),
+            median(theirs),
+            median(theirs_nhwc),
+        ));
     }
     println!(
-        "| model | batch | threads | oodmon-trainer (img/s) | PyTorch eager (img/s) | ratio |"
+        "| model | input | batch | threads | oodmon-trainer (img/s) | PyTorch eager, NCHW (img/s) | ratio | PyTorch eager, channels-last (img/s) | ratio |"
     );
-    println!("|---|---|---|---|---|---|");
-    for (arch, batch, ours, theirs) in rows {
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (arch, input, batch, ours, theirs, nhwc) in rows {
         println!(
-            "| {arch} | {batch} | {threads} | {ours:.0} | {theirs:.0} | {:.2}x |",
-            ours / theirs
+            "| {arch} | {input} | {batch} | {threads} | {ours:.0} | {theirs:.0} | {:.2}x | {nhwc:.0} | {:.2}x |",
+            ours / theirs,
+            ours / nhwc
         );
     }
     Ok(())
