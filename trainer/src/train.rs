@@ -836,3 +836,38 @@ pub fn bench_steps(
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_tensor_is_nchw_in_shape_and_channels_last_in_memory_from_either_layout() {
+        let (n, h, w) = (2usize, 3usize, 4usize);
+        // value = a code of (image, channel, row, column), written in each layout
+        let code =
+            |b: usize, c: usize, y: usize, x: usize| (b * 1000 + c * 100 + y * 10 + x) as f32;
+        let mut nchw = vec![0f32; n * 3 * h * w];
+        let mut nhwc = vec![0f32; n * 3 * h * w];
+        for b in 0..n {
+            for c in 0..3 {
+                for y in 0..h {
+                    for x in 0..w {
+                        nchw[((b * 3 + c) * h + y) * w + x] = code(b, c, y, x);
+                        nhwc[((b * h + y) * w + x) * 3 + c] = code(b, c, y, x);
+                    }
+                }
+            }
+        }
+        for t in [
+            batch_tensor(&nchw, n, h, w, Layout::Nchw),
+            batch_tensor(&nhwc, n, h, w, Layout::Nhwc),
+        ] {
+            assert_eq!(t.size(), [n as i64, 3, h as i64, w as i64]);
+            // channels-last strides: the channel is the fastest-moving index
+            assert_eq!(t.stride(), [(h * w * 3) as i64, 1, (w * 3) as i64, 3]);
+            let back: Vec<f32> = Vec::try_from(t.contiguous().flatten(0, -1)).unwrap();
+            assert_eq!(back, nchw);
+        }
+    }
+}
