@@ -1,5 +1,6 @@
 //! Training-time augmentation on RGB8 images at the model's input size, writing straight
-//! into a normalised NCHW batch: random crop with padding and flips (CE, SupCon), and
+//! into a normalised batch in the caller's layout (NHWC for training, which
+//! `train::batch_tensor` views as a channels-last NCHW tensor): random crop with padding and flips (CE, SupCon), and
 //! SimCLR's two views (random resized crop, colour jitter, random grayscale, flip).
 
 use oodmon_calibration::preprocess::{
@@ -169,5 +170,27 @@ mod tests {
         normalise_into(&[255.0, 0.0, 127.5], 1, 1, &spec, Layout::Nchw, &mut out);
         assert!((out[0] - (1.0 - 0.4914) / 0.2470).abs() < 1e-5);
         assert!((out[1] - (0.0 - 0.4822) / 0.2435).abs() < 1e-5);
+    }
+
+    #[test]
+    fn normalisation_writes_the_layout_it_is_given() {
+        // two pixels, so that planar and interleaved positions differ
+        let spec = PreprocessSpec::cifar(2);
+        let pixels = [255.0, 0.0, 127.5, 0.0, 255.0, 63.75];
+        let (mut planar, mut interleaved) = ([0.0; 6], [0.0; 6]);
+        normalise_into(&pixels, 2, 1, &spec, Layout::Nchw, &mut planar);
+        normalise_into(&pixels, 2, 1, &spec, Layout::Nhwc, &mut interleaved);
+        for pixel in 0..2 {
+            for channel in 0..3 {
+                assert_eq!(
+                    planar[channel * 2 + pixel],
+                    interleaved[pixel * 3 + channel]
+                );
+            }
+        }
+        // the second pixel's red in each layout: planar index 1, interleaved index 3
+        let red = (0.0 - 0.4914) / 0.2470;
+        assert!((planar[1] - red).abs() < 1e-5 && (interleaved[3] - red).abs() < 1e-5);
+        assert_ne!(planar[1], planar[3]);
     }
 }

@@ -207,7 +207,7 @@ fn batch_norm(p: nn::Path, channels: i64) -> nn::BatchNorm {
 
 /// aten's `relu6` (`hardtanh(0, 6)`), not `clamp(0, 6)`: the same values, but its
 /// backward is one fused kernel where `clamp`'s is several passes over the activation
-/// (the trainer bench: 1.2-1.3x slower a step at 96 px).
+/// (the trainer bench: 1.12-1.13x slower a step at 64 and 96 px).
 fn relu6(x: &Tensor) -> Tensor {
     x.relu6()
 }

@@ -2,6 +2,7 @@
 //! into the convolutions, the embedding as the output, the preprocessing spec and the run's
 //! provenance as metadata. The projection or classifier head is not exported.
 
+use oodmon_calibration::preprocess::Layout;
 use oodmon_calibration::PreprocessSpec;
 use oodmon_onnx::{fold_batch_norm, ConvShape, OnnxBuilder, META_PREPROCESSING};
 use tch::{Device, Kind, Tensor};
@@ -65,6 +66,14 @@ pub fn export_onnx_at(
     dynamic_batch: bool,
     tap: LiteTap,
 ) -> Result<Vec<u8>> {
+    // the graph's input is planar; an interleaved spec would feed it pixels in the wrong
+    // order without a word (the edge and the int8 calibration preprocess by the spec)
+    if preprocessing.layout != Layout::Nchw {
+        return Err(TrainError::Request(format!(
+            "the ONNX export writes an NCHW input; this run's preprocessing spec is {:?}",
+            preprocessing.layout
+        )));
+    }
     let enc = match &net.encoder {
         crate::model::Encoder::Cifar(e) if tap == LiteTap::Head => e,
         crate::model::Encoder::Cifar(_) => {

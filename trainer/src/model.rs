@@ -81,7 +81,9 @@ pub struct ConvBn {
 impl ConvBn {
     fn new(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64) -> Self {
         let cfg = nn::ConvConfig {
-            stride,
+            // a strided 1x1 convolution subsamples first and convolves at stride 1 (see
+            // `forward_t`); the exported graph keeps the stride (`self.stride`)
+            stride: if k == 1 { 1 } else { stride },
             padding: k / 2,
             bias: false,
             ..Default::default()
@@ -97,7 +99,21 @@ impl ConvBn {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        x.apply(&self.conv).apply_t(&self.bn, train)
+        let strided_1x1 = self.stride > 1 && self.conv.ws.size()[2] == 1;
+        if strided_1x1 {
+            // The same values as the 1x1 convolution at `stride`, by a route that avoids
+            // oneDNN's strided 1x1 backward-weights kernel on channels-last input: with
+            // fewer input channels than its block (8 with AVX2, 16 with AVX-512) it
+            // writes past its workspace, and gives wrong weight gradients or hangs
+            // (oneDNN issue 6035; it hung the trainer's tests on an AVX2-only CPU).
+            let s = self.stride;
+            x.slice(2, 0, None, s)
+                .slice(3, 0, None, s)
+                .apply(&self.conv)
+                .apply_t(&self.bn, train)
+        } else {
+            x.apply(&self.conv).apply_t(&self.bn, train)
+        }
     }
 }
 
@@ -298,4 +314,45 @@ pub fn parameter_count(vs: &nn::VarStore, prefix: &str) -> i64 {
         .filter(|(name, t)| name.starts_with(prefix) && t.requires_grad())
         .map(|(_, t)| t.numel() as i64)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A strided 1x1 `ConvBn` on a channels-last batch with fewer input channels than any
+    /// oneDNN block gives the values and weight gradients of a plain stride-2 convolution
+    /// on a contiguous batch. Through oneDNN's own strided 1x1 kernel the first two shapes
+    /// gave weight gradients wrong by up to 98% of their size on an AVX2-only CPU (and a
+    /// 64x64 batch hung), oneDNN issue 6035.
+    #[test]
+    fn a_strided_1x1_conv_matches_the_plain_convolution_on_channels_last_input() {
+        tch::manual_seed(3);
+        let opts = (tch::Kind::Float, tch::Device::Cpu);
+        for (n, h, w) in [(24, 16, 16), (32, 32, 32), (8, 15, 17)] {
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let cb = ConvBn::new(vs.root() / "s", 4, 8, 1, 2);
+            let mut reference_w = cb.conv.ws.detach().copy().set_requires_grad(true);
+            let x = Tensor::randn([n, 4, h, w], opts);
+            let channels_last = x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+            // the output is ceil(size / 2) either way
+            let r = Tensor::randn([n, 8, (h + 1) / 2, (w + 1) / 2], opts);
+            let ours = cb.forward_t(&channels_last, false);
+            (&ours * &r).sum(tch::Kind::Float).backward();
+            reference_w.zero_grad();
+            let theirs = x
+                .conv2d(&reference_w, None::<Tensor>, [2, 2], [0, 0], [1, 1], 1)
+                .apply_t(&cb.bn, false);
+            (&theirs * &r).sum(tch::Kind::Float).backward();
+            let d = (&ours - &theirs).abs().max().double_value(&[]);
+            assert!(d < 1e-5, "{n}x{h}x{w}: outputs differ by {d}");
+            let (g, want) = (cb.conv.ws.grad(), reference_w.grad());
+            let d = (&g - &want).abs().max().double_value(&[]);
+            let scale = want.abs().max().double_value(&[]);
+            assert!(
+                scale > 1.0 && d <= 1e-4 * scale,
+                "{n}x{h}x{w}: weight gradients differ by {d} of {scale}"
+            );
+        }
+    }
 }

@@ -230,7 +230,8 @@ pub fn import(r: &ImportRequest) -> Result<Imported> {
 pub struct Classified {
     /// (class index, probability), most likely first.
     pub top: Vec<(usize, f64)>,
-    /// The encoder's input (`3 x H x W`), as the shared preprocessing made it.
+    /// The encoder's input in the spec's layout (`3 x H x W` for NCHW, `H x W x 3` for
+    /// NHWC), as the shared preprocessing made it.
     pub input: Vec<f32>,
     pub logits: Vec<f32>,
 }

@@ -4,9 +4,10 @@
 //! through `oodmon-trainer import-pretrained`'s path into a run and run there.
 
 use oodmon_calibration::npy;
+use oodmon_calibration::preprocess::Layout;
 use oodmon_trainer::model::Arch;
 use oodmon_trainer::pretrained::{import, ImportRequest};
-use oodmon_trainer::train::RunDir;
+use oodmon_trainer::train::{batch_tensor, RunDir};
 use tch::Tensor;
 
 use crate::util::{python, run_python};
@@ -51,8 +52,8 @@ fn efficientnet_lite0_matches_the_reference_port_after_import() {
         assert_eq!(cfg.preprocessing.width, size as u32);
         let net = oodmon_trainer::embedding::load_net(&rd, &cfg.model, tch::Device::Cpu).unwrap();
         let input = read_f32_npy(&dir.path().join("input.npy"));
-        let s = size as i64;
-        let x = Tensor::from_slice(&input).view([2, 3, s, s]);
+        // channels-last, as the trainer's own batches (train::batch_tensor)
+        let x = batch_tensor(&input, 2, size, size, Layout::Nchw);
         let (features, logits) = tch::no_grad(|| {
             let f = net.embed(&x, false);
             let l = net.head(&f);
@@ -191,8 +192,7 @@ fn port_matches_rust(size: usize) {
         },
     )
     .unwrap();
-    let s = size as i64;
-    let x = Tensor::from_slice(&inputs).view([n as i64, 3, s, s]);
+    let x = batch_tensor(&inputs, n, size, size, cfg.preprocessing.layout);
     let net = oodmon_trainer::embedding::load_net(&rd, &cfg.model, tch::Device::Cpu).unwrap();
     let ours = tch::no_grad(|| net.embed(&x, false));
     let want = read_f32_npy(&out.join("embeddings.npy"));

@@ -424,6 +424,31 @@ fn corrupt_onnx_is_an_error_naming_the_file() {
     assert!(err.contains("broken.onnx"), "{err}");
 }
 
+/// The graph's input is planar: an interleaved spec is refused, not exported to read its
+/// pixels in the wrong order.
+#[test]
+fn the_export_refuses_an_interleaved_spec() {
+    let _torch = torch_lock();
+    let (_vs, net) = train::build(
+        &ModelConfig {
+            arch: Arch::Edge,
+            width: 0.25,
+            embed_dim: 8,
+            head: Head::Classifier { classes: 2 },
+        },
+        Device::Cpu,
+    );
+    assert!(
+        oodmon_trainer::export::export_onnx(&net, &PreprocessSpec::cifar(16), "{}", false).is_ok()
+    );
+    let mut interleaved = PreprocessSpec::cifar(16);
+    interleaved.layout = oodmon_calibration::preprocess::Layout::Nhwc;
+    let err = oodmon_trainer::export::export_onnx(&net, &interleaved, "{}", false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("NCHW"), "{err}");
+}
+
 /// The trainer's embedding path (tch) and calibration's (tract, as fit-model and the edge
 /// run it) read the same images of any size through the one shared preprocessing and agree.
 #[test]
