@@ -398,6 +398,19 @@ fn exported_onnx_in_tract_matches_the_tch_forward_pass() {
     }
 }
 
+/// A two-class edge encoder at a quarter width, untrained: enough for the export's checks.
+fn tiny_edge_classifier() -> (tch::nn::VarStore, oodmon_trainer::model::Net) {
+    train::build(
+        &ModelConfig {
+            arch: Arch::Edge,
+            width: 0.25,
+            embed_dim: 8,
+            head: Head::Classifier { classes: 2 },
+        },
+        Device::Cpu,
+    )
+}
+
 #[test]
 fn corrupt_onnx_is_an_error_naming_the_file() {
     let _torch = torch_lock();
@@ -407,16 +420,7 @@ fn corrupt_onnx_is_an_error_naming_the_file() {
     std::fs::write(&p, b"\x08\x01garbage that is not protobuf").unwrap();
     let err = Encoder::load(&p).unwrap_err().to_string();
     assert!(err.contains("broken.onnx"), "{err}");
-    let (vs, net) = train::build(
-        &ModelConfig {
-            arch: Arch::Edge,
-            width: 0.25,
-            embed_dim: 8,
-            head: Head::Classifier { classes: 2 },
-        },
-        Device::Cpu,
-    );
-    let _ = vs;
+    let (_vs, net) = tiny_edge_classifier();
     let bytes =
         oodmon_trainer::export::export_onnx(&net, &PreprocessSpec::cifar(16), "{}", false).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
@@ -429,15 +433,7 @@ fn corrupt_onnx_is_an_error_naming_the_file() {
 #[test]
 fn the_export_refuses_an_interleaved_spec() {
     let _torch = torch_lock();
-    let (_vs, net) = train::build(
-        &ModelConfig {
-            arch: Arch::Edge,
-            width: 0.25,
-            embed_dim: 8,
-            head: Head::Classifier { classes: 2 },
-        },
-        Device::Cpu,
-    );
+    let (_vs, net) = tiny_edge_classifier();
     assert!(
         oodmon_trainer::export::export_onnx(&net, &PreprocessSpec::cifar(16), "{}", false).is_ok()
     );
