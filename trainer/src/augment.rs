@@ -1,7 +1,8 @@
 //! Training-time augmentation on RGB8 images at the model's input size, writing straight
 //! into a normalised batch in the caller's layout (NHWC for training, which
-//! `train::batch_tensor` views as a channels-last NCHW tensor): random crop with padding and flips (CE, SupCon), and
-//! SimCLR's two views (random resized crop, colour jitter, random grayscale, flip).
+//! `train::batch_tensor` views as a channels-last NCHW tensor): random crop with padding
+//! and flips (CE, SupCon), and SimCLR's two views (random resized crop, colour jitter,
+//! random grayscale, flip).
 
 use oodmon_calibration::preprocess::{
     ChannelOrder, Layout, PixelFormat, PreprocessSpec, Preprocessor, ResizePolicy,

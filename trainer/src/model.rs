@@ -99,21 +99,19 @@ impl ConvBn {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let strided_1x1 = self.stride > 1 && self.conv.ws.size()[2] == 1;
-        if strided_1x1 {
-            // The same values as the 1x1 convolution at `stride`, by a route that avoids
-            // oneDNN's strided 1x1 backward-weights kernel on channels-last input: with
-            // fewer input channels than its block (8 with AVX2, 16 with AVX-512) it
-            // writes past its workspace, and gives wrong weight gradients or hangs
-            // (oneDNN issue 6035; it hung the trainer's tests on an AVX2-only CPU).
-            let s = self.stride;
-            x.slice(2, 0, None, s)
-                .slice(3, 0, None, s)
-                .apply(&self.conv)
-                .apply_t(&self.bn, train)
+        // A strided 1x1 convolution as subsampling and a stride-1 convolution: the same
+        // values by a route that avoids oneDNN's strided 1x1 backward-weights kernel on
+        // channels-last input, which with fewer input channels than its block (8 with
+        // AVX2, 16 with AVX-512) writes past its workspace and gives wrong weight
+        // gradients or hangs (oneDNN issue 6035; it hung the trainer's tests on an
+        // AVX2-only CPU).
+        let x = if self.stride > 1 && self.conv.ws.size()[2] == 1 {
+            x.slice(2, 0, None, self.stride)
+                .slice(3, 0, None, self.stride)
         } else {
-            x.apply(&self.conv).apply_t(&self.bn, train)
-        }
+            x.shallow_clone()
+        };
+        x.apply(&self.conv).apply_t(&self.bn, train)
     }
 }
 
