@@ -197,13 +197,21 @@ fn the_overlapped_loop_allocates_nothing_per_frame_on_either_thread() {
         assert_eq!(summary.frames, frames);
         (allocations() - before, worker.load(Ordering::Relaxed))
     };
+    // std's channels allocate two things the first time a thread waits on one, whether it
+    // waits depends on timing (under qemu a 20-frame run waited and the 220-frame run after
+    // it did not): the thread's waiting context, once per thread (made here, before the
+    // count), and the channel's list of waiters, once per channel and run (the one
+    // allocation a run may or may not make: the tolerance below)
+    let (_keep, waited) = std::sync::mpsc::sync_channel::<()>(1);
+    let _ = waited.recv_timeout(std::time::Duration::from_millis(1));
     for guards in [None, Some(guards)] {
         let with = guards.is_some();
         let (short, long) = (count_run(20, guards.clone()), count_run(220, guards));
-        assert_eq!(
-            long, short,
-            "allocations (reading thread, inference thread) for 20 and 220 frames, frame \
-             noise measured: {with}"
+        // 200 more frames: one allocation per frame, or per 100, would show here
+        assert!(
+            long.0 <= short.0 + 1 && long.1 <= short.1 + 1,
+            "allocations (reading thread, inference thread) for 20 frames {short:?} and 220 \
+             frames {long:?}, frame noise measured: {with}"
         );
     }
 }
