@@ -80,6 +80,10 @@ enum Command {
     /// Play the built-in scenario through the built-in bundle: in-distribution frames,
     /// then out-of-distribution ones, then in-distribution again.
     Demo {
+        /// Play the scenario through this bundle instead of the built-in one (a candidate
+        /// default must reproduce the scenario before it replaces the built-in bundle).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
         /// Pause between frames, milliseconds (the scenario's camera rate by default).
         #[arg(long)]
         frame_delay_ms: Option<u64>,
@@ -249,11 +253,12 @@ fn main() -> ExitCode {
             false_alarms_cmd(&study, records.as_deref())
         }
         Command::Demo {
+            bundle,
             frame_delay_ms,
             quiet,
             serial,
             baud,
-        } => demo(frame_delay_ms, quiet, serial, baud),
+        } => demo(bundle.as_deref(), frame_delay_ms, quiet, serial, baud),
     })
 }
 
@@ -303,7 +308,13 @@ fn bench(
     Ok(())
 }
 
-fn demo(frame_delay_ms: Option<u64>, quiet: bool, serial: Option<String>, baud: u32) -> Result<()> {
+fn demo(
+    bundle: Option<&std::path::Path>,
+    frame_delay_ms: Option<u64>,
+    quiet: bool,
+    serial: Option<String>,
+    baud: u32,
+) -> Result<()> {
     let link: Option<Box<dyn oodmon_edge::output::AlarmLink>> = match serial {
         Some(device) => Some(Box::new(oodmon_edge::output::SerialLink::open(
             &oodmon_edge::output::SerialConfig {
@@ -315,8 +326,13 @@ fn demo(frame_delay_ms: Option<u64>, quiet: bool, serial: Option<String>, baud: 
         )?)),
         None => None,
     };
-    let summary =
-        app::demo::play_with_alarms(frame_delay_ms, quiet, link, &mut std::io::stdout().lock())?;
+    let summary = app::demo::play_with_alarms(
+        bundle,
+        frame_delay_ms,
+        quiet,
+        link,
+        &mut std::io::stdout().lock(),
+    )?;
     if !summary.passed() {
         anyhow::bail!("the demo did not reproduce its scenario (see the line above)");
     }

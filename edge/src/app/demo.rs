@@ -238,13 +238,16 @@ impl DemoSummary {
 
 /// Plays the scenario, writing a live status line (unless `quiet`) and a closing summary.
 pub fn play(frame_delay_ms: Option<u64>, quiet: bool, out: &mut dyn Write) -> Result<DemoSummary> {
-    play_with_alarms(frame_delay_ms, quiet, None, out)
+    play_with_alarms(None, frame_delay_ms, quiet, None, out)
 }
 
 /// [`play`], with the alarm service debouncing the decisions (default rules) and sending
 /// its protocol frames to `link` when given. The frames go through the same wiring as
-/// `oodmon-edge run` ([`frames_to_alarms`]).
+/// `oodmon-edge run` ([`frames_to_alarms`]). `bundle_dir` plays the scenario through a
+/// bundle on disk instead of the built-in one: how a candidate default is checked against
+/// the product's own test before it is shipped.
 pub fn play_with_alarms(
+    bundle_dir: Option<&Path>,
     frame_delay_ms: Option<u64>,
     quiet: bool,
     link: Option<Box<dyn AlarmLink>>,
@@ -265,14 +268,17 @@ pub fn play_with_alarms(
         },
     );
     let meta = scenario_meta()?;
-    let bundle = bundle()?;
+    let (bundle, bundle_name) = match bundle_dir {
+        Some(dir) => (Bundle::load(dir)?, format!("bundle {}", dir.display())),
+        None => (bundle()?, "built-in bundle".to_string()),
+    };
     let names = bundle.artifact.class_names.clone();
     let mut engine = Engine::new(bundle)?;
     let mut source = scenario(false)?;
     let delay = Duration::from_millis(frame_delay_ms.unwrap_or(1000 / meta.fps.max(1) as u64));
     writeln!(
         out,
-        "oodmon demo: built-in bundle on {} built-in camera frames ({}x{}, {} fps)",
+        "oodmon demo: {bundle_name} on {} built-in camera frames ({}x{}, {} fps)",
         meta.frames, meta.width, meta.height, meta.fps
     )?;
     let mut segments: Vec<SegmentResult> = meta

@@ -404,6 +404,55 @@ fn demo_runs_from_any_directory_and_reproduces_its_scenario() {
     assert!(stdout.contains("144 frames"), "{stdout}");
 }
 
+#[test]
+fn demo_checks_a_bundle_on_disk_and_fails_one_that_misses_its_scenario() {
+    // the study checks each candidate default with `demo --bundle DIR` before proposing it:
+    // the built-in bundle copied to disk reproduces the scenario; the same bundle with a
+    // threshold no frame reaches flags neither the astronaut nor the coins, and the demo
+    // says so and exits with an error
+    let dir = tempfile::tempdir().unwrap();
+    let built_in = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/bundle");
+    for name in ["good", "blind"] {
+        let to = dir.path().join(name);
+        std::fs::create_dir(&to).unwrap();
+        for file in ["encoder.onnx", "calib.json"] {
+            std::fs::copy(built_in.join(file), to.join(file)).unwrap();
+        }
+    }
+    let calib = dir.path().join("blind/calib.json");
+    let mut artifact: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&calib).unwrap()).unwrap();
+    artifact["thresholds"]["global"] = serde_json::json!(1.0e9);
+    std::fs::write(&calib, artifact.to_string()).unwrap();
+
+    let out = edge(dir.path(), &["demo", "--quiet", "--bundle", "good"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("oodmon demo: bundle good on 144"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("scenario reproduced"), "{stdout}");
+
+    let out = edge(dir.path(), &["demo", "--quiet", "--bundle", "blind"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("scenario NOT reproduced"), "{stdout}");
+    assert!(stdout.contains("  0 flagged OOD"), "{stdout}");
+    assert!(
+        stderr.contains("did not reproduce its scenario"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 fn pty() -> (serialport::TTYPort, serialport::TTYPort, String) {
     oodmon_serial::pty_pair().expect("pseudo-terminal pair")
 }
