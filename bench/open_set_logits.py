@@ -10,29 +10,19 @@ runs/open-MODEL-sS/model.safetensors; CE runs only, whose embedding is the class
 input) to the int8 tract embeddings of the test set (embeddings/open-MODEL-sS-int8), takes
 the known classes' test images as ID and the unknown classes' as OOD, and prints AUROC and
 FPR@95TPR (the threshold at the ID scores' 95th percentile), mean +- std over the seeds,
-with the closed-set accuracy on the known classes.
+with the closed-set accuracy on the known classes' test images: the classifier's, and the
+nearest class centroid's (cosine, centroids of the run's training split) on the same images.
 """
 import json
-import struct
 import sys
 from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from run_head import classifier
+
 root, model = Path(sys.argv[1]), sys.argv[2]
 seeds = [int(s) for s in (sys.argv[3] if len(sys.argv) > 3 else "0,1,2,3,4").split(",")]
-
-def tensors(p):
-    """The classifier's tensors (`head.*`) of a safetensors file."""
-    b = open(p, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    out = {}
-    for k, v in h.items():
-        if k.startswith("head."):
-            s, e = v["data_offsets"]
-            out[k] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=np.float32).reshape(v["shape"])
-    return out
 
 def fpr95(id_s, ood_s):
     """The OOD share accepted at the ID scores' 95th percentile (higher = more OOD)."""
@@ -43,8 +33,10 @@ res = {}
 for seed in seeds:
     run = root / "runs" / f"open-{model}-s{seed}"
     known = json.loads((run / "config.json").read_text())["classes"]
-    t = tensors(run / "model.safetensors")
-    W, b = t["head.0.weight"].astype(np.float64), t["head.0.bias"].astype(np.float64)
+    head = classifier(run)
+    if head is None:
+        sys.exit(f"{run}: no classifier (cross-entropy runs only)")
+    W, b = head
     emb = root / "embeddings" / f"open-{model}-s{seed}-int8"
     x = np.load(emb / "test.npy").astype(np.float64)
     y = np.load(emb / "test_labels.npy")
@@ -52,7 +44,16 @@ for seed in seeds:
     is_known = np.isin(y, known)
     # closed-set accuracy on the known classes
     remap = {c: i for i, c in enumerate(known)}
-    acc = (logits[is_known].argmax(1) == np.array([remap[c] for c in y[is_known]])).mean()
+    truth = np.array([remap[c] for c in y[is_known]])
+    acc = (logits[is_known].argmax(1) == truth).mean()
+    # the nearest class centroid (cosine, centroids of the run's training split, whose
+    # labels are the known classes' positions 0-5) on the same images
+    train = np.load(emb / "train.npy").astype(np.float64)
+    train_y = np.load(emb / "train_labels.npy")
+    unit = lambda v: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    centroids = unit(np.stack([train[train_y == i].mean(0) for i in range(len(known))]))
+    nearest = (unit(x[is_known]) @ centroids.T).argmax(1)
+    res.setdefault("nearest", []).append((nearest == truth).mean())
     m = logits.max(1, keepdims=True)
     p = np.exp(logits - m)
     p /= p.sum(1, keepdims=True)
@@ -64,7 +65,10 @@ for seed in seeds:
         res.setdefault(name, []).append((a, f))
     res.setdefault("accuracy", []).append(acc)
 a = 100 * np.array(res.pop("accuracy"))
-print(f"closed-set accuracy on the known classes: {a.mean():.2f} +- {a.std():.2f}")
+n = 100 * np.array(res.pop("nearest"))
+print(f"closed-set accuracy on the known classes' test images: classifier {a.mean():.2f} +- "
+      f"{a.std():.2f} ({', '.join(f'{v:.2f}' for v in a)}), nearest class centroid "
+      f"{n.mean():.2f} +- {n.std():.2f} ({', '.join(f'{v:.2f}' for v in n)})")
 print("| score | AUROC mean +- std | FPR@95TPR mean +- std | AUROC per split |")
 print("|---|---|---|---|")
 for name, v in res.items():

@@ -4,7 +4,8 @@ Usage: study_report.py STUDY_DIR
 
 For each loss x variant (float libtorch, int8 tract) it reads `grid/LOSS-VARIANT/grid.csv`
 (every clustering x metric x normalisation x threshold rule, per OOD set) and the
-embeddings (for the nearest-class-centroid ID accuracy), and prints Markdown: one row per
+embeddings (for the nearest-class-centroid ID accuracy, and a cross-entropy run's own
+classifier on the same test images), and prints Markdown: one row per
 loss/variant with the default combination (class centroids, cosine, global threshold),
 the best combination per OOD set, and the published references for context.
 """
@@ -13,6 +14,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from run_head import classifier
 
 DEFAULT = ("class", "cosine", "false", "global")
 REFERENCES = [
@@ -33,6 +36,34 @@ def accuracy(emb_dir):
     centroids = np.stack([train[labels == c].mean(0) for c in classes])
     pred = classes[np.argmax(norm(test) @ norm(centroids).T, axis=1)]
     return 100.0 * np.mean(pred == test_labels)
+
+
+def run_dir(root, grid_name):
+    """The run a grid's embeddings came from (None for the truncated backbone, whose
+    embedding is not the classifier's input)."""
+    loss = grid_name.rsplit("-", 1)[0]
+    if loss.endswith("-blocks"):
+        return None
+    return root / "runs" / (loss if loss.startswith("lite0-") else f"edge-{loss}")
+
+
+def classifier_accuracy(root, grid_name):
+    """The run's own classifier (cross-entropy runs only: its input is the embedding) on
+    the same test embeddings as the nearest-centroid accuracy; None for projection heads
+    (SupCon, SimCLR), frozen imports (ImageNet's head), the truncated backbone and runs not
+    kept."""
+    run = run_dir(root, grid_name)
+    if run is None or not (run / "model.safetensors").exists():
+        return None
+    head = classifier(run)
+    emb = root / "embeddings" / grid_name
+    x = np.load(emb / "test.npy").astype(np.float64)
+    classes = len(np.unique(np.load(emb / "train_labels.npy")))
+    # a frozen import keeps ImageNet's 1000-class head: not a classifier of these classes
+    if head is None or head[0].shape != (classes, x.shape[1]):
+        return None
+    y = np.load(emb / "test_labels.npy")
+    return 100.0 * np.mean((x @ head[0].T + head[1]).argmax(1) == y)
 
 
 def rows(path):
@@ -57,12 +88,13 @@ def main():
         sets = [s for s in dict.fromkeys(r["ood_set"] for r in data)]
         ood_sets = ood_sets or sets
         acc = accuracy(root / "embeddings" / g.name)
+        clf = classifier_accuracy(root, g.name)
         default = {
             r["ood_set"]: r
             for r in data
             if (r["clusters"], r["metric"], r["normalize"], r["threshold"]) == DEFAULT
         }
-        table.append((loss, variant, acc, default))
+        table.append((loss, variant, acc, clf, default))
         for s in sets:
             top = max((r for r in data if r["ood_set"] == s), key=lambda r: float(r["auroc"]))
             best.append((loss, variant, s, top))
@@ -76,8 +108,8 @@ def main():
         )
         overall.append((loss, variant, acc, key, per_set))
     print("### Default combination (class centroids, cosine, one global threshold at 95% TPR)\n")
-    head = "| loss | model | ID accuracy (nearest centroid) |"
-    sep = "|---|---|---|"
+    head = "| loss | model | ID accuracy (nearest centroid) | the classifier's, same images |"
+    sep = "|---|---|---|---|"
     for s in ood_sets:
         head += f" {s} AUROC | {s} AUPR-In | {s} AUPR-Out | {s} FPR@95TPR |"
         sep += "---|---|---|---|"
@@ -85,8 +117,8 @@ def main():
     sep += "---|"
     print(head)
     print(sep)
-    for loss, variant, acc, default in table:
-        line = f"| {loss} | {variant} | {acc:.2f}% |"
+    for loss, variant, acc, clf, default in table:
+        line = f"| {loss} | {variant} | {acc:.2f}% | {'-' if clf is None else f'{clf:.2f}%'} |"
         for s in ood_sets:
             r = default.get(s)
             line += (
