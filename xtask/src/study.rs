@@ -1007,15 +1007,23 @@ fn demo_check(s: &Study, dir: &Path) -> Result<(bool, String)> {
         .map_err(|e| format!("cannot start {}: {e}", s.edge.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     std::fs::write(dir.join("demo.txt"), &stdout).map_err(|e| e.to_string())?;
-    let passed = stdout.contains("scenario reproduced");
-    if !passed && !stdout.contains("scenario NOT reproduced") {
-        return Err(format!(
+    demo_outcome(out.status.success(), &stdout).ok_or_else(|| {
+        format!(
             "oodmon-edge demo --bundle {}: {}",
             dir.join("bundle").display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        )
+    })
+}
+
+/// The demo's exit status decides pass or fail; its text only tells a scenario missed (exit
+/// 1 after the summary's "scenario NOT reproduced") from a demo that could not run at all
+/// (`None`), so that a reworded message cannot turn a failure into a pass.
+fn demo_outcome(success: bool, stdout: &str) -> Option<(bool, String)> {
+    if !success && !stdout.contains("scenario NOT reproduced") {
+        return None;
     }
-    Ok((passed, segments_flagged(&stdout)))
+    Some((success, segments_flagged(stdout)))
 }
 
 /// `in-distribution (chelsea)   24 frames,   1 flagged OOD, ...` lines of the demo's summary
@@ -1138,6 +1146,29 @@ mod tests {
             json_string_list("{\"averaged_from\": 3}", "averaged_from"),
             None
         );
+    }
+
+    #[test]
+    fn the_demo_exit_status_decides_and_a_demo_that_did_not_run_is_an_error() {
+        let summary = "in-distribution (chelsea)   24 frames,   1 flagged OOD, mean score 1\n";
+        let passed = format!("{summary}scenario reproduced: ...");
+        let missed = format!("{summary}scenario NOT reproduced: ...");
+        assert_eq!(
+            demo_outcome(true, &passed),
+            Some((true, "chelsea 1/24".to_string()))
+        );
+        assert_eq!(
+            demo_outcome(false, &missed),
+            Some((false, "chelsea 1/24".to_string()))
+        );
+        // a reworded pass line still passes on its exit status ...
+        assert_eq!(
+            demo_outcome(true, summary),
+            Some((true, "chelsea 1/24".to_string()))
+        );
+        // ... and a failed run with no summary (a bundle it could not load) is an error
+        assert_eq!(demo_outcome(false, ""), None);
+        assert_eq!(demo_outcome(false, &passed), None);
     }
 
     #[test]
