@@ -333,8 +333,13 @@ fn records_name_the_nearest_class_through_the_cluster_to_class_map() {
     assert!(map.len() > bundle.artifact.class_names.len());
     let mut engine = Engine::new(bundle).unwrap();
     let mut source = oodmon_edge::app::demo::scenario(false).unwrap();
+    // the cat and the astronaut (in and out of distribution): the map is the same for
+    // every frame, and this runs under qemu too
     let mut frames = 0;
     while let Some(frame) = source.next_frame().unwrap() {
+        if frames == 48 {
+            break;
+        }
         let r = engine.process(&frame).unwrap();
         assert_eq!(r.nearest_class, map[r.nearest], "frame {}", r.sequence);
         let class = r
@@ -344,7 +349,7 @@ fn records_name_the_nearest_class_through_the_cluster_to_class_map() {
         assert_eq!(engine.cluster_class(r.nearest), Some(class));
         frames += 1;
     }
-    assert_eq!(frames, 144);
+    assert_eq!(frames, 48);
 }
 
 /// A camera's frame: shading and a disc, with sensor noise of standard deviation `sigma`.
