@@ -465,9 +465,9 @@ fn test(args: &[String]) -> Result {
         prune_stale_test_binaries(&mut tests(), &target_dir.join(AARCH64).join("debug"))?;
         // Under qemu the shipped Lite0 takes about a second a frame. The numerics, the
         // engine and the overlapped loop are tested here; left to the host are the tests
-        // that replay the whole demo (144 frames each) only to check the command line's
-        // plumbing (Rust code with nothing specific to the target): a bundle read from
-        // disk and a blind one, the alarms over a pseudo-terminal (the serial crate's own
+        // that replay the whole demo (144 frames a replay) only to check the command
+        // line's plumbing (Rust code with nothing specific to the target): a bundle read
+        // from disk and a blind one (one test), the alarms over a pseudo-terminal (the serial crate's own
         // test carries bytes over one under qemu), and "from any directory" and the
         // engine's replay of the scenario, which the demo step below runs as the user
         // would (it checks the scenario's segments and alarms; the engine test's tighter

@@ -289,7 +289,8 @@ fn the_built_in_demo_reproduces_its_scenario() {
     // at a time, which the debouncing absorbs); the astronaut and the coins: flagged.
     // The 96 px default flags the astronaut with a thin margin (mean score 47.1-47.2 for
     // a threshold of 46.65): 19 of 24 frames with x86-64's int8 pointwise kernels, 17
-    // with the exact kernels and on aarch64 (qemu); two thirds is the floor here.
+    // with the exact kernels and on aarch64 (qemu); two thirds is the floor here. This
+    // test runs on the host only (the aarch64 step's demo run checks majorities).
     assert!(summary.segments[0].ood_frames <= 3, "{text}");
     assert!(summary.segments[1].ood_frames >= 16, "{text}");
     assert!(summary.segments[2].ood_frames >= 18, "{text}");
@@ -339,7 +340,7 @@ fn records_name_the_nearest_class_through_the_cluster_to_class_map() {
         let frame = source
             .next_frame()
             .unwrap()
-            .expect("the scenario has 48 frames");
+            .expect("the scenario has at least 48 frames");
         let r = engine.process(&frame).unwrap();
         assert_eq!(r.nearest_class, map[r.nearest], "frame {}", r.sequence);
         let class = r
