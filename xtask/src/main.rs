@@ -60,11 +60,8 @@ fn main() -> ExitCode {
 /// that they and [`target_dir`] use the directory that `cargo xtask` itself was built in.
 fn absolutize_target_dir() {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        let dir = PathBuf::from(dir);
-        if dir.is_relative() {
-            if let Ok(cwd) = std::env::current_dir() {
-                std::env::set_var("CARGO_TARGET_DIR", cwd.join(dir));
-            }
+        if let Ok(dir) = std::path::absolute(dir) {
+            std::env::set_var("CARGO_TARGET_DIR", dir);
         }
     }
 }
@@ -446,8 +443,8 @@ fn test(args: &[String]) -> Result {
                 .args(["--config", r#"profile.dev.package."*".opt-level=2"#])
                 .args(["--config", r#"profile.dev.package."*".debug=false"#])
                 // our crates at opt-level 1 with line tables only (debug assertions and
-                // overflow checks stay on): unoptimised, the test code's own loops ran
-                // slowly under qemu, and full debug info made the links slow
+                // overflow checks stay on): unoptimised, the tests' own loops under qemu
+                // took twice as long (509 s against 260 s, TESTING.md)
                 .args(["--config", "profile.dev.opt-level=1"])
                 .args(["--config", r#"profile.dev.debug="line-tables-only""#])
                 .env("RUSTC", "/usr/bin/rustc")
@@ -467,8 +464,9 @@ fn test(args: &[String]) -> Result {
         // engine and the overlapped loop are tested here; left to the host are the tests
         // that replay the whole demo (144 frames a replay) only to check the command
         // line's plumbing (Rust code with nothing specific to the target): a bundle read
-        // from disk and a blind one (one test), the alarms over a pseudo-terminal (the serial crate's own
-        // test carries bytes over one under qemu), and "from any directory" and the
+        // from disk and a blind one (one test), the alarms over a pseudo-terminal (the
+        // serial crate's own test carries bytes over one under qemu), and "from any
+        // directory" and the
         // engine's replay of the scenario, which the demo step below runs as the user
         // would (it checks the scenario's segments and alarms; the engine test's tighter
         // per-segment floors stay on the host)
