@@ -5,7 +5,8 @@ An AUROC over a whole video averages its frames: each frame's own AUROC is the s
 test images it outscores (ties one half), and their mean is the video's AUROC. A monitor is
 judged by its worst frames too, so this prints the mean, the worst frame, low percentiles,
 the share flagged at the calibration's rule and the longest run of consecutive frames that
-pass (what a k-of-n debouncer would have to bridge).
+pass (what a k-of-n debouncer would have to bridge), and the nearest ID class of the frames
+that pass (where the encoder puts them).
 
     python3 bench/per_frame_auroc.py CALIBRATE CALIB.json ID_TEST.npy VIDEO.npy [WORK_DIR]
 
@@ -15,7 +16,9 @@ CALIBRATE is the `oodmon-calibrate` binary; the .npy files are embeddings from i
 come from `oodmon-calibrate score`, so they are the product's own.
 """
 
+import collections
 import csv
+import json
 import subprocess
 import sys
 import tempfile
@@ -35,6 +38,7 @@ def scores(calibrate, calib, embeddings, out):
     return (
         np.array([float(r["score"]) for r in rows]),
         np.array([r["ood"] == "1" for r in rows]),
+        np.array([int(r["nearest_cluster"]) for r in rows]),
     )
 
 
@@ -60,8 +64,8 @@ def main(argv):
     calibrate, calib, id_npy, video_npy = argv[1:5]
     work = Path(argv[5]) if len(argv) == 6 else Path(tempfile.mkdtemp())
     work.mkdir(parents=True, exist_ok=True)
-    id_scores, id_flagged = scores(calibrate, calib, id_npy, str(work / "id.csv"))
-    frame_scores, flagged = scores(calibrate, calib, video_npy, str(work / "video.csv"))
+    id_scores, id_flagged, _ = scores(calibrate, calib, id_npy, str(work / "id.csv"))
+    frame_scores, flagged, nearest = scores(calibrate, calib, video_npy, str(work / "video.csv"))
     auc = per_frame_auroc(id_scores, frame_scores)
     worst = int(np.argmin(auc))
     order = np.argsort(auc)[:5]
@@ -75,6 +79,13 @@ def main(argv):
     )
     print("five worst frames: " + ", ".join(f"{i} ({100 * auc[i]:.2f})" for i in order))
     print(f"longest run of consecutive frames that pass: {longest_run(~flagged)}")
+    with open(calib) as f:
+        bundle = json.load(f)
+    names = bundle["class_names"]
+    cluster_class = bundle["model"]["cluster_class"]
+    passed = collections.Counter(names[cluster_class[k]] for k in nearest[~flagged])
+    print("frames that pass, by nearest class: "
+          + (", ".join(f"{n} {k}" for n, k in passed.most_common()) or "none"))
 
 
 if __name__ == "__main__":

