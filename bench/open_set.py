@@ -63,14 +63,20 @@ def known_classes(seed):
     return np.sort(np.random.default_rng(seed).permutation(10)[:6])
 
 
-def per_split_run(calibrate, root, model, seed, work):
-    """The split's own model: fit on its training split, threshold on its held-out split."""
+def split_embeddings(root, model, seed):
+    """(known classes, int8 embeddings folder) of the split's own run, checked against the
+    split: a run trained on other classes would flatter the protocol."""
     known = known_classes(seed)
     run = root / "runs" / f"open-{model}-s{seed}"
     trained_on = json.loads((run / "config.json").read_text()).get("classes")
     if trained_on != known.tolist():
         sys.exit(f"{run}: trained on classes {trained_on}, the split is {known.tolist()}")
-    emb = root / "embeddings" / f"open-{model}-s{seed}-int8"
+    return known, root / "embeddings" / f"open-{model}-s{seed}-int8"
+
+
+def per_split_run(calibrate, root, model, seed, work):
+    """The split's own model: fit on its training split, threshold on its held-out split."""
+    known, emb = split_embeddings(root, model, seed)
     test = np.load(emb / "test.npy")
     test_labels = np.load(emb / "test_labels.npy")
     np.save(work / "test.npy", test[np.isin(test_labels, known)])

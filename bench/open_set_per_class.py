@@ -14,7 +14,6 @@ class of the images that pass.
 The defaults are the shipped rule; STUDY_DIR and MODEL as for `open_set.py --per-split`.
 """
 import collections
-import csv
 import json
 import subprocess
 import sys
@@ -23,18 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from open_set import SEEDS, known_classes
+from open_set import SEEDS, split_embeddings
+from per_frame_auroc import scores
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def per_class(calibrate, root, model, seed, clusters, metric, work):
-    known = known_classes(seed)
-    run = root / "runs" / f"open-{model}-s{seed}"
-    trained_on = json.loads((run / "config.json").read_text()).get("classes")
-    if trained_on != known.tolist():
-        sys.exit(f"{run}: trained on classes {trained_on}, the split is {known.tolist()}")
-    emb = root / "embeddings" / f"open-{model}-s{seed}-int8"
+    known, emb = split_embeddings(root, model, seed)
     calib = work / "calib.json"
     subprocess.run(
         [str(calibrate), "fit", "--train", str(emb / "train.npy"),
@@ -42,18 +37,10 @@ def per_class(calibrate, root, model, seed, clusters, metric, work):
          "--clusters", clusters, "--metric", metric, "--out", str(calib)],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    scores = work / "test.csv"
-    subprocess.run(
-        [str(calibrate), "score", "--calib", str(calib), "--embeddings", str(emb / "test.npy"),
-         "--out", str(scores)],
-        check=True, stdout=subprocess.DEVNULL,
-    )
     # the run's labels 0-5 are its known classes in ascending order
     cluster_class = known[np.array(json.loads(calib.read_text())["model"]["cluster_class"])]
-    with open(scores, newline="") as f:
-        rows = list(csv.DictReader(f))
-    flagged = np.array([r["ood"] == "1" for r in rows])
-    nearest = cluster_class[np.array([int(r["nearest_cluster"]) for r in rows])]
+    _, flagged, nearest = scores(calibrate, calib, emb / "test.npy", work / "test.csv")
+    nearest = cluster_class[nearest]
     labels = np.load(emb / "test_labels.npy")
     print(f"\nSplit {seed}, {model}, {clusters} {metric} (known: "
           f"{', '.join(CIFAR10[c] for c in known)})\n")

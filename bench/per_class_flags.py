@@ -18,29 +18,14 @@ product's own.
 """
 
 import collections
-import csv
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-
-def score(calibrate, calib, embeddings, out):
-    """(flagged, nearest cluster) per row, from the product's scorer."""
-    subprocess.run(
-        [calibrate, "score", "--calib", calib, "--embeddings", embeddings, "--out", out],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    with open(out, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return (
-        np.array([r["ood"] == "1" for r in rows]),
-        np.array([int(r["nearest_cluster"]) for r in rows]),
-    )
+from per_frame_auroc import scores
 
 
 def main(argv):
@@ -54,7 +39,7 @@ def main(argv):
     cluster_class = np.array(bundle["model"]["cluster_class"])
     names = bundle["class_names"]
 
-    flagged, nearest = score(calibrate, calib, id_npy, str(work / "id.csv"))
+    _, flagged, nearest = scores(calibrate, calib, id_npy, str(work / "id.csv"))
     labels = np.load(id_labels)
     if len(labels) != len(flagged):
         sys.exit(f"{id_labels}: {len(labels)} labels for {len(flagged)} embeddings")
@@ -64,7 +49,7 @@ def main(argv):
     for c, name in enumerate(names):
         print(f"| {name} | {100 * flagged[labels == c].mean():.1f}% |")
 
-    flagged, nearest = score(calibrate, calib, ood_npy, str(work / "ood.csv"))
+    _, flagged, nearest = scores(calibrate, calib, ood_npy, str(work / "ood.csv"))
     raw = np.fromfile(ood_bin, dtype=np.uint8)
     if raw.size % 3073:
         sys.exit(f"{ood_bin}: not CIFAR-10 binary records of 3,073 bytes")
