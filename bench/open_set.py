@@ -22,7 +22,8 @@ original labels) and checks the run's classes (runs/open-MODEL-s{s}/config.json)
 the split above. Centroids come from the whole training split, the threshold from the
 held-out split: the encoder saw neither the unknown classes nor the calibration images.
 --seeds takes a subset of the five splits (the table then says over which); the protocol's
-figure is the mean over all five.
+figure is the mean over all five. The last column lists each split's AUROC in the order
+of the splits run.
 """
 import csv
 import json
@@ -116,8 +117,8 @@ def main():
         print(f"Over {len(seeds)} of the 5 splits ({', '.join(map(str, seeds))}), not the "
               "protocol's five: a partial figure.\n")
     print("| model | clusters | metric | AUROC mean +- std | FPR@95TPR mean +- std | "
-          "unknown flagged | ID false alarms |")
-    print("|---|---|---|---|---|---|---|")
+          "unknown flagged | ID false alarms | AUROC per split |")
+    print("|---|---|---|---|---|---|---|---|")
     splits = []
     for name in names:
         per_metric = {}
@@ -139,7 +140,7 @@ def main():
             print(
                 f"| {name} | {clusters} | {metric} | {a[:, 0].mean():.2f} +- {a[:, 0].std():.2f} | "
                 f"{a[:, 1].mean():.2f} +- {a[:, 1].std():.2f} | {a[:, 2].mean():.2f}% | "
-                f"{a[:, 3].mean():.2f}% |"
+                f"{a[:, 3].mean():.2f}% | {' / '.join(f'{x:.2f}' for x in a[:, 0])} |"
             )
     print("\nKnown classes per seed: " + "; ".join(
         f"{s}: {', '.join(str(c) for c in k)}" for s, k in zip(seeds, splits)))
