@@ -1,6 +1,7 @@
 //! `oodmon-edge`: run a deployed bundle on camera frames, check a bundle, benchmark the
 //! pipeline, or play the built-in demo.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -87,7 +88,7 @@ enum Command {
         /// Pause between frames, milliseconds (the scenario's camera rate by default).
         #[arg(long)]
         frame_delay_ms: Option<u64>,
-        /// No live status line (for logs and tests).
+        /// The closing summary only: no per-frame lines, no pause between frames.
         #[arg(long)]
         quiet: bool,
         /// Send the demo's alarms over this serial device (watch with `monitor`).
@@ -326,13 +327,10 @@ fn demo(
         )?)),
         None => None,
     };
-    let summary = app::demo::play_with_alarms(
-        bundle,
-        frame_delay_ms,
-        quiet,
-        link,
-        &mut std::io::stdout().lock(),
-    )?;
+    let stdout = std::io::stdout();
+    let lines = app::demo::StatusLines::for_output(quiet, stdout.is_terminal());
+    let summary =
+        app::demo::play_with_alarms(bundle, frame_delay_ms, lines, link, &mut stdout.lock())?;
     if !summary.passed() {
         anyhow::bail!("the demo did not reproduce its scenario (see the line above)");
     }

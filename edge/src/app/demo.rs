@@ -236,9 +236,36 @@ impl DemoSummary {
     }
 }
 
-/// Plays the scenario, writing a live status line (unless `quiet`) and a closing summary.
-pub fn play(frame_delay_ms: Option<u64>, quiet: bool, out: &mut dyn Write) -> Result<DemoSummary> {
-    play_with_alarms(None, frame_delay_ms, quiet, None, out)
+/// How the demo shows each frame: a terminal gets one line rewritten in place, a pipe or a
+/// log file one line per frame (carriage returns would run a whole log into one line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusLines {
+    /// The closing summary only, no pause between frames.
+    Off,
+    /// One status line, rewritten in place for each frame.
+    Overwrite,
+    /// One line per frame.
+    PerFrame,
+}
+
+impl StatusLines {
+    /// `Off` when `quiet`, else `Overwrite` on a terminal and `PerFrame` elsewhere.
+    pub fn for_output(quiet: bool, is_terminal: bool) -> Self {
+        match (quiet, is_terminal) {
+            (true, _) => StatusLines::Off,
+            (false, true) => StatusLines::Overwrite,
+            (false, false) => StatusLines::PerFrame,
+        }
+    }
+}
+
+/// Plays the scenario, writing its status lines and a closing summary.
+pub fn play(
+    frame_delay_ms: Option<u64>,
+    lines: StatusLines,
+    out: &mut dyn Write,
+) -> Result<DemoSummary> {
+    play_with_alarms(None, frame_delay_ms, lines, None, out)
 }
 
 /// [`play`], with the alarm service debouncing the decisions (default rules) and sending
@@ -249,7 +276,7 @@ pub fn play(frame_delay_ms: Option<u64>, quiet: bool, out: &mut dyn Write) -> Re
 pub fn play_with_alarms(
     bundle_dir: Option<&Path>,
     frame_delay_ms: Option<u64>,
-    quiet: bool,
+    lines: StatusLines,
     link: Option<Box<dyn AlarmLink>>,
     out: &mut dyn Write,
 ) -> Result<DemoSummary> {
@@ -320,17 +347,17 @@ pub fn play_with_alarms(
                 s.camera_frames += r.camera.is_some() as u64;
                 s.mean_score += (r.score - s.mean_score) / s.frames as f64;
             }
-            if !quiet {
+            if lines != StatusLines::Off {
                 // the state the outputs carry once this frame is judged
                 service.wait_judged(Duration::from_millis(200));
-                write_status_line(out, r, &names, service)?;
+                write_status_line(out, r, &names, service, lines)?;
                 std::thread::sleep(delay);
             }
             Ok(())
         },
     );
     let run = run?;
-    if !quiet {
+    if lines == StatusLines::Overwrite {
         writeln!(out)?;
     }
     write_closing_summary(out, &segments, &run, &report)?;
@@ -366,6 +393,7 @@ fn write_status_line(
     r: &FrameRecord,
     names: &[String],
     service: &AlarmService,
+    lines: StatusLines,
 ) -> Result<()> {
     let bar_len = ((r.score / r.threshold.max(1e-9)) * 20.0).clamp(0.0, 40.0) as usize;
     let bar: String = (0..40)
@@ -380,9 +408,13 @@ fn write_status_line(
         .and_then(|c| names.get(c))
         .map_or("", String::as_str);
     let (state, reason) = service.current();
+    let (start, end) = match lines {
+        StatusLines::Overwrite => ("\r", " "),
+        StatusLines::PerFrame | StatusLines::Off => ("", "\n"),
+    };
     write!(
         out,
-        "\rframe {:>3}  [{}] score {:.3} / {:.3}  nearest {:<10} (cluster {:>2})  {}  {:>5} us  alarm {:<5} ({:<19}) ",
+        "{start}frame {:>3}  [{}] score {:.3} / {:.3}  nearest {:<10} (cluster {:>2})  {}  {:>5} us  alarm {:<5} ({:<19}){end}",
         r.sequence,
         bar,
         r.score,

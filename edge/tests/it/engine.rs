@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use oodmon_calibration::preprocess::PixelFormat;
 use oodmon_data::datasets::{DataSpec, Split};
 use oodmon_data::embed::for_each_input;
+use oodmon_edge::app::demo::StatusLines;
 use oodmon_edge::inference::frame_loop::{self, RunLimits};
 use oodmon_edge::source::{FrameSource, ImageFiles};
 use oodmon_edge::{EdgeError, Engine, Frame, FrameFormat, SourceError};
@@ -280,10 +281,14 @@ fn too_many_bad_frames_in_a_row_is_a_fault() {
 #[test]
 fn the_built_in_demo_reproduces_its_scenario() {
     let mut out = Vec::new();
-    let summary = oodmon_edge::app::demo::play(Some(0), true, &mut out).unwrap();
+    // as printed into a pipe or a log: a line per frame, no carriage return
+    let summary = oodmon_edge::app::demo::play(Some(0), StatusLines::PerFrame, &mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(summary.passed(), "{text}");
     assert_eq!(summary.run.frames, 144);
+    assert!(!text.contains('\r'), "{text}");
+    let frame_lines = text.lines().filter(|l| l.starts_with("frame ")).count();
+    assert_eq!(frame_lines, 144, "{text}");
     assert_eq!(summary.segments.len(), 6, "{text}");
     // the cat: in distribution (a few frames close to the threshold may cross it, one
     // at a time, which the debouncing absorbs); the astronaut and the coins: flagged.
